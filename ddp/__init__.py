@@ -1,0 +1,56 @@
+"""ddp: a PyTorch-shaped deep-learning framework on NumPy (CPU) and CuPy (GPU), built for
+distributed data-parallel training over MPI.
+
+Typical PyTorch code runs after ``import ddp as torch``.
+
+Example:
+    >>> import ddp as torch
+    >>> x = torch.randn(4, 3, requires_grad=True)
+    >>> (x ** 2).sum().backward()
+    >>> bool(torch.allclose(x.grad, 2 * x))
+    True
+"""
+from __future__ import annotations
+
+import numpy as _np
+
+from . import backend
+from .backend import (Generator, bfloat16, bool, default_generator, device, double, dtype, float,
+                      float16, float32, float64, get_default_dtype, get_rng_state, half,
+                      initial_seed, int, int8, int16, int32, int64, long, manual_seed, seed,
+                      set_default_dtype, set_rng_state, short, uint8)
+from .tensor import Size, Tensor, bmm, matmul, mm, where
+from .creation import (arange, as_tensor, asarray, bernoulli, empty, empty_like, eye, from_numpy,
+                       full, full_like, linspace, logspace, multinomial, normal, ones, ones_like,
+                       rand, rand_like, randint, randint_like, randn, randn_like, randperm, tensor,
+                       zeros, zeros_like)
+from . import autograd
+from .autograd import enable_grad, inference_mode, no_grad, set_grad_enabled, is_grad_enabled
+from .autograd.grad_mode import is_inference_mode_enabled
+from ._functions import (FUNCTIONS as _FUNCTIONS, broadcast_shapes, broadcast_tensors, cat, concat,
+                         concatenate, hstack, is_tensor, max, min, stack, vstack)
+from . import cuda
+
+globals().update({k: v for k, v in _FUNCTIONS.items() if k not in globals()})
+
+# NumPy warns on log(0), 0/0 and overflow; tensors, like PyTorch's, return inf/nan silently.
+_np.seterr(divide="ignore", invalid="ignore", over="ignore", under="ignore")
+
+FloatTensor = LongTensor = None  # legacy type names are not provided; use ddp.tensor(..., dtype=)
+del FloatTensor, LongTensor
+
+__version__ = "0.1.0"
+
+
+def is_floating_point(input):
+    """True when the tensor's dtype is a floating point type."""
+    return input.is_floating_point()
+
+
+def numel(input):
+    """The number of elements of a tensor."""
+    return input.numel()
+
+
+def get_device(input):
+    return -1 if input.device.type == "cpu" else input.device.index

@@ -1,0 +1,148 @@
+"""The ``ddp.<name>(tensor, ...)`` functions: joins (cat, stack), and the functional form of
+every Tensor method (``ddp.exp(x)`` is ``x.exp()``).
+
+Example:
+    >>> ddp.cat([ddp.zeros(1, 2), ddp.ones(1, 2)]).shape
+    ddp.Size([2, 2])
+"""
+from __future__ import annotations
+
+from . import backend
+from .ops import reduction as R
+from .ops import shape as S
+from .tensor import Tensor
+
+
+def _joinable(name, tensors):
+    """Tensors to join: one dtype (PyTorch's promotion), one device, checked and named."""
+    tensors = list(tensors)
+    if not tensors:
+        raise RuntimeError(f"{name}(): expected a non-empty list of Tensors")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}(): expected a sequence of Tensors, but element {i} is "
+                            f"{type(t).__name__}")
+    devices = {str(t.device) for t in tensors}
+    if len(devices) > 1:
+        raise RuntimeError(f"{name}(): expected all tensors to be on the same device, but found "
+                           f"{sorted(devices)}")
+    dt = tensors[0]._data.dtype
+    for t in tensors[1:]:
+        dt = backend.promote_types(dt, t._data.dtype)
+    target = backend.from_numpy_dtype(dt)
+    return [t if t._data.dtype == dt else t.to(target) for t in tensors]
+
+
+def cat(tensors, dim=0, out=None):
+    """Join tensors along an existing dimension.
+
+    Example:
+        >>> ddp.cat([ddp.ones(2), ddp.zeros(1)])
+        tensor([1., 1., 0.])
+    """
+    tensors = _joinable("cat", tensors)
+    tensors = [t for t in tensors if not (t.ndim == 1 and t.shape[0] == 0)] or tensors[:1]
+    ref = tensors[0]
+    for i, t in enumerate(tensors):
+        if t.ndim == 0:
+            raise RuntimeError(f"zero-dimensional tensor (at position {i}) cannot be concatenated")
+    d = R.normalize_axis(dim, ref.ndim)[0]
+    for i, t in enumerate(tensors):
+        if t.ndim != ref.ndim:
+            raise RuntimeError(f"Tensors must have same number of dimensions: got {ref.ndim} and "
+                               f"{t.ndim} (tensor {i})")
+        for k in range(ref.ndim):
+            if k != d and t.shape[k] != ref.shape[k]:
+                raise RuntimeError(f"Sizes of tensors must match except in dimension {d}. Expected "
+                                   f"size {ref.shape[k]} but got size {t.shape[k]} for tensor "
+                                   f"number {i} in the list.")
+    return S.Concat.apply(*tensors, axis=d)
+
+
+concatenate = concat = cat
+
+
+def stack(tensors, dim=0, out=None):
+    """Join tensors of one shape along a new dimension.
+
+    Example:
+        >>> ddp.stack([ddp.ones(2), ddp.zeros(2)], dim=1).shape
+        ddp.Size([2, 2])
+    """
+    tensors = _joinable("stack", tensors)
+    ref = tensors[0]
+    for i, t in enumerate(tensors):
+        if t.shape != ref.shape:
+            raise RuntimeError(f"stack expects each tensor to be equal size, but got "
+                               f"{list(ref.shape)} at entry 0 and {list(t.shape)} at entry {i}")
+    d = R.normalize_axis(dim, ref.ndim + 1)[0]
+    return S.Stack.apply(*tensors, axis=d)
+
+
+def hstack(tensors):
+    return cat(tensors, 0 if tensors[0].ndim == 1 else 1)
+
+
+def vstack(tensors):
+    return cat([t.reshape(1, -1) if t.ndim == 1 else t for t in tensors], 0)
+
+
+def broadcast_tensors(*tensors):
+    xp = backend.get_array_module(*[t._data for t in tensors])
+    shape = xp.broadcast_shapes(*[t._data.shape for t in tensors])
+    return tuple(t.expand(shape) for t in tensors)
+
+
+def broadcast_shapes(*shapes):
+    import numpy as np
+    from .tensor import Size
+    return Size(np.broadcast_shapes(*shapes))
+
+
+# Functional forms of Tensor methods: ddp.exp(x) == x.exp(), ddp.sum(x, 1) == x.sum(1), ...
+_METHODS = """exp log log2 log10 log1p expm1 sqrt rsqrt reciprocal square abs absolute neg negative
+sin cos tan tanh sigmoid relu clamp clip clamp_min clamp_max sign sgn floor ceil trunc fix round
+frac sum nansum mean var std amax amin argmax argmin prod norm logsumexp softmax log_softmax all
+any count_nonzero cumsum reshape flatten unflatten squeeze unsqueeze permute transpose swapaxes
+swapdims t repeat_interleave split chunk unbind narrow flip roll gather take_along_dim
+scatter scatter_add index_select index_add masked_fill masked_select nonzero argsort sort topk
+unique add sub subtract mul multiply div divide true_divide floor_divide remainder fmod pow
+maximum minimum lerp addcmul addcdiv dot eq ne lt le gt ge greater less greater_equal less_equal
+not_equal equal logical_not logical_and logical_or isnan isinf isfinite allclose clone detach
+numel is_floating_point""".split()
+
+
+def _functional(name):
+    method = getattr(Tensor, name, None)
+    if method is None:
+        return None
+
+    def fn(input, *args, **kwargs):
+        return getattr(input, name)(*args, **kwargs)
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = (f"``ddp.{name}(input, ...)`` is ``input.{name}(...)``.\n\n"
+                  f"Example:\n    >>> ddp.{name}  # doctest: +ELLIPSIS\n    <function {name} ...>\n\n"
+                  + (method.__doc__ or ""))
+    return fn
+
+
+FUNCTIONS = {n: f for n in _METHODS if (f := _functional(n)) is not None}
+
+
+def max(input, dim=None, keepdim=False, out=None):
+    """``ddp.max(x)``, ``ddp.max(x, dim)`` → (values, indices), or ``ddp.max(x, other)``."""
+    return input.max(dim, keepdim)
+
+
+def min(input, dim=None, keepdim=False, out=None):
+    """``ddp.min(x)``, ``ddp.min(x, dim)`` → (values, indices), or ``ddp.min(x, other)``."""
+    return input.min(dim, keepdim)
+
+
+def is_tensor(obj):
+    """True for ddp tensors (and Parameters)."""
+    return isinstance(obj, Tensor)
+
+
+def numel(input):
+    return input.numel()

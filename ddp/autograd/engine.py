@@ -1,0 +1,286 @@
+"""The backward engine: walks the recorded graph in reverse without recursion.
+
+1. Count, for every node and leaf reachable from the roots, how many edges lead into it.
+2. Seed the roots' gradients; a node runs once all gradients flowing into it have arrived.
+3. Each node's backward gives one gradient per input; they are summed or broadcast back to the
+   input's shape and cast to its dtype here, in one place, and added to the producer's buffer.
+4. A leaf's gradient is final when its count reaches zero: its hooks run, it is accumulated into
+   ``.grad``, then its post-accumulate-grad hooks run (the distributed layer launches bucket
+   allreduces from these).
+5. Callbacks queued during the pass run at its end (the distributed layer waits for its
+   buckets there).
+
+In normal mode gradients are raw arrays; with ``create_graph`` they are Tensors and every step
+above is itself recorded, which gives higher-order gradients.
+"""
+from __future__ import annotations
+
+from .grad_mode import state as _mode
+from .graph import Node, _FREED, _FREED_MESSAGE
+
+_callback_stack: list[list] = []  # one list per backward pass in progress (passes may nest)
+
+
+def queue_callback(callback):
+    """Run ``callback()`` when the backward pass now in progress ends.
+
+    Example (from a hook, as the distributed reducer does):
+        >>> def hook(param):
+        ...     ddp.autograd.queue_callback(lambda: print("backward done"))
+    """
+    if not _callback_stack:
+        raise RuntimeError("queue_callback: final callbacks can only be installed during a "
+                           "backward pass (from a hook)")
+    _callback_stack[-1].append(callback)
+
+
+def sum_to_shape(g, shape):
+    """Sum an array's broadcast dimensions away, or broadcast it up, to reach ``shape``."""
+    gshape = g.shape
+    if gshape == shape:
+        return g
+    lead = len(gshape) - len(shape)
+    if lead > 0:
+        g = g.sum(axis=tuple(range(lead)))
+        gshape = g.shape
+    axes = tuple(i for i, (gs, s) in enumerate(zip(gshape, shape)) if s == 1 and gs != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    if g.shape != shape:
+        from ..backend import get_array_module
+        g = get_array_module(g).broadcast_to(g, shape)
+    return g
+
+
+def _fit(g, shape, dtype):
+    """A gradient in the input's shape and dtype (Tensors under create_graph, arrays otherwise)."""
+    if g.shape != shape:
+        g = g.sum_to_size(shape) if hasattr(g, "sum_to_size") else sum_to_shape(g, shape)
+    if g.dtype != dtype:
+        g = g.to(_np_to_dtype(dtype)) if hasattr(g, "sum_to_size") else g.astype(dtype)
+    return g
+
+
+def _np_to_dtype(np_dtype):
+    from ..backend import from_numpy_dtype
+    return from_numpy_dtype(np_dtype)
+
+
+def _wrap(g):
+    from ..tensor import Tensor
+    return g if isinstance(g, Tensor) else Tensor._make(g)
+
+
+def _run_tensor_hooks(hooks, g, create_graph):
+    """Call hooks registered with ``Tensor.register_hook``; each may replace the gradient."""
+    for hook in hooks:
+        res = hook(_wrap(g))
+        if res is not None:
+            g = res if create_graph else res._data
+    return g
+
+
+def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inputs=None,
+                 accumulate=True):
+    """Backpropagate ``root_grads`` from ``roots``.
+
+    With ``inputs`` (a list of tensors), returns the gradient reaching each of them (None where
+    none does); with ``accumulate`` the leaves' ``.grad`` are filled as well.
+    """
+    from ..tensor import Tensor
+    deps: dict = {}
+    buffers: dict = {}
+    leaf_grads: dict = {}
+    ready: list = []
+
+    # 1. count incoming edges of everything reachable from the roots
+    stack = [t.grad_fn for t in roots if t.grad_fn is not None]
+    seen = set(stack)
+    while stack:
+        node = stack.pop()
+        for edge in node.next_edges:
+            if edge is None:
+                continue
+            target = edge[0]
+            deps[target] = deps.get(target, 0) + 1
+            if edge[1] >= 0 and target not in seen:
+                seen.add(target)
+                stack.append(target)
+
+    # inputs of autograd.grad: leaves are caught on arrival, non-leaves at their producer
+    captures = None
+    if inputs is not None:
+        captures = {}
+        for k, t in enumerate(inputs):
+            key = (t, -1) if t.grad_fn is None else (t.grad_fn, t._output_nr)
+            captures.setdefault(key, []).append(k)
+        captured = [None] * len(inputs)
+
+    # 2. seed the roots
+    for t, g in zip(roots, root_grads):
+        fn = t.grad_fn
+        if fn is None:
+            if not t.requires_grad:
+                raise RuntimeError("element 0 of tensors does not require grad and does not have "
+                                   "a grad_fn")
+            leaf_grads[t] = g if t not in leaf_grads else leaf_grads[t] + g
+            continue
+        buf = buffers.get(fn)
+        if buf is None:
+            buf = buffers[fn] = [None] * fn.n_outputs
+        nr = t._output_nr
+        buf[nr] = g if buf[nr] is None else buf[nr] + g
+    for fn in dict.fromkeys(t.grad_fn for t in roots if t.grad_fn is not None):
+        if deps.get(fn, 0) == 0:
+            ready.append(fn)
+
+    callbacks: list = []
+    _callback_stack.append(callbacks)
+    prev_mode = _mode.grad_enabled
+    _mode.grad_enabled = create_graph
+    anomaly = _mode.anomaly
+    try:
+        # root leaves (backward called on a leaf itself)
+        for t in [t for t in leaf_grads if deps.get(t, 0) == 0]:
+            _finish_leaf(t, leaf_grads.pop(t), accumulate, create_graph, captures,
+                         captured if captures is not None else None)
+
+        # 3. run nodes as they become ready
+        while ready:
+            node = ready.pop()
+            grads = buffers.pop(node)
+            if node.pre_hooks:
+                for nr, hooks in node.pre_hooks.items():
+                    if grads[nr] is not None:
+                        grads[nr] = _run_tensor_hooks(hooks, grads[nr], create_graph)
+            if captures is not None:
+                for nr, g in enumerate(grads):
+                    for k in captures.get((node, nr), ()):
+                        captured[k] = g if create_graph or g is None else _wrap(g)
+            results = _call_backward(node, grads, create_graph, retain_graph, anomaly)
+            for edge, g, meta in zip(node.next_edges, results, node.in_meta):
+                if edge is None:
+                    continue
+                target, nr = edge
+                if g is not None:
+                    g = _fit(g, meta[0], meta[1])
+                left = deps[target] - 1
+                deps[target] = left
+                if nr < 0:  # a leaf
+                    if g is not None:
+                        prev = leaf_grads.get(target)
+                        leaf_grads[target] = g if prev is None else prev + g
+                    if left == 0 and target in leaf_grads:
+                        _finish_leaf(target, leaf_grads.pop(target), accumulate, create_graph,
+                                     captures, captured if captures is not None else None)
+                else:
+                    buf = buffers.get(target)
+                    if buf is None:
+                        buf = buffers[target] = [None] * target.n_outputs
+                    if g is not None:
+                        buf[nr] = g if buf[nr] is None else buf[nr] + g
+                    if left == 0:
+                        ready.append(target)
+
+        # 5. end-of-backward callbacks (they may queue more)
+        i = 0
+        while i < len(callbacks):
+            callbacks[i]()
+            i += 1
+    finally:
+        _mode.grad_enabled = prev_mode
+        _callback_stack.pop()
+    if inputs is not None:
+        return captured
+    return None
+
+
+def _call_backward(node, grads, create_graph, retain_graph, anomaly):
+    """Run one node's backward on its output gradients; returns one gradient per input."""
+    if node.saved is _FREED:
+        raise RuntimeError(_FREED_MESSAGE.format(node.name()))
+    if all(g is None for g in grads):
+        results = (None,) * len(node.next_edges)
+    else:
+        if create_graph and node.op.once_differentiable:
+            raise RuntimeError(f"{node.name()} does not support double backward: its backward is "
+                               f"not differentiable (create_graph=True)")
+        if node.materialize_grads and any(g is None for g in grads):
+            grads = _materialize(node, grads)
+        node._create_graph = create_graph
+        if create_graph:
+            from ..ops import tnp
+            node.xp = tnp
+            grads = [None if g is None else _wrap(g) for g in grads]
+        else:
+            from ..backend import get_array_module
+            node.xp = get_array_module(next(g for g in grads if g is not None))
+        results = node.op.backward(node, *grads)
+        if type(results) is not tuple:
+            results = (results,)
+        if len(results) != len(node.next_edges):
+            raise RuntimeError(f"function {node.name()} returned an incorrect number of gradients "
+                               f"(expected {len(node.next_edges)}, got {len(results)})")
+        if anomaly:
+            _check_anomaly(node, results)
+    if not retain_graph:
+        node._release()
+    return results
+
+
+def _materialize(node, grads):
+    """Zeros for outputs that got no gradient, shaped like the outputs (kept by the node)."""
+    ref = next(g for g in grads if g is not None)
+    shapes = node.__dict__.get("_output_meta")
+    out = list(grads)
+    for i, g in enumerate(out):
+        if g is None and shapes is not None and shapes[i] is not None:
+            shape, dtype = shapes[i]
+            if hasattr(ref, "sum_to_size"):
+                from .. import zeros
+                out[i] = zeros(shape, dtype=_np_to_dtype(dtype), device=ref.device)
+            else:
+                from ..backend import get_array_module
+                out[i] = get_array_module(ref).zeros(shape, dtype)
+    return out
+
+
+def _check_anomaly(node, results):
+    from ..backend import get_array_module
+    for i, g in enumerate(results):
+        if g is None:
+            continue
+        arr = getattr(g, "_data", g)
+        if arr.dtype.kind in "fc" or arr.dtype.itemsize == 2 and arr.dtype.kind == "V":
+            xp = get_array_module(arr)
+            if not bool(xp.isfinite(arr).all()):
+                what = "nan" if bool(xp.isnan(arr).any()) else "inf"
+                trace = node._anomaly_trace or "(no forward trace: enable detect_anomaly before " \
+                                               "the forward pass to see it)\n"
+                raise RuntimeError(f"Function '{node.name()}' returned {what} values in its {i}th "
+                                   f"output.\nTraceback of the forward call that produced it:\n"
+                                   f"{trace}")
+
+
+def _finish_leaf(t, g, accumulate, create_graph, captures, captured):
+    """A leaf's gradient is complete: hooks, capture, accumulation, post-accumulate hooks."""
+    if t._hooks:
+        g = _run_tensor_hooks(t._hooks, g, create_graph)
+    if captures is not None:
+        for k in captures.get((t, -1), ()):
+            captured[k] = g if create_graph else _wrap(g)
+    if not accumulate:
+        return
+    from ..tensor import Tensor
+    if t.grad is None:
+        if create_graph:
+            t.grad = g
+        else:  # a copy: the same array may reach several leaves (add's backward gives g, g)
+            t.grad = Tensor._make(g.copy())
+    elif create_graph or t.grad.requires_grad:
+        t.grad = t.grad + _wrap(g)
+    else:
+        t.grad._data += g
+    if t._post_acc_hooks:
+        for hook in t._post_acc_hooks:
+            hook(t)

@@ -1,0 +1,275 @@
+"""The recorded graph: ``Op`` (a primitive with its forward and backward side by side), ``Node``
+(one recorded call of an op, also the ``ctx`` its forward and backward see) and ``apply``.
+
+An op's forward works on raw arrays (NumPy or CuPy). Its backward is written with ``ctx.xp``
+(``numpy``/``cupy``, or ``ddp.ops.tnp`` — the same names over Tensors — when the graph of the
+backward itself is recorded for higher-order gradients), so one formula serves both.
+
+Example (a primitive):
+    >>> class Square(Op):
+    ...     @staticmethod
+    ...     def forward(ctx, a):
+    ...         ctx.save_for_backward(a)
+    ...         return a * a
+    ...     @staticmethod
+    ...     def backward(ctx, g):
+    ...         a, = ctx.saved_tensors
+    ...         return 2 * a * g
+    >>> Square.apply(ddp.tensor([3.0], requires_grad=True))
+    tensor([9.], grad_fn=<SquareBackward0>)
+"""
+from __future__ import annotations
+
+import itertools
+import traceback
+
+from ..backend import is_float_np
+from .grad_mode import state as _mode
+
+_sequence = itertools.count()
+_FREED = object()  # node.saved after the graph was freed by a backward without retain_graph
+
+
+class Node:
+    """One recorded operation: edges to the producers of its inputs, saved arrays, hooks.
+
+    ``next_edges[i]`` is ``(producer_node, output_nr)`` for an input made by an op,
+    ``(leaf_tensor, -1)`` for a leaf that requires grad, or ``None`` when input ``i`` needs no
+    gradient. The same object is the ``ctx`` of the op's forward and backward, so ops may keep
+    any attribute on it.
+    """
+    __slots__ = ("op", "next_edges", "in_meta", "saved", "_saved_src", "_saved_versions",
+                 "needs_input_grad", "n_outputs", "pre_hooks", "seq", "xp", "_create_graph",
+                 "_anomaly_trace", "non_differentiable", "materialize_grads", "__dict__",
+                 "__weakref__")
+
+    def __init__(self, op):
+        self.op = op
+        self.saved = ()
+        self.pre_hooks = None
+        self.seq = next(_sequence)
+        self.xp = None
+        self._create_graph = False
+        self._anomaly_trace = None
+        self.non_differentiable = ()
+        self.materialize_grads = True
+
+    # ----------------------------------------------------------------- the ctx API
+    def save_for_backward(self, *items):
+        """Keep arrays (inputs, the output or intermediates) for backward."""
+        self.saved = items
+
+    @property
+    def saved_tensors(self):
+        """What forward saved: arrays, or Tensors connected to the graph under create_graph."""
+        saved = self.saved
+        if saved is _FREED:
+            raise RuntimeError(_FREED_MESSAGE.format(self.name()))
+        if self._saved_versions:
+            self._check_versions()
+        if not self._create_graph:
+            return saved
+        return self._saved_as_tensors()
+
+    def mark_non_differentiable(self, *outputs):
+        """Outputs (by object) that never get a gradient, such as indices."""
+        self._non_diff_objects = outputs
+
+    def set_materialize_grads(self, value: bool):
+        """Whether backward sees zeros (True, default) or None for outputs that got no gradient."""
+        self.materialize_grads = bool(value)
+
+    # ----------------------------------------------------------------- graph API
+    def name(self) -> str:
+        return f"{self.op.__name__}Backward0"
+
+    @property
+    def next_functions(self):
+        """``((node_or_AccumulateGrad, output_nr), ...)`` like PyTorch's, for inspection."""
+        return tuple((None, 0) if e is None else (AccumulateGrad(e[0]) if e[1] < 0 else e[0],
+                                                   max(e[1], 0)) for e in self.next_edges)
+
+    def register_hook(self, hook):
+        raise NotImplementedError("register hooks on tensors: Tensor.register_hook")
+
+    def __repr__(self):
+        return f"<{self.name()} object at {hex(id(self))}>"
+
+    # ----------------------------------------------------------------- internals
+    def _check_versions(self):
+        for counter, version, what in self._saved_versions:
+            if counter[0] != version:
+                raise RuntimeError(
+                    f"one of the variables needed for gradient computation has been modified by an "
+                    f"inplace operation: {what} is at version {counter[0]}; expected version "
+                    f"{version} instead. It was saved by {self.name()}; clone it before modifying "
+                    f"it in place, or do the in-place change on a copy.")
+
+    def _saved_as_tensors(self):
+        from ..tensor import Tensor
+        out = []
+        for item, src in zip(self.saved, self._saved_src):
+            if src is None:
+                out.append(Tensor._make(item) if _is_array(item) else item)
+            elif isinstance(src, tuple):  # an output of this node: rebuild a tensor on the graph
+                out.append(Tensor._make(item, True, self, src[0]))
+            else:
+                out.append(src)  # the input tensor itself
+        return tuple(out)
+
+    def _release(self):
+        self.saved = _FREED
+        self._saved_src = None
+
+
+_FREED_MESSAGE = ("Trying to backward through the graph a second time (or directly access saved "
+                  "tensors after they have already been freed) in {}. Saved intermediate values of "
+                  "the graph are freed when you call .backward() or autograd.grad(). Specify "
+                  "retain_graph=True if you need to backward through the graph a second time.")
+
+
+class AccumulateGrad:
+    """What ``next_functions`` shows for a leaf: the tensor whose ``.grad`` is filled."""
+    __slots__ = ("variable",)
+
+    def __init__(self, variable):
+        self.variable = variable
+
+    def name(self):
+        return "AccumulateGrad"
+
+    def __repr__(self):
+        return f"<AccumulateGrad object at {hex(id(self))}>"
+
+
+def _is_array(x):
+    return hasattr(x, "__array_priority__") or hasattr(x, "__array_interface__") \
+        or type(x).__module__.startswith("cupy")
+
+
+class _NoRecordContext:
+    """The ctx that ops see when nothing is recorded: saving is a no-op, attributes are dropped."""
+    needs_input_grad = ()
+    xp = None
+
+    def save_for_backward(self, *items):
+        pass
+
+    def mark_non_differentiable(self, *outputs):
+        pass
+
+    def set_materialize_grads(self, value):
+        pass
+
+    def __setattr__(self, name, value):
+        pass
+
+
+_NO_RECORD = _NoRecordContext()
+
+
+class Op:
+    """A differentiable primitive: ``forward(ctx, *arrays)`` and ``backward(ctx, *grads)``.
+
+    Inputs that are Tensors reach forward as arrays; other arguments pass through unchanged.
+    ``backward`` returns one gradient per positional input (None where there is none); shapes
+    may be broadcast versions of the inputs' — the engine sums or broadcasts them back, and casts
+    them to the inputs' dtypes, in one place. Set ``once_differentiable = True`` when backward
+    uses array code that ``ddp.ops.tnp`` cannot record.
+    """
+    once_differentiable = False
+    non_differentiable_outputs = ()   # output positions that never carry a gradient
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        return apply(cls, args, kwargs)
+
+
+def apply(op, args, kwargs):
+    """Run ``op`` on ``args`` and, when grad mode is on and an input requires grad, record it."""
+    from ..tensor import Tensor
+    arrays = []
+    record = False
+    for a in args:
+        if isinstance(a, Tensor):
+            arrays.append(a._data)
+            if a._requires_grad:
+                record = True
+        else:
+            arrays.append(a)
+    if not (record and _mode.grad_enabled):
+        out = op.forward(_NO_RECORD, *arrays, **kwargs)
+        if type(out) is tuple:
+            return tuple(Tensor._make(o) for o in out)
+        return Tensor._make(out)
+
+    node = Node(op)
+    edges, meta, needs = [], [], []
+    for a in args:
+        if isinstance(a, Tensor) and a._requires_grad:
+            fn = a.grad_fn
+            edges.append((a, -1) if fn is None else (fn, a._output_nr))
+            meta.append((a._data.shape, a._data.dtype))
+            needs.append(True)
+        else:
+            edges.append(None)
+            meta.append(None)
+            needs.append(False)
+    node.next_edges = tuple(edges)
+    node.in_meta = tuple(meta)
+    node.needs_input_grad = tuple(needs)
+    out = op.forward(node, *arrays, **kwargs)
+    multi = type(out) is tuple
+    outs = out if multi else (out,)
+    node.n_outputs = len(outs)
+    if multi:  # shapes for zero gradients of outputs that receive none
+        node._output_meta = tuple((o.shape, o.dtype) for o in outs)
+    non_diff = op.non_differentiable_outputs
+    if "_non_diff_objects" in node.__dict__:
+        non_diff = tuple(i for i, o in enumerate(outs)
+                         if any(o is x for x in node.__dict__.pop("_non_diff_objects")))
+    node.non_differentiable = non_diff
+    # integer and bool outputs (indices, casts to int) never carry a gradient
+    results = tuple(Tensor._make(o) if i in non_diff or not is_float_np(o.dtype)
+                    else Tensor._make(o, True, node, i) for i, o in enumerate(outs))
+    _bind_saved(node, args, arrays, outs, results)
+    if _mode.anomaly:
+        node._anomaly_trace = "".join(traceback.format_stack()[:-2])
+    return results if multi else results[0]
+
+
+def _bind_saved(node, args, arrays, outs, results):
+    """Record where each saved array came from (for create_graph) and its version."""
+    from ..tensor import Tensor
+    saved = node.saved
+    if not saved:
+        node._saved_src = ()
+        node._saved_versions = ()
+        return
+    srcs, versions = [], []
+    for item in saved:
+        src = None
+        for i, arr in enumerate(arrays):
+            t = args[i]
+            if item is arr and isinstance(t, Tensor):
+                src = t
+                versions.append((t._vc, t._vc[0], f"an input of shape {tuple(arr.shape)}"))
+                break
+        else:
+            for j, o in enumerate(outs):
+                if item is o:
+                    src = (j,)
+                    r = results[j]
+                    versions.append((r._vc, r._vc[0], f"output {j} of shape {tuple(o.shape)}"))
+                    break
+        srcs.append(src)
+    node._saved_src = tuple(srcs)
+    node._saved_versions = tuple(versions)

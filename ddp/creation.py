@@ -1,0 +1,328 @@
+"""Functions that make tensors: from data, filled, ranges, and random.
+
+Random tensors are drawn from a :class:`ddp.Generator` on the CPU and moved to their device, so a
+seed gives the same numbers everywhere.
+
+Example:
+    >>> ddp.manual_seed(0)
+    >>> ddp.zeros(2, 3).shape, ddp.arange(5).dtype, ddp.rand(2).dtype
+    (ddp.Size([2, 3]), ddp.int64, ddp.float32)
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import backend
+from .tensor import Tensor, _size_args
+
+
+def _dtype_np(dtype, default=None):
+    if dtype is None:
+        return default
+    return backend.to_numpy_dtype(dtype)
+
+
+def _finish(arr, device, requires_grad):
+    t = Tensor._make(backend.to_device(arr, backend.as_device(device)))
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def _infer_array(data):
+    """A NumPy array from Python data with PyTorch's dtype inference (floats → default dtype)."""
+    if isinstance(data, (list, tuple)) and any(isinstance(x, Tensor) for x in _flat(data)):
+        data = _untensor(data)
+    arr = np.asarray(data)
+    if arr.dtype == np.float64 and not _has_numpy_float64(data):
+        arr = arr.astype(backend.get_default_dtype().np)
+    elif arr.dtype.kind in "iu" and not isinstance(data, (np.ndarray, np.generic)) \
+            and not _has_numpy_scalar(data):
+        arr = arr.astype(np.int64)
+    elif arr.dtype == object:
+        raise TypeError(f"tensor(): could not infer a dtype from {type(data).__name__} data "
+                        f"(ragged nested sequences or unsupported element types)")
+    return arr
+
+
+def _flat(data):
+    for x in data:
+        if isinstance(x, (list, tuple)):
+            yield from _flat(x)
+        else:
+            yield x
+
+
+def _untensor(data):
+    return [(_untensor(x) if isinstance(x, (list, tuple)) else
+             (x._host() if isinstance(x, Tensor) else x)) for x in data]
+
+
+def _has_numpy_float64(data):
+    if isinstance(data, (np.ndarray, np.generic)):
+        return data.dtype == np.float64
+    if isinstance(data, (list, tuple)):
+        return any(isinstance(x, (np.ndarray, np.generic)) and x.dtype == np.float64
+                   for x in _flat(data))
+    return False
+
+
+def _has_numpy_scalar(data):
+    return isinstance(data, (list, tuple)) and any(isinstance(x, (np.ndarray, np.generic))
+                                                   for x in _flat(data))
+
+
+def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False):
+    """A new tensor holding a copy of ``data`` (numbers, nested lists, arrays or tensors).
+
+    Example:
+        >>> ddp.tensor([[1, 2], [3, 4]]).dtype
+        ddp.int64
+    """
+    if isinstance(data, Tensor):
+        arr = data._data.copy()
+        dev = device if device is not None else data.device
+    else:
+        arr = data.copy() if backend.is_cuda_array(data) else _infer_array(data)
+        if isinstance(data, np.ndarray) and arr is data:
+            arr = data.copy()
+        dev = device if device is not None else backend.device_of(arr)
+    if arr.dtype.kind not in "biuf" and arr.dtype != backend.bfloat16.np:
+        raise TypeError(f"can't convert np.ndarray of type {arr.dtype}. The only supported types "
+                        f"are: float64, float32, float16, bfloat16, int64, int32, int16, int8, "
+                        f"uint8, and bool.")
+    npd = _dtype_np(dtype)
+    if npd is not None and arr.dtype != npd:
+        arr = arr.astype(npd)
+    backend.from_numpy_dtype(arr.dtype)
+    return _finish(arr, dev, requires_grad)
+
+
+def as_tensor(data, dtype=None, device=None):
+    """A tensor sharing ``data``'s memory when it already has the dtype and device asked for."""
+    if isinstance(data, Tensor):
+        return data.to(device=device, dtype=dtype) if (device or dtype) else data
+    if isinstance(data, np.ndarray) or backend.is_cuda_array(data):
+        t = from_numpy(data) if isinstance(data, np.ndarray) else Tensor._make(data)
+        return t.to(device=device, dtype=dtype) if (device or dtype) else t
+    return tensor(data, dtype=dtype, device=device)
+
+
+def asarray(obj, dtype=None, device=None, copy=None, requires_grad=False):
+    t = tensor(obj, dtype, device) if copy else as_tensor(obj, dtype, device)
+    return t.requires_grad_(True) if requires_grad else t
+
+
+def from_numpy(array):
+    """A CPU tensor sharing ``array``'s memory: writes to one show in the other.
+
+    Example:
+        >>> a = np.zeros(2, np.float32); ddp.from_numpy(a).add_(1); a
+        array([1., 1.], dtype=float32)
+    """
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"expected np.ndarray (got {type(array).__name__})")
+    backend.from_numpy_dtype(array.dtype)
+    return Tensor._make(array)
+
+
+def _filled(fill, size, dtype, device, requires_grad, default):
+    shape = _size_args(size)
+    dev = backend.as_device(device)
+    xp = backend.array_module_of_device(dev)
+    npd = _dtype_np(dtype, default)
+    if dev.type == "cuda":
+        with xp.cuda.Device(dev.index or 0):
+            arr = xp.full(shape, fill, dtype=npd)
+    else:
+        arr = np.full(shape, fill, dtype=npd)
+    t = Tensor._make(arr)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def zeros(*size, dtype=None, device=None, requires_grad=False, out=None):
+    """A tensor of zeros of the given shape (default float dtype)."""
+    return _filled(0, size, dtype, device, requires_grad, backend.get_default_dtype().np)
+
+
+def ones(*size, dtype=None, device=None, requires_grad=False, out=None):
+    """A tensor of ones of the given shape."""
+    return _filled(1, size, dtype, device, requires_grad, backend.get_default_dtype().np)
+
+
+def empty(*size, dtype=None, device=None, requires_grad=False, memory_format=None, pin_memory=False):
+    """An uninitialised tensor (here: zeros, which costs the same and is deterministic)."""
+    return zeros(*size, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def full(size, fill_value, dtype=None, device=None, requires_grad=False):
+    """A tensor filled with ``fill_value``; its dtype follows the value (float → default dtype)."""
+    if isinstance(fill_value, Tensor):
+        fill_value = fill_value.item()
+    if dtype is None:
+        default = np.dtype(np.bool_) if isinstance(fill_value, bool) else \
+            np.dtype(np.int64) if isinstance(fill_value, numbers.Integral) else \
+            backend.get_default_dtype().np
+    else:
+        default = None
+    return _filled(fill_value, (size,) if isinstance(size, int) else size, dtype, device,
+                   requires_grad, default)
+
+
+def _like(t, dtype, device):
+    return (t.dtype if dtype is None else dtype), (t.device if device is None else device)
+
+
+def zeros_like(input, dtype=None, device=None, requires_grad=False, memory_format=None):
+    dt, dev = _like(input, dtype, device)
+    return zeros(input.shape, dtype=dt, device=dev, requires_grad=requires_grad)
+
+
+def ones_like(input, dtype=None, device=None, requires_grad=False, memory_format=None):
+    dt, dev = _like(input, dtype, device)
+    return ones(input.shape, dtype=dt, device=dev, requires_grad=requires_grad)
+
+
+def empty_like(input, dtype=None, device=None, requires_grad=False, memory_format=None):
+    return zeros_like(input, dtype, device, requires_grad)
+
+
+def full_like(input, fill_value, dtype=None, device=None, requires_grad=False, memory_format=None):
+    dt, dev = _like(input, dtype, device)
+    return full(input.shape, fill_value, dtype=dt, device=dev, requires_grad=requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False):
+    """``[start, end)`` with ``step``; int64 for integer arguments, else the default float dtype.
+
+    Example:
+        >>> ddp.arange(0, 1, 0.25)
+        tensor([0.0000, 0.2500, 0.5000, 0.7500])
+    """
+    if end is None:
+        start, end = 0, start
+    vals = [v.item() if isinstance(v, Tensor) else v for v in (start, end, step)]
+    if step == 0:
+        raise RuntimeError("arange: step must be nonzero")
+    integral = all(isinstance(v, numbers.Integral) for v in vals)
+    default = np.dtype(np.int64) if integral else backend.get_default_dtype().np
+    npd = _dtype_np(dtype, default)
+    arr = np.arange(*vals, dtype=np.float64 if not integral else np.int64).astype(npd)
+    return _finish(arr, device, requires_grad)
+
+
+def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
+    """``steps`` evenly spaced values from ``start`` to ``end`` inclusive."""
+    arr = np.linspace(float(start), float(end), int(steps)).astype(
+        _dtype_np(dtype, backend.get_default_dtype().np))
+    return _finish(arr, device, requires_grad)
+
+
+def logspace(start, end, steps, base=10.0, dtype=None, device=None, requires_grad=False):
+    arr = np.logspace(float(start), float(end), int(steps), base=base).astype(
+        _dtype_np(dtype, backend.get_default_dtype().np))
+    return _finish(arr, device, requires_grad)
+
+
+def eye(n, m=None, dtype=None, device=None, requires_grad=False):
+    """The identity matrix (``n`` x ``m``)."""
+    arr = np.eye(n, n if m is None else m, dtype=_dtype_np(dtype, backend.get_default_dtype().np))
+    return _finish(arr, device, requires_grad)
+
+
+# ---------------------------------------------------------------------- random
+
+def _rng(generator):
+    return (generator or backend.default_generator).numpy
+
+
+def rand(*size, generator=None, dtype=None, device=None, requires_grad=False):
+    """Uniform samples on ``[0, 1)``."""
+    npd = _dtype_np(dtype, backend.get_default_dtype().np)
+    arr = _rng(generator).random(_size_args(size)).astype(npd)
+    return _finish(arr, device, requires_grad)
+
+
+def randn(*size, generator=None, dtype=None, device=None, requires_grad=False):
+    """Standard normal samples."""
+    npd = _dtype_np(dtype, backend.get_default_dtype().np)
+    arr = _rng(generator).standard_normal(_size_args(size)).astype(npd)
+    return _finish(arr, device, requires_grad)
+
+
+def randint(low=0, high=None, size=None, generator=None, dtype=None, device=None,
+            requires_grad=False):
+    """Integers uniform on ``[low, high)``: ``randint(high, size)`` or ``randint(low, high, size)``."""
+    if size is None:
+        if isinstance(high, (tuple, list)):
+            low, high, size = 0, low, high
+        else:
+            raise TypeError("randint() missing required argument 'size'")
+    arr = _rng(generator).integers(low, high, _size_args((size,))).astype(
+        _dtype_np(dtype, np.dtype(np.int64)))
+    return _finish(arr, device, requires_grad)
+
+
+def randperm(n, generator=None, dtype=None, device=None, requires_grad=False):
+    """A random permutation of ``0 .. n-1``."""
+    arr = _rng(generator).permutation(n).astype(_dtype_np(dtype, np.dtype(np.int64)))
+    return _finish(arr, device, requires_grad)
+
+
+def rand_like(input, dtype=None, device=None, generator=None):
+    dt, dev = _like(input, dtype, device)
+    return rand(input.shape, dtype=dt, device=dev, generator=generator)
+
+
+def randn_like(input, dtype=None, device=None, generator=None):
+    dt, dev = _like(input, dtype, device)
+    return randn(input.shape, dtype=dt, device=dev, generator=generator)
+
+
+def randint_like(input, low=0, high=None, dtype=None, device=None, generator=None):
+    if high is None:
+        low, high = 0, low
+    dt, dev = _like(input, dtype, device)
+    return randint(low, high, tuple(input.shape), dtype=dt, device=dev, generator=generator)
+
+
+def normal(mean=0.0, std=1.0, size=None, generator=None, dtype=None, device=None,
+           requires_grad=False):
+    """Normal samples: ``normal(mean, std, size)``, or elementwise from tensor ``mean``/``std``."""
+    if isinstance(mean, Tensor) or isinstance(std, Tensor):
+        m = mean._host() if isinstance(mean, Tensor) else mean
+        s = std._host() if isinstance(std, Tensor) else std
+        ref = mean if isinstance(mean, Tensor) else std
+        arr = _rng(generator).normal(m, s).astype(ref._data.dtype)
+        return _finish(np.asarray(arr), ref.device, requires_grad)
+    if size is None:
+        raise TypeError("normal() with float mean and std needs a size")
+    npd = _dtype_np(dtype, backend.get_default_dtype().np)
+    arr = _rng(generator).normal(mean, std, _size_args((size,))).astype(npd)
+    return _finish(arr, device, requires_grad)
+
+
+def bernoulli(input, p=None, generator=None):
+    """Samples of 0/1 with probabilities ``input`` (or ``p``)."""
+    probs = input._host() if p is None else np.full(input._data.shape, p)
+    arr = (_rng(generator).random(probs.shape) < probs).astype(input._data.dtype)
+    return _finish(arr, input.device, False)
+
+
+def multinomial(input, num_samples, replacement=False, generator=None):
+    """Indices drawn with weights ``input`` (1-D or one row per distribution)."""
+    probs = np.asarray(input._host(), dtype=np.float64)
+    rows = probs.reshape(-1, probs.shape[-1])
+    rng = _rng(generator)
+    out = []
+    for row in rows:
+        if not replacement and num_samples > (row > 0).sum():
+            raise RuntimeError("multinomial: cannot sample n_sample > prob_dist.size(-1) samples "
+                               "without replacement")
+        out.append(rng.choice(len(row), size=num_samples, replace=replacement, p=row / row.sum()))
+    arr = np.asarray(out, dtype=np.int64).reshape(probs.shape[:-1] + (num_samples,))
+    return _finish(arr, input.device, False)

@@ -1,0 +1,158 @@
+"""Reductions with their gradients: sum, mean, amax/amin, max/min with indices, prod, norm.
+
+Composite reductions (var, std, logsumexp, general p-norms) live on the Tensor and are built
+from these and the elementwise primitives, so they need no rule of their own.
+"""
+from __future__ import annotations
+
+from .. import backend
+from ..autograd.graph import Op
+
+
+def normalize_axis(dim, ndim, name="dim"):
+    """``dim`` (None, int or sequence, negatives allowed) as a sorted tuple of axes, or None."""
+    if dim is None:
+        return None
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    nd = max(ndim, 1)
+    out = []
+    for d in dims:
+        if not -nd <= d < nd:
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-nd}, {nd - 1}], "
+                             f"but got {d})")
+        out.append(d % nd)
+    return tuple(sorted(out)) if ndim else ()
+
+
+def kept_shape(shape, axis):
+    """``shape`` with the reduced axes kept as size 1 (what keepdims=True gives)."""
+    if axis is None:
+        return (1,) * len(shape)
+    return tuple(1 if i in axis else s for i, s in enumerate(shape))
+
+
+class Sum(Op):
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False, dtype=None):
+        ctx.kshape = kept_shape(a.shape, axis)
+        return a.sum(axis=axis, keepdims=keepdims, dtype=dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.kshape)  # the engine broadcasts it back to the input's shape
+
+
+class Mean(Op):
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        ctx.kshape = kept_shape(a.shape, axis)
+        ctx.count = a.size // max(1, _prod(ctx.kshape)) if a.size else 0
+        return a.mean(axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.kshape) / ctx.count
+
+
+def _prod(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+class AMax(Op):
+    """Max (or min, with ``smallest``) over axes; ties share the gradient evenly, as PyTorch."""
+
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False, smallest=False):
+        if a.size == 0:
+            raise RuntimeError("max(): Expected reduction dim to be specified for input.numel() == 0, "
+                               "or the input to be non-empty")
+        out = a.min(axis=axis, keepdims=True) if smallest else a.max(axis=axis, keepdims=True)
+        mask = a == out
+        ctx.share = mask / mask.sum(axis=axis, keepdims=True)
+        ctx.kshape = out.shape
+        return out if keepdims else out.reshape(tuple(s for i, s in enumerate(a.shape)
+                                                      if axis is not None and i not in axis))
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.kshape) * ctx.share
+
+
+class MaxWithIndices(Op):
+    """``max(dim)``/``min(dim)``: values and indices; the gradient goes to the chosen index."""
+    non_differentiable_outputs = (1,)
+
+    @staticmethod
+    def forward(ctx, a, axis=0, keepdims=False, smallest=False):
+        xp = backend.get_array_module(a)
+        if a.shape[axis] == 0:
+            raise IndexError(f"max(): Expected reduction dim {axis} to have non-zero size.")
+        idx = (a.argmin(axis=axis) if smallest else a.argmax(axis=axis))
+        idx_k = xp.expand_dims(idx, axis)
+        values = xp.take_along_axis(a, idx_k, axis=axis)
+        shape = [1] * a.ndim
+        shape[axis] = a.shape[axis]
+        ctx.onehot = xp.arange(a.shape[axis]).reshape(shape) == idx_k
+        ctx.kshape = idx_k.shape
+        if not keepdims:
+            return values.reshape(idx.shape), idx.astype(xp.int64, copy=False)
+        return values, idx_k.astype(xp.int64, copy=False)
+
+    @staticmethod
+    def backward(ctx, g, g_idx):
+        return g.reshape(ctx.kshape) * ctx.onehot
+
+
+class Prod(Op):
+    """Product over one axis (or all); exact where inputs are zero (no division)."""
+    once_differentiable = True
+
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        ctx.save_for_backward(a)
+        ctx.axis, ctx.keepdims = axis, keepdims
+        return a.prod(axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, = ctx.saved_tensors
+        xp = ctx.xp
+        axis = ctx.axis
+        flat = a.reshape(-1) if axis is None else a
+        ax = 0 if axis is None else axis
+        ones_shape = list(flat.shape)
+        ones_shape[ax] = 1
+        one = xp.ones(ones_shape, dtype=a.dtype)
+        # product of all other elements = (exclusive cumprod from the left) * (from the right)
+        left = xp.cumprod(xp.concatenate([one, flat], axis=ax), axis=ax)
+        left = xp.take(left, xp.arange(flat.shape[ax]), axis=ax)
+        rev = xp.flip(flat, axis=ax)
+        right = xp.cumprod(xp.concatenate([one, rev], axis=ax), axis=ax)
+        right = xp.flip(xp.take(right, xp.arange(flat.shape[ax]), axis=ax), axis=ax)
+        others = (left * right).reshape(a.shape)
+        gk = g if (axis is None or ctx.keepdims) else xp.expand_dims(g, axis)
+        return gk * others
+
+
+class Norm2(Op):
+    """The 2-norm over axes; its gradient is 0 (not NaN) at the zero vector, as PyTorch's."""
+
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        xp = backend.get_array_module(a)
+        out = xp.sqrt((a * a).sum(axis=axis, keepdims=True))
+        ctx.save_for_backward(a)
+        ctx.axis, ctx.kshape = axis, out.shape
+        return out if keepdims else out.reshape(tuple(s for i, s in enumerate(a.shape)
+                                                      if axis is not None and i not in axis))
+
+    @staticmethod
+    def backward(ctx, g):
+        a, = ctx.saved_tensors
+        xp = ctx.xp
+        out = xp.sqrt((a * a).sum(axis=ctx.axis, keepdims=True))  # recomputed: differentiable
+        safe = xp.where(out == 0, 1.0, out)
+        return g.reshape(ctx.kshape) * xp.where(out == 0, 0.0, a / safe)

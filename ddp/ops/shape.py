@@ -1,0 +1,293 @@
+"""Shape, indexing and matrix primitives with their gradients.
+
+Pairs that are each other's adjoint call one another in backward, so higher-order gradients
+work: ``Getitem`` and ``IndexScatter`` (scatter-add into zeros), ``Gather`` and ``GatherScatter``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..autograd.graph import Op
+
+
+class Reshape(Op):
+    @staticmethod
+    def forward(ctx, a, shape=None):
+        ctx.in_shape = a.shape
+        return a.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.in_shape)
+
+
+class Permute(Op):
+    @staticmethod
+    def forward(ctx, a, axes=None):
+        ctx.inverse = tuple(np.argsort(axes))
+        return a.transpose(axes)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.xp.transpose(g, ctx.inverse)
+
+
+class Expand(Op):
+    @staticmethod
+    def forward(ctx, a, shape=None):
+        return backend.get_array_module(a).broadcast_to(a, shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g  # the engine sums the broadcast dimensions away
+
+
+class SumToSize(Op):
+    """Sum broadcast dimensions away (or broadcast up) to reach ``shape``; its own adjoint."""
+
+    @staticmethod
+    def forward(ctx, a, shape=None):
+        from ..autograd.engine import sum_to_shape
+        ctx.in_shape = a.shape
+        return sum_to_shape(a, tuple(shape))
+
+    @staticmethod
+    def backward(ctx, g):
+        return g  # the engine fits it to the input shape, which is this op's adjoint
+
+
+class Repeat(Op):
+    """``Tensor.repeat``: tile the tensor ``reps`` times along each dimension."""
+
+    @staticmethod
+    def forward(ctx, a, reps=None):
+        xp = backend.get_array_module(a)
+        shape = (1,) * (len(reps) - a.ndim) + a.shape
+        ctx.split_shape = tuple(x for r, s in zip(reps, shape) for x in (r, s))
+        ctx.shape = shape
+        ctx.in_shape = a.shape
+        return xp.tile(a.reshape(shape), reps)
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.reshape(ctx.split_shape).sum(axis=tuple(range(0, len(ctx.split_shape), 2)))
+        return g.reshape(ctx.in_shape)
+
+
+class Concat(Op):
+    @staticmethod
+    def forward(ctx, *arrays, axis=0):
+        xp = backend.get_array_module(*arrays)
+        ctx.axis = axis
+        ctx.sizes = [a.shape[axis] for a in arrays]
+        return xp.concatenate(arrays, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        out, start = [], 0
+        lead = (slice(None),) * ctx.axis
+        for size, need in zip(ctx.sizes, ctx.needs_input_grad):
+            out.append(g[lead + (slice(start, start + size),)] if need else None)
+            start += size
+        return tuple(out)
+
+
+class Stack(Op):
+    @staticmethod
+    def forward(ctx, *arrays, axis=0):
+        xp = backend.get_array_module(*arrays)
+        ctx.axis = axis
+        return xp.stack(arrays, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        lead = (slice(None),) * ctx.axis
+        return tuple(g[lead + (i,)] if need else None for i, need in enumerate(ctx.needs_input_grad))
+
+
+# --------------------------------------------------------------------------- indexing
+
+def scatter_into_zeros(g, shape, index):
+    """Zeros of ``shape`` with ``g`` added at ``index`` (repeats add up): Getitem's adjoint."""
+    from ..tensor import Tensor
+    if isinstance(g, Tensor):
+        return IndexScatter.apply(g, shape=shape, index=index)
+    return _scatter_array(g, shape, index)
+
+
+def _scatter_array(g, shape, index):
+    xp = backend.get_array_module(g)
+    out = xp.zeros(shape, dtype=g.dtype)
+    if _is_basic(index):
+        out[index] = g  # basic indexing never repeats a position
+    else:
+        backend.index_add_at(out, index, g)
+    return out
+
+
+def _is_basic(index):
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
+
+
+class Getitem(Op):
+    @staticmethod
+    def forward(ctx, a, index=None):
+        ctx.in_shape, ctx.index = a.shape, index
+        return a[index]
+
+    @staticmethod
+    def backward(ctx, g):
+        return scatter_into_zeros(g, ctx.in_shape, ctx.index)
+
+
+class IndexScatter(Op):
+    @staticmethod
+    def forward(ctx, g, shape=None, index=None):
+        ctx.index = index
+        return _scatter_array(g, shape, index)
+
+    @staticmethod
+    def backward(ctx, gg):
+        return gg[ctx.index]
+
+
+class IndexPut(Op):
+    """``a[index] = v`` out of place (the Tensor's ``__setitem__`` copies the result back)."""
+
+    @staticmethod
+    def forward(ctx, a, v, index=None, accumulate=False):
+        out = a.copy()
+        if accumulate:
+            backend.index_add_at(out, index, v)
+        else:
+            out[index] = v
+        ctx.index, ctx.accumulate = index, accumulate
+        ctx.v_shape = getattr(v, "shape", ())
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        need_a, need_v = ctx.needs_input_grad
+        ga = gv = None
+        if need_a:
+            ga = g if ctx.accumulate else g * ctx.xp.where(_written_mask(g, ctx.index), 0.0, 1.0)
+        if need_v:
+            gv = g[ctx.index]
+        return ga, gv
+
+
+def _written_mask(g, index):
+    """A bool array: True at the positions ``index`` writes to."""
+    xp = backend.get_array_module(getattr(g, "_data", g))
+    mask = xp.zeros(g.shape, dtype=bool)
+    mask[index] = True
+    return mask
+
+
+class Gather(Op):
+    """``torch.gather``: ``out[i][j] = a[i][index[i][j]]`` along ``axis``."""
+
+    @staticmethod
+    def forward(ctx, a, axis=0, index=None):
+        ctx.in_shape, ctx.axis, ctx.index = a.shape, axis, index
+        return backend.get_array_module(a).take_along_axis(a, index, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        from ..tensor import Tensor
+        if isinstance(g, Tensor):
+            return GatherScatter.apply(g, shape=ctx.in_shape, axis=ctx.axis, index=ctx.index)
+        return _gather_scatter_array(g, ctx.in_shape, ctx.axis, ctx.index)
+
+
+def _along_axis_index(index, axis):
+    """Full index tuple addressing ``index`` along ``axis`` (the other axes by position)."""
+    xp = backend.get_array_module(index)
+    grids = list(xp.ogrid[tuple(slice(0, s) for s in index.shape)]) if index.ndim else []
+    grids[axis] = index
+    return tuple(grids)
+
+
+def _gather_scatter_array(src, shape, axis, index):
+    xp = backend.get_array_module(src)
+    out = xp.zeros(shape, dtype=src.dtype)
+    backend.index_add_at(out, _along_axis_index(index, axis), src)
+    return out
+
+
+class GatherScatter(Op):
+    """Scatter-add ``src`` into zeros along ``axis`` at ``index``: Gather's adjoint."""
+
+    @staticmethod
+    def forward(ctx, src, shape=None, axis=0, index=None):
+        ctx.axis, ctx.index = axis, index
+        return _gather_scatter_array(src, shape, axis, index)
+
+    @staticmethod
+    def backward(ctx, g):
+        if hasattr(g, "_data"):
+            return Gather.apply(g, axis=ctx.axis, index=ctx.index)
+        return backend.get_array_module(g).take_along_axis(g, ctx.index, axis=ctx.axis)
+
+
+class Scatter(Op):
+    """``torch.scatter`` (no reduction): ``out = a`` with ``src`` written at ``index`` along axis."""
+
+    @staticmethod
+    def forward(ctx, a, src, axis=0, index=None):
+        xp = backend.get_array_module(a)
+        out = a.copy()
+        full = _along_axis_index(index, axis)
+        src_part = src[tuple(slice(0, s) for s in index.shape)] if getattr(src, "ndim", 0) else src
+        out[full] = src_part
+        ctx.full, ctx.axis, ctx.index = full, axis, index
+        ctx.src_shape = getattr(src, "shape", ())
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        need_a, need_src = ctx.needs_input_grad
+        ga = gs = None
+        if need_a:
+            ga = g * ctx.xp.where(_written_mask(g, ctx.full), 0.0, 1.0)
+        if need_src:
+            part = g[ctx.full]
+            # src may be larger than index: only its leading index-shaped block was used
+            gs = scatter_into_zeros(part, ctx.src_shape, tuple(slice(0, s) for s in part.shape))
+        return ga, gs
+
+
+# --------------------------------------------------------------------------- matrix product
+
+class Matmul(Op):
+    """``a @ b`` with NumPy's rules for 1-D operands and batch broadcasting."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        xp = ctx.xp
+        need_a, need_b = ctx.needs_input_grad
+        a2 = a.reshape((1,) + a.shape) if a.ndim == 1 else a
+        b2 = b.reshape(b.shape + (1,)) if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = xp.expand_dims(g2, -2 if b.ndim > 1 else 0)
+        if b.ndim == 1:
+            g2 = xp.expand_dims(g2, -1)
+        ga = gb = None
+        if need_a:
+            ga = xp.matmul(g2, xp.swapaxes(b2, -1, -2))
+            if a.ndim == 1:
+                ga = ga.reshape(ga.shape[:-2] + ga.shape[-1:])
+        if need_b:
+            gb = xp.matmul(xp.swapaxes(a2, -1, -2), g2)
+            if b.ndim == 1:
+                gb = gb.reshape(gb.shape[:-1])
+        return ga, gb
