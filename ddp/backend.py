@@ -126,7 +126,7 @@ def get_array_module(*arrays):
         True
     """
     for a in arrays:
-        if type(a).__module__.startswith("cupy"):
+        if a.__class__ is not np.ndarray and type(a).__module__.startswith("cupy"):
             return cupy_module()
     return np
 

@@ -1573,6 +1573,10 @@ def where(condition, input=None, other=None):
                            f"other {shapes[2]} cannot be broadcast together") from None
 
 
+from .autograd import graph as _graph  # noqa: E402
+_graph.Tensor = Tensor
+
+
 class ToDevice(Op):
     """A copy between devices; the gradient is copied back."""
 

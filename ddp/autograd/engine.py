@@ -15,8 +15,12 @@ above is itself recorded, which gives higher-order gradients.
 """
 from __future__ import annotations
 
+import numpy as np
+
+from .. import backend
+from . import graph
 from .grad_mode import state as _mode
-from .graph import Node, _FREED, _FREED_MESSAGE
+from .graph import _FREED, _FREED_MESSAGE
 
 _callback_stack: list[list] = []  # one list per backward pass in progress (passes may nest)
 
@@ -47,8 +51,7 @@ def sum_to_shape(g, shape):
     if axes:
         g = g.sum(axis=axes, keepdims=True)
     if g.shape != shape:
-        from ..backend import get_array_module
-        g = get_array_module(g).broadcast_to(g, shape)
+        g = backend.get_array_module(g).broadcast_to(g, shape)
     return g
 
 
@@ -62,13 +65,11 @@ def _fit(g, shape, dtype):
 
 
 def _np_to_dtype(np_dtype):
-    from ..backend import from_numpy_dtype
-    return from_numpy_dtype(np_dtype)
+    return backend.from_numpy_dtype(np_dtype)
 
 
 def _wrap(g):
-    from ..tensor import Tensor
-    return g if isinstance(g, Tensor) else Tensor._make(g)
+    return g if isinstance(g, graph.Tensor) else graph.Tensor._make(g)
 
 
 def _run_tensor_hooks(hooks, g, create_graph):
@@ -87,7 +88,6 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
     With ``inputs`` (a list of tensors), returns the gradient reaching each of them (None where
     none does); with ``accumulate`` the leaves' ``.grad`` are filled as well.
     """
-    from ..tensor import Tensor
     deps: dict = {}
     buffers: dict = {}
     leaf_grads: dict = {}
@@ -199,38 +199,48 @@ def _call_backward(node, grads, create_graph, retain_graph, anomaly):
     """Run one node's backward on its output gradients; returns one gradient per input."""
     if node.saved is _FREED:
         raise RuntimeError(_FREED_MESSAGE.format(node.name()))
-    if all(g is None for g in grads):
-        results = (None,) * len(node.next_edges)
+    if node.n_outputs == 1:
+        g = grads[0]
+        if g is None:
+            return _no_grads(node, retain_graph)
     else:
-        if create_graph and node.op.once_differentiable:
+        present = [g for g in grads if g is not None]
+        if not present:
+            return _no_grads(node, retain_graph)
+        g = present[0]
+        if node.materialize_grads and len(present) < len(grads):
+            grads = _materialize(node, grads, g)
+    if create_graph:
+        if node.op.once_differentiable:
             raise RuntimeError(f"{node.name()} does not support double backward: its backward is "
                                f"not differentiable (create_graph=True)")
-        if node.materialize_grads and any(g is None for g in grads):
-            grads = _materialize(node, grads)
-        node._create_graph = create_graph
-        if create_graph:
-            from ..ops import tnp
-            node.xp = tnp
-            grads = [None if g is None else _wrap(g) for g in grads]
-        else:
-            from ..backend import get_array_module
-            node.xp = get_array_module(next(g for g in grads if g is not None))
-        results = node.op.backward(node, *grads)
-        if type(results) is not tuple:
-            results = (results,)
-        if len(results) != len(node.next_edges):
-            raise RuntimeError(f"function {node.name()} returned an incorrect number of gradients "
-                               f"(expected {len(node.next_edges)}, got {len(results)})")
-        if anomaly:
-            _check_anomaly(node, results)
+        from ..ops import tnp
+        node.xp = tnp
+        grads = [None if g is None else _wrap(g) for g in grads]
+    else:
+        node.xp = np if g.__class__ is np.ndarray else backend.get_array_module(g)
+    node._create_graph = create_graph
+    results = node.op.backward(node, *grads)
+    if type(results) is not tuple:
+        results = (results,)
+    if len(results) != len(node.next_edges):
+        raise RuntimeError(f"function {node.name()} returned an incorrect number of gradients "
+                           f"(expected {len(node.next_edges)}, got {len(results)})")
+    if anomaly:
+        _check_anomaly(node, results)
     if not retain_graph:
         node._release()
     return results
 
 
-def _materialize(node, grads):
+def _no_grads(node, retain_graph):
+    if not retain_graph:
+        node._release()
+    return (None,) * len(node.next_edges)
+
+
+def _materialize(node, grads, ref):
     """Zeros for outputs that got no gradient, shaped like the outputs (kept by the node)."""
-    ref = next(g for g in grads if g is not None)
     shapes = node.__dict__.get("_output_meta")
     out = list(grads)
     for i, g in enumerate(out):
@@ -240,19 +250,17 @@ def _materialize(node, grads):
                 from .. import zeros
                 out[i] = zeros(shape, dtype=_np_to_dtype(dtype), device=ref.device)
             else:
-                from ..backend import get_array_module
-                out[i] = get_array_module(ref).zeros(shape, dtype)
+                out[i] = backend.get_array_module(ref).zeros(shape, dtype)
     return out
 
 
 def _check_anomaly(node, results):
-    from ..backend import get_array_module
     for i, g in enumerate(results):
         if g is None:
             continue
         arr = getattr(g, "_data", g)
         if arr.dtype.kind in "fc" or arr.dtype.itemsize == 2 and arr.dtype.kind == "V":
-            xp = get_array_module(arr)
+            xp = backend.get_array_module(arr)
             if not bool(xp.isfinite(arr).all()):
                 what = "nan" if bool(xp.isnan(arr).any()) else "inf"
                 trace = node._anomaly_trace or "(no forward trace: enable detect_anomaly before " \
@@ -271,12 +279,11 @@ def _finish_leaf(t, g, accumulate, create_graph, captures, captured):
             captured[k] = g if create_graph else _wrap(g)
     if not accumulate:
         return
-    from ..tensor import Tensor
     if t.grad is None:
         if create_graph:
             t.grad = g
         else:  # a copy: the same array may reach several leaves (add's backward gives g, g)
-            t.grad = Tensor._make(g.copy())
+            t.grad = graph.Tensor._make(g.copy())
     elif create_graph or t.grad.requires_grad:
         t.grad = t.grad + _wrap(g)
     else:

@@ -30,9 +30,8 @@ class FunctionCtx(Node):
     def save_for_backward(self, *tensors):
         self.saved = tensors
         self._saved_src = None  # saved items are Tensors already: nothing to rebuild
-        self._saved_versions = tuple((t._vc, t._vc[0], f"saved tensor {i} of shape "
-                                      f"{tuple(t.shape)}")
-                                     for i, t in enumerate(tensors) if hasattr(t, "_vc"))
+        self._saved_versions = tuple((t._vc, t._vc[0], t._data.shape)
+                                     for t in tensors if hasattr(t, "_vc"))
 
     @property
     def saved_tensors(self):

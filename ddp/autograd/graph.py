@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 import traceback
 
-from ..backend import is_float_np
 from .grad_mode import state as _mode
 
 _sequence = itertools.count()
@@ -97,16 +96,16 @@ class Node:
 
     # ----------------------------------------------------------------- internals
     def _check_versions(self):
-        for counter, version, what in self._saved_versions:
+        for counter, version, shape in self._saved_versions:
             if counter[0] != version:
                 raise RuntimeError(
                     f"one of the variables needed for gradient computation has been modified by an "
-                    f"inplace operation: {what} is at version {counter[0]}; expected version "
-                    f"{version} instead. It was saved by {self.name()}; clone it before modifying "
-                    f"it in place, or do the in-place change on a copy.")
+                    f"inplace operation: a tensor of shape {tuple(shape)} saved by "
+                    f"{self.name()} is at version {counter[0]}; expected version "
+                    f"{version} instead. Clone it before modifying it in place, or do the in-place "
+                    f"change on a copy.")
 
     def _saved_as_tensors(self):
-        from ..tensor import Tensor
         out = []
         for item, src in zip(self.saved, self._saved_src):
             if src is None:
@@ -193,23 +192,24 @@ class Op:
         return apply(cls, args, kwargs)
 
 
+Tensor = None  # ddp.tensor.Tensor, bound when that module loads (no import on the hot path)
+
+
 def apply(op, args, kwargs):
     """Run ``op`` on ``args`` and, when grad mode is on and an input requires grad, record it."""
-    from ..tensor import Tensor
-    arrays = []
+    arrays = [a._data if isinstance(a, Tensor) else a for a in args]
     record = False
-    for a in args:
-        if isinstance(a, Tensor):
-            arrays.append(a._data)
-            if a._requires_grad:
+    if _mode.grad_enabled:
+        for a in args:
+            if isinstance(a, Tensor) and a._requires_grad:
                 record = True
-        else:
-            arrays.append(a)
-    if not (record and _mode.grad_enabled):
+                break
+    make = Tensor._make
+    if not record:
         out = op.forward(_NO_RECORD, *arrays, **kwargs)
         if type(out) is tuple:
-            return tuple(Tensor._make(o) for o in out)
-        return Tensor._make(out)
+            return tuple(make(o) for o in out)
+        return make(out)
 
     node = Node(op)
     edges, meta, needs = [], [], []
@@ -227,48 +227,49 @@ def apply(op, args, kwargs):
     node.in_meta = tuple(meta)
     node.needs_input_grad = tuple(needs)
     out = op.forward(node, *arrays, **kwargs)
-    multi = type(out) is tuple
-    outs = out if multi else (out,)
+    if type(out) is not tuple:  # the common case: one output
+        node.n_outputs = 1
+        node.non_differentiable = ()
+        result = make(out, True, node, 0) if out.dtype.kind in "fV" else make(out)
+        if node.saved:
+            _bind_saved(node, args, arrays, (out,), (result,))
+        else:
+            node._saved_src = node._saved_versions = ()
+        if _mode.anomaly:
+            node._anomaly_trace = "".join(traceback.format_stack()[:-2])
+        return result
+    outs = out
     node.n_outputs = len(outs)
-    if multi:  # shapes for zero gradients of outputs that receive none
-        node._output_meta = tuple((o.shape, o.dtype) for o in outs)
+    node._output_meta = tuple((o.shape, o.dtype) for o in outs)  # for zero grads of unused outputs
     non_diff = op.non_differentiable_outputs
     if "_non_diff_objects" in node.__dict__:
-        non_diff = tuple(i for i, o in enumerate(outs)
-                         if any(o is x for x in node.__dict__.pop("_non_diff_objects")))
+        marked = node.__dict__.pop("_non_diff_objects")
+        non_diff = tuple(i for i, o in enumerate(outs) if any(o is x for x in marked))
     node.non_differentiable = non_diff
     # integer and bool outputs (indices, casts to int) never carry a gradient
-    results = tuple(Tensor._make(o) if i in non_diff or not is_float_np(o.dtype)
-                    else Tensor._make(o, True, node, i) for i, o in enumerate(outs))
+    results = tuple(make(o) if i in non_diff or o.dtype.kind not in "fV"
+                    else make(o, True, node, i) for i, o in enumerate(outs))
     _bind_saved(node, args, arrays, outs, results)
     if _mode.anomaly:
         node._anomaly_trace = "".join(traceback.format_stack()[:-2])
-    return results if multi else results[0]
+    return results
 
 
 def _bind_saved(node, args, arrays, outs, results):
     """Record where each saved array came from (for create_graph) and its version."""
-    from ..tensor import Tensor
-    saved = node.saved
-    if not saved:
-        node._saved_src = ()
-        node._saved_versions = ()
-        return
     srcs, versions = [], []
-    for item in saved:
+    for item in node.saved:
         src = None
-        for i, arr in enumerate(arrays):
-            t = args[i]
+        for t, arr in zip(args, arrays):
             if item is arr and isinstance(t, Tensor):
                 src = t
-                versions.append((t._vc, t._vc[0], f"an input of shape {tuple(arr.shape)}"))
+                versions.append((t._vc, t._vc[0], arr.shape))
                 break
         else:
             for j, o in enumerate(outs):
                 if item is o:
                     src = (j,)
-                    r = results[j]
-                    versions.append((r._vc, r._vc[0], f"output {j} of shape {tuple(o.shape)}"))
+                    versions.append((results[j]._vc, 0, o.shape))
                     break
         srcs.append(src)
     node._saved_src = tuple(srcs)

@@ -10,14 +10,14 @@ import numbers
 import numpy as np
 
 from .. import backend
+from ..autograd import graph
 from ..autograd.graph import Op
 
 
 # --------------------------------------------------------------------------- operand handling
 
 def _tensor_cls():
-    from ..tensor import Tensor
-    return Tensor
+    return graph.Tensor
 
 
 def as_operand(x, like):

@@ -1,0 +1,52 @@
+"""``Parameter``: a tensor that a Module registers as learnable (``requires_grad`` by default).
+
+Example:
+    >>> p = ddp.nn.Parameter(ddp.zeros(2))
+    >>> p.requires_grad, p.is_leaf
+    (True, True)
+"""
+from __future__ import annotations
+
+from ..tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A leaf tensor that modules list in ``parameters()``; shares ``data``'s storage."""
+    __slots__ = ()
+
+    def __init__(self, data=None, requires_grad=True):
+        from ..creation import zeros
+        if data is None:
+            data = zeros(0)
+        Tensor.__init__(self, data._data if isinstance(data, Tensor) else data)
+        self._data = data._data if isinstance(data, Tensor) else self._data
+        if isinstance(data, Tensor):
+            self._vc = data._vc
+        if requires_grad:
+            self.requires_grad_(True)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+    def __reduce_ex__(self, protocol):
+        return (_rebuild_parameter, (self.detach(), self._requires_grad))
+
+    def __deepcopy__(self, memo):
+        if id(self) in memo:
+            return memo[id(self)]
+        p = Parameter(Tensor._make(self._data.copy()), self._requires_grad)
+        memo[id(self)] = p
+        return p
+
+
+def _rebuild_parameter(data, requires_grad):
+    return Parameter(data, requires_grad)
+
+
+class Buffer(Tensor):
+    """Marks a tensor as a buffer when assigned to a Module attribute (``nn.Buffer``)."""
+    __slots__ = ("persistent",)
+
+    def __init__(self, data, persistent=True):
+        Tensor.__init__(self, data._data if isinstance(data, Tensor) else data)
+        self.persistent = persistent
