@@ -21,6 +21,7 @@ Example (a primitive):
 from __future__ import annotations
 
 import itertools
+import threading
 import traceback
 
 from .grad_mode import state as _mode
@@ -146,8 +147,9 @@ def _is_array(x):
         or type(x).__module__.startswith("cupy")
 
 
-class _NoRecordContext:
-    """The ctx that ops see when nothing is recorded: saving is a no-op, attributes are dropped."""
+class _NoRecordContext(threading.local):
+    """The ctx that ops see when nothing is recorded: saving is a no-op; attributes that forward
+    sets (and may read back) live per thread, so concurrent forwards don't mix them."""
     needs_input_grad = ()
     xp = None
 
@@ -158,9 +160,6 @@ class _NoRecordContext:
         pass
 
     def set_materialize_grads(self, value):
-        pass
-
-    def __setattr__(self, name, value):
         pass
 
 
