@@ -54,3 +54,6 @@ def numel(input):
 
 def get_device(input):
     return -1 if input.device.type == "cpu" else input.device.index
+
+
+from . import nn  # noqa: E402  (after everything nn's modules import from ddp)

@@ -1,64 +1,149 @@
-"""How tensors print: ``tensor([1., 2.], requires_grad=True)``, PyTorch's layout and precision."""
+"""How tensors print: ``tensor([1., 2.], requires_grad=True)``.
+
+A port of PyTorch's ``torch/_tensor_str.py`` (default print options) onto host NumPy arrays, so
+reprs match PyTorch's character for character: the same fixed/scientific/integer choice, widths,
+line wrapping at 80 columns, and summarisation (``...``) above 1000 elements.
+"""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from . import backend
 
-_DEFAULT_SHOWN = {"float32", "int64", "bool"}  # dtypes that PyTorch leaves out of the repr
+_LINEWIDTH = 80
+_THRESHOLD = 1000   # more elements than this are summarised
+_EDGEITEMS = 3      # items shown at each end of a summarised dimension
+_PRECISION = 4
 
 
-def _float_formatter(arr):
-    """PyTorch's choice: whole numbers as ``1.``, else 4 decimals, scientific for wide ranges."""
-    finite = arr[np.isfinite(arr)].astype(np.float64)
-    nonzero = np.abs(finite[finite != 0])
-    if finite.size and np.all(finite == np.round(finite)) and (not nonzero.size or nonzero.max() < 1e8):
-        def fmt(v):
-            return f"{v:.0f}." if np.isfinite(v) else _special(v)
+class _Formatter:
+    """Chooses one format and width for every element, from the values shown."""
+
+    def __init__(self, arr):
+        self.floating = arr.dtype.kind == "f"
+        self.int_mode = True
+        self.sci_mode = False
+        self.max_width = 1
+        flat = arr.reshape(-1)
+        if not self.floating:
+            self.max_width = max((len(str(v)) for v in flat.tolist()), default=1)
+            return
+        vals = flat.astype(np.float64)
+        vals = vals[np.isfinite(vals) & (vals != 0)]
+        if not vals.size:
+            return
+        absv = np.abs(vals)
+        lo, hi = absv.min(), absv.max()
+        self.int_mode = bool(np.all(vals == np.ceil(vals)))
+        self.sci_mode = bool(hi / lo > 1000.0 or hi > 1.0e8 or lo < 1.0e-4)
+        if self.sci_mode:
+            widths = (len(f"{v:.{_PRECISION}e}") for v in vals.tolist())
+        elif self.int_mode:
+            widths = (len(f"{v:.0f}") + 1 for v in vals.tolist())  # + 1 for the trailing "."
+        else:
+            widths = (len(f"{v:.{_PRECISION}f}") for v in vals.tolist())
+        self.max_width = max(widths)
+
+    def format(self, value):
+        if self.floating:
+            if self.sci_mode:
+                ret = f"{value:{self.max_width}.{_PRECISION}e}"
+            elif self.int_mode:
+                ret = f"{value:.0f}"
+                if not (math.isinf(value) or math.isnan(value)):
+                    ret += "."
+            else:
+                ret = f"{value:.{_PRECISION}f}"
+        else:
+            ret = f"{value}"
+        return ret.rjust(self.max_width)
+
+
+def _summarized(arr):
+    """The elements that a summarised print shows (edge items of every dimension)."""
+    if arr.ndim == 0:
+        return arr
+    if arr.ndim == 1:
+        n = arr.shape[0]
+        return np.concatenate([arr[:_EDGEITEMS], arr[-_EDGEITEMS:]]) if n > 2 * _EDGEITEMS else arr
+    rows = range(arr.shape[0])
+    if arr.shape[0] > 2 * _EDGEITEMS:
+        rows = list(rows[:_EDGEITEMS]) + list(rows[-_EDGEITEMS:])
+    return np.stack([_summarized(arr[i]) for i in rows])
+
+
+def _vector_str(arr, indent, summarize, fmt):
+    per_line = max(1, (_LINEWIDTH - indent) // (fmt.max_width + 2))
+    if summarize and arr.shape[0] > 2 * _EDGEITEMS:
+        data = ([fmt.format(v) for v in arr[:_EDGEITEMS].tolist()] + [" ..."]
+                + [fmt.format(v) for v in arr[-_EDGEITEMS:].tolist()])
     else:
-        sci = nonzero.size and (nonzero.max() >= 1e8 or nonzero.min() < 1e-4
-                                or nonzero.max() / nonzero.min() > 1000)
-
-        def fmt(v):
-            return (f"{v:.4e}" if sci else f"{v:.4f}") if np.isfinite(v) else _special(v)
-    return fmt
+        data = [fmt.format(v) for v in arr.tolist()]
+    lines = [", ".join(data[i:i + per_line]) for i in range(0, len(data), per_line)]
+    return "[" + (",\n" + " " * (indent + 1)).join(lines) + "]"
 
 
-def _special(v):
-    return "nan" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+def _tensor_str(arr, indent, summarize, fmt):
+    if arr.ndim == 0:
+        return fmt.format(arr.item())
+    if arr.ndim == 1:
+        return _vector_str(arr, indent, summarize, fmt)
+    n = arr.shape[0]
+    if summarize and n > 2 * _EDGEITEMS:
+        slices = ([_tensor_str(arr[i], indent + 1, summarize, fmt) for i in range(_EDGEITEMS)]
+                  + ["..."]
+                  + [_tensor_str(arr[i], indent + 1, summarize, fmt)
+                     for i in range(n - _EDGEITEMS, n)])
+    else:
+        slices = [_tensor_str(arr[i], indent + 1, summarize, fmt) for i in range(n)]
+    return "[" + ("," + "\n" * (arr.ndim - 1) + " " * (indent + 1)).join(slices) + "]"
 
 
-def _format_array(arr):
+def _add_suffixes(text, suffixes, indent):
+    parts = [text]
+    last_line_len = len(text) - text.rfind("\n") + 1
+    for suffix in suffixes:
+        if last_line_len + len(suffix) + 2 > _LINEWIDTH:
+            parts.append(",\n" + " " * indent + suffix)
+            last_line_len = indent + len(suffix)
+        else:
+            parts.append(", " + suffix)
+            last_line_len += len(suffix) + 2
+    parts.append(")")
+    return "".join(parts)
+
+
+def format_array(arr, indent=len("tensor(")):
+    """The bracketed body of a tensor's repr, for a host array."""
     if backend.bfloat16 is not None and arr.dtype == backend.bfloat16.np:
-        arr = arr.astype(np.float32)
-    if arr.dtype.kind == "f":
-        fmt = _float_formatter(arr)
-    elif arr.dtype == np.bool_:
-        def fmt(v):
-            return "True" if v else "False"
-    else:
-        def fmt(v):
-            return str(int(v))
-    flat = arr.reshape(-1)
-    sample = flat if flat.size <= 1000 else np.concatenate([flat[:3], flat[-3:]])
-    width = max((len(fmt(v)) for v in sample), default=1)
-    kind = "float" if arr.dtype.kind == "f" else "bool" if arr.dtype == np.bool_ else "int"
-    return np.array2string(arr, separator=", ", prefix="tensor(", threshold=1000, edgeitems=3,
-                           max_line_width=80, formatter={kind: lambda v: fmt(v).rjust(width)})
+        arr = arr.astype(np.float32)  # exact; tolist() then gives Python floats
+    if arr.size == 0:
+        return "[]"
+    summarize = arr.size > _THRESHOLD
+    fmt = _Formatter(_summarized(arr) if summarize else arr)
+    return _tensor_str(arr, indent, summarize, fmt)
 
 
 def tensor_repr(t):
     arr = t._host()
-    body = _format_array(arr) if arr.size else "[]"
-    extras = []
+    prefix = "tensor("
+    suffixes = []
     if t.device.type != "cpu":
-        extras.append(f"device='{t.device}'")
-    if arr.size == 0 and arr.ndim != 1:
-        extras.append(f"size={tuple(arr.shape)}")
-    if t.dtype.name not in _DEFAULT_SHOWN:
-        extras.append(f"dtype=ddp.{t.dtype.name}")
+        suffixes.append(f"device='{t.device}'")
+    dt = t.dtype
+    default = backend.get_default_dtype()
+    if arr.size == 0:
+        if arr.ndim != 1:
+            suffixes.append(f"size={tuple(arr.shape)}")
+        if dt is not default:  # no elements to tell an int tensor from a float one
+            suffixes.append(f"dtype=ddp.{dt.name}")
+    elif dt not in (default, backend.int64, backend.bool):
+        suffixes.append(f"dtype=ddp.{dt.name}")
+    body = format_array(arr, len(prefix))
     if t.grad_fn is not None:
-        extras.append(f"grad_fn=<{t.grad_fn.name()}>")
+        suffixes.append(f"grad_fn=<{t.grad_fn.name()}>")
     elif t.requires_grad:
-        extras.append("requires_grad=True")
-    return "tensor(" + body + "".join(", " + e for e in extras) + ")"
+        suffixes.append("requires_grad=True")
+    return _add_suffixes(prefix + body, suffixes, len(prefix))

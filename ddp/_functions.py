@@ -49,13 +49,15 @@ def cat(tensors, dim=0, out=None):
     d = R.normalize_axis(dim, ref.ndim)[0]
     for i, t in enumerate(tensors):
         if t.ndim != ref.ndim:
-            raise RuntimeError(f"Tensors must have same number of dimensions: got {ref.ndim} and "
-                               f"{t.ndim} (tensor {i})")
+            raise RuntimeError(f"cat(): Tensors must have same number of dimensions: got "
+                               f"{ref.ndim} and {t.ndim} (shapes {tuple(ref.shape)} and "
+                               f"{tuple(t.shape)}, tensor {i})")
         for k in range(ref.ndim):
             if k != d and t.shape[k] != ref.shape[k]:
-                raise RuntimeError(f"Sizes of tensors must match except in dimension {d}. Expected "
-                                   f"size {ref.shape[k]} but got size {t.shape[k]} for tensor "
-                                   f"number {i} in the list.")
+                raise RuntimeError(f"cat(): Sizes of tensors must match except in dimension {d}. "
+                                   f"Expected size {ref.shape[k]} but got size {t.shape[k]} for "
+                                   f"tensor number {i} in the list (shapes {tuple(ref.shape)} and "
+                                   f"{tuple(t.shape)})")
     return S.Concat.apply(*tensors, axis=d)
 
 
@@ -118,12 +120,34 @@ def _functional(name):
         return None
 
     def fn(input, *args, **kwargs):
+        if not isinstance(input, Tensor) and args and isinstance(args[0], Tensor):
+            return _number_first(name, input, *args, **kwargs)
         return getattr(input, name)(*args, **kwargs)
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = (f"``ddp.{name}(input, ...)`` is ``input.{name}(...)``.\n\n"
                   f"Example:\n    >>> ddp.{name}  # doctest: +ELLIPSIS\n    <function {name} ...>\n\n"
                   + (method.__doc__ or ""))
     return fn
+
+
+# ``ddp.sub(1.0, x)``, ``ddp.pow(2, x)``: a number first runs the Tensor's reflected operator
+_REFLECTED = {"add": "__radd__", "sub": "__rsub__", "subtract": "__rsub__", "mul": "__rmul__",
+              "multiply": "__rmul__", "div": "__rtruediv__", "divide": "__rtruediv__",
+              "true_divide": "__rtruediv__", "floor_divide": "__rfloordiv__",
+              "remainder": "__rmod__", "pow": "__rpow__"}
+
+
+def _number_first(name, number, other, *args, alpha=1, rounding_mode=None, **kwargs):
+    if name not in _REFLECTED or args or kwargs:
+        raise TypeError(f"{name}(): argument 'input' must be Tensor, not {type(number).__name__}")
+    if alpha != 1:
+        other = other * alpha
+    if rounding_mode == "floor":
+        return other.__rfloordiv__(number)
+    if rounding_mode is not None:
+        from .creation import tensor
+        return tensor(number, device=other.device).div(other, rounding_mode=rounding_mode)
+    return getattr(other, _REFLECTED[name])(number)
 
 
 FUNCTIONS = {n: f for n in _METHODS if (f := _functional(n)) is not None}

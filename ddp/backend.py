@@ -76,7 +76,7 @@ class device:
             type, _, idx = type.partition(":")
             if not idx.isdigit():
                 raise RuntimeError(f"Invalid device string: '{type}:{idx}'")
-            index = int(idx)
+            index = _builtins.int(idx)
         if type not in ("cpu", "cuda"):
             raise RuntimeError(f"Expected one of cpu, cuda device type at start of device string: {type}")
         if type == "cpu" and index not in (None, 0):

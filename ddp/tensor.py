@@ -92,11 +92,11 @@ class Tensor:
 
     def __init__(self, *args, device=None, dtype=None):
         dt = backend.to_numpy_dtype(dtype) if dtype is not None else backend.get_default_dtype().np
-        if len(args) == 1 and not isinstance(args[0], (int, np.integer)):
+        if len(args) == 1 and not isinstance(args[0], (int, np.integer, Size)):
             data = args[0]
             arr = data._data if isinstance(data, Tensor) else np.asarray(data, dtype=dt)
-        else:
-            arr = np.empty(_size_args(args), dtype=dt)
+        else:  # Tensor(2, 3) or Tensor(Size): a shape; Tensor() is empty, as in PyTorch
+            arr = np.empty(_size_args(args) if args else (0,), dtype=dt)
         arr = backend.to_device(arr, backend.as_device(device))
         _init(self, arr)
 
@@ -401,10 +401,11 @@ class Tensor:
         import weakref
         ref = weakref.ref(self)
 
-        def keep(g):
+        def keep(g):  # a copy: the same gradient array may flow to several tensors
             t = ref()
             if t is not None:
-                t.grad = g.detach() if t.grad is None else t.grad + g.detach()
+                t.grad = g.detach().clone() if t.grad is None else t.grad + g.detach()
+        keep._retains_grad = True  # the engine runs it after the other hooks, as PyTorch does
         self.register_hook(keep)
         self._retains = True
 
@@ -952,11 +953,12 @@ class Tensor:
         if min is None and max is None:
             raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
         if isinstance(min, Tensor) or isinstance(max, Tensor):
+            # where, not maximum/minimum: at a tie the gradient goes to self, as PyTorch's clamp
             out = self
             if min is not None:
-                out = out.maximum(min)
+                out = where(out < min, min, out)
             if max is not None:
-                out = out.minimum(max)
+                out = where(out > max, max, out)
             return out
         x = self
         if (isinstance(min, float) or isinstance(max, float)) and self._data.dtype.kind in "biu":
@@ -1087,7 +1089,9 @@ class Tensor:
             return (x != 0).to(x.dtype).sum(dim=axes, keepdim=keepdim)
         if p == 1:
             return x.abs().sum(dim=axes, keepdim=keepdim)
-        return (x.abs() ** p).sum(dim=axes, keepdim=keepdim) ** (1.0 / p)
+        s = (x.abs() ** p).sum(dim=axes, keepdim=keepdim)
+        nz = s != 0  # at the zero vector the gradient is 0 (as PyTorch's), not inf * 0 = NaN
+        return (s.where(nz, 1.0) ** (1.0 / p)).where(nz, 0.0)
 
     def logsumexp(self, dim, keepdim=False):
         """``log(sum(exp(x)))`` over ``dim`` without overflow."""
@@ -1274,6 +1278,11 @@ class Tensor:
 
     def narrow(self, dim, start, length):
         d = self._axes(dim)[0]
+        n = self._data.shape[d]
+        start = int(start) + n if int(start) < 0 else int(start)  # negative: from the end
+        if not 0 <= start <= n or length < 0 or start + length > n:
+            raise RuntimeError(f"narrow(): start ({start}) + length ({length}) exceeds dimension "
+                               f"size ({n}) of dimension {d}")
         return self[(slice(None),) * d + (slice(start, start + length),)]
 
     def flip(self, *dims):
@@ -1333,7 +1342,7 @@ class Tensor:
     def index_select(self, dim, index):
         idx = _int_index("index_select", index)
         d = self._axes(dim)[0]
-        return self[(slice(None),) * d + (idx,)]
+        return self[(slice(None),) * d + (idx.reshape(-1) if idx.ndim == 0 else idx,)]
 
     def index_add(self, dim, index, source, alpha=1):
         idx = _int_index("index_add", index)
@@ -1350,7 +1359,8 @@ class Tensor:
                                f"{backend.from_numpy_dtype(m.dtype).name}")
         if isinstance(value, Tensor) and value.ndim == 0 and not value.requires_grad:
             value = value.item()
-        return where(mask, value, self)
+        out = where(mask, value, self)
+        return out if out._data.dtype == self._data.dtype else out.to(self.dtype)  # keeps the dtype
 
     def masked_select(self, mask):
         m = mask._data if isinstance(mask, Tensor) else mask
@@ -1560,11 +1570,10 @@ def where(condition, input=None, other=None):
         cond = np.asarray(cond)
     if cond.dtype != np.bool_:
         cond = cond.astype(bool)
+    if not isinstance(input, Tensor) and not isinstance(other, Tensor):
+        from .creation import tensor  # two numbers: a 0-dim tensor of the number's default dtype
+        input = tensor(input, device=backend.device_of(cond))
     a, b = E.promote("where", input, other)
-    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
-        from .creation import tensor
-        a = tensor(a)
-        a, b = E.promote("where", a, b)
     try:
         return E.Where.apply(a, b, cond=cond)
     except ValueError:

@@ -15,6 +15,8 @@ above is itself recorded, which gives higher-order gradients.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .. import backend
@@ -22,7 +24,15 @@ from . import graph
 from .grad_mode import state as _mode
 from .graph import _FREED, _FREED_MESSAGE
 
-_callback_stack: list[list] = []  # one list per backward pass in progress (passes may nest)
+
+
+class _PerThread(threading.local):
+    def __init__(self):
+        # one list of callbacks per backward pass in progress in this thread (passes may nest)
+        self.callback_stack: list[list] = []
+
+
+_local = _PerThread()
 
 
 def queue_callback(callback):
@@ -32,10 +42,11 @@ def queue_callback(callback):
         >>> def hook(param):
         ...     ddp.autograd.queue_callback(lambda: print("backward done"))
     """
-    if not _callback_stack:
+    stack = _local.callback_stack
+    if not stack:
         raise RuntimeError("queue_callback: final callbacks can only be installed during a "
                            "backward pass (from a hook)")
-    _callback_stack[-1].append(callback)
+    stack[-1].append(callback)
 
 
 def sum_to_shape(g, shape):
@@ -73,11 +84,19 @@ def _wrap(g):
 
 
 def _run_tensor_hooks(hooks, g, create_graph):
-    """Call hooks registered with ``Tensor.register_hook``; each may replace the gradient."""
+    """Call hooks registered with ``Tensor.register_hook``; each may replace the gradient.
+    ``retain_grad``'s hook runs last whenever it was registered, so ``.grad`` shows the final
+    gradient."""
+    retain = None
     for hook in hooks:
+        if getattr(hook, "_retains_grad", False):
+            retain = hook
+            continue
         res = hook(_wrap(g))
         if res is not None:
             g = res if create_graph else res._data
+    if retain is not None:
+        retain(_wrap(g))
     return g
 
 
@@ -135,10 +154,11 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             ready.append(fn)
 
     callbacks: list = []
-    _callback_stack.append(callbacks)
+    callback_stack = _local.callback_stack
+    callback_stack.append(callbacks)
     prev_mode = _mode.grad_enabled
     _mode.grad_enabled = create_graph
-    anomaly = _mode.anomaly
+    anomaly = _mode.anomaly and _mode.anomaly_check_nan
     try:
         # root leaves (backward called on a leaf itself)
         for t in [t for t in leaf_grads if deps.get(t, 0) == 0]:
@@ -163,7 +183,10 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                     continue
                 target, nr = edge
                 if g is not None:
-                    g = _fit(g, meta[0], meta[1])
+                    try:
+                        g = _fit(g, meta[0], meta[1])
+                    except (ValueError, RuntimeError):
+                        raise _invalid_grad(node, results, g, meta[0]) from None
                 left = deps[target] - 1
                 deps[target] = left
                 if nr < 0:  # a leaf
@@ -189,7 +212,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             i += 1
     finally:
         _mode.grad_enabled = prev_mode
-        _callback_stack.pop()
+        callback_stack.pop()
     if inputs is not None:
         return captured
     return None
@@ -231,6 +254,12 @@ def _call_backward(node, grads, create_graph, retain_graph, anomaly):
     if not retain_graph:
         node._release()
     return results
+
+
+def _invalid_grad(node, results, g, shape):
+    i = next(i for i, r in enumerate(results) if r is g)
+    return RuntimeError(f"Function {node.name()} returned an invalid gradient at index {i} - got "
+                        f"{list(g.shape)} but expected shape compatible with {list(shape)}")
 
 
 def _no_grads(node, retain_graph):
@@ -279,11 +308,8 @@ def _finish_leaf(t, g, accumulate, create_graph, captures, captured):
             captured[k] = g if create_graph else _wrap(g)
     if not accumulate:
         return
-    if t.grad is None:
-        if create_graph:
-            t.grad = g
-        else:  # a copy: the same array may reach several leaves (add's backward gives g, g)
-            t.grad = graph.Tensor._make(g.copy())
+    if t.grad is None:  # a copy: the same gradient may reach several leaves (add gives g, g)
+        t.grad = g.clone() if create_graph else graph.Tensor._make(g.copy())
     elif create_graph or t.grad.requires_grad:
         t.grad = t.grad + _wrap(g)
     else:

@@ -40,7 +40,22 @@ class FunctionCtx(Node):
             raise RuntimeError(_freed_message().format(self.name()))
         if self._saved_versions:
             self._check_versions()
+        if self._create_graph and self._saved_src:
+            return self._saved_outputs_on_graph(saved)
         return saved
+
+    def _saved_outputs_on_graph(self, saved):
+        """Saved outputs as outputs of this node, so a double backward differentiates through
+        them (forward made them under no_grad, off the graph)."""
+        from ..tensor import Tensor
+        out = []
+        for t, src in zip(saved, self._saved_src):
+            if src is not None:
+                vc = t._vc
+                t = Tensor._make(t._data, True, self, src)
+                t._vc = vc
+            out.append(t)
+        return tuple(out)
 
     def mark_dirty(self, *tensors):
         """Tensors modified in place by forward (accepted; they are returned as outputs)."""
@@ -111,6 +126,7 @@ class Function:
         ctx._fn_cls = cls
         ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a._requires_grad for a in args)
         ctx._saved_versions = ()
+        ctx._saved_src = None
         with set_grad_enabled(False):
             out = cls.forward(ctx, *args, **kwargs)
         if not record:
@@ -136,6 +152,10 @@ class Function:
                 t = Tensor._make(o._data, True, ctx, i)
                 t._vc = o._vc
                 results.append(t)
+        if ctx.saved:  # which saved tensors are outputs (by position), for double backward
+            rewrapped = {id(o): i for i, (o, r) in enumerate(zip(outs, results)) if r is not o}
+            src = tuple(rewrapped.get(id(x)) for x in ctx.saved)
+            ctx._saved_src = src if any(i is not None for i in src) else None
         return tuple(results) if multi else results[0]
 
 

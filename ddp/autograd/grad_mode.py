@@ -16,6 +16,7 @@ import threading
 
 class _State(threading.local):
     grad_enabled = True   # class defaults are what every new thread starts with
+    inference = False
     anomaly = False
     anomaly_check_nan = True
 
@@ -107,8 +108,15 @@ class inference_mode(_GradModeContext):
 
     def __enter__(self):
         self._prev = state.grad_enabled
+        self._prev_inference = state.inference
         if self._mode:
             state.grad_enabled = False
+            state.inference = True
+
+    def __exit__(self, *exc):
+        state.grad_enabled = self._prev
+        state.inference = self._prev_inference
+        return False
 
     def __call__(self, fn):
         mode = self._mode
@@ -121,7 +129,8 @@ class inference_mode(_GradModeContext):
 
 
 def is_inference_mode_enabled() -> bool:
-    return not state.grad_enabled
+    """True inside ``inference_mode()`` (not merely ``no_grad``), as in PyTorch."""
+    return state.inference
 
 
 class detect_anomaly:

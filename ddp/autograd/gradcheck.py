@@ -29,26 +29,24 @@ def _outputs(fn, inputs):
 
 
 def _numerical_jacobian(fn, inputs, wrt, eps):
-    """J[k][i][o]: d output o / d element i of input k, by central differences."""
-    from .grad_mode import no_grad
-    with no_grad():
-        base = [o._host().astype(np.float64).ravel().copy() for o in _outputs(fn, inputs)]
+    """J[k][i][o]: d output o / d element i of input k, by central differences.
+
+    ``fn`` runs with grad mode on: gradgradcheck's ``fn`` itself calls ``autograd.grad``."""
+    base = [o._host().astype(np.float64).ravel().copy() for o in _outputs(fn, inputs)]
     jac = []
     for k in wrt:
-        x = inputs[k]
-        flat = x._data.reshape(-1)  # a view: perturbing it perturbs the input
+        data = inputs[k]._data
         rows = []
-        for i in range(flat.size):
-            orig = flat[i].item()
-            with no_grad():
-                flat[i] = orig + eps
-                plus = [o._host().astype(np.float64).ravel().copy() for o in _outputs(fn, inputs)]
-                flat[i] = orig - eps
-                minus = [o._host().astype(np.float64).ravel().copy() for o in _outputs(fn, inputs)]
-                flat[i] = orig
+        for idx in np.ndindex(data.shape):  # C order, in place (also for non-contiguous inputs)
+            orig = data[idx].item()
+            data[idx] = orig + eps
+            plus = [o._host().astype(np.float64).ravel().copy() for o in _outputs(fn, inputs)]
+            data[idx] = orig - eps
+            minus = [o._host().astype(np.float64).ravel().copy() for o in _outputs(fn, inputs)]
+            data[idx] = orig
             rows.append(np.concatenate([(p - m) / (2 * eps) for p, m in zip(plus, minus)])
                         if plus else np.zeros(0))
-        jac.append(np.array(rows).reshape(flat.size, sum(b.size for b in base)))
+        jac.append(np.array(rows).reshape(data.size, sum(b.size for b in base)))
     return jac
 
 

@@ -7,7 +7,7 @@ Example:
 """
 from __future__ import annotations
 
-from ..tensor import Tensor
+from ..tensor import Tensor, _init
 
 
 class Parameter(Tensor):
@@ -18,10 +18,11 @@ class Parameter(Tensor):
         from ..creation import zeros
         if data is None:
             data = zeros(0)
-        Tensor.__init__(self, data._data if isinstance(data, Tensor) else data)
-        self._data = data._data if isinstance(data, Tensor) else self._data
-        if isinstance(data, Tensor):
+        if isinstance(data, Tensor):  # share the array as is: no dtype cast, no move to the CPU
+            _init(self, data._data)
             self._vc = data._vc
+        else:
+            Tensor.__init__(self, data)
         if requires_grad:
             self.requires_grad_(True)
 
@@ -48,5 +49,9 @@ class Buffer(Tensor):
     __slots__ = ("persistent",)
 
     def __init__(self, data, persistent=True):
-        Tensor.__init__(self, data._data if isinstance(data, Tensor) else data)
+        if isinstance(data, Tensor):  # share the array as is: no dtype cast, no move to the CPU
+            _init(self, data._data)
+            self._vc = data._vc
+        else:
+            Tensor.__init__(self, data)
         self.persistent = persistent

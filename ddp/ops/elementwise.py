@@ -77,6 +77,8 @@ def promote(name, a, b):
         s = float(s)
     else:
         raise TypeError(f"{name}: unsupported operand type {type(s).__name__}")
+    if t._data.dtype.kind == "V":  # ml_dtypes' bfloat16 widens with a Python number; PyTorch's not
+        s = backend.get_array_module(t._data).asarray(s, dtype=t._data.dtype)
     return (t, s) if a_t else (s, t)
 
 
@@ -163,6 +165,8 @@ class Pow(Op):
     @staticmethod
     def forward(ctx, a, b):
         out = a ** b
+        if not hasattr(a, "dtype"):  # a number base (2 ** x): an array, so backward's where works
+            a = backend.get_array_module(b).asarray(a, dtype=out.dtype)
         ctx.save_for_backward(a, b, out)
         return out
 

@@ -192,7 +192,8 @@ class Gather(Op):
     @staticmethod
     def forward(ctx, a, axis=0, index=None):
         ctx.in_shape, ctx.axis, ctx.index = a.shape, axis, index
-        return backend.get_array_module(a).take_along_axis(a, index, axis=axis)
+        # not take_along_axis: it broadcasts a smaller index; torch's output has index's shape
+        return a[_along_axis_index(index, axis)]
 
     @staticmethod
     def backward(ctx, g):
@@ -229,7 +230,7 @@ class GatherScatter(Op):
     def backward(ctx, g):
         if hasattr(g, "_data"):
             return Gather.apply(g, axis=ctx.axis, index=ctx.index)
-        return backend.get_array_module(g).take_along_axis(g, ctx.index, axis=ctx.axis)
+        return g[_along_axis_index(ctx.index, ctx.axis)]
 
 
 class Scatter(Op):

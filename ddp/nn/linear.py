@@ -1,0 +1,79 @@
+"""``Identity`` and ``Linear``.
+
+Example:
+    >>> import ddp.nn as nn
+    >>> nn.Linear(4, 2)
+    Linear(in_features=4, out_features=2, bias=True)
+    >>> nn.Linear(4, 2)(ddp.ones(3, 4)).shape
+    ddp.Size([3, 2])
+"""
+from __future__ import annotations
+
+import math
+
+from .. import creation
+from . import init
+from ._functional_layers import linear
+from .module import Module
+from .parameter import Parameter
+
+__all__ = ["Identity", "Linear"]
+
+
+class Identity(Module):
+    """Returns its input unchanged; accepts and ignores any constructor arguments.
+
+    Example:
+        >>> x = ddp.ones(2)
+        >>> nn.Identity(54, unused="x")(x) is x
+        True
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, input):
+        return input
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias`` over the last dimension of ``x``; ``weight`` is
+    (out_features, in_features). Initialised as PyTorch: ``kaiming_uniform_(a=sqrt(5))`` for the
+    weight and U(-1/sqrt(in_features), 1/sqrt(in_features)) for the bias.
+
+    Example:
+        >>> m = nn.Linear(3, 5, bias=False)
+        >>> m.weight.shape, m.bias
+        (ddp.Size([5, 3]), None)
+    """
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = Parameter(creation.empty((out_features, in_features), device=device,
+                                               dtype=dtype))
+        if bias:
+            self.bias = Parameter(creation.empty(out_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input):
+        if input.ndim == 0 or input.shape[-1] != self.in_features:
+            raise RuntimeError(f"Linear: input's last dimension "
+                               f"{input.shape[-1] if input.ndim else '(none, a 0-d input)'} does "
+                               f"not match in_features={self.in_features} (input of shape "
+                               f"{tuple(input.shape)})")
+        return linear(input, self.weight, self.bias)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")

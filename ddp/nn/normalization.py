@@ -1,0 +1,224 @@
+"""Normalisation layers: ``BatchNorm1d/2d/3d``, ``LayerNorm``, ``GroupNorm``.
+
+Example:
+    >>> import ddp.nn as nn
+    >>> nn.BatchNorm2d(8)
+    BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    >>> nn.LayerNorm(4)
+    LayerNorm((4,), eps=1e-05, elementwise_affine=True)
+"""
+from __future__ import annotations
+
+import numbers
+
+from .. import backend, creation
+from . import init
+from ._functional_layers import _batch_norm, _group_norm, _layer_norm
+from .module import Module
+from .parameter import Parameter
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm"]
+
+
+class _BatchNorm(Module):
+    """Batch normalisation over the channel dimension (1) of (N, C, *) input.
+
+    In training it normalises with the batch statistics and, with ``track_running_stats``,
+    updates ``running_mean`` and (unbiased) ``running_var``: ``running = (1 - momentum) *
+    running + momentum * batch``, or a cumulative average when ``momentum`` is None; in eval it
+    uses the running statistics. ``num_batches_tracked`` counts training batches.
+    """
+    _version = 2
+    _expected_dims = ()  # the accepted input ranks
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, device=None, dtype=None):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        if affine:
+            self.weight = Parameter(creation.empty(num_features, device=device, dtype=dtype))
+            self.bias = Parameter(creation.empty(num_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", creation.zeros(num_features, device=device,
+                                                                dtype=dtype))
+            self.register_buffer("running_var", creation.ones(num_features, device=device,
+                                                              dtype=dtype))
+            self.register_buffer("num_batches_tracked", creation.tensor(0, dtype=backend.int64,
+                                                                        device=device))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    def reset_running_stats(self):
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self):
+        self.reset_running_stats()
+        if self.affine:
+            init.ones_(self.weight)
+            init.zeros_(self.bias)
+
+    def _check_input_dim(self, input):
+        if input.ndim not in self._expected_dims:
+            raise ValueError(f"{type(self).__name__}: expected "
+                             f"{' or '.join(f'{d}-D' for d in self._expected_dims)} input, got "
+                             f"input of shape {tuple(input.shape)}")
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep = not self.training or self.track_running_stats
+        return _batch_norm(type(self).__name__, input, self.running_mean if keep else None,
+                           self.running_var if keep else None, self.weight, self.bias,
+                           use_batch_stats, factor, self.eps)
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # checkpoints before version 2 have no num_batches_tracked: start it at 0
+        version = local_metadata.get("version", None)
+        key = prefix + "num_batches_tracked"
+        if (version is None or version < 2) and self.track_running_stats \
+                and key not in state_dict:
+            state_dict[key] = self.num_batches_tracked if self.num_batches_tracked is not None \
+                else creation.tensor(0, dtype=backend.int64)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) or (N, C, L) input.
+
+    Example:
+        >>> m = nn.BatchNorm1d(3)
+        >>> y = m(ddp.randn(16, 3))
+        >>> m.num_batches_tracked
+        tensor(1)
+    """
+    _expected_dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) input, per channel.
+
+    Example:
+        >>> m = nn.BatchNorm2d(3, momentum=None).eval()
+        >>> m(ddp.ones(2, 3, 4, 4)).shape
+        ddp.Size([2, 3, 4, 4])
+    """
+    _expected_dims = (4,)
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch normalisation of (N, C, D, H, W) input, per channel.
+
+    Example:
+        >>> nn.BatchNorm3d(2)(ddp.randn(2, 2, 3, 3, 3)).shape
+        ddp.Size([2, 2, 3, 3, 3])
+    """
+    _expected_dims = (5,)
+
+
+class LayerNorm(Module):
+    """Normalise each sample over its last dimensions (``normalized_shape``), then apply an
+    elementwise ``weight`` and ``bias`` (``elementwise_affine``; ``bias=False`` drops the bias).
+
+    Example:
+        >>> m = nn.LayerNorm((2, 3))
+        >>> m.weight.shape, m(ddp.randn(4, 2, 3)).shape
+        (ddp.Size([2, 3]), ddp.Size([4, 2, 3]))
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
+                 device=None, dtype=None):
+        super().__init__()
+        if isinstance(normalized_shape, numbers.Integral):
+            normalized_shape = (normalized_shape,)
+        self.normalized_shape = tuple(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = Parameter(creation.empty(self.normalized_shape, device=device,
+                                                   dtype=dtype))
+            if bias:
+                self.bias = Parameter(creation.empty(self.normalized_shape, device=device,
+                                                     dtype=dtype))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        if self.elementwise_affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def forward(self, input):
+        return _layer_norm("LayerNorm", input, self.normalized_shape, self.weight, self.bias,
+                           self.eps)
+
+    def extra_repr(self):
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")
+
+
+class GroupNorm(Module):
+    """Normalise each of ``num_groups`` groups of channels of each sample of (N, C, *) input,
+    then scale and shift per channel (``affine``).
+
+    Example:
+        >>> nn.GroupNorm(2, 4)(ddp.randn(3, 4, 5, 5)).shape
+        ddp.Size([3, 4, 5, 5])
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None,
+                 dtype=None):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_channels={num_channels} must be divisible by "
+                             f"num_groups={num_groups}")
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        if affine:
+            self.weight = Parameter(creation.empty(num_channels, device=device, dtype=dtype))
+            self.bias = Parameter(creation.empty(num_channels, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        if self.affine:
+            init.ones_(self.weight)
+            init.zeros_(self.bias)
+
+    def forward(self, input):
+        return _group_norm("GroupNorm", input, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"

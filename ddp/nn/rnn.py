@@ -1,0 +1,465 @@
+"""Recurrent layers: ``RNN``, ``LSTM``, ``GRU`` and their one-step cells, with PyTorch's
+arguments, parameter names, weight layout and gate order (LSTM: i, f, g, o; GRU: r, z, n), so
+state_dicts interchange with ``torch.nn``.
+
+The time loop is built from tensor operations, so autograd (and double backward) go through
+it; the engine is iterative, so long sequences backpropagate without recursion limits. The
+input projection of all time steps is one matrix product before the loop.
+
+Example:
+    >>> lstm = ddp.nn.LSTM(input_size=3, hidden_size=5, num_layers=2)
+    >>> out, (h_n, c_n) = lstm(ddp.randn(7, 4, 3))     # (seq, batch, feature)
+    >>> out.shape, h_n.shape
+    (ddp.Size([7, 4, 5]), ddp.Size([2, 4, 5]))
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+from .. import backend, creation
+from .._functions import cat, stack
+from ..autograd.graph import Op
+from ..tensor import Tensor
+from . import init
+from ._functional_layers import dropout as _dropout
+from .module import Module
+from .parameter import Parameter
+
+__all__ = ["RNNBase", "RNN", "LSTM", "GRU", "RNNCellBase", "RNNCell", "LSTMCell", "GRUCell"]
+
+_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+
+
+class _Split(Op):
+    """``a`` cut into ``n`` equal pieces along ``axis`` (views) as one node; with ``squeeze``
+    the pieces have size 1 and lose ``axis`` (``unbind``). Backward joins the pieces' gradients
+    into one array; indexing each piece instead would scatter every piece's gradient into its
+    own zero array of the input's size (quadratic in the sequence length)."""
+
+    @staticmethod
+    def forward(ctx, a, n=1, axis=0, squeeze=False):
+        ctx.axis, ctx.squeeze = axis, squeeze
+        lead = (slice(None),) * axis
+        if squeeze:
+            return tuple(a[lead + (i,)] for i in range(n))
+        size = a.shape[axis] // n
+        return tuple(a[lead + (slice(i * size, (i + 1) * size),)] for i in range(n))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if isinstance(grads[0], Tensor):  # create_graph
+            return (stack if ctx.squeeze else cat)(grads, ctx.axis)
+        xp = backend.get_array_module(grads[0])
+        return (xp.stack if ctx.squeeze else xp.concatenate)(grads, axis=ctx.axis)
+
+
+def _unbind(t):
+    """The slices ``t[0], t[1], ...`` (one graph node)."""
+    return _Split.apply(t, n=t.shape[0], axis=0, squeeze=True)
+
+
+def _chunk(t, n):
+    """``t`` cut into ``n`` equal pieces along its last dimension (one graph node)."""
+    return _Split.apply(t, n=n, axis=t.ndim - 1)
+
+
+# --------------------------------------------------------------------------- the recurrences
+
+def _input_gates(mode, x, w_ih, b_ih, b_hh):
+    """``x @ w_ih^T + biases`` for every time step at once. RNN and LSTM add ``b_hh`` here too
+    (it enters their gates linearly); GRU keeps it for the step, where ``r`` scales its n part."""
+    gates = x @ w_ih.t()
+    if b_ih is not None:
+        gates = gates + (b_ih if mode == "GRU" else b_ih + b_hh)
+    return gates
+
+
+def _step(mode, gates_in, state, w_hh_t, b_hh, w_hr_t):
+    """One time step from the input gates ``gates_in`` (..., G) and the previous state (``h``,
+    or ``(h, c)`` for LSTM); returns ``(h, state)``. ``b_hh`` is only given for GRU."""
+    if mode == "LSTM":
+        h, c = state
+        i, f, g, o = _chunk(gates_in + h @ w_hh_t, 4)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        h = o.sigmoid() * c.tanh()
+        if w_hr_t is not None:
+            h = h @ w_hr_t
+        return h, (h, c)
+    h = state
+    if mode == "GRU":
+        hidden = h @ w_hh_t
+        if b_hh is not None:
+            hidden = hidden + b_hh
+        r_i, z_i, n_i = _chunk(gates_in, 3)
+        r_h, z_h, n_h = _chunk(hidden, 3)
+        r = (r_i + r_h).sigmoid()
+        z = (z_i + z_h).sigmoid()
+        n = (n_i + r * n_h).tanh()
+        h = n + z * (h - n)  # (1 - z) * n + z * h
+        return h, h
+    pre = gates_in + h @ w_hh_t
+    h = pre.tanh() if mode == "RNN_TANH" else pre.relu()
+    return h, h
+
+
+def _run_direction(mode, x, state, weights, reverse):
+    """One layer in one direction over ``x`` (L, N, I): returns (outputs (L, N, H), last state)."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    steps = _unbind(_input_gates(mode, x, w_ih, b_ih, b_hh))
+    w_hh_t = w_hh.t()
+    w_hr_t = None if w_hr is None else w_hr.t()
+    b_step = b_hh if mode == "GRU" else None
+    outputs = [None] * len(steps)
+    for t in (range(len(steps) - 1, -1, -1) if reverse else range(len(steps))):
+        outputs[t], state = _step(mode, steps[t], state, w_hh_t, b_step, w_hr_t)
+    return stack(outputs), state
+
+
+def _reset_uniform(module):
+    """PyTorch's RNN init: every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+    bound = 1.0 / math.sqrt(module.hidden_size) if module.hidden_size > 0 else 0
+    for weight in module.parameters():
+        init.uniform_(weight, -bound, bound)
+
+
+# --------------------------------------------------------------------------- multi-layer modules
+
+class RNNBase(Module):
+    """The shared multi-layer, optionally bidirectional recurrent layer (``mode`` one of
+    ``'RNN_TANH'``, ``'RNN_RELU'``, ``'LSTM'``, ``'GRU'``).
+
+    Parameters are ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``
+    (and ``weight_hr_l{k}`` for an LSTM with ``proj_size``), with ``_reverse`` for the backward
+    direction, in PyTorch's order and layout.
+
+    Example:
+        >>> gru = ddp.nn.GRU(4, 8, batch_first=True, bidirectional=True)
+        >>> out, h_n = gru(ddp.randn(2, 5, 4))
+        >>> out.shape, h_n.shape
+        (ddp.Size([2, 5, 16]), ddp.Size([2, 2, 8]))
+    """
+
+    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        super().__init__()
+        name = type(self).__name__
+        if mode not in _GATES:
+            raise ValueError(f"Unrecognized RNN mode: {mode}")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) \
+                or not 0 <= dropout <= 1:
+            raise ValueError(f"{name}: dropout should be a number in range [0, 1] representing "
+                             f"the probability of an element being zeroed (got {dropout!r})")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(f"dropout option adds dropout after all but last recurrent layer, so "
+                          f"non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
+        for what, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name}: {what} should be of type int, got: "
+                                f"{type(value).__name__}")
+            if value <= 0:
+                raise ValueError(f"{name}: {what} must be greater than zero (got {value})")
+        if proj_size < 0:
+            raise ValueError(f"{name}: proj_size should be a positive integer or zero to disable "
+                             f"projections (got {proj_size})")
+        if proj_size and (mode != "LSTM" or proj_size >= hidden_size):
+            raise ValueError(f"{name}: proj_size ({proj_size}) is only supported for LSTM and "
+                             f"has to be smaller than hidden_size ({hidden_size})")
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+
+        gate_size = _GATES[mode] * hidden_size
+        out_size = proj_size or hidden_size
+        directions = 2 if bidirectional else 1
+        self._flat_weights_names = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else out_size * directions
+            for direction in range(directions):
+                shapes = [("weight_ih", (gate_size, layer_input)),
+                          ("weight_hh", (gate_size, out_size))]
+                if bias:
+                    shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
+                if proj_size:
+                    shapes.append(("weight_hr", (proj_size, hidden_size)))
+                suffix = "_reverse" if direction else ""
+                for pname, shape in shapes:
+                    full = f"{pname}_l{layer}{suffix}"
+                    setattr(self, full, Parameter(creation.empty(*shape, device=device,
+                                                                 dtype=dtype)))
+                    self._flat_weights_names.append(full)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        _reset_uniform(self)
+
+    def flatten_parameters(self):
+        """A no-op kept for compatibility (cuDNN's weight packing does not apply here)."""
+
+    @property
+    def all_weights(self):
+        """The parameters, grouped per layer and direction."""
+        per = len(self._flat_weights_names) // (self.num_layers * (2 if self.bidirectional else 1))
+        names = self._flat_weights_names
+        return [[getattr(self, n) for n in names[i:i + per]] for i in range(0, len(names), per)]
+
+    def _weights(self, layer, direction):
+        """``(w_ih, w_hh, b_ih, b_hh, w_hr)`` of one layer and direction (None where absent)."""
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        return tuple(getattr(self, f"{p}{suffix}", None)
+                     for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+
+    def _state_shapes(self, batch):
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        h_shape = (layers, batch, self.proj_size or self.hidden_size)
+        return h_shape, (layers, batch, self.hidden_size)
+
+    def forward(self, input, hx=None):
+        """``input`` (L, N, H_in), (N, L, H_in) with ``batch_first``, or unbatched (L, H_in);
+        ``hx`` the initial ``h_0`` ((num_layers * directions, N, H_out), zeros by default), or
+        ``(h_0, c_0)`` for LSTM. Returns ``(output, h_n)`` or ``(output, (h_n, c_n))``."""
+        name = type(self).__name__
+        lstm = self.mode == "LSTM"
+        if input.ndim not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D (unbatched) or 3D, got "
+                             f"{input.ndim}D tensor of shape {tuple(input.shape)}")
+        batched = input.ndim == 3
+        states = None if hx is None else (tuple(hx) if lstm else (hx,))
+        if states is not None:
+            if (lstm and len(states) != 2) or not all(isinstance(s, Tensor) for s in states):
+                raise TypeError(f"{name}: hx must be " + ("a tuple (h_0, c_0) of tensors" if lstm
+                                                          else "a tensor"))
+            for s in states:
+                if s.ndim != input.ndim:
+                    raise RuntimeError(f"{name}: for {input.ndim}-D input, hx should also be "
+                                       f"{input.ndim}-D but got {s.ndim}-D tensor")
+        if not batched:
+            input = input.unsqueeze(1)
+            states = None if states is None else tuple(s.unsqueeze(1) for s in states)
+        elif self.batch_first:
+            input = input.transpose(0, 1)
+        length, batch, features = input.shape
+        if features != self.input_size:
+            raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected "
+                               f"{self.input_size}, got {features}")
+        if length == 0:
+            raise RuntimeError(f"{name}: Expected sequence length to be larger than 0")
+        shapes = self._state_shapes(batch)[:2 if lstm else 1]
+        if states is None:
+            states = tuple(input.new_zeros(shape) for shape in shapes)
+        for s, shape in zip(states, shapes):
+            if tuple(s.shape) != shape:
+                raise RuntimeError(f"{name}: Expected hidden size {shape}, got {list(s.shape)}")
+            if s.dtype != input.dtype:
+                raise RuntimeError(f"{name}: hx dtype {s.dtype.name} does not match the input's "
+                                   f"{input.dtype.name}")
+        initial = [_unbind(s) for s in states]  # per (layer, direction)
+
+        directions = 2 if self.bidirectional else 1
+        finals = []
+        x = input
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(directions):
+                k = layer * directions + direction
+                state = (initial[0][k], initial[1][k]) if lstm else initial[0][k]
+                out, state = _run_direction(self.mode, x, state, self._weights(layer, direction),
+                                            reverse=direction == 1)
+                outputs.append(out)
+                finals.append(state)
+            x = outputs[0] if directions == 1 else cat(outputs, 2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = _dropout(x, self.dropout, training=True)
+
+        hidden = (stack([s[0] for s in finals]), stack([s[1] for s in finals])) if lstm \
+            else (stack(finals),)
+        if not batched:
+            x = x.squeeze(1)
+            hidden = tuple(h.squeeze(1) for h in hidden)
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        return x, (hidden if lstm else hidden[0])
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s
+
+
+class RNN(RNNBase):
+    """Elman RNN: ``h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`` (or relu).
+
+    Example:
+        >>> rnn = ddp.nn.RNN(3, 5, nonlinearity="relu")
+        >>> out, h_n = rnn(ddp.randn(6, 3))   # unbatched (L, H_in)
+        >>> out.shape, h_n.shape
+        (ddp.Size([6, 5]), ddp.Size([1, 5]))
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
+                             f"'relu'.")
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size,
+                         hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype)
+        self.nonlinearity = nonlinearity
+
+
+class LSTM(RNNBase):
+    """Long short-term memory, gates ``i, f, g, o``: ``c_t = f * c_{t-1} + i * g``,
+    ``h_t = o * tanh(c_t)`` (times ``W_hr^T`` with ``proj_size``).
+
+    Example:
+        >>> lstm = ddp.nn.LSTM(3, 5, batch_first=True)
+        >>> out, (h_n, c_n) = lstm(ddp.randn(2, 6, 3))
+        >>> out.shape, c_n.shape
+        (ddp.Size([2, 6, 5]), ddp.Size([1, 2, 5]))
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype)
+
+
+class GRU(RNNBase):
+    """Gated recurrent unit, gates ``r, z, n``: ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``,
+    ``h_t = (1 - z) * n + z * h_{t-1}``.
+
+    Example:
+        >>> gru = ddp.nn.GRU(3, 5, num_layers=2)
+        >>> out, h_n = gru(ddp.randn(6, 2, 3))
+        >>> out.shape, h_n.shape
+        (ddp.Size([6, 2, 5]), ddp.Size([2, 2, 5]))
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- cells
+
+class RNNCellBase(Module):
+    """One time step of an RNN/LSTM/GRU: parameters ``weight_ih``, ``weight_hh``, ``bias_ih``,
+    ``bias_hh`` (None without bias), ``forward(input, hx=None)`` on (N, H_in) or (H_in,).
+
+    Example:
+        >>> cell = ddp.nn.GRUCell(3, 4)
+        >>> cell(ddp.randn(2, 3)).shape
+        ddp.Size([2, 4])
+    """
+
+    def __init__(self, mode, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__()
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        gate_size = _GATES[mode] * hidden_size
+        self.weight_ih = Parameter(creation.empty(gate_size, input_size, device=device,
+                                                  dtype=dtype))
+        self.weight_hh = Parameter(creation.empty(gate_size, hidden_size, device=device,
+                                                  dtype=dtype))
+        for pname in ("bias_ih", "bias_hh"):
+            self.register_parameter(pname, Parameter(creation.empty(gate_size, device=device,
+                                                                    dtype=dtype)) if bias else None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        _reset_uniform(self)
+
+    def forward(self, input, hx=None):
+        """The next ``h`` (or ``(h, c)`` for LSTMCell) from ``input`` and ``hx`` (zeros if None)."""
+        name = type(self).__name__
+        lstm = self.mode == "LSTM"
+        if input.ndim not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.ndim}D instead")
+        if input.shape[-1] != self.input_size:
+            raise RuntimeError(f"{name}: input has inconsistent input_size: got "
+                               f"{input.shape[-1]} expected {self.input_size}")
+        shape = tuple(input.shape[:-1]) + (self.hidden_size,)
+        if hx is None:
+            states = (input.new_zeros(shape),) * (2 if lstm else 1)
+        else:
+            states = tuple(hx) if lstm else (hx,)
+            for s in states:
+                if tuple(s.shape) != shape:
+                    raise RuntimeError(f"{name}: Expected hidden size {shape}, got "
+                                       f"{list(s.shape)}")
+        gates = _input_gates(self.mode, input, self.weight_ih, self.bias_ih, self.bias_hh)
+        _, state = _step(self.mode, gates, states if lstm else states[0], self.weight_hh.t(),
+                         self.bias_hh if self.mode == "GRU" else None, None)
+        return state
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        return s
+
+
+class RNNCell(RNNCellBase):
+    """``h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh)`` (or relu).
+
+    Example:
+        >>> ddp.nn.RNNCell(3, 4)(ddp.randn(2, 3)).shape
+        ddp.Size([2, 4])
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size,
+                         hidden_size, bias, device, dtype)
+        self.nonlinearity = nonlinearity
+
+
+class LSTMCell(RNNCellBase):
+    """One LSTM step: returns ``(h', c')``.
+
+    Example:
+        >>> h, c = ddp.nn.LSTMCell(3, 4)(ddp.randn(2, 3))
+        >>> h.shape, c.shape
+        (ddp.Size([2, 4]), ddp.Size([2, 4]))
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__("LSTM", input_size, hidden_size, bias, device, dtype)
+
+
+class GRUCell(RNNCellBase):
+    """One GRU step.
+
+    Example:
+        >>> ddp.nn.GRUCell(3, 4)(ddp.randn(3)).shape
+        ddp.Size([4])
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__("GRU", input_size, hidden_size, bias, device, dtype)
