@@ -25,7 +25,6 @@ from .grad_mode import state as _mode
 from .graph import _FREED, _FREED_MESSAGE
 
 
-
 class _PerThread(threading.local):
     def __init__(self):
         # one list of callbacks per backward pass in progress in this thread (passes may nest)

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd.graph import Op
+from ..ops.shape import _along_axis_index
 from ..tensor import Tensor, where
 from ._functional_activations import LogSoftmax, Softplus, _log_softmax_array
 
@@ -309,13 +310,13 @@ def _class_distribution(name, input, target, weight, ignore_index, label_smoothi
                                f"{list(weight.shape)}")
         w = backend.to_device(weight._data, input.device).astype(x.dtype, copy=False)
     w_y = w[safe] * valid
-    class_shape = (n_classes,) + (1,) * (input.ndim - dim - 1)
-    onehot = xp.arange(n_classes).reshape(class_shape) == xp.expand_dims(safe, dim)
-    dist = onehot * xp.expand_dims(w_y * (1 - label_smoothing), dim)
+    dist = xp.zeros(x.shape, dtype=x.dtype)
+    dist[_along_axis_index(xp.expand_dims(safe, dim), dim)] = \
+        xp.expand_dims(w_y * (1 - label_smoothing), dim)
     if label_smoothing > 0:
-        dist = dist + (label_smoothing / n_classes) * w.reshape(class_shape) \
-            * xp.expand_dims(valid, dim)
-    return dist.astype(x.dtype, copy=False), dim, Tensor._make(w_y.sum())
+        class_shape = (n_classes,) + (1,) * (input.ndim - dim - 1)
+        dist += (label_smoothing / n_classes) * w.reshape(class_shape) * xp.expand_dims(valid, dim)
+    return dist, dim, Tensor._make(w_y.sum())
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

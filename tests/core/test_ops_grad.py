@@ -366,7 +366,8 @@ CASES = [
     C("gather_dim1", lambda a: a.gather(1, ddp.tensor([[0, 0], [3, 1], [2, 2]])), (3, 4)),
     C("gather_neg", lambda a: a.gather(-1, ddp.tensor([[[1], [0], [1]]])), (2, 3, 2)),
     C("ddp.gather", lambda a: ddp.gather(a, 1, ddp.tensor([[1, 1, 0]] * 3)), (3, 4)),
-    C("scatter", lambda a, s: a.scatter(1, ddp.tensor([[0, 2], [3, 1], [1, 0]]), s), (3, 4), (3, 2)),
+    C("scatter", lambda a, s: a.scatter(1, ddp.tensor([[0, 2], [3, 1], [1, 0]]), s),
+      (3, 4), (3, 2)),
     C("scatter_big_src", lambda a, s: a.scatter(0, ddp.tensor([[2, 0, 1, 0]]), s), (3, 4), (2, 5)),
     C("scatter_value", lambda a: a.scatter(1, ddp.tensor([[0], [3], [2]]), value=0.5), (3, 4)),
     C("scatter_add", lambda a, s: a.scatter_add(0, ddp.tensor(_IDX2), s), (3, 4), (3, 4)),
@@ -812,32 +813,35 @@ ORACLE = [  # (name, fn(module, *inputs) that runs on ddp and torch alike, shape
     ("rpow", lambda m, a: 2.0 ** a, [(3, 4)], "any"),
     ("mod", lambda m, a: a % 0.7, [(3, 4)], "frac"),
     ("mod_tensor", lambda m, a, b: a % b, [(3, 4), (4,)], "pos"),
+    ("maximum_bcast", lambda m, a, b: m.maximum(a, b), [(3, 4), (4,)], "any"),
+    ("where", lambda m, a, b: m.where(a > 0, a, b), [(3, 4), (4,)], "any"),
+    ("sigmoid", lambda m, a: (a * 3).sigmoid(), [(3, 4)], "any"),
     ("var", lambda m, a: a.var(1), [(3, 4)], "any"),
     ("std_correction", lambda m, a: a.std(0, correction=0), [(3, 4)], "any"),
     ("norm_p3", lambda m, a: a.norm(3, dim=1), [(3, 4)], "any"),
+    ("norm_inf", lambda m, a: a.norm(float("inf"), dim=0), [(3, 4)], "any"),
     ("logsumexp", lambda m, a: a.logsumexp(-1), [(2, 3, 4)], "any"),
     ("log_softmax", lambda m, a: a.log_softmax(0), [(3, 4)], "any"),
     ("softmax", lambda m, a: a.softmax(-1), [(3, 4)], "any"),
     ("cumsum", lambda m, a: a.cumsum(1), [(3, 4)], "any"),
+    ("max_dim", lambda m, a: a.max(1, keepdim=True).values, [(3, 4)], "any"),
+    ("amax_tuple", lambda m, a: a.amax((0, 2)), [(2, 3, 4)], "any"),
+    ("prod_dim", lambda m, a: a.prod(-1), [(3, 4)], "any"),
     ("matmul_bcast", lambda m, a, b: a @ b, [(2, 1, 3, 4), (5, 4, 2)], "any"),
     ("matmul_1d_3d", lambda m, a, b: a @ b, [(3,), (2, 3, 2)], "any"),
     ("clamp_tensor", lambda m, a, lo: a.clamp(min=lo), [(3, 4), (4,)], "any"),
     ("roll", lambda m, a: a.roll((1, -1), (0, 1)), [(3, 4)], "any"),
     ("repeat", lambda m, a: a.repeat(2, 1, 3), [(2, 3)], "any"),
-    ("scatter", lambda m, a, s: a.scatter(1, m.tensor([[0, 2], [3, 1], [1, 0]]), s), [(3, 4), (3, 2)], "any"),
-    ("gather_small_index", lambda m, a: a.gather(1, m.tensor([[0, 3], [2, 2]])), [(3, 4)], "any"),
-    ("scatter_add_small", lambda m, a, s: a.scatter_add(0, m.tensor([[2, 2, 0]]), s), [(3, 4), (1, 3)],
-     "any"),
-    ("index_add", lambda m, a, s: a.index_add(0, m.tensor([2, 0, 2]), s, alpha=3), [(3, 4), (3, 4)], "any"),
     ("getitem_mixed", lambda m, a: a[[1, 1, 0], 1:], [(3, 4)], "any"),
-    ("prod_dim", lambda m, a: a.prod(-1), [(3, 4)], "any"),
-    ("amax_tuple", lambda m, a: a.amax((0, 2)), [(2, 3, 4)], "any"),
+    ("gather_small_index", lambda m, a: a.gather(1, m.tensor([[0, 3], [2, 2]])), [(3, 4)], "any"),
+    # (torch's scatter backward needs src shaped like index)
+    ("scatter", lambda m, a, s: a.scatter(1, m.tensor([[0, 2], [3, 1], [1, 0]]), s),
+     [(3, 4), (3, 2)], "any"),
+    ("scatter_add", lambda m, a, s: a.scatter_add(0, m.tensor([[2, 2, 0]]), s),
+     [(3, 4), (1, 3)], "any"),
+    ("index_add", lambda m, a, s: a.index_add(0, m.tensor([2, 0, 2]), s, alpha=3),
+     [(3, 4), (3, 4)], "any"),
 ]
-
-
-def m.tensor(data):
-    """Index tensor for the framework the lambda is running under (set by the oracle test)."""
-    return _T.module.tensor(data)
 
 
 @pytest.mark.parametrize("name,fn,shapes,dom", ORACLE, ids=[o[0] for o in ORACLE])
@@ -850,6 +854,7 @@ def test_gradients_match_torch(name, fn, shapes, dom):
     t_inputs = [torch.tensor(x.detach().numpy(), requires_grad=True) for x in inputs]
     t_out = fn(torch, *t_inputs)
     t_grads = torch.autograd.grad(t_out, t_inputs, torch.tensor(gout))
-    np.testing.assert_allclose(out.detach().numpy(), t_out.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.detach().numpy(), t_out.detach().numpy(), rtol=1e-12,
+                               atol=1e-12)
     for g, tg in zip(grads, t_grads):
         np.testing.assert_allclose(g.numpy(), tg.numpy(), rtol=1e-10, atol=1e-12)

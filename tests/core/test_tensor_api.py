@@ -671,12 +671,12 @@ class TestBFloat16:
         (x * x).sum().backward()
         assert x.grad.dtype is ddp.bfloat16 and x.grad.float().tolist() == [2.0, 4.0]
 
-    @pytest.mark.xfail(reason="ml_dtypes promotes bfloat16 with a Python float to float32; "
-                              "PyTorch keeps bfloat16 (ops/elementwise.promote)", strict=False)
     def test_python_float_keeps_bfloat16(self):
         b = ddp.tensor([1.0, 2.5], dtype=ddp.bfloat16)
-        assert (b * 2.5).dtype is ddp.bfloat16
+        assert (b * 2.5).dtype is ddp.bfloat16  # as in PyTorch (ml_dtypes alone gives float32)
         assert (b + 1.5).dtype is ddp.bfloat16
+        assert (1.5 - b).dtype is ddp.bfloat16
+        assert (b * 2.5).float().tolist() == [2.5, 6.25]
 
 
 # ====================================================================== GPU (skipped without one)

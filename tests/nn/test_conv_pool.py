@@ -1,0 +1,644 @@
+"""Convolution and pooling: outputs against loop formulas written with NumPy, gradients against
+finite differences (float64 gradcheck), PyTorch parity for the option combinations (outputs and
+gradients, when torch is installed), bad-input errors, reprs and initialisation.
+"""
+import math
+
+import numpy as np
+import pytest
+
+import ddp
+import ddp.nn as nn
+import ddp.nn.functional as F
+from ddp.autograd import gradcheck
+
+
+def arr(t):
+    return np.asarray(t.detach().cpu().numpy())
+
+
+def rand(*shape, seed=0, requires_grad=True, dtype=np.float64):
+    data = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    return ddp.tensor(data, requires_grad=requires_grad)
+
+
+# ============================================================== NumPy reference formulas
+
+def np_conv2d(x, w, b=None, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
+              groups=1):
+    """Cross-correlation, one output pixel at a time."""
+    x = np.pad(x, ((0, 0), (0, 0)) + tuple(padding))
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (wd - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, o, oh, ow))
+    per_group = o // groups
+    for oc in range(o):
+        g = oc // per_group
+        for i in range(oh):
+            for j in range(ow):
+                patch = x[:, g * cg:(g + 1) * cg, i * sh:i * sh + dh * (kh - 1) + 1:dh,
+                          j * sw:j * sw + dw * (kw - 1) + 1:dw]
+                out[:, oc, i, j] = (patch * w[oc]).sum(axis=(1, 2, 3))
+    if b is not None:
+        out += b.reshape(1, -1, 1, 1)
+    return out
+
+
+def np_conv_transpose2d(x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                        dilation=(1, 1), groups=1):
+    """Scatter each input pixel times the kernel into the output."""
+    n, cin, h, wd = x.shape
+    _, cog, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    oh = (h - 1) * sh - 2 * ph + dh * (kh - 1) + output_padding[0] + 1
+    ow = (wd - 1) * sw - 2 * pw + dw * (kw - 1) + output_padding[1] + 1
+    full = np.zeros((n, cog * groups, oh + 2 * ph, ow + 2 * pw))
+    per_group = cin // groups
+    for c in range(cin):
+        g = c // per_group
+        for i in range(h):
+            for j in range(wd):
+                for ki in range(kh):
+                    for kj in range(kw):
+                        full[:, g * cog:(g + 1) * cog, i * sh + ki * dh, j * sw + kj * dw] += \
+                            x[:, c, i, j][:, None] * w[c, :, ki, kj][None, :]
+    out = full[:, :, ph:ph + oh, pw:pw + ow]
+    if b is not None:
+        out = out + b.reshape(1, -1, 1, 1)
+    return out
+
+
+def _pool_windows(size, k, s, p, d, ceil_mode):
+    """Start of each window along one axis (PyTorch's output-size rule)."""
+    span = size + 2 * p - d * (k - 1) - 1
+    o = (span + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (o - 1) * s >= size + p:
+        o -= 1
+    return [i * s - p for i in range(o)]
+
+
+def np_max_pool2d(x, k, s, p=(0, 0), d=(1, 1), ceil_mode=False):
+    """Max and flat argmax (first maximum) of each window, skipping positions outside x."""
+    n, c, h, w = x.shape
+    rows = _pool_windows(h, k[0], s[0], p[0], d[0], ceil_mode)
+    cols = _pool_windows(w, k[1], s[1], p[1], d[1], ceil_mode)
+    out = np.zeros((n, c, len(rows), len(cols)))
+    idx = np.zeros(out.shape, dtype=np.int64)
+    for a in range(n):
+        for b in range(c):
+            for i, r0 in enumerate(rows):
+                for j, c0 in enumerate(cols):
+                    best, where = -np.inf, -1
+                    for ki in range(k[0]):
+                        for kj in range(k[1]):
+                            r, cc = r0 + ki * d[0], c0 + kj * d[1]
+                            if 0 <= r < h and 0 <= cc < w and x[a, b, r, cc] > best:
+                                best, where = x[a, b, r, cc], r * w + cc
+                    out[a, b, i, j], idx[a, b, i, j] = best, where
+    return out, idx
+
+
+def np_avg_pool2d(x, k, s, p=(0, 0), ceil_mode=False, count_include_pad=True,
+                  divisor_override=None):
+    """PyTorch's rule: the window is clipped to the padded input for the count_include_pad
+    divisor, and to the input for the sum and the other divisor."""
+    n, c, h, w = x.shape
+    rows = _pool_windows(h, k[0], s[0], p[0], 1, ceil_mode)
+    cols = _pool_windows(w, k[1], s[1], p[1], 1, ceil_mode)
+    out = np.zeros((n, c, len(rows), len(cols)))
+    for i, r0 in enumerate(rows):
+        for j, c0 in enumerate(cols):
+            r1, c1 = min(r0 + k[0], h + p[0]), min(c0 + k[1], w + p[1])
+            padded_count = (r1 - r0) * (c1 - c0)
+            ra, rb, ca, cb = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
+            total = x[:, :, ra:rb, ca:cb].sum(axis=(2, 3))
+            div = divisor_override or (padded_count if count_include_pad
+                                       else (rb - ra) * (cb - ca))
+            out[:, :, i, j] = total / div
+    return out
+
+
+def np_adaptive_avg_pool2d(x, out):
+    n, c, h, w = x.shape
+    res = np.zeros((n, c) + tuple(out))
+    for i in range(out[0]):
+        r0, r1 = (i * h) // out[0], math.ceil((i + 1) * h / out[0])
+        for j in range(out[1]):
+            c0, c1 = (j * w) // out[1], math.ceil((j + 1) * w / out[1])
+            res[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
+    return res
+
+
+# ============================================================== conv2d
+
+CONV_CASES = [  # stride, padding, dilation, groups, bias
+    dict(),
+    dict(stride=2, padding=1),
+    dict(stride=(2, 1), padding=(0, 2)),
+    dict(dilation=2, padding=2),
+    dict(groups=3, padding=1),
+    dict(stride=2, dilation=(1, 2), groups=3, bias=False),
+]
+
+
+def _conv_inputs(case, c_in=3, c_out=6, k=3, size=(7, 6)):
+    x = rand(2, c_in, *size, seed=1)
+    w = rand(c_out, c_in // case.get("groups", 1), k, k, seed=2)
+    b = rand(c_out, seed=3) if case.get("bias", True) else None
+    kw = {k_: v for k_, v in case.items() if k_ != "bias"}
+    return x, w, b, kw
+
+
+def _np_conv_kwargs(kw):
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    p = pair(kw.get("padding", 0))
+    return dict(stride=pair(kw.get("stride", 1)), padding=((p[0], p[0]), (p[1], p[1])),
+                dilation=pair(kw.get("dilation", 1)), groups=kw.get("groups", 1))
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_matches_numpy(case):
+    x, w, b, kw = _conv_inputs(case)
+    y = F.conv2d(x, w, b, **kw)
+    ref = np_conv2d(arr(x), arr(w), None if b is None else arr(b), **_np_conv_kwargs(kw))
+    np.testing.assert_allclose(arr(y), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_conv2d_same_and_valid_padding():
+    x = rand(1, 2, 6, 5)
+    for k, d in ((3, 1), (4, 1), (2, 3), (4, 2)):
+        w = rand(3, 2, k, k, seed=k)
+        y = F.conv2d(x, w, padding="same", dilation=d)
+        total = d * (k - 1)  # PyTorch puts the extra row/column at the bottom/right
+        pads = ((total // 2, total - total // 2),) * 2
+        np.testing.assert_allclose(arr(y), np_conv2d(arr(x), arr(w), padding=pads,
+                                                     dilation=(d, d)), atol=1e-10)
+        assert y.shape == x.shape[:1] + (3,) + x.shape[2:]
+    w = rand(3, 2, 3, 3)
+    np.testing.assert_allclose(arr(F.conv2d(x, w, padding="valid")), arr(F.conv2d(x, w)))
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:2] + CONV_CASES[4:])
+def test_conv2d_gradcheck(case):
+    x, w, b, kw = _conv_inputs(case, size=(5, 5))
+    inputs = (x, w) if b is None else (x, w, b)
+    assert gradcheck(lambda *t: F.conv2d(*t, **kw), inputs)
+
+
+def test_conv2d_gradcheck_same_padding_asymmetric():
+    x, w = rand(1, 2, 5, 4), rand(2, 2, 2, 3, seed=4)
+    assert gradcheck(lambda a, b: F.conv2d(a, b, padding="same"), (x, w))
+
+
+def test_conv2d_unbatched_input():
+    x, w = rand(3, 5, 5), rand(4, 3, 3, 3)
+    y = F.conv2d(x, w, padding=1)
+    assert y.shape == (4, 5, 5)
+    np.testing.assert_allclose(arr(y), arr(F.conv2d(x.unsqueeze(0), w, padding=1))[0])
+
+
+def test_conv2d_only_needed_gradients():
+    x = rand(2, 3, 5, 5, requires_grad=False)
+    conv = nn.Conv2d(3, 4, 3).double()
+    conv(x).sum().backward()
+    assert conv.weight.grad is not None and conv.bias.grad is not None and x.grad is None
+
+
+def test_conv2d_float32_keeps_dtype():
+    conv = nn.Conv2d(3, 4, 3)
+    y = conv(ddp.randn(2, 3, 6, 6))
+    assert y.dtype == ddp.float32
+    y.sum().backward()
+    assert conv.weight.grad.dtype == ddp.float32
+
+
+def test_conv1d_matches_numpy_and_gradcheck():
+    x, w, b = rand(2, 4, 9), rand(6, 2, 3, seed=1), rand(6, seed=2)
+    y = F.conv1d(x, w, b, stride=2, padding=1, dilation=2, groups=2)
+    ref = np_conv2d(arr(x)[:, :, None], arr(w)[:, :, None], arr(b), stride=(1, 2),
+                    padding=((0, 0), (1, 1)), dilation=(1, 2), groups=2)[:, :, 0]
+    np.testing.assert_allclose(arr(y), ref, atol=1e-10)
+    assert gradcheck(lambda *t: F.conv1d(*t, stride=2, padding=1, groups=2), (x, w, b))
+    assert F.conv1d(x, rand(3, 4, 4), padding="same").shape == (2, 3, 9)
+    assert F.conv1d(x[0], rand(3, 4, 3)).shape == (3, 7)  # unbatched
+
+
+# ============================================================== conv_transpose2d
+
+TRANSPOSE_CASES = [  # stride, padding, output_padding, dilation, groups
+    dict(),
+    dict(stride=2, padding=1),
+    dict(stride=2, padding=1, output_padding=1),
+    dict(stride=(2, 3), padding=(0, 1), output_padding=(1, 2)),
+    dict(dilation=2, padding=1),
+    dict(stride=2, groups=2, dilation=(2, 1), output_padding=1),
+]
+
+
+def _transpose_inputs(case, size=(4, 3)):
+    g = case.get("groups", 1)
+    x = rand(2, 4, *size, seed=1)
+    w = rand(4, 6 // g, 3, 3, seed=2)
+    b = rand(6, seed=3)
+    return x, w, b
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@pytest.mark.parametrize("case", TRANSPOSE_CASES)
+def test_conv_transpose2d_matches_numpy(case):
+    x, w, b = _transpose_inputs(case)
+    y = F.conv_transpose2d(x, w, b, **case)
+    ref = np_conv_transpose2d(arr(x), arr(w), arr(b), stride=_pair(case.get("stride", 1)),
+                              padding=_pair(case.get("padding", 0)),
+                              output_padding=_pair(case.get("output_padding", 0)),
+                              dilation=_pair(case.get("dilation", 1)),
+                              groups=case.get("groups", 1))
+    np.testing.assert_allclose(arr(y), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", [TRANSPOSE_CASES[0], TRANSPOSE_CASES[2], TRANSPOSE_CASES[5]])
+def test_conv_transpose2d_gradcheck(case):
+    x, w, b = _transpose_inputs(case, size=(3, 3))
+    assert gradcheck(lambda *t: F.conv_transpose2d(*t, **case), (x, w, b))
+
+
+def test_conv_transpose2d_output_size():
+    m = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1).double()
+    x = rand(1, 4, 5, 5)
+    assert m(x).shape == (1, 2, 9, 9)
+    assert m(x, output_size=(10, 10)).shape == (1, 2, 10, 10)
+    assert m(x, output_size=[1, 2, 10, 9]).shape == (1, 2, 10, 9)
+    with pytest.raises(ValueError, match="output padding"):
+        m(x, output_size=(12, 12))
+
+
+# ============================================================== max pooling
+
+MAXPOOL_CASES = [  # kernel, stride, padding, dilation, ceil_mode
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=(2, 3), stride=(1, 2)),
+    dict(kernel_size=3, stride=2, ceil_mode=True),
+    dict(kernel_size=2, stride=2, padding=1, ceil_mode=True),
+    dict(kernel_size=3, stride=1, padding=1, dilation=2),
+]
+
+
+def _np_pool_kwargs(case):
+    k = _pair(case["kernel_size"])
+    return dict(k=k, s=_pair(case.get("stride") or k), p=_pair(case.get("padding", 0)),
+                ceil_mode=case.get("ceil_mode", False))
+
+
+@pytest.mark.parametrize("case", MAXPOOL_CASES)
+def test_max_pool2d_matches_numpy(case):
+    x = rand(2, 3, 7, 6)
+    y, idx = F.max_pool2d(x, return_indices=True, **case)
+    ref, ref_idx = np_max_pool2d(arr(x), d=_pair(case.get("dilation", 1)),
+                                 **_np_pool_kwargs(case))
+    np.testing.assert_array_equal(arr(y), ref)
+    np.testing.assert_array_equal(arr(idx), ref_idx)
+    assert idx.dtype == ddp.int64
+    np.testing.assert_array_equal(arr(F.max_pool2d(x, **case)), ref)
+
+
+@pytest.mark.parametrize("case", MAXPOOL_CASES[:2] + MAXPOOL_CASES[4:])
+def test_max_pool2d_gradcheck(case):
+    # distinct values far apart: finite differences never cross a tie
+    x = ddp.tensor(np.random.default_rng(0).permutation(2 * 2 * 6 * 5).reshape(2, 2, 6, 5)
+                   .astype(np.float64), requires_grad=True)
+    assert gradcheck(lambda t: F.max_pool2d(t, **case), (x,))
+
+
+def test_max_pool2d_ties_send_gradient_to_first_maximum():
+    x = ddp.ones(1, 1, 2, 4, requires_grad=True)
+    F.max_pool2d(x, 2).sum().backward()
+    np.testing.assert_array_equal(arr(x.grad)[0, 0], [[1, 0, 1, 0], [0, 0, 0, 0]])
+
+
+def test_max_pool2d_output_may_be_modified_in_place():
+    x = rand(1, 2, 4, 4)
+    y = F.max_pool2d(x, 2)
+    y.relu_()  # backward must not depend on the pooled values
+    y.sum().backward()
+    assert x.grad is not None
+
+
+def test_max_pool1d():
+    x = rand(2, 3, 9)
+    y, idx = F.max_pool1d(x, 3, stride=2, padding=1, return_indices=True)
+    ref, ref_idx = np_max_pool2d(arr(x)[:, :, None], (1, 3), (1, 2), (0, 1))
+    np.testing.assert_array_equal(arr(y), ref[:, :, 0])
+    np.testing.assert_array_equal(arr(idx), ref_idx[:, :, 0])
+    assert F.max_pool1d(x[0], 2).shape == (3, 4)
+    m = nn.MaxPool1d(2, dilation=2, ceil_mode=True)
+    ref = np_max_pool2d(arr(x)[:, :, None], (1, 2), (1, 2), d=(1, 2), ceil_mode=True)[0]
+    np.testing.assert_array_equal(arr(m(x)), ref[:, :, 0])
+
+
+def test_max_pool_integer_input():
+    x = ddp.tensor([[[[1, -5], [3, 2]]]])
+    assert F.max_pool2d(x, 2, padding=1).tolist() == [[[[1, -5], [3, 2]]]]
+
+
+# ============================================================== average pooling
+
+AVGPOOL_CASES = [  # kernel, stride, padding, ceil_mode, count_include_pad, divisor_override
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+    dict(kernel_size=(3, 2), stride=2, ceil_mode=True),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=True),
+    dict(kernel_size=2, stride=1, divisor_override=3),
+]
+
+
+@pytest.mark.parametrize("case", AVGPOOL_CASES)
+def test_avg_pool2d_matches_numpy(case):
+    x = rand(2, 3, 7, 6)
+    ref = np_avg_pool2d(arr(x), count_include_pad=case.get("count_include_pad", True),
+                        divisor_override=case.get("divisor_override"), **_np_pool_kwargs(case))
+    np.testing.assert_allclose(arr(F.avg_pool2d(x, **case)), ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", [AVGPOOL_CASES[1], AVGPOOL_CASES[4]])
+def test_avg_pool2d_gradcheck(case):
+    assert gradcheck(lambda t: F.avg_pool2d(t, **case), (rand(2, 2, 5, 6),))
+
+
+def test_avg_pool1d():
+    x = rand(2, 3, 8)
+    y = F.avg_pool1d(x, 3, stride=2, padding=1, count_include_pad=False, ceil_mode=True)
+    ref = np_avg_pool2d(arr(x)[:, :, None], (1, 3), (1, 2), (0, 1), ceil_mode=True,
+                        count_include_pad=False)
+    np.testing.assert_allclose(arr(y), ref[:, :, 0], atol=1e-12)
+    assert nn.AvgPool1d(2)(x[0]).shape == (3, 4)
+
+
+# ============================================================== adaptive average pooling
+
+@pytest.mark.parametrize("out", [(1, 1), (2, 3), (3, 2), (4, 4), (7, 5)])
+def test_adaptive_avg_pool2d_matches_numpy(out):
+    x = rand(2, 3, 7, 5)
+    y = F.adaptive_avg_pool2d(x, out)
+    np.testing.assert_allclose(arr(y), np_adaptive_avg_pool2d(arr(x), out), atol=1e-12)
+
+
+def test_adaptive_avg_pool_none_unbatched_and_1d():
+    x = rand(3, 7, 5)
+    assert F.adaptive_avg_pool2d(x, (3, None)).shape == (3, 3, 5)
+    assert nn.AdaptiveAvgPool2d(2)(x).shape == (3, 2, 2)
+    y = F.adaptive_avg_pool1d(rand(2, 3, 7), 3)
+    ref = np_adaptive_avg_pool2d(arr(rand(2, 3, 7))[:, :, None], (1, 3))[:, :, 0]
+    np.testing.assert_allclose(arr(y), ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("out", [(2, 2), (3, 2)])
+def test_adaptive_avg_pool2d_gradcheck(out):
+    assert gradcheck(lambda t: F.adaptive_avg_pool2d(t, out), (rand(1, 2, 4, 5),))
+
+
+# ============================================================== modules: repr, init, errors
+
+def test_reprs_match_pytorch_format():
+    assert repr(nn.Conv2d(3, 16, 3, padding=1)) == \
+        "Conv2d(3, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))"
+    assert repr(nn.Conv2d(3, 16, (3, 5), stride=2, dilation=2, groups=1, bias=False)) == \
+        "Conv2d(3, 16, kernel_size=(3, 5), stride=(2, 2), dilation=(2, 2), bias=False)"
+    assert repr(nn.Conv2d(4, 4, 3, padding="same", groups=2, padding_mode="reflect")) == \
+        ("Conv2d(4, 4, kernel_size=(3, 3), stride=(1, 1), padding=same, groups=2, "
+         "padding_mode=reflect)")
+    assert repr(nn.Conv1d(4, 8, 3)) == "Conv1d(4, 8, kernel_size=(3,), stride=(1,))"
+    assert repr(nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1, output_padding=1)) == \
+        ("ConvTranspose2d(8, 4, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1), "
+         "output_padding=(1, 1))")
+    assert repr(nn.MaxPool2d(2)) == \
+        "MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)"
+    assert repr(nn.AvgPool2d(3, 2, 1)) == "AvgPool2d(kernel_size=3, stride=2, padding=1)"
+    assert repr(nn.AvgPool1d(2)) == "AvgPool1d(kernel_size=(2,), stride=(2,), padding=(0,))"
+    assert repr(nn.AdaptiveAvgPool2d((1, 1))) == "AdaptiveAvgPool2d(output_size=(1, 1))"
+
+
+def test_conv_parameter_shapes_and_default_init():
+    ddp.manual_seed(0)
+    m = nn.Conv2d(6, 8, (3, 5), groups=2)
+    assert m.weight.shape == (8, 3, 3, 5) and m.bias.shape == (8,)
+    fan_in = 3 * 3 * 5
+    # kaiming_uniform_(a=sqrt(5)) gives U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the bias the same
+    assert float(m.weight.abs().max()) <= 1 / math.sqrt(fan_in)
+    assert float(m.weight.abs().max()) > 0.8 / math.sqrt(fan_in)
+    assert float(m.bias.abs().max()) <= 1 / math.sqrt(fan_in)
+    t = nn.ConvTranspose2d(6, 4, 3, groups=2, bias=False)
+    assert t.weight.shape == (6, 2, 3, 3) and t.bias is None
+    assert nn.Conv1d(2, 4, 5).weight.shape == (4, 2, 5)
+    assert [n for n, _ in m.named_parameters()] == ["weight", "bias"]
+
+
+def test_conv_padding_modes_match_numpy():
+    x = rand(1, 2, 5, 6)
+    for mode, np_mode in (("reflect", "reflect"), ("replicate", "edge"), ("circular", "wrap")):
+        m = nn.Conv2d(2, 3, 3, padding=(1, 2), padding_mode=mode).double()
+        xp = np.pad(arr(x), ((0, 0), (0, 0), (1, 1), (2, 2)), mode=np_mode)
+        np.testing.assert_allclose(arr(m(x)), np_conv2d(xp, arr(m.weight), arr(m.bias)),
+                                   atol=1e-10)
+
+
+def test_conv_errors_name_layer_and_shapes():
+    with pytest.raises(RuntimeError, match=r"Conv2d: expected input with 3 channels, got input "
+                                           r"of shape \(2, 4, 8, 8\)"):
+        nn.Conv2d(3, 16, 3)(ddp.ones(2, 4, 8, 8))
+    with pytest.raises(RuntimeError, match=r"Conv2d: expected 3-D \(unbatched\) or 4-D.*\(8, 8\)"):
+        nn.Conv2d(3, 16, 3)(ddp.ones(8, 8))
+    with pytest.raises(RuntimeError, match=r"Conv1d: expected input with 2 channels"):
+        nn.Conv1d(2, 4, 3)(ddp.ones(1, 3, 8))
+    with pytest.raises(RuntimeError, match=r"ConvTranspose2d: expected input with 4 channels"):
+        nn.ConvTranspose2d(4, 2, 3)(ddp.ones(1, 3, 5, 5))
+    with pytest.raises(RuntimeError, match="smaller than the"):
+        nn.Conv2d(1, 1, 5)(ddp.ones(1, 1, 3, 3))
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.Conv2d(3, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="strided"):
+        nn.Conv2d(3, 4, 3, stride=2, padding="same")
+    with pytest.raises(RuntimeError, match="same dtype"):
+        F.conv2d(ddp.ones(1, 1, 3, 3, dtype=ddp.float64), ddp.ones(1, 1, 2, 2))
+
+
+def test_pool_errors_name_layer_and_shapes():
+    with pytest.raises(RuntimeError, match=r"MaxPool2d: expected.*got input of shape \(4, 4\)"):
+        nn.MaxPool2d(2)(ddp.ones(4, 4))
+    with pytest.raises(RuntimeError, match="at most half"):
+        nn.MaxPool2d(2, padding=2)(ddp.ones(1, 1, 8, 8))
+    with pytest.raises(RuntimeError, match="too small"):
+        nn.AvgPool2d(5)(ddp.ones(1, 1, 3, 3))
+    with pytest.raises(RuntimeError, match="AvgPool1d"):
+        nn.AvgPool1d(2)(ddp.ones(1, 1, 2, 2, 2))
+
+
+def test_unbatched_pooling():
+    x = rand(3, 6, 6)
+    y, idx = nn.MaxPool2d(2, return_indices=True)(x)
+    assert y.shape == idx.shape == (3, 3, 3)
+    assert nn.AvgPool2d(3, 1, 1)(x).shape == (3, 6, 6)
+
+
+# ============================================================== PyTorch parity
+
+def _torch_pair(np_array, torch):
+    return (ddp.tensor(np_array, requires_grad=True),
+            torch.tensor(np_array, requires_grad=True))
+
+
+def _check_parity(ddp_out, torch_out, pairs, seed=5, rtol=1e-4, atol=1e-5):
+    """Outputs equal, and gradients equal for the same random upstream gradient."""
+    import torch
+    np.testing.assert_allclose(arr(ddp_out), torch_out.detach().numpy(), rtol=rtol, atol=atol)
+    g = np.random.default_rng(seed).standard_normal(tuple(torch_out.shape)).astype(np.float32)
+    ddp_out.backward(ddp.tensor(g))
+    torch_out.backward(torch.tensor(g))
+    for ours, theirs in pairs:
+        np.testing.assert_allclose(arr(ours.grad), theirs.grad.numpy(), rtol=rtol, atol=atol)
+
+
+CONV_PARITY = [  # module kwargs for Conv2d(4, 6, ...)
+    dict(kernel_size=3),
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)),
+    dict(kernel_size=3, dilation=2, padding="same"),
+    dict(kernel_size=4, padding="same"),
+    dict(kernel_size=3, padding="valid", bias=False),
+    dict(kernel_size=3, groups=2, stride=2, padding=2),
+    dict(kernel_size=1, groups=2),
+    dict(kernel_size=3, padding=1, padding_mode="reflect"),
+    dict(kernel_size=3, padding=(1, 2), padding_mode="circular"),
+]
+
+
+@pytest.mark.parametrize("kw", CONV_PARITY)
+def test_conv2d_torch_parity(kw):
+    torch = pytest.importorskip("torch")
+    ours = nn.Conv2d(4, 6, **kw)
+    theirs = torch.nn.Conv2d(4, 6, **kw)
+    ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
+                          theirs.state_dict().items()})
+    a, b = _torch_pair(np.random.default_rng(0).standard_normal((2, 4, 9, 8)).astype(np.float32),
+                       torch)
+    _check_parity(ours(a), theirs(b), [(a, b), (ours.weight, theirs.weight)]
+                  + ([(ours.bias, theirs.bias)] if ours.bias is not None else []))
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=2, padding=1),
+                                dict(kernel_size=5, padding="same", dilation=2, groups=2)])
+def test_conv1d_torch_parity(kw):
+    torch = pytest.importorskip("torch")
+    ours, theirs = nn.Conv1d(4, 6, **kw), torch.nn.Conv1d(4, 6, **kw)
+    ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
+                          theirs.state_dict().items()})
+    a, b = _torch_pair(np.random.default_rng(0).standard_normal((2, 4, 11)).astype(np.float32),
+                       torch)
+    _check_parity(ours(a), theirs(b), [(a, b), (ours.weight, theirs.weight),
+                                       (ours.bias, theirs.bias)])
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3),
+                                dict(kernel_size=4, stride=2, padding=1),
+                                dict(kernel_size=3, stride=2, padding=1, output_padding=1),
+                                dict(kernel_size=(3, 2), stride=(3, 2), output_padding=(2, 1),
+                                     groups=2, bias=False),
+                                dict(kernel_size=3, dilation=2, stride=2, padding=2)])
+def test_conv_transpose2d_torch_parity(kw):
+    torch = pytest.importorskip("torch")
+    ours, theirs = nn.ConvTranspose2d(4, 6, **kw), torch.nn.ConvTranspose2d(4, 6, **kw)
+    ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
+                          theirs.state_dict().items()})
+    assert repr(ours) == repr(theirs)
+    a, b = _torch_pair(np.random.default_rng(0).standard_normal((2, 4, 5, 4)).astype(np.float32),
+                       torch)
+    _check_parity(ours(a), theirs(b), [(a, b), (ours.weight, theirs.weight)]
+                  + ([(ours.bias, theirs.bias)] if ours.bias is not None else []))
+
+
+def test_conv_reprs_match_torch():
+    torch = pytest.importorskip("torch")
+    for args, kw in [((3, 16, 3), dict(padding=1)), ((4, 8, (3, 5)), dict(stride=(2, 1))),
+                     ((4, 4, 3), dict(padding="same", groups=4, bias=False)),
+                     ((2, 2, 3), dict(dilation=2, padding_mode="replicate"))]:
+        assert repr(nn.Conv2d(*args, **kw)) == repr(torch.nn.Conv2d(*args, **kw))
+    assert repr(nn.Conv1d(2, 3, 3, padding="valid")) == repr(torch.nn.Conv1d(2, 3, 3,
+                                                                             padding="valid"))
+
+
+POOL_PARITY = [
+    ("MaxPool2d", dict(kernel_size=2)),
+    ("MaxPool2d", dict(kernel_size=3, stride=2, padding=1)),
+    ("MaxPool2d", dict(kernel_size=3, stride=2, ceil_mode=True)),
+    ("MaxPool2d", dict(kernel_size=(2, 3), stride=1, dilation=2, padding=(1, 1))),
+    ("MaxPool2d", dict(kernel_size=2, padding=1, ceil_mode=True, return_indices=True)),
+    ("AvgPool2d", dict(kernel_size=2)),
+    ("AvgPool2d", dict(kernel_size=3, stride=2, padding=1)),
+    ("AvgPool2d", dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
+    ("AvgPool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    ("AvgPool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True,
+                       count_include_pad=False)),
+    ("AvgPool2d", dict(kernel_size=2, stride=1, divisor_override=5)),
+    ("AdaptiveAvgPool2d", dict(output_size=(3, 4))),
+    ("AdaptiveAvgPool2d", dict(output_size=(5, None))),
+    ("AdaptiveAvgPool2d", dict(output_size=1)),
+]
+
+
+@pytest.mark.parametrize("name,kw", POOL_PARITY)
+def test_pool2d_torch_parity(name, kw):
+    torch = pytest.importorskip("torch")
+    ours, theirs = getattr(nn, name)(**kw), getattr(torch.nn, name)(**kw)
+    assert repr(ours) == repr(theirs)
+    a, b = _torch_pair(np.random.default_rng(0).standard_normal((2, 3, 9, 7)).astype(np.float32),
+                       torch)
+    y, yt = ours(a), theirs(b)
+    if kw.get("return_indices"):
+        np.testing.assert_array_equal(arr(y[1]), yt[1].numpy())
+        y, yt = y[0], yt[0]
+    _check_parity(y, yt, [(a, b)])
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("MaxPool1d", dict(kernel_size=3, stride=2, padding=1, return_indices=True)),
+    ("MaxPool1d", dict(kernel_size=2, dilation=2, ceil_mode=True)),
+    ("AvgPool1d", dict(kernel_size=3, stride=2, padding=1, count_include_pad=False,
+                       ceil_mode=True)),
+    ("AdaptiveAvgPool1d", dict(output_size=4)),
+])
+def test_pool1d_torch_parity(name, kw):
+    torch = pytest.importorskip("torch")
+    ours, theirs = getattr(nn, name)(**kw), getattr(torch.nn, name)(**kw)
+    assert repr(ours) == repr(theirs)
+    a, b = _torch_pair(np.random.default_rng(0).standard_normal((2, 3, 11)).astype(np.float32),
+                       torch)
+    y, yt = ours(a), theirs(b)
+    if kw.get("return_indices"):
+        np.testing.assert_array_equal(arr(y[1]), yt[1].numpy())
+        y, yt = y[0], yt[0]
+    _check_parity(y, yt, [(a, b)])
+
+
+def test_small_cnn_torch_parity():
+    """A conv / pool / linear stack with the same weights gives the same loss and gradients."""
+    torch = pytest.importorskip("torch")
+
+    def build(lib):
+        n = lib.nn
+        return n.Sequential(n.Conv2d(1, 4, 3, padding=1), n.ReLU(), n.MaxPool2d(2),
+                            n.Conv2d(4, 8, 3, stride=2), n.ReLU(), n.AdaptiveAvgPool2d(2),
+                            n.Flatten(), n.Linear(32, 3))
+    ours, theirs = build(ddp), build(torch)
+    ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
+                          theirs.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((4, 1, 12, 12)).astype(np.float32)
+    a, b = _torch_pair(x, torch)
+    _check_parity(ours(a), theirs(b), [(a, b)] + list(zip(ours.parameters(),
+                                                           theirs.parameters())))
