@@ -197,7 +197,8 @@ class Hardtanh(Op):
 
 
 class Hardswish(Op):
-    """``x * relu6(x + 3) / 6``, with PyTorch's gradient at the kinks (x/3 + 1/2 on [-3, 3])."""
+    """``x * relu6(x + 3) / 6``; gradient ``x/3 + 1/2`` on (-3, 3), 0 below, 1 above (PyTorch's
+    values at the kinks)."""
 
     @staticmethod
     def forward(ctx, a):
@@ -208,7 +209,7 @@ class Hardswish(Op):
     def backward(ctx, g):
         a, = ctx.saved_tensors
         xp = ctx.xp
-        return g * xp.where(a < -3, 0.0, xp.where(a <= 3, a / 3 + 0.5, 1.0))
+        return g * xp.where(a <= -3, 0.0, xp.where(a < 3, a / 3 + 0.5, 1.0))
 
 
 class Softplus(Op):

@@ -484,6 +484,8 @@ def test_piecewise_constant_ops_have_zero_gradient(fn):
 
 
 def test_floordiv_gradient_to_divisor_is_zero():
+    # PyTorch raises "derivative for aten::floor_divide is not implemented"; ddp gives the
+    # almost-everywhere derivative, zero, so that // in a differentiable expression works
     a, b = leaf([3.5, -2.0]), leaf([2.0, 0.75])
     ga, gb = grad_of(lambda a, b: (a // b).sum(), a, b)
     np.testing.assert_array_equal(ga, 0)

@@ -1,0 +1,315 @@
+"""BatchNorm, LayerNorm, GroupNorm: outputs against NumPy formulas, gradients against finite
+differences (float64 gradcheck), running statistics over several steps (momentum and the
+cumulative average), train/eval behaviour, state dicts, errors, and PyTorch parity.
+"""
+import numpy as np
+import pytest
+
+import ddp
+import ddp.nn as nn
+import ddp.nn.functional as F
+from ddp.autograd import gradcheck
+
+
+def arr(t):
+    return np.asarray(t.detach().cpu().numpy())
+
+
+def rand(*shape, seed=0, requires_grad=True, scale=1.0, shift=0.0):
+    data = np.random.default_rng(seed).standard_normal(shape) * scale + shift
+    return ddp.tensor(data, requires_grad=requires_grad)
+
+
+def np_norm(x, axes, eps=1e-5):
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps)
+
+
+# ============================================================== batch norm
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (3, 3, 4, 2)])
+def test_batch_norm_training_output_and_running_stats(shape):
+    x = rand(*shape, scale=2.0, shift=1.0)
+    w, b = rand(3, seed=1), rand(3, seed=2)
+    rm, rv = ddp.zeros(3, dtype=ddp.float64), ddp.ones(3, dtype=ddp.float64)
+    y = F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.2)
+    xn = arr(x)
+    axes = (0,) + tuple(range(2, xn.ndim))
+    bshape = (1, 3) + (1,) * (xn.ndim - 2)
+    ref = np_norm(xn, axes) * arr(w).reshape(bshape) + arr(b).reshape(bshape)
+    np.testing.assert_allclose(arr(y), ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(arr(rm), 0.2 * xn.mean(axis=axes), rtol=1e-12)
+    np.testing.assert_allclose(arr(rv), 0.8 + 0.2 * xn.var(axis=axes, ddof=1), rtol=1e-12)
+
+
+def test_batch_norm_eval_uses_running_stats():
+    x = rand(4, 3, 2)
+    rm, rv = ddp.tensor([0.5, -1.0, 2.0]), ddp.tensor([4.0, 0.25, 1.0])
+    w, b = rand(3, seed=1), rand(3, seed=2)
+    y = F.batch_norm(x, rm.double(), rv.double(), w, b, training=False, eps=1e-3)
+    ref = (arr(x) - arr(rm)[:, None]) / np.sqrt(arr(rv)[:, None] + 1e-3) * arr(w)[:, None] \
+        + arr(b)[:, None]
+    np.testing.assert_allclose(arr(y), ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_gradcheck(training, affine):
+    x = rand(4, 3, 2, 2, scale=1.5, shift=0.5)
+    w, b = (rand(3, seed=1), rand(3, seed=2)) if affine else (None, None)
+    rm, rv = rand(3, seed=3, requires_grad=False), rand(3, seed=4, requires_grad=False).abs()
+
+    def fn(*t):
+        return F.batch_norm(t[0], rm.clone(), rv.clone(), *t[1:], training=training)
+    assert gradcheck(fn, (x, w, b) if affine else (x,))
+
+
+def test_batchnorm_module_train_then_eval_three_steps():
+    m = nn.BatchNorm1d(3, momentum=0.3).double()
+    rm, rv = np.zeros(3), np.ones(3)
+    for step in range(3):
+        x = rand(5, 3, seed=step, scale=step + 1.0, shift=step)
+        y = m(x)
+        xn = arr(x)
+        rm = 0.7 * rm + 0.3 * xn.mean(0)
+        rv = 0.7 * rv + 0.3 * xn.var(0, ddof=1)
+        np.testing.assert_allclose(arr(y), np_norm(xn, (0,)), atol=1e-10)
+    np.testing.assert_allclose(arr(m.running_mean), rm, rtol=1e-12)
+    np.testing.assert_allclose(arr(m.running_var), rv, rtol=1e-12)
+    assert int(m.num_batches_tracked) == 3 and m.num_batches_tracked.dtype == ddp.int64
+    m.eval()
+    x = rand(2, 3, seed=9)
+    np.testing.assert_allclose(arr(m(x)), (arr(x) - rm) / np.sqrt(rv + 1e-5), atol=1e-10)
+    assert int(m.num_batches_tracked) == 3  # eval steps are not counted
+
+
+def test_batchnorm_momentum_none_is_cumulative_average():
+    m = nn.BatchNorm2d(2, momentum=None).double()
+    xs = [rand(3, 2, 2, 2, seed=s, shift=s) for s in range(3)]
+    for x in xs:
+        m(x)
+    means = [arr(x).mean(axis=(0, 2, 3)) for x in xs]
+    varis = [arr(x).var(axis=(0, 2, 3), ddof=1) for x in xs]
+    # factor 1/k at step k: the plain average of the batch statistics (and of the initial 1s
+    # weighted by zero from step one on)
+    np.testing.assert_allclose(arr(m.running_mean), np.mean(means, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(arr(m.running_var), np.mean(varis, axis=0), rtol=1e-12)
+
+
+def test_batchnorm_without_running_stats_always_uses_batch():
+    m = nn.BatchNorm1d(3, track_running_stats=False, affine=False).double()
+    assert m.running_mean is None and m.num_batches_tracked is None
+    assert list(m.state_dict()) == [] and list(m.parameters()) == []
+    x = rand(4, 3)
+    m.eval()
+    np.testing.assert_allclose(arr(m(x)), np_norm(arr(x), (0,)), atol=1e-10)
+
+
+def test_batchnorm_gradients_flow_to_parameters():
+    m = nn.BatchNorm2d(3).double()
+    x = rand(2, 3, 4, 4)
+    (m(x) * rand(2, 3, 4, 4, seed=7, requires_grad=False)).sum().backward()
+    assert m.weight.grad.shape == (3,) and m.bias.grad.shape == (3,) and x.grad is not None
+
+
+def test_batchnorm_output_may_be_modified_in_place():
+    m = nn.BatchNorm2d(3)
+    x = ddp.randn(2, 3, 4, 4, requires_grad=True)
+    m(x).relu_().sum().backward()
+    assert x.grad is not None
+    m2 = nn.BatchNorm2d(3, affine=False)
+    m2(x).relu_().sum().backward()
+
+
+def test_batchnorm_state_dict_and_reset():
+    m = nn.BatchNorm2d(4)
+    assert list(m.state_dict()) == ["weight", "bias", "running_mean", "running_var",
+                                    "num_batches_tracked"]
+    m(ddp.randn(2, 4, 3, 3))
+    sd = dict(m.state_dict())  # a plain dict: no version metadata, as an old checkpoint
+    del sd["num_batches_tracked"]  # version 1 checkpoints have none
+    m2 = nn.BatchNorm2d(4)
+    m2.load_state_dict(sd)
+    np.testing.assert_array_equal(arr(m2.running_mean), arr(m.running_mean))
+    m.reset_running_stats()
+    assert float(m.running_mean.abs().sum()) == 0 and int(m.num_batches_tracked) == 0
+    assert float(m.running_var.sum()) == 4
+
+
+def test_batchnorm_errors():
+    with pytest.raises(ValueError, match=r"BatchNorm1d: expected 2-D or 3-D input.*\(2, 3, 4, 5\)"):
+        nn.BatchNorm1d(3)(ddp.ones(2, 3, 4, 5))
+    with pytest.raises(RuntimeError, match=r"BatchNorm1d: expected input with 4 features.*"
+                                           r"\(2, 3\)"):
+        nn.BatchNorm1d(4)(ddp.ones(2, 3))
+    with pytest.raises(ValueError, match="BatchNorm2d: expected 4-D"):
+        nn.BatchNorm2d(3)(ddp.ones(2, 3))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nn.BatchNorm1d(3)(ddp.ones(1, 3))
+    nn.BatchNorm1d(3).eval()(ddp.ones(1, 3))  # fine in eval
+
+
+def test_batchnorm_repr():
+    # PyTorch >= 2.10's format, with bias=
+    assert repr(nn.BatchNorm2d(8)) == ("BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, "
+                                       "bias=True, track_running_stats=True)")
+    assert repr(nn.BatchNorm1d(3, eps=1e-3, momentum=None, affine=False)) == \
+        ("BatchNorm1d(3, eps=0.001, momentum=None, affine=False, bias=False, "
+         "track_running_stats=True)")
+    m = nn.BatchNorm1d(3, bias=False)
+    assert m.bias is None and [n for n, _ in m.named_parameters()] == ["weight"]
+
+
+def test_batch_norm_float32_and_float16():
+    x = ddp.randn(8, 3, 4) * 3 + 2
+    y = nn.BatchNorm1d(3)(x)
+    assert y.dtype == ddp.float32
+    np.testing.assert_allclose(arr(y), np_norm(arr(x).astype(np.float64), (0, 2)), atol=1e-4)
+    y16 = F.batch_norm(x.half(), None, None, training=True)
+    assert y16.dtype == ddp.float16
+    np.testing.assert_allclose(arr(y16).astype(np.float64), arr(y), atol=1e-2)
+
+
+# ============================================================== layer norm
+
+@pytest.mark.parametrize("normalized", [(5,), (3, 5)])
+def test_layer_norm_matches_numpy(normalized):
+    x = rand(2, 3, 5, scale=3.0, shift=1.0)
+    w, b = rand(*normalized, seed=1), rand(*normalized, seed=2)
+    y = F.layer_norm(x, normalized, w, b, eps=1e-6)
+    axes = tuple(range(3 - len(normalized), 3))
+    ref = np_norm(arr(x), axes, 1e-6) * arr(w) + arr(b)
+    np.testing.assert_allclose(arr(y), ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("normalized,affine", [((4,), "both"), ((2, 4), "both"),
+                                               ((4,), "weight"), ((4,), "none")])
+def test_layer_norm_gradcheck(normalized, affine):
+    x = rand(3, 2, 4)
+    w = rand(*normalized, seed=1) if affine != "none" else None
+    b = rand(*normalized, seed=2) if affine == "both" else None
+    inputs = tuple(t for t in (x, w, b) if t is not None)
+
+    def fn(*t):
+        it = iter(t[1:])
+        return F.layer_norm(t[0], normalized, next(it) if w is not None else None,
+                            next(it) if b is not None else None)
+    assert gradcheck(fn, inputs)
+
+
+def test_layernorm_module():
+    m = nn.LayerNorm(4)
+    assert repr(m) == "LayerNorm((4,), eps=1e-05, elementwise_affine=True, bias=True)"
+    assert m.weight.shape == (4,) and float(m.weight.sum()) == 4 and float(m.bias.abs().sum()) == 0
+    m2 = nn.LayerNorm([2, 3], elementwise_affine=False)
+    assert m2.weight is None and m2.bias is None and list(m2.parameters()) == []
+    assert repr(m2) == "LayerNorm((2, 3), eps=1e-05, elementwise_affine=False, bias=False)"
+    m3 = nn.LayerNorm(3, bias=False)
+    assert m3.bias is None and [n for n, _ in m3.named_parameters()] == ["weight"]
+    x = rand(2, 2, 3)
+    np.testing.assert_allclose(arr(m2(x)), np_norm(arr(x), (1, 2)), atol=1e-6)
+    with pytest.raises(RuntimeError, match=r"LayerNorm: expected input with shape \(\*, 4\).*"
+                                           r"\(2, 3\)"):
+        m(ddp.ones(2, 3))
+
+
+# ============================================================== group norm
+
+def test_group_norm_matches_numpy():
+    x = rand(2, 6, 3, 2, scale=2.0, shift=-1.0)
+    w, b = rand(6, seed=1), rand(6, seed=2)
+    y = F.group_norm(x, 3, w, b)
+    xg = arr(x).reshape(2, 3, -1)
+    ref = np_norm(xg, (2,)).reshape(2, 6, 3, 2) * arr(w)[:, None, None] + arr(b)[:, None, None]
+    np.testing.assert_allclose(arr(y), ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("groups,affine", [(2, True), (1, True), (4, False)])
+def test_group_norm_gradcheck(groups, affine):
+    x = rand(2, 4, 3)
+    inputs = (x, rand(4, seed=1), rand(4, seed=2)) if affine else (x,)
+    assert gradcheck(lambda *t: F.group_norm(t[0], groups, *t[1:]), inputs)
+
+
+def test_groupnorm_module_and_errors():
+    m = nn.GroupNorm(2, 4)
+    assert repr(m) == "GroupNorm(2, 4, eps=1e-05, affine=True, bias=True)"
+    assert nn.GroupNorm(2, 4, bias=False).bias is None
+    assert m(ddp.randn(3, 4, 5)).shape == (3, 4, 5)
+    with pytest.raises(ValueError, match="divisible"):
+        nn.GroupNorm(3, 4)
+    with pytest.raises(RuntimeError, match=r"GroupNorm: expected input with 4 channels.*"
+                                           r"\(3, 6, 5\)"):
+        m(ddp.randn(3, 6, 5))
+
+
+# ============================================================== PyTorch parity
+
+def _load_from_torch(ours, theirs):
+    ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
+                          theirs.state_dict().items()})
+
+
+@pytest.mark.parametrize("cls,shape,kw", [
+    ("BatchNorm1d", (6, 3), dict()),
+    ("BatchNorm1d", (4, 3, 5), dict(momentum=None)),
+    ("BatchNorm2d", (4, 3, 5, 5), dict(momentum=0.3, eps=1e-3)),
+    ("BatchNorm2d", (4, 3, 2, 2), dict(affine=False)),
+    ("BatchNorm2d", (4, 3, 2, 2), dict(track_running_stats=False)),
+    ("BatchNorm1d", (5, 3), dict(bias=False)),
+])
+def test_batchnorm_torch_parity_train_then_eval(cls, shape, kw):
+    torch = pytest.importorskip("torch")
+    ours, theirs = getattr(nn, cls)(3, **kw), getattr(torch.nn, cls)(3, **kw)
+    assert repr(ours) == repr(theirs)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.uniform_(0.5, 1.5)
+    _load_from_torch(ours, theirs)
+    rng = np.random.default_rng(0)
+    for step in range(4):
+        if step == 3:
+            ours.eval()
+            theirs.eval()
+        x = (rng.standard_normal(shape) * (step + 1) + step).astype(np.float32)
+        a, b = ddp.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+        y, yt = ours(a), theirs(b)
+        np.testing.assert_allclose(arr(y), yt.detach().numpy(), rtol=1e-4, atol=1e-4)
+        g = rng.standard_normal(shape).astype(np.float32)
+        y.backward(ddp.tensor(g))
+        yt.backward(torch.tensor(g))
+        np.testing.assert_allclose(arr(a.grad), b.grad.numpy(), rtol=1e-4, atol=1e-4)
+        for p, q in zip(ours.parameters(), theirs.parameters()):
+            np.testing.assert_allclose(arr(p.grad), q.grad.numpy(), rtol=1e-4, atol=1e-4)
+        for name, buf in theirs.named_buffers():
+            np.testing.assert_allclose(arr(getattr(ours, name)), buf.numpy(), rtol=1e-5,
+                                       atol=1e-6)
+
+
+@pytest.mark.parametrize("cls,args,shape", [
+    ("LayerNorm", ((5,),), (2, 3, 5)),
+    ("LayerNorm", ((3, 5),), (2, 3, 5)),
+    ("GroupNorm", (3, 6), (2, 6, 4, 3)),
+    ("GroupNorm", (1, 6), (2, 6, 5)),
+    ("LayerNorm", ((5,), 1e-5, True, False), (4, 5)),
+])
+def test_layer_and_group_norm_torch_parity(cls, args, shape):
+    torch = pytest.importorskip("torch")
+    ours, theirs = getattr(nn, cls)(*args), getattr(torch.nn, cls)(*args)
+    assert repr(ours) == repr(theirs)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.uniform_(-1.5, 1.5)
+    _load_from_torch(ours, theirs)
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    a, b = ddp.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    y, yt = ours(a), theirs(b)
+    np.testing.assert_allclose(arr(y), yt.detach().numpy(), rtol=1e-4, atol=1e-5)
+    g = rng.standard_normal(shape).astype(np.float32)
+    y.backward(ddp.tensor(g))
+    yt.backward(torch.tensor(g))
+    np.testing.assert_allclose(arr(a.grad), b.grad.numpy(), rtol=1e-4, atol=1e-4)
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        np.testing.assert_allclose(arr(p.grad), q.grad.numpy(), rtol=1e-4, atol=1e-4)
