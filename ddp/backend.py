@@ -234,8 +234,8 @@ def to_numpy_dtype(dt):
     """The NumPy dtype for a ddp dtype, NumPy dtype, Python type or name."""
     if isinstance(dt, dtype):
         return dt.np
-    if dt is builtins_float:
-        return _default_dtype.np
+    if dt is builtins_float:  # Python's float is a double, as in PyTorch
+        return np.dtype(np.float64)
     if dt is builtins_int:
         return np.dtype(np.int64)
     if dt is builtins_bool:

@@ -480,8 +480,29 @@ class Tensor:
                                    "operation.")
             src = Tensor._make(self._data.copy(), self._requires_grad, self.grad_fn,
                                self._output_nr)
+            view = getattr(self, "_view_of", None)
+            if view is not None:
+                return self._inplace_through_base(fn(src, *others), *view)
             return self._adopt(fn(src, *others), True)
         return self._adopt(fn(self, *others), False)
+
+    def _inplace_through_base(self, result, base, index):
+        """An in-place edit of a view of a tensor in the graph: write it into the base as
+        ``base[index] = result`` (recorded on the base), then re-derive this view from the base,
+        so gradients flow through both, as PyTorch's CopySlices does."""
+        if index is None:
+            raise RuntimeError(
+                "in-place operation on a view made by reshape/view/permute/transpose/expand of a "
+                "tensor that requires grad is not supported; use the out-of-place op, or edit the "
+                "base through indexing (base[...] = value)")
+        if result._data.shape != self._data.shape:
+            raise RuntimeError(f"output with shape {list(self._data.shape)} doesn't match the "
+                               f"broadcast shape {list(result._data.shape)}")
+        base[index] = result  # writes the shared storage and records IndexPut on the base
+        fresh = S.Getitem.apply(base, index=index)
+        self.grad_fn, self._output_nr = fresh.grad_fn, fresh._output_nr
+        self._requires_grad = fresh._requires_grad
+        return self
 
     def _fast_inplace(self, ufunc, other):
         """``self = ufunc(self, other)`` in storage, when nothing is recorded and types agree."""
@@ -496,6 +517,9 @@ class Tensor:
             return False
         try:
             ufunc(self._data, o, out=self._data)
+        except TypeError:  # e.g. an integer tensor /= 2: the float result can't be stored
+            raise RuntimeError(f"result type Float can't be cast to the desired output type "
+                               f"{self.dtype.name}") from None
         except ValueError as exc:
             raise RuntimeError(f"{ufunc.__name__}_: cannot write a result of another shape into a "
                                f"tensor of shape {tuple(self.shape)} ({exc})") from None
@@ -672,10 +696,10 @@ class Tensor:
         try:
             out = S.Getitem.apply(self, index=index)
         except IndexError as exc:
-            raise IndexError(f"index {idx!r} is out of bounds for a tensor of shape "
+            raise IndexError(f"index {idx!r} is invalid for a tensor of shape "
                              f"{tuple(self.shape)}: {exc}") from None
         if out._data.base is not None:  # a view: writes through it must show in this tensor
-            out._vc = self._vc
+            _share_view(out, self, index)
         return out
 
     # ------------------------------------------------------------------ arithmetic
@@ -1130,7 +1154,7 @@ class Tensor:
             raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size "
                                f"{self.numel()}") from None
         if out._data.base is not None:
-            out._vc = self._vc
+            _share_view(out, self)
         return out
 
     def view(self, *shape):
@@ -1184,7 +1208,7 @@ class Tensor:
                                f"input.dim() = {self.ndim} is not equal to len(dims) = {len(dims)}")
         axes = tuple(d % max(self.ndim, 1) for d in dims)
         out = S.Permute.apply(self, axes=axes)
-        out._vc = self._vc
+        _share_view(out, self)
         return out
 
     def transpose(self, dim0, dim1):
@@ -1216,7 +1240,7 @@ class Tensor:
         except ValueError:
             raise RuntimeError(f"expand: the expanded size of the tensor {list(sizes)} must match "
                                f"the existing size {list(shape)} at non-singleton dimensions") from None
-        out._vc = self._vc
+        _share_view(out, self)
         return out
 
     def expand_as(self, other):
@@ -1444,6 +1468,14 @@ def _init(t, arr):
     t._vc = [0]
     t._hooks = None
     t._post_acc_hooks = None
+
+
+def _share_view(view, base, index=None):
+    """``view`` shares ``base``'s storage: it shares the version counter, and under autograd
+    remembers its base (and the index, for views made by indexing) for in-place edits."""
+    view._vc = base._vc
+    if view._requires_grad:
+        view._view_of = (base, index)
 
 
 def _rebuild(arr, device, requires_grad):

@@ -164,7 +164,7 @@ def _conv_weight_grad(g, x, w_shape, groups, stride, dilation):
     return gw.sum(axis=0).reshape(w_shape)
 
 
-class Conv2dOp(Op):
+class Convolution(Op):
     """2-d convolution (cross-correlation) with zero padding ``((top, bottom), (left, right))``."""
     once_differentiable = True
 
@@ -195,8 +195,8 @@ class Conv2dOp(Op):
         return gx, gw, gb
 
 
-class ConvTranspose2dOp(Op):
-    """The adjoint of :class:`Conv2dOp` in its input: ``w`` is (C_in, C_out/groups, kh, kw)."""
+class ConvolutionTranspose(Op):
+    """The adjoint of :class:`Convolution` in its input: ``w`` is (C_in, C_out/groups, kh, kw)."""
     once_differentiable = True
 
     @staticmethod
@@ -266,7 +266,7 @@ def _conv2d(name, input, weight, bias=None, stride=1, padding=0, dilation=1, gro
     if min(out) < 1:
         raise RuntimeError(f"{name}: input of shape {_shape(input)} padded by {pads} is smaller "
                            f"than the (dilated) kernel {kernel} with dilation {dilation}")
-    y = Conv2dOp.apply(x, weight, bias, stride=stride, pads=pads, dilation=dilation,
+    y = Convolution.apply(x, weight, bias, stride=stride, pads=pads, dilation=dilation,
                        groups=groups, out=out)
     return y.squeeze(0) if unbatched else y
 
@@ -339,7 +339,7 @@ def _conv_transpose2d(name, input, weight, bias=None, stride=1, padding=0, outpu
     out = tuple(b + op for b, op in zip(base, output_padding))
     if min(out) < 1:
         raise RuntimeError(f"{name}: input of shape {_shape(input)} gives an empty output {out}")
-    y = ConvTranspose2dOp.apply(x, weight, bias, stride=stride,
+    y = ConvolutionTranspose.apply(x, weight, bias, stride=stride,
                                 pads=tuple((p, p) for p in padding), dilation=dilation,
                                 groups=groups, out=out)
     return y.squeeze(0) if unbatched else y
@@ -422,7 +422,7 @@ def _argmax_indices(xpad, y, width, kernel, stride, dilation, pads, out):
     return idx
 
 
-class MaxPool2dOp(Op):
+class MaxPool2DWithIndices(Op):
     """Max over windows (padding never wins); the gradient goes to the first maximum of each
     window, as PyTorch's. Backward recomputes the maxima from the saved (padded) input, so the
     output may be modified in place (``ReLU(inplace=True)`` after pooling)."""
@@ -456,7 +456,7 @@ class MaxPool2dOp(Op):
         return _crop_hw(gx, pads)
 
 
-class AvgPool2dOp(Op):
+class AvgPool2D(Op):
     """Mean over windows; ``divisor`` (OH, OW) holds each window's count."""
     once_differentiable = True
 
@@ -490,7 +490,7 @@ def _max_pool2d(name, input, kernel_size, stride=None, padding=0, dilation=1, ce
     x, unbatched = _batched(name, input, 4, "H, W")
     kernel, stride, dilation, out, pads = _pool_geometry(name, x, kernel_size, stride, padding,
                                                           dilation, ceil_mode)
-    res = MaxPool2dOp.apply(x, kernel=kernel, stride=stride, dilation=dilation, pads=pads,
+    res = MaxPool2DWithIndices.apply(x, kernel=kernel, stride=stride, dilation=dilation, pads=pads,
                             out=out, return_indices=return_indices)
     if unbatched:
         res = tuple(r.squeeze(0) for r in res) if return_indices else res.squeeze(0)
@@ -559,7 +559,7 @@ def _avg_pool2d(name, input, kernel_size, stride=None, padding=0, ceil_mode=Fals
         dh, dw = (_avg_divisor(x.shape[2 + a], kernel[a], stride[a], pads[a][0], out[a],
                                count_include_pad) for a in range(2))
         divisor = backend.to_device(np.outer(dh, dw).astype(x._data.dtype), x.device)
-    y = AvgPool2dOp.apply(x, kernel=kernel, stride=stride, pads=pads, out=out, divisor=divisor)
+    y = AvgPool2D.apply(x, kernel=kernel, stride=stride, pads=pads, out=out, divisor=divisor)
     return y.squeeze(0) if unbatched else y
 
 
@@ -645,7 +645,7 @@ def adaptive_avg_pool1d(input, output_size):
 
 # =========================================================================== normalisation
 
-class NormOp(Op):
+class _Normalize(Op):
     """``y = (x - mean) * invstd * weight + bias`` with the closed-form backward.
 
     ``x`` seen as ``group_shape`` has its statistics (``mean``, ``invstd``, broadcastable there)
@@ -694,6 +694,18 @@ class NormOp(Op):
         return gx, gw, gb
 
 
+class NativeBatchNorm(_Normalize):
+    """:class:`_Normalize` for batch_norm (its own name in ``grad_fn``)."""
+
+
+class NativeLayerNorm(_Normalize):
+    """:class:`_Normalize` for layer_norm."""
+
+
+class NativeGroupNorm(_Normalize):
+    """:class:`_Normalize` for group_norm."""
+
+
 def _moments(x, axes):
     """Mean and biased variance of the array ``x`` over ``axes`` (kept as size-1 dims),
     accumulated in at least float32."""
@@ -703,14 +715,15 @@ def _moments(x, axes):
     return mean, var
 
 
-def _normalize(x, weight, bias, eps, group_shape, axes, affine_shape, stats=None):
-    """Run :class:`NormOp` with batch statistics (``stats`` None) or the given (mean, var)."""
+def _normalize(op, x, weight, bias, eps, group_shape, axes, affine_shape, stats=None):
+    """Run the normalisation ``op`` with batch statistics (``stats`` None) or the given
+    (mean, var); returns the output and the statistics used."""
     xd = x._data.reshape(group_shape)
     mean, var = _moments(xd, axes) if stats is None else stats
     xp = backend.get_array_module(xd)
     invstd = (1.0 / xp.sqrt(var + eps)).astype(xd.dtype)
     mean = mean.astype(xd.dtype)
-    out = NormOp.apply(x, weight, bias, mean=mean, invstd=invstd, group_shape=group_shape,
+    out = op.apply(x, weight, bias, mean=mean, invstd=invstd, group_shape=group_shape,
                        axes=axes, affine_shape=affine_shape, batch_stats=stats is None)
     return out, mean, var
 
@@ -734,12 +747,13 @@ def _batch_norm(name, input, running_mean, running_var, weight=None, bias=None, 
             raise RuntimeError(f"{name}: running_mean and running_var must be defined in "
                                f"evaluation mode")
         stats = (running_mean._data.reshape(affine), running_var._data.reshape(affine))
-        return _normalize(input, weight, bias, eps, shape, axes, affine, stats)[0]
+        return _normalize(NativeBatchNorm, input, weight, bias, eps, shape, axes, affine,
+                          stats)[0]
     count = input.numel() // c
     if count <= 1:
         raise ValueError(f"{name}: expected more than 1 value per channel when training, got "
                          f"input of shape {_shape(input)}")
-    out, mean, var = _normalize(input, weight, bias, eps, shape, axes, affine)
+    out, mean, var = _normalize(NativeBatchNorm, input, weight, bias, eps, shape, axes, affine)
     with no_grad():
         if running_mean is not None:
             running_mean._data *= 1 - momentum
@@ -778,7 +792,8 @@ def _layer_norm(name, input, normalized_shape, weight=None, bias=None, eps=1e-5)
                            f"{', '.join(map(str, normalized_shape))}) for normalized_shape="
                            f"{normalized_shape}, got input of shape {_shape(input)}")
     axes = tuple(range(input.ndim - k, input.ndim))
-    return _normalize(input, weight, bias, eps, tuple(input.shape), axes, normalized_shape)[0]
+    return _normalize(NativeLayerNorm, input, weight, bias, eps, tuple(input.shape), axes,
+                      normalized_shape)[0]
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -805,7 +820,8 @@ def _group_norm(name, input, num_groups, weight=None, bias=None, eps=1e-5):
             raise RuntimeError(f"{name}: expected input with {t.numel()} channels (the size of "
                                f"{what}), got input of shape {_shape(input)}")
     affine = (1, c) + (1,) * (input.ndim - 2)
-    return _normalize(input, weight, bias, eps, (n, num_groups, -1), (2,), affine)[0]
+    return _normalize(NativeGroupNorm, input, weight, bias, eps, (n, num_groups, -1), (2,),
+                      affine)[0]
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
@@ -884,8 +900,9 @@ def dropout2d(input, p=0.5, training=True, inplace=False):
 
 # =========================================================================== embedding
 
-class EmbeddingOp(Op):
-    """Rows of ``weight`` at ``indices``; the gradient of row ``padding_idx`` is zero."""
+class Embedding(Op):
+    """The lookup op of :func:`embedding`: rows of ``weight`` at ``indices``; the gradient of
+    row ``padding_idx`` is zero."""
 
     @staticmethod
     def forward(ctx, weight, indices=None, padding_idx=None, scale_grad_by_freq=False):
@@ -926,7 +943,7 @@ def _embedding(name, input, weight, padding_idx=None, max_norm=None, norm_type=2
                          f"in [{int(idx.min())}, {int(idx.max())}]")
     if max_norm is not None:
         _renorm_rows(weight, idx, max_norm, norm_type)
-    return EmbeddingOp.apply(weight, indices=idx, padding_idx=padding_idx,
+    return Embedding.apply(weight, indices=idx, padding_idx=padding_idx,
                              scale_grad_by_freq=scale_grad_by_freq)
 
 
@@ -980,7 +997,7 @@ def one_hot(tensor, num_classes=-1):
 
 # =========================================================================== padding
 
-class ConstantPadOp(Op):
+class ConstantPadNd(Op):
     """Pad (or crop, for negative amounts) with a constant; ``pads`` is ((before, after), ...)
     per dimension."""
 
@@ -1012,7 +1029,7 @@ def _pad_slices(shape, pads):
     return tuple(src), tuple(dst)
 
 
-class IndexPadOp(Op):
+class IndexPad(Op):
     """Reflect / replicate / circular padding: a gather along each padded dimension."""
     once_differentiable = True
 
@@ -1058,7 +1075,7 @@ def pad(input, pad, mode="constant", value=None):
     k = len(pad) // 2
     pairs = [(0, 0)] * (input.ndim - k) + [(pad[2 * i], pad[2 * i + 1]) for i in range(k)][::-1]
     if mode == "constant":
-        return ConstantPadOp.apply(input, pads=tuple(pairs), value=0 if value is None else value)
+        return ConstantPadNd.apply(input, pads=tuple(pairs), value=0 if value is None else value)
     if mode not in _PAD_MODES:
         raise NotImplementedError(f"pad: mode {mode!r} is not supported (constant, reflect, "
                                   f"replicate, circular)")
@@ -1078,7 +1095,7 @@ def pad(input, pad, mode="constant", value=None):
             idx = np.pad(np.arange(size), (max(a, 0), max(b, 0)), mode=_PAD_MODES[mode])
             idx = idx[max(-a, 0):len(idx) - max(-b, 0)]
             indices.append((axis, idx))
-    return IndexPadOp.apply(input, indices=tuple(indices))
+    return IndexPad.apply(input, indices=tuple(indices))
 
 
 def normalize(input, p=2.0, dim=1, eps=1e-12):
@@ -1105,8 +1122,8 @@ def _fold_array(cols, kernel, stride, dilation, pads, out, shape):
         _crop_hw(_col2im(full, padded, stride, dilation), pads))
 
 
-class UnfoldOp(Op):
-    """im2col: (N, C, H, W) → (N, C*kh*kw, L); its adjoint is :class:`FoldOp`."""
+class Im2Col(Op):
+    """im2col: (N, C, H, W) → (N, C*kh*kw, L); its adjoint is :class:`Col2Im`."""
 
     @staticmethod
     def forward(ctx, x, kernel=None, stride=None, dilation=None, pads=None, out=None):
@@ -1118,13 +1135,13 @@ class UnfoldOp(Op):
     def backward(ctx, g):
         if isinstance(g, Tensor):  # create_graph: the adjoint as a recorded op
             kernel, stride, dilation, pads, out = ctx.args
-            return FoldOp.apply(g, kernel=kernel, stride=stride, dilation=dilation, pads=pads,
+            return Col2Im.apply(g, kernel=kernel, stride=stride, dilation=dilation, pads=pads,
                                 out=out, shape=ctx.shape)
         return _fold_array(g, *ctx.args, ctx.shape)
 
 
-class FoldOp(Op):
-    """col2im: (N, C*kh*kw, L) summed into (N, C, H, W); its adjoint is :class:`UnfoldOp`."""
+class Col2Im(Op):
+    """col2im: (N, C*kh*kw, L) summed into (N, C, H, W); its adjoint is :class:`Im2Col`."""
 
     @staticmethod
     def forward(ctx, cols, kernel=None, stride=None, dilation=None, pads=None, out=None,
@@ -1136,7 +1153,7 @@ class FoldOp(Op):
     def backward(ctx, g):
         if isinstance(g, Tensor):
             kernel, stride, dilation, pads, out = ctx.args
-            return UnfoldOp.apply(g, kernel=kernel, stride=stride, dilation=dilation, pads=pads,
+            return Im2Col.apply(g, kernel=kernel, stride=stride, dilation=dilation, pads=pads,
                                   out=out)
         return _unfold_array(g, *ctx.args)
 
@@ -1161,7 +1178,7 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
                                                          x.shape[2:])
     if min(out) < 1:
         raise RuntimeError(f"unfold: input of shape {_shape(input)} is smaller than the kernel")
-    y = UnfoldOp.apply(x, kernel=kernel, stride=stride, dilation=dilation, pads=pads, out=out)
+    y = Im2Col.apply(x, kernel=kernel, stride=stride, dilation=dilation, pads=pads, out=out)
     return y.squeeze(0) if unbatched else y
 
 
@@ -1181,7 +1198,7 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
     if x.shape[1] % k or x.shape[2] != out[0] * out[1]:
         raise RuntimeError(f"fold: expected input of shape (N, C*{k}, {out[0] * out[1]}) for "
                            f"output_size={size} and kernel_size={kernel}, got {_shape(input)}")
-    y = FoldOp.apply(x, kernel=kernel, stride=stride, dilation=dilation, pads=pads, out=out,
+    y = Col2Im.apply(x, kernel=kernel, stride=stride, dilation=dilation, pads=pads, out=out,
                      shape=(x.shape[0], x.shape[1] // k) + size)
     return y.squeeze(0) if unbatched else y
 

@@ -135,6 +135,12 @@ class Getitem(Op):
     @staticmethod
     def forward(ctx, a, index=None):
         ctx.in_shape, ctx.index = a.shape, index
+        if _is_basic(index):
+            # with an Ellipsis NumPy returns a 0-d view, not a copied scalar, when every dimension
+            # is indexed: basic indexing always gives a view, as in PyTorch
+            items = index if isinstance(index, tuple) else (index,)
+            if not any(i is Ellipsis for i in items):
+                return a[items + (Ellipsis,)]
         return a[index]
 
     @staticmethod

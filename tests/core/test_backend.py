@@ -146,7 +146,7 @@ def test_dtype_aliases():
 
 
 def test_to_numpy_dtype_accepts_python_types_and_names():
-    assert backend.to_numpy_dtype(float) == np.float32
+    assert backend.to_numpy_dtype(float) == np.float64  # Python's float is a double, as in torch
     assert backend.to_numpy_dtype(int) == np.int64
     assert backend.to_numpy_dtype(bool) == np.bool_
     assert backend.to_numpy_dtype("float64") == np.float64
