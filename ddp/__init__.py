@@ -57,3 +57,6 @@ def get_device(input):
 
 
 from . import nn  # noqa: E402  (after everything nn's modules import from ddp)
+from .serialization import save, load  # noqa: E402
+from . import metrics  # noqa: E402
+from . import utils  # noqa: E402  (ddp.utils.data: datasets, samplers, DataLoader)

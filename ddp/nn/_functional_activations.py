@@ -25,10 +25,11 @@ from ..ops import elementwise as E
 from ..ops.reduction import normalize_axis
 from ..tensor import Tensor, where
 
-__all__ = ["relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "celu",
-           "gelu", "silu", "mish", "sigmoid", "tanh", "softplus", "softsign", "logsigmoid",
-           "hardtanh", "hardtanh_", "hardswish", "hardsigmoid", "prelu", "threshold", "glu",
-           "softmax", "softmin", "log_softmax"]
+__all__ = ["relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "selu_",
+           "celu", "celu_", "gelu", "silu", "mish", "sigmoid", "tanh", "softplus", "softsign",
+           "logsigmoid", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid", "prelu",
+           "threshold", "threshold_", "softshrink", "hardshrink", "tanhshrink", "glu", "softmax",
+           "softmin", "log_softmax"]
 
 
 def _primitive(op, a, **kwargs):
@@ -343,6 +344,11 @@ def selu(input, inplace=False):
                            inplace)
 
 
+def selu_(input):
+    """In-place ``selu``."""
+    return selu(input, inplace=True)
+
+
 def celu(input, alpha=1.0, inplace=False):
     """``max(0, x) + min(0, alpha * (exp(x / alpha) - 1))``.
 
@@ -354,6 +360,11 @@ def celu(input, alpha=1.0, inplace=False):
         raise RuntimeError("ZeroDivisionError: celu() with alpha=0")
     return _inplace_or_not(lambda x: Elu.apply(x, alpha=alpha, input_scale=1 / alpha), input,
                            inplace)
+
+
+def celu_(input, alpha=1.0):
+    """In-place ``celu``."""
+    return celu(input, alpha, inplace=True)
 
 
 def gelu(input, approximate="none"):
@@ -518,6 +529,46 @@ def threshold(input, threshold, value, inplace=False):
     return _inplace_or_not(lambda x: where(x > threshold, x, value), input, inplace)
 
 
+_threshold = threshold  # the name is shadowed by the argument below
+
+
+def threshold_(input, threshold, value):
+    """In-place ``threshold``."""
+    return _threshold(input, threshold, value, inplace=True)
+
+
+def softshrink(input, lambd=0.5):
+    """``x - lambd`` above ``lambd``, ``x + lambd`` below ``-lambd``, 0 between.
+
+    Example:
+        >>> softshrink(ddp.tensor([-1.0, 0.2, 2.0]))
+        tensor([-0.5000,  0.0000,  1.5000])
+    """
+    if lambd < 0:
+        raise RuntimeError(f"lambda must be greater or equal to 0, but found to be {lambd}.")
+    return where(input > lambd, input - lambd, where(input < -lambd, input + lambd, 0.0))
+
+
+def hardshrink(input, lambd=0.5):
+    """``x`` where ``|x| > lambd``, else 0.
+
+    Example:
+        >>> hardshrink(ddp.tensor([-1.0, 0.2, 2.0]))
+        tensor([-1.,  0.,  2.])
+    """
+    return where(input.abs() > lambd, input, 0.0)
+
+
+def tanhshrink(input):
+    """``x - tanh(x)``.
+
+    Example:
+        >>> tanhshrink(ddp.tensor([0.0]))
+        tensor([0.])
+    """
+    return input - input.tanh()
+
+
 def glu(input, dim=-1):
     """Gated linear unit: ``a * sigmoid(b)`` with ``a, b`` the halves of ``input`` along ``dim``.
 
@@ -573,7 +624,7 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
 
     Example:
         >>> log_softmax(ddp.tensor([1e4, 0.0]), dim=0)
-        tensor([ 0.0000e+00, -1.0000e+04])
+        tensor([     0., -10000.])
     """
     input, d = _softmax_dim("log_softmax", input, dim, dtype, _stacklevel)
     return LogSoftmax.apply(input, dim=d)

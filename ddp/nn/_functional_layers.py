@@ -132,10 +132,14 @@ def linear(input, weight, bias=None):
 
 # =========================================================================== convolution
 
+# The matrix products below get C-contiguous operands: NumPy's matmul falls back to a slow
+# non-BLAS loop on other strides (a gradient broadcast from a sum has zero strides).
+
 def _conv_matmul(x, w, groups, stride, dilation, out):
     """Convolution of the padded array ``x`` with ``w`` (O, C/groups, kh, kw): im2col + one
     batched matrix product. Returns (N, O, OH, OW)."""
     xp = backend.get_array_module(x, w)
+    w = xp.ascontiguousarray(w)
     n = x.shape[0]
     o, k = w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]
     cols = _windows(x, w.shape[2:], stride, dilation, out).reshape(n, groups, k, out[0] * out[1])
@@ -147,6 +151,7 @@ def _conv_matmul_adjoint(g, w, groups, shape, stride, dilation):
     """Adjoint of :func:`_conv_matmul` in ``x``: ``g`` (N, O, OH, OW) spread back into zeros of
     the padded input ``shape`` (one matrix product, then col2im)."""
     xp = backend.get_array_module(g, w)
+    g, w = xp.ascontiguousarray(g), xp.ascontiguousarray(w)
     n, o, oh, ow = g.shape
     k = w.shape[1] * w.shape[2] * w.shape[3]
     wg = w.reshape(groups, o // groups, k)
@@ -157,6 +162,7 @@ def _conv_matmul_adjoint(g, w, groups, shape, stride, dilation):
 def _conv_weight_grad(g, x, w_shape, groups, stride, dilation):
     """Gradient of :func:`_conv_matmul` in ``w``: sum over the batch of ``g @ im2col(x).T``."""
     xp = backend.get_array_module(g, x)
+    g = xp.ascontiguousarray(g)
     n, o, oh, ow = g.shape
     k = w_shape[1] * w_shape[2] * w_shape[3]
     cols = _windows(x, w_shape[2:], stride, dilation, (oh, ow)).reshape(n, groups, k, oh * ow)
@@ -164,16 +170,48 @@ def _conv_weight_grad(g, x, w_shape, groups, stride, dilation):
     return gw.sum(axis=0).reshape(w_shape)
 
 
+# The convolution of x (N, C, H, W) with w (O, C/groups, kh, kw) is bilinear; its two adjoints
+# are the transposed convolution (in x) and the weight gradient (in w). Each of the three ops
+# below differentiates into the other two, so convolutions have gradients of every order. The
+# helpers run on arrays, or record the op when given Tensors (a backward under create_graph).
+# ``geom`` is (stride, ((top, bottom), (left, right)) zero padding, dilation, groups).
+
+def _conv(x, w, geom, out):
+    """Convolution of ``x`` with ``w``; ``out`` is the output's (OH, OW)."""
+    if isinstance(x, Tensor) or isinstance(w, Tensor):
+        return Convolution.apply(x, w, None, geom=geom, out=out)
+    stride, pads, dilation, groups = geom
+    return _conv_matmul(_pad_hw(x, pads), w, groups, stride, dilation, out)
+
+
+def _conv_t(y, w, geom, out):
+    """Adjoint of :func:`_conv` in ``x``: ``y`` (N, O, OH, OW) spread back into an input of
+    spatial size ``out``."""
+    if isinstance(y, Tensor) or isinstance(w, Tensor):
+        return ConvolutionTranspose.apply(y, w, None, geom=geom, out=out)
+    stride, pads, dilation, groups = geom
+    shape = (y.shape[0], w.shape[1] * groups, out[0] + sum(pads[0]), out[1] + sum(pads[1]))
+    x = _crop_hw(_conv_matmul_adjoint(y, w, groups, shape, stride, dilation), pads)
+    return backend.get_array_module(x).ascontiguousarray(x)
+
+
+def _conv_w(y, x, geom, kernel):
+    """Adjoint of :func:`_conv` in ``w``: the weight gradient for output gradient ``y``."""
+    if isinstance(y, Tensor) or isinstance(x, Tensor):
+        return ConvolutionWeight.apply(y, x, geom=geom, kernel=kernel)
+    stride, pads, dilation, groups = geom
+    w_shape = (y.shape[1], x.shape[1] // groups) + tuple(kernel)
+    return _conv_weight_grad(y, _pad_hw(x, pads), w_shape, groups, stride, dilation)
+
+
 class Convolution(Op):
-    """2-d convolution (cross-correlation) with zero padding ``((top, bottom), (left, right))``."""
-    once_differentiable = True
+    """2-d convolution (cross-correlation) ``x ⋆ w + b``."""
 
     @staticmethod
-    def forward(ctx, x, w, b, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
-                out=None):
+    def forward(ctx, x, w, b, geom=None, out=None):
         ctx.save_for_backward(x, w)
-        ctx.geometry = (stride, pads, dilation, groups, out)
-        y = _conv_matmul(_pad_hw(x, pads), w, groups, stride, dilation, out)
+        ctx.geom = geom
+        y = _conv(x, w, geom, out)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
@@ -181,51 +219,49 @@ class Convolution(Op):
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        stride, pads, dilation, groups, out = ctx.geometry
         need_x, need_w, need_b = ctx.needs_input_grad
-        g = backend.get_array_module(g).ascontiguousarray(g)
-        gx = gw = gb = None
-        if need_x:
-            shape = x.shape[:2] + (x.shape[2] + sum(pads[0]), x.shape[3] + sum(pads[1]))
-            gx = _crop_hw(_conv_matmul_adjoint(g, w, groups, shape, stride, dilation), pads)
-        if need_w:
-            gw = _conv_weight_grad(g, _pad_hw(x, pads), w.shape, groups, stride, dilation)
-        if need_b:
-            gb = g.sum(axis=(0, 2, 3))
-        return gx, gw, gb
+        return (_conv_t(g, w, ctx.geom, tuple(x.shape[2:])) if need_x else None,
+                _conv_w(g, x, ctx.geom, tuple(w.shape[2:])) if need_w else None,
+                g.sum(axis=(0, 2, 3)) if need_b else None)
 
 
 class ConvolutionTranspose(Op):
-    """The adjoint of :class:`Convolution` in its input: ``w`` is (C_in, C_out/groups, kh, kw)."""
-    once_differentiable = True
+    """Transposed convolution (the adjoint of :class:`Convolution` in its input) plus ``b``;
+    ``w`` is (C_in, C_out/groups, kh, kw) and ``out`` the output's spatial size."""
 
     @staticmethod
-    def forward(ctx, x, w, b, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
-                out=None):
-        ctx.save_for_backward(x, w)
-        ctx.geometry = (stride, pads, dilation, groups)
-        n, cout = x.shape[0], w.shape[1] * groups
-        shape = (n, cout, out[0] + sum(pads[0]), out[1] + sum(pads[1]))
-        y = _crop_hw(_conv_matmul_adjoint(x, w, groups, shape, stride, dilation), pads)
-        y = backend.get_array_module(y).ascontiguousarray(y)
+    def forward(ctx, y, w, b, geom=None, out=None):
+        ctx.save_for_backward(y, w)
+        ctx.geom = geom
+        x = _conv_t(y, w, geom, out)
         if b is not None:
-            y += b.reshape(1, -1, 1, 1)
-        return y
+            x += b.reshape(1, -1, 1, 1)
+        return x
 
     @staticmethod
     def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        stride, pads, dilation, groups = ctx.geometry
-        need_x, need_w, need_b = ctx.needs_input_grad
-        gpad = _pad_hw(g, pads)
-        gx = gw = gb = None
-        if need_x:
-            gx = _conv_matmul(gpad, w, groups, stride, dilation, x.shape[2:])
-        if need_w:
-            gw = _conv_weight_grad(x, gpad, w.shape, groups, stride, dilation)
-        if need_b:
-            gb = g.sum(axis=(0, 2, 3))
-        return gx, gw, gb
+        y, w = ctx.saved_tensors
+        need_y, need_w, need_b = ctx.needs_input_grad
+        return (_conv(g, w, ctx.geom, tuple(y.shape[2:])) if need_y else None,
+                _conv_w(y, g, ctx.geom, tuple(w.shape[2:])) if need_w else None,
+                g.sum(axis=(0, 2, 3)) if need_b else None)
+
+
+class ConvolutionWeight(Op):
+    """The weight gradient of a convolution as an op (recorded only under create_graph)."""
+
+    @staticmethod
+    def forward(ctx, y, x, geom=None, kernel=None):
+        ctx.save_for_backward(y, x)
+        ctx.geom = geom
+        return _conv_w(y, x, geom, kernel)
+
+    @staticmethod
+    def backward(ctx, g):
+        y, x = ctx.saved_tensors
+        need_y, need_x = ctx.needs_input_grad
+        return (_conv(x, g, ctx.geom, tuple(y.shape[2:])) if need_y else None,
+                _conv_t(y, g, ctx.geom, tuple(x.shape[2:])) if need_x else None)
 
 
 def _conv_padding(name, padding, kernel, dilation, stride):
@@ -266,8 +302,7 @@ def _conv2d(name, input, weight, bias=None, stride=1, padding=0, dilation=1, gro
     if min(out) < 1:
         raise RuntimeError(f"{name}: input of shape {_shape(input)} padded by {pads} is smaller "
                            f"than the (dilated) kernel {kernel} with dilation {dilation}")
-    y = Convolution.apply(x, weight, bias, stride=stride, pads=pads, dilation=dilation,
-                       groups=groups, out=out)
+    y = Convolution.apply(x, weight, bias, geom=(stride, pads, dilation, groups), out=out)
     return y.squeeze(0) if unbatched else y
 
 
@@ -339,9 +374,8 @@ def _conv_transpose2d(name, input, weight, bias=None, stride=1, padding=0, outpu
     out = tuple(b + op for b, op in zip(base, output_padding))
     if min(out) < 1:
         raise RuntimeError(f"{name}: input of shape {_shape(input)} gives an empty output {out}")
-    y = ConvolutionTranspose.apply(x, weight, bias, stride=stride,
-                                pads=tuple((p, p) for p in padding), dilation=dilation,
-                                groups=groups, out=out)
+    geom = (stride, tuple((p, p) for p in padding), dilation, groups)
+    y = ConvolutionTranspose.apply(x, weight, bias, geom=geom, out=out)
     return y.squeeze(0) if unbatched else y
 
 
@@ -408,25 +442,36 @@ def _window_max(xpad, kernel, stride, dilation, out):
     return y
 
 
-def _argmax_indices(xpad, y, width, kernel, stride, dilation, pads, out):
-    """Flat index ``row * width + col`` in the unpadded input of each window's first maximum."""
+def _first_max_hits(xpad, y, kernel, stride, dilation, out):
+    """Bool (N, C, kh, kw, OH, OW): True where a window has its first maximum ``y``."""
     xp = backend.get_array_module(xpad)
-    rows = xp.arange(out[0]) * stride[0] - pads[0][0]
-    cols = xp.arange(out[1]) * stride[1] - pads[1][0]
-    base = rows[:, None] * width + cols[None, :]
-    idx = xp.full(y.shape, -1, dtype=np.int64)
+    hits = xp.empty(y.shape[:2] + tuple(kernel) + y.shape[2:], dtype=bool)
+    taken = xp.zeros(y.shape, dtype=bool)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
-            hit = (_window(xpad, i, j, stride, dilation, out) == y) & (idx < 0)
-            idx = xp.where(hit, base + (i * dilation[0] * width + j * dilation[1]), idx)
-    return idx
+            hit = _window(xpad, i, j, stride, dilation, out) == y
+            hit &= ~taken
+            taken |= hit
+            hits[:, :, i, j] = hit
+    return hits
+
+
+def _spread(cols, kernel, stride, dilation, pads, out, shape):
+    """Sum window-shaped ``cols`` (N, C, kh, kw, OH, OW) back into an input of ``shape``
+    (col2im, padding cropped): on arrays, or as the recorded :class:`Col2Im` on Tensors (a
+    backward under create_graph)."""
+    if isinstance(cols, Tensor):
+        n, c = shape[:2]
+        return Col2Im.apply(cols.reshape(n, c * kernel[0] * kernel[1], out[0] * out[1]),
+                            kernel=kernel, stride=stride, dilation=dilation, pads=pads, out=out,
+                            shape=shape)
+    return _fold_array(cols, kernel, stride, dilation, pads, out, shape)
 
 
 class MaxPool2DWithIndices(Op):
     """Max over windows (padding never wins); the gradient goes to the first maximum of each
-    window, as PyTorch's. Backward recomputes the maxima from the saved (padded) input, so the
+    window, as PyTorch's. Backward finds the maxima again from the saved (padded) input, so the
     output may be modified in place (``ReLU(inplace=True)`` after pooling)."""
-    once_differentiable = True
 
     @staticmethod
     def forward(ctx, x, kernel=None, stride=None, dilation=None, pads=None, out=None,
@@ -434,31 +479,33 @@ class MaxPool2DWithIndices(Op):
         xpad = _pad_hw(x, pads, _lowest(x.dtype))
         y = _window_max(xpad, kernel, stride, dilation, out)
         ctx.save_for_backward(xpad)
-        ctx.geometry = (kernel, stride, dilation, pads, out)
-        if return_indices:
-            return y, _argmax_indices(xpad, y, x.shape[3], kernel, stride, dilation, pads, out)
-        return y
+        ctx.geometry = (kernel, stride, dilation, pads, out, x.shape)
+        if not return_indices:
+            return y
+        # flat index row * W + col (in the unpadded input) of each window's first maximum
+        xp, width = backend.get_array_module(x), x.shape[3]
+        rows = xp.arange(out[0]) * stride[0] - pads[0][0]
+        cols = xp.arange(out[1]) * stride[1] - pads[1][0]
+        offsets = (xp.arange(kernel[0])[:, None] * dilation[0] * width
+                   + xp.arange(kernel[1])[None, :] * dilation[1]).reshape(-1)
+        hits = _first_max_hits(xpad, y, kernel, stride, dilation, out)
+        first = hits.reshape(y.shape[:2] + (-1,) + y.shape[2:]).argmax(axis=2)
+        return y, (rows[:, None] * width + cols[None, :] + offsets[first]).astype(np.int64)
 
     @staticmethod
     def backward(ctx, g, *unused):
         xpad, = ctx.saved_tensors
-        kernel, stride, dilation, pads, out = ctx.geometry
-        xp = backend.get_array_module(g)
-        y = _window_max(xpad, kernel, stride, dilation, out)
-        gx = xp.zeros(xpad.shape, dtype=g.dtype)
-        taken = xp.zeros(y.shape, dtype=bool)
-        for i in range(kernel[0]):
-            for j in range(kernel[1]):
-                hit = _window(xpad, i, j, stride, dilation, out) == y
-                hit &= ~taken
-                taken |= hit
-                _window(gx, i, j, stride, dilation, out)[...] += g * hit
-        return _crop_hw(gx, pads)
+        kernel, stride, dilation, pads, out, shape = ctx.geometry
+        xpad = getattr(xpad, "_data", xpad)  # the maxima's places are constants
+        hits = _first_max_hits(xpad, _window_max(xpad, kernel, stride, dilation, out), kernel,
+                               stride, dilation, out)
+        n, c, oh, ow = g.shape
+        return _spread(g.reshape(n, c, 1, 1, oh, ow) * hits, kernel, stride, dilation, pads,
+                       out, shape)
 
 
 class AvgPool2D(Op):
     """Mean over windows; ``divisor`` (OH, OW) holds each window's count."""
-    once_differentiable = True
 
     @staticmethod
     def forward(ctx, x, kernel=None, stride=None, pads=None, out=None, divisor=None):
@@ -469,20 +516,19 @@ class AvgPool2D(Op):
             for j in range(kernel[1]):
                 if i or j:
                     y += _window(xpad, i, j, stride, one, out)
-        ctx.geometry = (kernel, stride, pads, out, divisor, xpad.shape)
+        ctx.geometry = (kernel, stride, pads, out, divisor, x.shape)
         y /= divisor
         return y
 
     @staticmethod
     def backward(ctx, g):
         kernel, stride, pads, out, divisor, shape = ctx.geometry
-        xp = backend.get_array_module(g)
-        gd = g / divisor
-        gx = xp.zeros(shape, dtype=g.dtype)
-        for i in range(kernel[0]):
-            for j in range(kernel[1]):
-                _window(gx, i, j, stride, (1, 1), out)[...] += gd
-        return _crop_hw(gx, pads)
+        xp = backend.get_array_module(getattr(g, "_data", g))
+        n, c, oh, ow = g.shape
+        every = xp.ones((1, 1) + tuple(kernel) + (1, 1), dtype=g.dtype.np
+                        if isinstance(g, Tensor) else g.dtype)
+        return _spread((g / divisor).reshape(n, c, 1, 1, oh, ow) * every, kernel, stride,
+                       (1, 1), pads, out, shape)
 
 
 def _max_pool2d(name, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -651,13 +697,14 @@ class _Normalize(Op):
     ``x`` seen as ``group_shape`` has its statistics (``mean``, ``invstd``, broadcastable there)
     over ``axes``; ``weight``/``bias`` (or None) broadcast over ``x`` as ``affine_shape``.
     ``batch_stats`` says the statistics were computed from ``x`` (training); otherwise they are
-    constants (BatchNorm in eval mode) and the backward is a plain scaling.
+    constants (BatchNorm in eval mode) and the input gradient is a plain scaling. Under
+    create_graph the backward recomputes the normalised input from ``x`` with recorded ops, so
+    the same formulas give second-order gradients.
     """
-    once_differentiable = True
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean=None, invstd=None, group_shape=None, axes=None,
-                affine_shape=None, batch_stats=True):
+                affine_shape=None, batch_stats=True, eps=1e-5):
         xhat = ((x.reshape(group_shape) - mean) * invstd).reshape(x.shape)
         y = xhat
         if weight is not None:
@@ -666,15 +713,21 @@ class _Normalize(Op):
             y = y + bias.reshape(affine_shape)
         if y is xhat:
             y = xhat.copy()
-        ctx.save_for_backward(xhat, weight)
-        ctx.params = (invstd, group_shape, axes, affine_shape, batch_stats)
+        ctx.save_for_backward(xhat, weight, x)
+        ctx.params = (mean, invstd, group_shape, axes, affine_shape, batch_stats, eps)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        xhat, weight = ctx.saved_tensors
-        invstd, group_shape, axes, affine_shape, batch_stats = ctx.params
+        xhat, weight, x = ctx.saved_tensors
+        mean, invstd, group_shape, axes, affine_shape, batch_stats, eps = ctx.params
         need_x, need_w, need_b = ctx.needs_input_grad
+        if isinstance(g, Tensor):  # create_graph: xhat (and batch statistics) as ops on x
+            xr = x.reshape(group_shape)
+            if batch_stats:
+                mean = xr.mean(axis=axes, keepdims=True)
+                invstd = 1 / ctx.xp.sqrt(((xr - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+            xhat = ((xr - mean) * invstd).reshape(x.shape)
         # weight and bias broadcast as affine_shape: their gradients sum the other axes
         full = (1,) * (g.ndim - len(affine_shape)) + tuple(affine_shape)
         param_axes = tuple(i for i, s in enumerate(full) if s == 1)
@@ -686,7 +739,7 @@ class _Normalize(Op):
                 xh = xhat.reshape(group_shape)
                 gxhat = gxhat - gxhat.mean(axis=axes, keepdims=True) \
                     - xh * (gxhat * xh).mean(axis=axes, keepdims=True)
-            gx = (gxhat * invstd).reshape(xhat.shape)
+            gx = (gxhat * invstd).reshape(x.shape)
         if need_w:
             gw = (g * xhat).sum(axis=param_axes).reshape(weight.shape)
         if need_b:
@@ -724,7 +777,7 @@ def _normalize(op, x, weight, bias, eps, group_shape, axes, affine_shape, stats=
     invstd = (1.0 / xp.sqrt(var + eps)).astype(xd.dtype)
     mean = mean.astype(xd.dtype)
     out = op.apply(x, weight, bias, mean=mean, invstd=invstd, group_shape=group_shape,
-                       axes=axes, affine_shape=affine_shape, batch_stats=stats is None)
+                   axes=axes, affine_shape=affine_shape, batch_stats=stats is None, eps=eps)
     return out, mean, var
 
 

@@ -167,7 +167,8 @@ class BinaryCrossEntropy(Op):
             gx = g * (x - t) / xp.where(p > 1e-12, p, 1e-12)
         if need_t:
             log_x, log_1mx = xp.log(x), xp.log(1 - x)
-            gt = g * (xp.where(log_1mx > -100, log_1mx, -100.0) - xp.where(log_x > -100, log_x, -100.0))
+            gt = g * (xp.where(log_1mx > -100, log_1mx, -100.0)
+                      - xp.where(log_x > -100, log_x, -100.0))
         return gx, gt
 
 
@@ -275,13 +276,14 @@ def _class_distribution(name, input, target, weight, ignore_index, label_smoothi
     ``sum(w[y])`` over the targets not ignored, the denominator of ``'mean'``.
     """
     if target.dtype.is_floating_point or target.dtype.name == "bool":
-        hint = "; probability targets must have the input's shape" if name == "cross_entropy" else ""
+        hint = "; probability targets must have the input's shape" \
+            if name == "cross_entropy" else ""
         raise RuntimeError(f"{name}: expected target dtype to be Long or Byte (class indices), but "
                            f"got {target.dtype.name} target of shape {tuple(target.shape)} for "
                            f"input of shape {tuple(input.shape)}{hint}")
-    dim = 0 if input.ndim == 1 else 1
     if input.ndim == 0:
         raise ValueError(f"{name}: input must have at least 1 dimension (got a 0-dim tensor)")
+    dim = 0 if input.ndim == 1 else 1
     n_classes = input.shape[dim]
     expected = tuple(input.shape[:dim]) + tuple(input.shape[dim + 1:])
     if tuple(target.shape) != expected:

@@ -15,7 +15,8 @@ from .parameter import Parameter
 
 __all__ = ["ReLU", "ReLU6", "LeakyReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Sigmoid",
            "Tanh", "Softplus", "Softsign", "LogSigmoid", "Hardtanh", "Hardswish", "Hardsigmoid",
-           "PReLU", "Threshold", "GLU", "Softmax", "Softmin", "LogSoftmax"]
+           "PReLU", "Threshold", "Softshrink", "Hardshrink", "Tanhshrink", "GLU", "Softmax",
+           "Softmin", "LogSoftmax", "Softmax2d"]
 
 
 class _Activation(Module):
@@ -297,6 +298,52 @@ class Threshold(_Activation):
         self.inplace = inplace
 
 
+class Softshrink(_Activation):
+    """``x -+ lambd`` outside ``[-lambd, lambd]``, 0 inside.
+
+    Example:
+        >>> Softshrink(1.0)(ddp.tensor([3.0]))
+        tensor([2.])
+    """
+    fn = F.softshrink
+    _repr_args = ("lambd",)
+
+    def __init__(self, lambd=0.5):
+        super().__init__()
+        self.lambd = lambd
+
+    def extra_repr(self):
+        return str(self.lambd)
+
+
+class Hardshrink(_Activation):
+    """``x`` outside ``[-lambd, lambd]``, 0 inside.
+
+    Example:
+        >>> Hardshrink(1.0)(ddp.tensor([0.5, 3.0]))
+        tensor([0., 3.])
+    """
+    fn = F.hardshrink
+    _repr_args = ("lambd",)
+
+    def __init__(self, lambd=0.5):
+        super().__init__()
+        self.lambd = lambd
+
+    def extra_repr(self):
+        return str(self.lambd)
+
+
+class Tanhshrink(_Activation):
+    """``x - tanh(x)``.
+
+    Example:
+        >>> Tanhshrink()(ddp.tensor([0.0]))
+        tensor([0.])
+    """
+    fn = F.tanhshrink
+
+
 class GLU(_Activation):
     """Gated linear unit over the halves of ``dim``.
 
@@ -391,3 +438,18 @@ class PReLU(Module):
 
     def extra_repr(self):
         return f"num_parameters={self.num_parameters}"
+
+
+class Softmax2d(Module):
+    """Softmax over the channels of (N, C, H, W) or (C, H, W) input.
+
+    Example:
+        >>> Softmax2d()(ddp.zeros(1, 2, 1, 1)).flatten()
+        tensor([0.5000, 0.5000])
+    """
+
+    def forward(self, input):
+        if input.ndim not in (3, 4):
+            raise ValueError(f"Softmax2d: expected input to be 3D or 4D, got {input.ndim}D "
+                             f"instead (shape {tuple(input.shape)})")
+        return F.softmax(input, -3)

@@ -117,6 +117,17 @@ def _run_direction(mode, x, state, weights, reverse):
     return stack(outputs), state
 
 
+def _as_states(name, hx, lstm):
+    """``hx`` as a tuple of state tensors (``(h,)``, or ``(h, c)`` for LSTM), None if None."""
+    if hx is None:
+        return None
+    states = tuple(hx) if lstm and isinstance(hx, (tuple, list)) else (hx,)
+    if len(states) != (2 if lstm else 1) or not all(isinstance(s, Tensor) for s in states):
+        raise TypeError(f"{name}: hx must be " + ("a tuple (h_0, c_0) of tensors" if lstm
+                                                  else "a tensor") + f", got {type(hx).__name__}")
+    return states
+
+
 def _reset_uniform(module):
     """PyTorch's RNN init: every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
     bound = 1.0 / math.sqrt(module.hidden_size) if module.hidden_size > 0 else 0
@@ -232,11 +243,8 @@ class RNNBase(Module):
             raise ValueError(f"{name}: Expected input to be 2D (unbatched) or 3D, got "
                              f"{input.ndim}D tensor of shape {tuple(input.shape)}")
         batched = input.ndim == 3
-        states = None if hx is None else (tuple(hx) if lstm else (hx,))
+        states = _as_states(name, hx, lstm)
         if states is not None:
-            if (lstm and len(states) != 2) or not all(isinstance(s, Tensor) for s in states):
-                raise TypeError(f"{name}: hx must be " + ("a tuple (h_0, c_0) of tensors" if lstm
-                                                          else "a tensor"))
             for s in states:
                 if s.ndim != input.ndim:
                     raise RuntimeError(f"{name}: for {input.ndim}-D input, hx should also be "
@@ -401,10 +409,10 @@ class RNNCellBase(Module):
             raise RuntimeError(f"{name}: input has inconsistent input_size: got "
                                f"{input.shape[-1]} expected {self.input_size}")
         shape = tuple(input.shape[:-1]) + (self.hidden_size,)
-        if hx is None:
+        states = _as_states(name, hx, lstm)
+        if states is None:
             states = (input.new_zeros(shape),) * (2 if lstm else 1)
         else:
-            states = tuple(hx) if lstm else (hx,)
             for s in states:
                 if tuple(s.shape) != shape:
                     raise RuntimeError(f"{name}: Expected hidden size {shape}, got "

@@ -70,6 +70,10 @@ CASES = [
     ("hardswish", {}, lambda x: x * np.clip(x + 3, 0, 6) / 6),
     ("hardsigmoid", {}, lambda x: np.clip(x + 3, 0, 6) / 6),
     ("threshold", {"threshold": 0.2, "value": -3.0}, lambda x: np.where(x > 0.2, x, -3.0)),
+    ("softshrink", {}, lambda x: np.where(x > 0.5, x - 0.5, np.where(x < -0.5, x + 0.5, 0))),
+    ("softshrink", {"lambd": 2.0}, lambda x: np.sign(x) * np.maximum(np.abs(x) - 2, 0)),
+    ("hardshrink", {"lambd": 1.5}, lambda x: np.where(np.abs(x) > 1.5, x, 0)),
+    ("tanhshrink", {}, lambda x: x - np.tanh(x)),
     ("glu", {}, lambda x: np_glu(x, -1)),
     ("glu", {"dim": 0}, lambda x: np_glu(x, 0)),
     ("softmax", {"dim": 1}, lambda x: np_softmax(x, 1)),
@@ -245,10 +249,13 @@ def test_inplace_on_leaf_requiring_grad_raises():
     (nn.Softplus(), "Softplus(beta=1.0, threshold=20.0)"),
     (nn.Hardtanh(), "Hardtanh(min_val=-1.0, max_val=1.0)"), (nn.PReLU(), "PReLU(num_parameters=1)"),
     (nn.Softmax(dim=1), "Softmax(dim=1)"), (nn.LogSoftmax(dim=-1), "LogSoftmax(dim=-1)"),
-    (nn.Softmin(), "Softmin(dim=None)"), (nn.Threshold(0.1, 2.0), "Threshold(threshold=0.1, value=2.0)"),
+    (nn.Softmin(), "Softmin(dim=None)"),
+    (nn.Threshold(0.1, 2.0), "Threshold(threshold=0.1, value=2.0)"),
     (nn.GLU(), "GLU(dim=-1)"), (nn.SiLU(), "SiLU()"), (nn.Mish(), "Mish()"), (nn.Tanh(), "Tanh()"),
     (nn.Sigmoid(), "Sigmoid()"), (nn.Hardswish(), "Hardswish()"), (nn.Softsign(), "Softsign()"),
-    (nn.Hardsigmoid(), "Hardsigmoid()"), (nn.LogSigmoid(), "LogSigmoid()"), (nn.ReLU6(), "ReLU6()")])
+    (nn.Hardsigmoid(), "Hardsigmoid()"), (nn.LogSigmoid(), "LogSigmoid()"), (nn.ReLU6(), "ReLU6()"),
+    (nn.Softshrink(), "Softshrink(0.5)"), (nn.Hardshrink(2.0), "Hardshrink(2.0)"),
+    (nn.Tanhshrink(), "Tanhshrink()"), (nn.Softmax2d(), "Softmax2d()")])
 def test_module_repr_as_pytorch(module, text):
     assert repr(module) == text
 
@@ -263,6 +270,26 @@ def test_module_repr_as_pytorch(module, text):
 def test_module_calls_functional(module, name, kwargs):
     x = ddp.tensor(sample((3, 4)))
     np.testing.assert_allclose(arr(module(x)), arr(getattr(F, name)(x, **kwargs)))
+
+
+def test_softmax2d_normalises_channels():
+    x = ddp.tensor(RNG.standard_normal((2, 3, 4, 5)))
+    np.testing.assert_allclose(arr(nn.Softmax2d()(x)), np_softmax(arr(x), 1))
+    np.testing.assert_allclose(arr(nn.Softmax2d()(x[0])), np_softmax(arr(x[0]), 0))
+    with pytest.raises(ValueError, match="3D or 4D"):
+        nn.Softmax2d()(ddp.ones(2, 3))
+
+
+def test_inplace_function_variants():
+    for fn, kwargs, ref in [(F.relu_, {}, "relu"), (F.elu_, {"alpha": 0.5}, "elu"),
+                            (F.selu_, {}, "selu"), (F.celu_, {"alpha": 2.0}, "celu"),
+                            (F.leaky_relu_, {"negative_slope": 0.2}, "leaky_relu"),
+                            (F.hardtanh_, {"min_val": -0.5, "max_val": 0.5}, "hardtanh"),
+                            (F.threshold_, {"threshold": 0.1, "value": 9.0}, "threshold")]:
+        x = ddp.tensor(np.linspace(-2, 2, 6))
+        expected = arr(getattr(F, ref)(x, **kwargs))
+        assert fn(x, **kwargs) is x
+        np.testing.assert_allclose(arr(x), expected)
 
 
 def test_module_inplace():
@@ -322,3 +349,19 @@ def test_no_warnings_on_normal_use():
         warnings.simplefilter("error")
         F.softmax(ddp.ones(2, 3), dim=1)
         nn.Softmax(dim=1)(ddp.ones(2, 3))
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu():
+    x = np.linspace(-5, 5, 40).reshape(4, 10)
+    for name, kwargs, _ in CASES:
+        cpu = ddp.tensor(x, requires_grad=True)
+        gpu = ddp.tensor(x, device="cuda", requires_grad=True)
+        out_c, out_g = getattr(F, name)(cpu, **kwargs), getattr(F, name)(gpu, **kwargs)
+        assert out_g.device.type == "cuda"
+        out_c.sum().backward()
+        out_g.sum().backward()
+        np.testing.assert_allclose(out_g.detach().cpu().numpy(), arr(out_c), rtol=1e-12,
+                                   atol=1e-14, err_msg=name)
+        np.testing.assert_allclose(gpu.grad.cpu().numpy(), arr(cpu.grad), rtol=1e-12,
+                                   atol=1e-14, err_msg=name)

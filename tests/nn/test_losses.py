@@ -479,3 +479,30 @@ def test_float32_losses_match_torch():
     ref.backward()
     np.testing.assert_allclose(float(out), ref.item(), rtol=1e-5)
     np.testing.assert_allclose(arr(a.grad), t.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu():
+    x, y = RNG.standard_normal((4, 5, 3)), RNG.integers(0, 5, (4, 3))
+    w = RNG.random(5)
+    p, t = RNG.uniform(0.1, 0.9, (4, 5)), RNG.random((4, 5))
+
+    def run(device):
+        dev = dict(device=device)
+        a = ddp.tensor(x, requires_grad=True, **dev)
+        b = ddp.tensor(p, requires_grad=True, **dev)
+        losses = [F.cross_entropy(a, ddp.tensor(y, **dev), weight=ddp.tensor(w, **dev),
+                                  ignore_index=2, label_smoothing=0.1),
+                  F.nll_loss(a, ddp.tensor(y, **dev), reduction="sum"),
+                  F.binary_cross_entropy(b, ddp.tensor(t, **dev)),
+                  F.binary_cross_entropy_with_logits(a[:, :, 0], ddp.tensor(t, **dev)),
+                  F.mse_loss(b, ddp.tensor(t, **dev)), F.huber_loss(b, ddp.tensor(t, **dev)),
+                  F.kl_div(b.log(), ddp.tensor(t, **dev), reduction="batchmean")]
+        sum(losses).backward()
+        return [float(v) for v in losses], a.grad.cpu().numpy(), b.grad.cpu().numpy()
+    cpu, gpu = run("cpu"), run("cuda")
+    np.testing.assert_allclose(gpu[0], cpu[0], rtol=1e-12)
+    np.testing.assert_allclose(gpu[1], cpu[1], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(gpu[2], cpu[2], rtol=1e-10, atol=1e-14)
+    with pytest.raises(IndexError, match="out of bounds"):
+        F.cross_entropy(ddp.randn(2, 3, device="cuda"), ddp.tensor([0, 3], device="cuda"))

@@ -193,7 +193,8 @@ def test_cell_parameters():
     (nn.GRU(3, 4, bias=False), "GRU(3, 4, bias=False)"),
     (nn.LSTM(3, 4, proj_size=2), "LSTM(3, 4, proj_size=2)"),
     (nn.RNNCell(3, 4, nonlinearity="relu"), "RNNCell(3, 4, nonlinearity=relu)"),
-    (nn.GRUCell(3, 4, bias=False), "GRUCell(3, 4, bias=False)"), (nn.LSTMCell(3, 4), "LSTMCell(3, 4)")])
+    (nn.GRUCell(3, 4, bias=False), "GRUCell(3, 4, bias=False)"),
+    (nn.LSTMCell(3, 4), "LSTMCell(3, 4)")])
 def test_repr(module, text):
     assert repr(module) == text
 
@@ -313,6 +314,8 @@ def test_errors_name_the_problem():
         m(ddp.randn(L, N, I), ddp.zeros(2, N, H))
     with pytest.raises(ValueError, match="Unknown nonlinearity"):
         nn.RNN(I, H, nonlinearity="gelu")
+    with pytest.raises(TypeError, match="LSTMCell: hx must be a tuple"):
+        nn.LSTMCell(I, H)(ddp.randn(N, I), ddp.zeros(N, H))
     with pytest.raises(RuntimeError, match="inconsistent input_size"):
         nn.GRUCell(I, H)(ddp.randn(N, I + 1))
     with pytest.raises(ValueError, match="proj_size"):
@@ -346,6 +349,7 @@ TORCH_CONFIGS = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
 @pytest.mark.parametrize("cls,kwargs", TORCH_CONFIGS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("batched", [True, False])
@@ -429,3 +433,23 @@ def test_no_warnings_on_normal_use():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         nn.LSTM(I, H, num_layers=2, dropout=0.1)(ddp.randn(L, N, I))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", ["RNN", "LSTM", "GRU"])
+def test_gpu_matches_cpu(cls):
+    m = make(cls, num_layers=2, bidirectional=True)
+    x = RNG.standard_normal((L, N, I))
+    cpu_x = ddp.tensor(x, requires_grad=True)
+    out_c = m(cpu_x)[0]
+    out_c.sum().backward()
+    grads_c = [arr(p.grad) for p in m.parameters()]
+    m.zero_grad()
+    m.cuda()
+    gpu_x = ddp.tensor(x, device="cuda", requires_grad=True)
+    out_g = m(gpu_x)[0]
+    out_g.sum().backward()
+    np.testing.assert_allclose(out_g.detach().cpu().numpy(), arr(out_c), rtol=1e-10)
+    np.testing.assert_allclose(gpu_x.grad.cpu().numpy(), arr(cpu_x.grad), rtol=1e-10, atol=1e-13)
+    for p, g in zip(m.parameters(), grads_c):
+        np.testing.assert_allclose(p.grad.cpu().numpy(), g, rtol=1e-10, atol=1e-13)

@@ -52,6 +52,7 @@ class IterableDataset(Dataset):
     :func:`~ddp.utils.data.get_worker_info` (the DataLoader does not shard it, as in PyTorch).
 
     Example:
+        >>> from ddp.utils.data import get_worker_info
         >>> class Range(IterableDataset):
         ...     def __init__(self, n): self.n = n
         ...     def __iter__(self):
@@ -67,22 +68,6 @@ class IterableDataset(Dataset):
 
     def __add__(self, other):
         return ChainDataset([self, other])
-
-
-def get_worker_info():
-    """Information about the current DataLoader worker, or ``None`` in the main process.
-
-    The result has ``id`` (0..num_workers-1), ``num_workers``, ``seed`` (the seed this worker's
-    ``ddp``, ``random`` and ``numpy.random`` were seeded with) and ``dataset`` (this worker's
-    copy of the dataset). Use it in ``IterableDataset.__iter__`` or a ``worker_init_fn`` to
-    split the work between workers.
-
-    Example:
-        >>> get_worker_info() is None   # not inside a worker
-        True
-    """
-    from . import _worker
-    return _worker._worker_info
 
 
 class TensorDataset(Dataset):

@@ -1,0 +1,11 @@
+"""Utilities, as ``torch.utils``: :mod:`ddp.utils.data` (datasets, samplers, DataLoader).
+
+Example:
+    >>> import ddp
+    >>> from ddp.utils.data import DataLoader
+    >>> len(DataLoader(range(10), batch_size=4))
+    3
+"""
+from . import data
+
+__all__ = ["data"]
