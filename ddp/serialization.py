@@ -153,6 +153,17 @@ def _read_exact(f, n):
     return b"".join(parts)
 
 
+def _read_upto(f, n):
+    """Read up to ``n`` bytes, fewer only at end of file (raw streams may return short reads)."""
+    data = b""
+    while len(data) < n:
+        chunk = f.read(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def _skip(f, n, h=None):
     """Read and discard ``n`` bytes (hashing them when ``h`` is given)."""
     while n:
@@ -629,8 +640,8 @@ def detect_format(f):
     """
     if _is_path(f):
         with open(f, "rb") as fh:
-            return _sniff(fh.read(9))
-    return _sniff(f.read(9))
+            return _sniff(_read_upto(fh, 9))
+    return _sniff(_read_upto(f, 9))
 
 
 def _sniff(head):
@@ -680,13 +691,13 @@ def _load(f, map_location, build=True):
     restore = _Restorer(map_location, name)
     with _with_file(f) as fh:
         try:
-            head = fh.read(len(MAGIC))
+            head = _read_upto(fh, len(MAGIC))
             if head == MAGIC:
                 obj = _read_ddp(fh, name, restore, build)
                 if _is_path(f) and fh.read(1):
                     raise _Corrupt("unexpected data after the end of the ddp file")
                 return obj
-            head += fh.read(9 - len(head)) if len(head) == len(MAGIC) else b""
+            head += _read_upto(fh, 9 - len(head)) if len(head) == len(MAGIC) else b""
             kind = _sniff(head)
             if kind == "ddp":
                 raise _Truncated(f"file is only {len(head)} bytes long")
@@ -819,7 +830,7 @@ def _load_safetensors(path, device):
     name = _name_of(path)
     restore = _Restorer(device, name)
     with _with_file(path) as fh:
-        head = fh.read(9)
+        head = _read_upto(fh, 9)
         kind = _sniff(head)
         if kind != "safetensors":
             if kind == "ddp":

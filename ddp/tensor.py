@@ -1125,12 +1125,13 @@ class Tensor:
         out = (self - m).exp().sum(dim=axes, keepdim=True).log() + m
         return out if keepdim else out.squeeze(axes)
 
-    def softmax(self, dim):
-        e = (self - self.detach().amax(dim=dim, keepdim=True)).exp()
-        return e / e.sum(dim=dim, keepdim=True)
+    def softmax(self, dim, dtype=None):
+        x = self._float_input("softmax") if dtype is None else self.to(dtype)
+        return R.Softmax.apply(x, dim=self._axes(dim)[0])
 
-    def log_softmax(self, dim):
-        return self - self.logsumexp(dim, keepdim=True)
+    def log_softmax(self, dim, dtype=None):
+        x = self._float_input("log_softmax") if dtype is None else self.to(dtype)
+        return R.LogSoftmax.apply(x, dim=self._axes(dim)[0])
 
     def all(self, dim=None, keepdim=False):
         return Tensor._make(self._data.astype(bool).all(axis=self._axes(dim), keepdims=keepdim))
@@ -1283,12 +1284,7 @@ class Tensor:
                 raise RuntimeError(f"split_with_sizes expects split_sizes to sum exactly to {n} "
                                    f"(input tensor's size at dimension {d}), but got "
                                    f"split_sizes={sizes}")
-        out, start = [], 0
-        lead = (slice(None),) * d
-        for s in sizes:
-            out.append(self[lead + (slice(start, start + s),)])
-            start += s
-        return tuple(out)
+        return self._pieces(d, sizes, squeeze=False)
 
     def chunk(self, chunks, dim=0):
         n = self._data.shape[self._axes(dim)[0]]
@@ -1297,8 +1293,16 @@ class Tensor:
 
     def unbind(self, dim=0):
         d = self._axes(dim)[0]
-        lead = (slice(None),) * d
-        return tuple(self[lead + (i,)] for i in range(self._data.shape[d]))
+        return self._pieces(d, (1,) * self._data.shape[d], squeeze=True)
+
+    def _pieces(self, d, sizes, squeeze):
+        """Views of consecutive pieces along ``d`` from one graph node (see ``ops.shape.Split``)."""
+        pieces = S.Split.apply(self, sizes=tuple(sizes), axis=d, squeeze=squeeze)
+        lead, start = (slice(None),) * d, 0
+        for piece, size in zip(pieces, sizes):
+            _share_view(piece, self, lead + ((start,) if squeeze else (slice(start, start + size),)))
+            start += size
+        return pieces
 
     def narrow(self, dim, start, length):
         d = self._axes(dim)[0]

@@ -112,8 +112,8 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
     ready: list = []
 
     # 1. count incoming edges of everything reachable from the roots
-    stack = [t.grad_fn for t in roots if t.grad_fn is not None]
-    seen = set(stack)
+    stack = list(dict.fromkeys(t.grad_fn for t in roots if t.grad_fn is not None))
+    seen = set(stack)  # roots may share a node (outputs of one split): count its edges once
     while stack:
         node = stack.pop()
         for edge in node.next_edges:

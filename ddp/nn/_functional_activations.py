@@ -22,7 +22,7 @@ import numpy as np
 from .. import backend
 from ..autograd.graph import _NO_RECORD, Op
 from ..ops import elementwise as E
-from ..ops.reduction import normalize_axis
+from ..ops.reduction import LogSoftmax, Softmax, normalize_axis
 from ..tensor import Tensor, where
 
 __all__ = ["relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "selu_",
@@ -236,49 +236,6 @@ class Softplus(Op):
         if ctx.threshold is not None:
             slope = ctx.xp.where(z > ctx.threshold, 1.0, slope)
         return g * slope
-
-
-def _softmax_array(a, axis):
-    e = backend.get_array_module(a).exp(a - a.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def _log_softmax_array(a, axis):
-    shifted = a - a.max(axis=axis, keepdims=True)
-    xp = backend.get_array_module(a)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
-
-
-class Softmax(Op):
-    """``exp(x) / sum(exp(x))`` along ``dim`` (shifted by the max: never overflows)."""
-
-    @staticmethod
-    def forward(ctx, a, dim=-1):
-        out = _softmax_array(a, dim)
-        ctx.save_for_backward(out)
-        ctx.dim = dim
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        y, = ctx.saved_tensors
-        return y * (g - (g * y).sum(axis=ctx.dim, keepdims=True))
-
-
-class LogSoftmax(Op):
-    """``x - logsumexp(x)`` along ``dim`` (shifted by the max: never overflows)."""
-
-    @staticmethod
-    def forward(ctx, a, dim=-1):
-        out = _log_softmax_array(a, dim)
-        ctx.save_for_backward(out)
-        ctx.dim = dim
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        out, = ctx.saved_tensors
-        return g - ctx.xp.exp(out) * g.sum(axis=ctx.dim, keepdims=True)
 
 
 # --------------------------------------------------------------------------- functional API

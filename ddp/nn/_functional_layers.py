@@ -5,7 +5,10 @@ Convolution and pooling are fused ops built from a few large array operations: a
 of the (padded) input made with ``as_strided`` — element ``[n, c, i, j, oh, ow]`` is
 ``x[n, c, oh*stride + i*dilation, ow*stride + j*dilation]`` —, one batched matrix product, and
 for the adjoint (col2im) one strided add per kernel position, never a loop over pixels.
-Normalisations are one fused op with the closed-form backward.
+Normalisations are one fused op with the closed-form backward. All of them also have
+higher-order gradients (``create_graph=True``): the convolution ops differentiate into one
+another, pooling backward runs through :class:`Col2Im`, and the normalisations recompute their
+statistics with recorded ops.
 
 Example:
     >>> import ddp.nn.functional as F
@@ -890,11 +893,9 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
 
 # =========================================================================== dropout
 
-def _dropout_mask(name, input, p, shape):
+def _dropout_mask(input, p, shape):
     """A tensor of 0 and 1/(1-p) (keep probability 1-p) of ``shape``, drawn from the default
     generator."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name}: dropout probability has to be between 0 and 1, but got {p}")
     keep = backend.default_generator.numpy.random(shape, dtype=np.float32) >= p
     scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
     mask = keep.astype(input._data.dtype) * np.asarray(scale, input._data.dtype)
@@ -906,7 +907,7 @@ def _apply_dropout(name, input, p, training, inplace, shape):
         raise ValueError(f"{name}: dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0:
         return input
-    mask = _dropout_mask(name, input, p, shape)
+    mask = _dropout_mask(input, p, shape)
     return input.mul_(mask) if inplace else input * mask
 
 

@@ -21,7 +21,8 @@ from .. import backend
 from ..autograd.graph import Op
 from ..ops.shape import _along_axis_index
 from ..tensor import Tensor, where
-from ._functional_activations import LogSoftmax, Softplus, _log_softmax_array
+from ..ops.reduction import LogSoftmax, _log_softmax_array
+from ._functional_activations import Softplus
 
 __all__ = ["mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "cross_entropy", "nll_loss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div"]

@@ -32,37 +32,14 @@ __all__ = ["RNNBase", "RNN", "LSTM", "GRU", "RNNCellBase", "RNNCell", "LSTMCell"
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
 
-class _Split(Op):
-    """``a`` cut into ``n`` equal pieces along ``axis`` (views) as one node; with ``squeeze``
-    the pieces have size 1 and lose ``axis`` (``unbind``). Backward joins the pieces' gradients
-    into one array; indexing each piece instead would scatter every piece's gradient into its
-    own zero array of the input's size (quadratic in the sequence length)."""
-
-    @staticmethod
-    def forward(ctx, a, n=1, axis=0, squeeze=False):
-        ctx.axis, ctx.squeeze = axis, squeeze
-        lead = (slice(None),) * axis
-        if squeeze:
-            return tuple(a[lead + (i,)] for i in range(n))
-        size = a.shape[axis] // n
-        return tuple(a[lead + (slice(i * size, (i + 1) * size),)] for i in range(n))
-
-    @staticmethod
-    def backward(ctx, *grads):
-        if isinstance(grads[0], Tensor):  # create_graph
-            return (stack if ctx.squeeze else cat)(grads, ctx.axis)
-        xp = backend.get_array_module(grads[0])
-        return (xp.stack if ctx.squeeze else xp.concatenate)(grads, axis=ctx.axis)
-
-
 def _unbind(t):
     """The slices ``t[0], t[1], ...`` (one graph node)."""
-    return _Split.apply(t, n=t.shape[0], axis=0, squeeze=True)
+    return t.unbind(0)
 
 
 def _chunk(t, n):
     """``t`` cut into ``n`` equal pieces along its last dimension (one graph node)."""
-    return _Split.apply(t, n=n, axis=t.ndim - 1)
+    return t.chunk(n, t.ndim - 1)
 
 
 # --------------------------------------------------------------------------- the recurrences

@@ -156,3 +156,46 @@ class Norm2(Op):
         out = xp.sqrt((a * a).sum(axis=ctx.axis, keepdims=True))  # recomputed: differentiable
         safe = xp.where(out == 0, 1.0, out)
         return g.reshape(ctx.kshape) * xp.where(out == 0, 0.0, a / safe)
+
+
+def _softmax_array(a, axis):
+    e = backend.get_array_module(a).exp(a - a.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _log_softmax_array(a, axis):
+    shifted = a - a.max(axis=axis, keepdims=True)
+    xp = backend.get_array_module(a)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+class Softmax(Op):
+    """``exp(x) / sum(exp(x))`` along ``dim`` (shifted by the max: never overflows)."""
+
+    @staticmethod
+    def forward(ctx, a, dim=-1):
+        out = _softmax_array(a, dim)
+        ctx.save_for_backward(out)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        y, = ctx.saved_tensors
+        return y * (g - (g * y).sum(axis=ctx.dim, keepdims=True))
+
+
+class LogSoftmax(Op):
+    """``x - logsumexp(x)`` along ``dim`` (shifted by the max: never overflows)."""
+
+    @staticmethod
+    def forward(ctx, a, dim=-1):
+        out = _log_softmax_array(a, dim)
+        ctx.save_for_backward(out)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out, = ctx.saved_tensors
+        return g - ctx.xp.exp(out) * g.sum(axis=ctx.dim, keepdims=True)

@@ -106,6 +106,30 @@ class Stack(Op):
         return tuple(g[lead + (i,)] if need else None for i, need in enumerate(ctx.needs_input_grad))
 
 
+class Split(Op):
+    """``a`` cut along ``axis`` into consecutive pieces of ``sizes`` (views), as one node; with
+    ``squeeze`` every piece has size 1 and loses ``axis`` (``unbind``). Backward joins the pieces'
+    gradients once: indexing each piece instead would scatter every piece's gradient into its own
+    input-sized zero array, quadratic in the number of pieces (e.g. time steps)."""
+
+    @staticmethod
+    def forward(ctx, a, sizes=(), axis=0, squeeze=False):
+        ctx.axis, ctx.squeeze = axis, squeeze
+        lead = (slice(None),) * axis
+        if squeeze:
+            return tuple(a[lead + (i, Ellipsis)] for i in range(len(sizes)))
+        out, start = [], 0
+        for size in sizes:
+            out.append(a[lead + (slice(start, start + size),)])
+            start += size
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):  # missing grads arrive as zeros (the engine materializes them)
+        xp = ctx.xp
+        return (xp.stack if ctx.squeeze else xp.concatenate)(grads, axis=ctx.axis)
+
+
 # --------------------------------------------------------------------------- indexing
 
 def scatter_into_zeros(g, shape, index):

@@ -54,3 +54,13 @@ def expand_dims(x, axis):
 
 def matmul(a, b):
     return a @ b
+
+
+def concatenate(xs, axis=0):
+    from .._functions import cat
+    return cat(xs, axis)
+
+
+def stack(xs, axis=0):
+    from .._functions import stack as _stack
+    return _stack(xs, axis)

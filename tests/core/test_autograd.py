@@ -1296,3 +1296,12 @@ class TestEngine:
         assert not x.argmax().requires_grad
         assert not (x > 1).requires_grad
         assert not x.long().requires_grad
+
+
+def test_grad_of_all_outputs_of_one_node():
+    # several roots produced by one node (the pieces of a split): its edges count once
+    a = ddp.randn(5, 3, dtype=ddp.float64, requires_grad=True)
+    pieces = a.split(2)
+    (g,) = ddp.autograd.grad(pieces, [a], [ddp.ones_like(p) * (i + 1) for i, p in enumerate(pieces)])
+    expected = np.repeat([1.0, 1.0, 2.0, 2.0, 3.0], 3).reshape(5, 3)
+    np.testing.assert_array_equal(g.numpy(), expected)

@@ -519,6 +519,7 @@ CONV_PARITY = [  # module kwargs for Conv2d(4, 6, ...)
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")  # torch's note on even kernels
 @pytest.mark.parametrize("kw", CONV_PARITY)
 def test_conv2d_torch_parity(kw):
     torch = pytest.importorskip("torch")
@@ -642,3 +643,50 @@ def test_small_cnn_torch_parity():
     a, b = _torch_pair(x, torch)
     _check_parity(ours(a), theirs(b), [(a, b)] + list(zip(ours.parameters(),
                                                            theirs.parameters())))
+
+
+# ============================================================== higher-order gradients
+
+def test_conv_double_backward_gradgradcheck():
+    from ddp.autograd import gradgradcheck
+    x, w, b = rand(1, 2, 4, 4), rand(4, 1, 2, 3, seed=1), rand(4, seed=2)
+    assert gradgradcheck(lambda *t: F.conv2d(*t, stride=2, padding=1, groups=2), (x, w, b))
+    wt = rand(2, 3, 3, 3, seed=3)
+    assert gradgradcheck(lambda a, c: F.conv_transpose2d(a, c, stride=2, padding=1,
+                                                         output_padding=1), (x, wt))
+
+
+def test_pool_double_backward_gradgradcheck():
+    from ddp.autograd import gradgradcheck
+    x = ddp.tensor(np.random.default_rng(0).permutation(50).reshape(1, 2, 5, 5)
+                   .astype(np.float64), requires_grad=True)
+    assert gradgradcheck(lambda t: F.max_pool2d(t, 3, 2, 1, ceil_mode=True), (x,))
+    assert gradgradcheck(lambda t: F.avg_pool2d(t, 3, 2, 1, count_include_pad=False), (x,))
+
+
+def test_gradient_penalty_torch_parity():
+    """d/dweights of ||d out / d x||^2 through conv, pooling and transposed conv (the gradient
+    penalty of WGAN-GP) matches PyTorch."""
+    torch = pytest.importorskip("torch")
+
+    def penalty(lib, conv, up, x):
+        fn = lib.nn.functional
+        h = fn.avg_pool2d(conv(x).tanh(), 2)
+        out = fn.max_pool2d(up(h).tanh(), 2).sum()
+        grad, = lib.autograd.grad(out, x, create_graph=True)
+        return (grad ** 2).sum()
+
+    convs = [(nn.Conv2d(2, 4, 3, padding=1), torch.nn.Conv2d(2, 4, 3, padding=1)),
+             (nn.ConvTranspose2d(4, 3, 2, stride=2), torch.nn.ConvTranspose2d(4, 3, 2, stride=2))]
+    for ours, theirs in convs:
+        ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
+                              theirs.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    a, b = _torch_pair(x, torch)
+    p, pt = penalty(ddp, *[c[0] for c in convs], a), penalty(torch, *[c[1] for c in convs], b)
+    np.testing.assert_allclose(float(p), float(pt.detach()), rtol=1e-4)
+    p.backward()
+    pt.backward()
+    for ours, theirs in convs:
+        for q, r in zip(ours.parameters(), theirs.parameters()):
+            np.testing.assert_allclose(arr(q.grad), r.grad.numpy(), rtol=1e-3, atol=1e-5)

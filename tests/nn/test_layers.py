@@ -19,7 +19,8 @@ def arr(t):
 
 
 def rand(*shape, seed=0, requires_grad=True):
-    return ddp.tensor(np.random.default_rng(seed).standard_normal(shape), requires_grad=requires_grad)
+    data = np.random.default_rng(seed).standard_normal(shape)
+    return ddp.tensor(data, requires_grad=requires_grad)
 
 
 def from_torch(ours, theirs):

@@ -313,3 +313,38 @@ def test_layer_and_group_norm_torch_parity(cls, args, shape):
     np.testing.assert_allclose(arr(a.grad), b.grad.numpy(), rtol=1e-4, atol=1e-4)
     for p, q in zip(ours.parameters(), theirs.parameters()):
         np.testing.assert_allclose(arr(p.grad), q.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ============================================================== higher-order gradients
+
+@pytest.mark.parametrize("which", ["batch_train", "batch_eval", "layer", "group"])
+def test_norm_double_backward_gradgradcheck(which):
+    from ddp.autograd import gradgradcheck
+    x, w, b = rand(4, 3, 2), rand(3, seed=1), rand(3, seed=2)
+    rm, rv = rand(3, seed=3, requires_grad=False), rand(3, seed=4, requires_grad=False).abs()
+    fns = {
+        "batch_train": lambda *t: F.batch_norm(t[0], None, None, t[1], t[2], training=True),
+        "batch_eval": lambda *t: F.batch_norm(t[0], rm, rv, t[1], t[2], training=False),
+        "layer": lambda *t: F.layer_norm(t[0].transpose(1, 2), (3,), t[1], t[2]),
+        "group": lambda *t: F.group_norm(t[0].reshape(2, 6, 2), 3, t[1].repeat(2), t[2].repeat(2)),
+    }
+    assert gradgradcheck(fns[which], (x, w, b))
+
+
+def test_layer_norm_gradient_penalty_torch_parity():
+    torch = pytest.importorskip("torch")
+    ours, theirs = nn.LayerNorm(5), torch.nn.LayerNorm(5)
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 1.5)
+        theirs.bias.uniform_(-0.5, 0.5)
+    _load_from_torch(ours, theirs)
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    results = []
+    for lib, m in ((ddp, ours), (torch, theirs)):
+        t = lib.tensor(x, requires_grad=True)
+        grad, = lib.autograd.grad((m(t).tanh() * lib.arange(5.0)).sum(), t, create_graph=True)
+        (grad ** 2).sum().backward()
+        results.append([arr(m.weight.grad) if lib is ddp else m.weight.grad.numpy(),
+                        arr(t.grad) if lib is ddp else t.grad.numpy()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
