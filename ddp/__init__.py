@@ -60,3 +60,4 @@ from . import nn  # noqa: E402  (after everything nn's modules import from ddp)
 from .serialization import save, load  # noqa: E402
 from . import metrics  # noqa: E402
 from . import utils  # noqa: E402  (ddp.utils.data: datasets, samplers, DataLoader)
+from . import optim  # noqa: E402  (optimizers and lr_scheduler)

@@ -428,6 +428,9 @@ class _Restorer:
     """Moves loaded CPU arrays to their device according to ``map_location``."""
 
     def __init__(self, map_location, name):
+        if isinstance(map_location, dict):
+            map_location = {_device_location(k): _device_location(v)
+                            for k, v in map_location.items()}
         self.map_location = map_location
         self.name = name
 
@@ -437,8 +440,7 @@ class _Restorer:
         if ml is None:
             pass
         elif isinstance(ml, dict):
-            mapping = {_device_location(k): _device_location(v) for k, v in ml.items()}
-            target = mapping.get(saved, saved)
+            target = ml.get(saved, saved)
         elif isinstance(ml, (str, backend.device)):
             target = _device_location(ml)
         elif callable(ml):

@@ -5,7 +5,6 @@ import io
 import json
 import math
 import os
-import pathlib
 import pickle
 import struct
 import zlib

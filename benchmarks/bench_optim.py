@@ -1,0 +1,84 @@
+"""Time of one ``optimizer.step()`` on the parameters of an MLP 784-1024-1024-10 (about 1.86M
+float32 parameters in 6 tensors, random gradients), ddp against torch.optim (when installed) in
+the same run, one thread on both sides.
+
+    python benchmarks/bench_optim.py [--repeats 15] [--steps 20]
+
+Prints the median ms per step of each optimizer and the ratio ddp / PyTorch. PyTorch's CPU
+optimizers run the single-tensor ("for-loop") implementation by default, the one ddp follows.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+import ddp  # noqa: E402
+
+SHAPES = [(1024, 784), (1024,), (1024, 1024), (1024,), (10, 1024), (10,)]
+
+CONFIGS = {
+    "SGD momentum=0.9": lambda optim, params: optim.SGD(params, lr=0.01, momentum=0.9),
+    "SGD momentum=0.9 nesterov wd=1e-4": lambda optim, params: optim.SGD(
+        params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    "Adam": lambda optim, params: optim.Adam(params, lr=1e-3),
+    "AdamW wd=1e-2": lambda optim, params: optim.AdamW(params, lr=1e-3),
+}
+
+
+def make_params(lib, rng):
+    """The MLP's parameters with random gradients set, as tensors of ``lib``."""
+    params = []
+    for shape in SHAPES:
+        p = lib.nn.Parameter(lib.tensor(rng.standard_normal(shape).astype(np.float32)))
+        p.grad = lib.tensor(rng.standard_normal(shape).astype(np.float32))
+        params.append(p)
+    return params
+
+
+def time_steps(opt, steps, repeats):
+    """Median over ``repeats`` runs of the mean ms per step over ``steps`` steps."""
+    opt.step()  # create the state (and scratch buffers) outside the timing
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            opt.step()
+        runs.append((time.perf_counter() - start) / steps * 1e3)
+    return statistics.median(runs)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:
+        torch = None
+
+    n = sum(int(np.prod(s)) for s in SHAPES)
+    print(f"optimizer.step() on MLP 784-1024-1024-10 ({n:,} params, {len(SHAPES)} tensors), "
+          f"1 thread, median of {args.repeats} x {args.steps} steps")
+    print(f"{'optimizer':<36} {'ddp ms':>8} {'torch ms':>9} {'ratio':>6}")
+    for name, build in CONFIGS.items():
+        ours = time_steps(build(ddp.optim, make_params(ddp, np.random.default_rng(0))),
+                          args.steps, args.repeats)
+        if torch is not None:
+            ref = time_steps(build(torch.optim, make_params(torch, np.random.default_rng(0))),
+                             args.steps, args.repeats)
+            print(f"{name:<36} {ours:8.3f} {ref:9.3f} {ours / ref:6.2f}")
+        else:
+            print(f"{name:<36} {ours:8.3f} {'-':>9} {'-':>6}")
+
+
+if __name__ == "__main__":
+    main()
