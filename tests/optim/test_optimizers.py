@@ -1,0 +1,604 @@
+"""Optimizers: ``ddp.optim`` SGD, Adam, AdamW, RMSprop, Adagrad and Adadelta.
+
+Trajectories (10 steps on a small quadratic whose gradient is ``h * x + r_t``, with fixed random
+``h`` and ``r_t``) are checked against the published update formulas written here in NumPy
+(float64, tight tolerance) for every option, and, when PyTorch is installed, against
+``torch.optim`` in float32 and float64. Also: param groups, add_param_group, argument errors
+(PyTorch's messages), zero_grad, state_dict round trips (bit-identical continuation, PyTorch's
+layout, loading PyTorch's state), step hooks, closures and printing.
+"""
+import copy
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+import ddp
+import ddp.optim as optim
+
+STEPS = 10
+SHAPES = [(3, 4), (5,)]
+RNG = np.random.default_rng(1234)
+X0 = [RNG.standard_normal(s) for s in SHAPES]
+H = [RNG.uniform(0.5, 2.0, s) for s in SHAPES]          # curvature of the quadratic
+R = [[RNG.standard_normal(s) for s in SHAPES] for _ in range(2 * STEPS)]  # gradient noise
+
+
+def gradient(i, t, x):
+    """The gradient of parameter ``i`` at step ``t`` (0-based) and value ``x``."""
+    return (H[i] * x + R[t][i]).astype(x.dtype)
+
+
+# ---------------------------------------------------------------------- reference formulas
+# The update rules as published (PyTorch's documentation pseudo-code), one step on float64
+# NumPy arrays; ``s`` is a dict of per-parameter state, ``t`` the 1-based step number.
+
+def ref_sgd(x, g, s, t, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False,
+            maximize=False):
+    g = -g if maximize else g
+    g = g + weight_decay * x
+    if momentum:
+        s["b"] = g.copy() if t == 1 else momentum * s["b"] + (1 - dampening) * g
+        g = g + momentum * s["b"] if nesterov else s["b"]
+    return x - lr * g
+
+
+def ref_adam(x, g, s, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
+             maximize=False, decoupled=False):
+    b1, b2 = betas
+    g = -g if maximize else g
+    if decoupled:
+        x = x * (1 - lr * weight_decay)
+    else:
+        g = g + weight_decay * x
+    s["m"] = b1 * s.get("m", 0) + (1 - b1) * g
+    s["v"] = b2 * s.get("v", 0) + (1 - b2) * g * g
+    v = s["v"]
+    if amsgrad:
+        v = s["vmax"] = np.maximum(s.get("vmax", 0), s["v"])
+    m_hat = s["m"] / (1 - b1 ** t)
+    v_hat = v / (1 - b2 ** t)
+    return x - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def ref_adamw(x, g, s, t, weight_decay=1e-2, **kw):
+    return ref_adam(x, g, s, t, weight_decay=weight_decay, decoupled=True, **kw)
+
+
+def ref_rmsprop(x, g, s, t, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                centered=False, maximize=False):
+    g = -g if maximize else g
+    g = g + weight_decay * x
+    s["v"] = alpha * s.get("v", 0) + (1 - alpha) * g * g
+    v = s["v"]
+    if centered:
+        s["ga"] = alpha * s.get("ga", 0) + (1 - alpha) * g
+        v = v - s["ga"] ** 2
+    if momentum > 0:
+        s["b"] = momentum * s.get("b", 0) + g / (np.sqrt(v) + eps)
+        return x - lr * s["b"]
+    return x - lr * g / (np.sqrt(v) + eps)
+
+
+def ref_adagrad(x, g, s, t, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+                eps=1e-10, maximize=False):
+    g = -g if maximize else g
+    g = g + weight_decay * x
+    clr = lr / (1 + (t - 1) * lr_decay)
+    s["sum"] = s.get("sum", initial_accumulator_value) + g * g
+    return x - clr * g / (np.sqrt(s["sum"]) + eps)
+
+
+def ref_adadelta(x, g, s, t, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, maximize=False):
+    g = -g if maximize else g
+    g = g + weight_decay * x
+    s["v"] = rho * s.get("v", 0) + (1 - rho) * g * g
+    delta = np.sqrt(s.get("u", 0) + eps) / np.sqrt(s["v"] + eps) * g
+    s["u"] = rho * s.get("u", 0) + (1 - rho) * delta * delta
+    return x - lr * delta
+
+
+REFERENCES = {"SGD": ref_sgd, "Adam": ref_adam, "AdamW": ref_adamw, "RMSprop": ref_rmsprop,
+              "Adagrad": ref_adagrad, "Adadelta": ref_adadelta}
+
+CASES = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9)),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.5)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+    ("SGD", dict(lr=0.1, weight_decay=0.1)),
+    ("SGD", dict(lr=0.1, maximize=True)),
+    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.01, maximize=True)),
+    ("Adam", dict(lr=0.1)),
+    ("Adam", dict(lr=0.1, weight_decay=0.1)),
+    ("Adam", dict(lr=0.1, amsgrad=True)),
+    ("Adam", dict(lr=0.1, maximize=True)),
+    ("Adam", dict(lr=0.05, betas=(0.3, 0.5), eps=1e-3)),  # 1 - beta1 >= 0.5: lerp's other branch
+    ("Adam", dict(lr=0.1, betas=(0.8, 0.9), weight_decay=0.05, amsgrad=True, maximize=True)),
+    ("AdamW", dict(lr=0.1)),
+    ("AdamW", dict(lr=0.1, weight_decay=0.0)),
+    ("AdamW", dict(lr=0.1, weight_decay=0.1, amsgrad=True, maximize=True)),
+    ("RMSprop", dict()),
+    ("RMSprop", dict(lr=0.01, alpha=0.5)),
+    ("RMSprop", dict(lr=0.01, centered=True)),
+    ("RMSprop", dict(lr=0.01, momentum=0.9)),
+    ("RMSprop", dict(lr=0.01, weight_decay=0.1, maximize=True)),
+    ("RMSprop", dict(lr=0.01, alpha=0.9, momentum=0.5, centered=True, weight_decay=0.1,
+                     maximize=True)),
+    ("Adagrad", dict(lr=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.1)),
+    ("Adagrad", dict(lr=0.1, weight_decay=0.1)),
+    ("Adagrad", dict(lr=0.1, initial_accumulator_value=0.5, eps=1e-3)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.05, weight_decay=0.05, maximize=True)),
+    ("Adadelta", dict()),
+    ("Adadelta", dict(lr=0.5, rho=0.5)),
+    ("Adadelta", dict(weight_decay=0.1, eps=1e-4)),
+    ("Adadelta", dict(lr=0.9, rho=0.8, weight_decay=0.05, maximize=True)),
+]
+CASE_IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}"
+            for name, kw in CASES]
+
+
+def make_params(lib, dtype, values=X0):
+    return [lib.nn.Parameter(lib.tensor(np.array(x, dtype=dtype))) for x in values]
+
+
+def values(params):
+    return [np.array(p.detach().numpy(), copy=True) for p in params]
+
+
+def run(lib, opt, params, steps, start=0):
+    """``steps`` steps of ``opt`` with the fixed gradients; returns the values after each."""
+    trajectory = []
+    for t in range(start, start + steps):
+        for i, p in enumerate(params):
+            p.grad = lib.tensor(gradient(i, t, p.detach().numpy()))
+        opt.step()
+        trajectory.append(values(params))
+    return trajectory
+
+
+def reference_trajectory(name, kw):
+    xs = [x.copy() for x in X0]
+    states = [{} for _ in xs]
+    out = []
+    for t in range(STEPS):
+        xs = [REFERENCES[name](x, gradient(i, t, x), s, t + 1, **kw)
+              for i, (x, s) in enumerate(zip(xs, states))]
+        out.append([x.copy() for x in xs])
+    return out
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=CASE_IDS)
+def test_trajectory_matches_published_formulas(name, kw):
+    params = make_params(ddp, np.float64)
+    ours = run(ddp, getattr(optim, name)(params, **kw), params, STEPS)
+    for step, (got, want) in enumerate(zip(ours, reference_trajectory(name, kw))):
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12, err_msg=f"step {step + 1}")
+
+
+@pytest.mark.parametrize("dtype,rtol,atol", [(np.float32, 2e-5, 2e-6), (np.float64, 1e-11, 1e-13)],
+                         ids=["float32", "float64"])
+@pytest.mark.parametrize("name,kw", CASES, ids=CASE_IDS)
+def test_trajectory_matches_torch(name, kw, dtype, rtol, atol):
+    torch = pytest.importorskip("torch")
+    params = make_params(ddp, dtype)
+    ours = run(ddp, getattr(optim, name)(params, **kw), params, STEPS)
+    tparams = make_params(torch, dtype)
+    theirs = run(torch, getattr(torch.optim, name)(tparams, **kw), tparams, STEPS)
+    for step, (got, want) in enumerate(zip(ours, theirs)):
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=f"step {step + 1}")
+
+
+def test_float32_state_stays_float32():
+    params = make_params(ddp, np.float32)
+    opt = optim.Adam(params, lr=0.1, amsgrad=True)
+    run(ddp, opt, params, 2)
+    state = opt.state[params[0]]
+    assert state["step"].dtype == ddp.float32 and state["step"].shape == ()
+    assert state["step"].device.type == "cpu" and state["step"].item() == 2.0
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        assert state[key].dtype == ddp.float32 and state[key].shape == params[0].shape
+    assert all(p.dtype == ddp.float32 for p in params)
+
+
+def test_step_bumps_the_version_and_skips_params_without_grad():
+    a, b = make_params(ddp, np.float32)
+    opt = optim.SGD([a, b], lr=0.1)
+    a.grad = ddp.ones_like(a)
+    before_a, before_b, version = values([a])[0], values([b])[0], a._version
+    opt.step()
+    np.testing.assert_allclose(values([a])[0], before_a - 0.1, rtol=1e-6)
+    np.testing.assert_array_equal(values([b])[0], before_b)
+    assert a._version > version
+    assert b not in opt.state
+
+
+# ---------------------------------------------------------------------- param groups
+
+def test_param_groups_with_different_lrs():
+    a, b = make_params(ddp, np.float64)
+    opt = optim.SGD([{"params": [a]}, {"params": b, "lr": 0.01}], lr=0.1, momentum=0.5)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.01]
+    assert opt.param_groups[1]["momentum"] == 0.5 and opt.param_groups[1]["params"] == [b]
+    a.grad, b.grad = ddp.ones_like(a), ddp.ones_like(b)
+    opt.step()
+    np.testing.assert_allclose(a.detach().numpy(), X0[0] - 0.1)
+    np.testing.assert_allclose(b.detach().numpy(), X0[1] - 0.01)
+
+
+def test_add_param_group_fills_defaults_and_steps_the_new_group():
+    a, b = make_params(ddp, np.float64)
+    opt = optim.Adam([a], lr=0.1, betas=(0.8, 0.9))
+    opt.add_param_group({"params": b, "lr": 0.5})
+    group = opt.param_groups[1]
+    assert group["lr"] == 0.5 and group["betas"] == (0.8, 0.9) and group["params"] == [b]
+    b.grad = ddp.ones_like(b)
+    opt.step()
+    np.testing.assert_allclose(b.detach().numpy(), X0[1] - 0.5, atol=1e-7)  # lr * sign(grad)
+    assert a not in opt.state
+
+
+def test_named_parameters_keep_their_names():
+    model = ddp.nn.Linear(2, 1)
+    opt = optim.SGD(model.named_parameters(), lr=0.1)
+    assert opt.param_groups[0]["param_names"] == ["weight", "bias"]
+    assert opt.state_dict()["param_groups"][0]["param_names"] == ["weight", "bias"]
+
+
+def test_parameter_in_two_groups_is_an_error():
+    a, b = make_params(ddp, np.float32)
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
+        optim.SGD([{"params": [a, b]}, {"params": [a]}], lr=0.1)
+    opt = optim.SGD([a], lr=0.1)
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": [b, a]})
+    assert len(opt.param_groups) == 1
+
+
+def test_duplicate_parameter_in_a_group_warns():
+    a, _ = make_params(ddp, np.float32)
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        optim.SGD([a, a], lr=0.1)
+
+
+@pytest.mark.parametrize("params,error,message", [
+    ([], ValueError, "optimizer got an empty parameter list"),
+    ([3.0], TypeError, "optimizer can only optimize Tensors, but one of the params is float"),
+    ([{"params": {ddp.ones(1, requires_grad=True)}}], TypeError, "ordered collections"),
+], ids=["empty", "non-tensor", "set"])
+def test_bad_params(params, error, message):
+    with pytest.raises(error, match=message):
+        optim.SGD(params, lr=0.1)
+
+
+def test_tensor_and_non_leaf_params_are_errors():
+    x = ddp.ones(2, requires_grad=True)
+    with pytest.raises(TypeError, match="should be an iterable of Tensors or dicts, but got "
+                                        "ddp.FloatTensor"):
+        optim.SGD(x, lr=0.1)
+    with pytest.raises(ValueError, match="can't optimize a non-leaf Tensor"):
+        optim.SGD([x * 2], lr=0.1)
+    with pytest.raises(TypeError, match="param_group must be a dict"):
+        optim.SGD([x], lr=0.1).add_param_group([x])
+
+
+def test_required_default():
+    from ddp.optim.optimizer import required
+
+    class Plain(optim.Optimizer):
+        def __init__(self, params, lr=required):
+            super().__init__(params, {"lr": lr})
+
+    x = ddp.ones(2, requires_grad=True)
+    with pytest.raises(ValueError, match="didn't specify a value of required optimization "
+                                         "parameter lr"):
+        Plain([x])
+    assert Plain([{"params": [x], "lr": 0.5}]).param_groups[0]["lr"] == 0.5
+
+
+INVALID = [
+    ("SGD", dict(lr=-1), "Invalid learning rate: -1"),
+    ("SGD", dict(lr=0.1, momentum=-0.5), "Invalid momentum value: -0.5"),
+    ("SGD", dict(lr=0.1, weight_decay=-1e-4), "Invalid weight_decay value: -0.0001"),
+    ("SGD", dict(lr=0.1, nesterov=True), "Nesterov momentum requires a momentum and zero dampening"),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), "Nesterov momentum requires"),
+    ("Adam", dict(lr=-0.1), "Invalid learning rate: -0.1"),
+    ("Adam", dict(eps=-1e-8), "Invalid epsilon value: -1e-08"),
+    ("Adam", dict(betas=(1.0, 0.999)), "Invalid beta parameter at index 0: 1.0"),
+    ("Adam", dict(betas=(0.9, -0.1)), "Invalid beta parameter at index 1: -0.1"),
+    ("Adam", dict(weight_decay=-1), "Invalid weight_decay value: -1"),
+    ("AdamW", dict(betas=(0.9, 1.5)), "Invalid beta parameter at index 1: 1.5"),
+    ("RMSprop", dict(alpha=-0.1), "Invalid alpha value: -0.1"),
+    ("RMSprop", dict(momentum=-1), "Invalid momentum value: -1"),
+    ("RMSprop", dict(eps=-1), "Invalid epsilon value: -1"),
+    ("Adagrad", dict(lr_decay=-1), "Invalid lr_decay value: -1"),
+    ("Adagrad", dict(initial_accumulator_value=-1), "Invalid initial_accumulator_value value: -1"),
+    ("Adagrad", dict(eps=-1), "Invalid epsilon value: -1"),
+    ("Adadelta", dict(rho=1.5), "Invalid rho value: 1.5"),
+    ("Adadelta", dict(weight_decay=-1), "Invalid weight_decay value: -1"),
+]
+
+
+@pytest.mark.parametrize("name,kw,message", INVALID, ids=[m for _, _, m in INVALID])
+def test_invalid_arguments(name, kw, message):
+    x = ddp.ones(2, requires_grad=True)
+    with pytest.raises(ValueError) as info:
+        getattr(optim, name)([x], **kw)
+    assert message in str(info.value)
+    try:
+        import torch
+    except ImportError:
+        return
+    with pytest.raises(ValueError) as torch_info:  # PyTorch says the same
+        getattr(torch.optim, name)([torch.ones(2, requires_grad=True)], **kw)
+    assert str(info.value) == str(torch_info.value)
+
+
+def test_differentiable_is_refused():
+    with pytest.raises(NotImplementedError, match="differentiable"):
+        optim.Adam([ddp.ones(2, requires_grad=True)], differentiable=True)
+
+
+# ---------------------------------------------------------------------- zero_grad
+
+def test_zero_grad_set_to_none_and_in_place():
+    a, b = make_params(ddp, np.float32)
+    opt = optim.SGD([a, b], lr=0.1)
+    a.grad, b.grad = ddp.ones_like(a), None
+    grad = a.grad
+    opt.zero_grad(set_to_none=False)
+    assert a.grad is grad and float(grad.abs().sum()) == 0.0 and b.grad is None
+    opt.zero_grad()
+    assert a.grad is None and b.grad is None
+
+
+def test_zero_grad_detaches_a_grad_with_history():
+    a, _ = make_params(ddp, np.float32)
+    a.grad = ddp.ones_like(a, requires_grad=True) * 2
+    optim.SGD([a], lr=0.1).zero_grad(set_to_none=False)
+    assert a.grad.grad_fn is None and not a.grad.requires_grad
+
+
+# ---------------------------------------------------------------------- state_dict
+
+ROUND_TRIP = [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+              ("Adam", dict(lr=0.1, amsgrad=True)),
+              ("AdamW", dict(lr=0.1)),
+              ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True)),
+              ("Adagrad", dict(lr=0.1, lr_decay=0.1)),
+              ("Adadelta", dict())]
+
+
+@pytest.mark.parametrize("name,kw", ROUND_TRIP, ids=[n for n, _ in ROUND_TRIP])
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+def test_state_dict_round_trip_continues_bit_identically(name, kw, copier):
+    params = make_params(ddp, np.float32)
+    straight = run(ddp, getattr(optim, name)(params, **kw), params, 2 * STEPS // 2)
+
+    params = make_params(ddp, np.float32)
+    opt = getattr(optim, name)(params, **kw)
+    run(ddp, opt, params, 5)
+    saved = (copy.deepcopy(opt.state_dict()) if copier == "deepcopy"
+             else pickle.loads(pickle.dumps(opt.state_dict())))
+    resumed_params = make_params(ddp, np.float32, values(params))
+    fresh = getattr(optim, name)(resumed_params, **kw)
+    fresh.load_state_dict(saved)
+    resumed = run(ddp, fresh, resumed_params, 5, start=5)
+    for got, want in zip(resumed, straight[5:]):
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_state_dict_layout():
+    params = make_params(ddp, np.float32)
+    opt = optim.Adam([{"params": [params[0]]}, {"params": [params[1]], "lr": 0.5}], lr=0.1)
+    run(ddp, opt, params, 3)
+    sd = opt.state_dict()
+    assert set(sd) == {"state", "param_groups"}
+    assert sorted(sd["state"]) == [0, 1]
+    assert sorted(sd["state"][0]) == ["exp_avg", "exp_avg_sq", "step"]
+    step = sd["state"][1]["step"]
+    assert isinstance(step, ddp.Tensor) and step.shape == () and step.dtype == ddp.float32
+    assert step.item() == 3.0
+    assert [g["params"] for g in sd["param_groups"]] == [[0], [1]]
+    assert sd["param_groups"][1]["lr"] == 0.5
+    assert sd["state"][0]["exp_avg"] is opt.state[params[0]]["exp_avg"]  # live, as in PyTorch
+
+
+def test_sgd_without_momentum_has_no_state_and_adagrad_has_state_at_once():
+    params = make_params(ddp, np.float32)
+    opt = optim.SGD(params, lr=0.1)
+    run(ddp, opt, params, 1)
+    assert opt.state_dict()["state"] == {}
+    sd = optim.Adagrad(params, initial_accumulator_value=0.25).state_dict()
+    assert sorted(sd["state"]) == [0, 1] and sd["state"][0]["step"].item() == 0.0
+    np.testing.assert_array_equal(sd["state"][1]["sum"].numpy(), np.full(5, 0.25, np.float32))
+
+
+def test_load_state_dict_checks_groups_and_sizes():
+    a, b = make_params(ddp, np.float32)
+    sd = optim.SGD([a, b], lr=0.1).state_dict()
+    with pytest.raises(ValueError, match="different number of parameter groups"):
+        optim.SGD([{"params": [a]}, {"params": [b]}], lr=0.1).load_state_dict(sd)
+    with pytest.raises(ValueError, match="doesn't match the size of optimizer's group"):
+        optim.SGD([a], lr=0.1).load_state_dict(sd)
+
+
+def test_load_state_dict_casts_state_to_the_parameter_dtype_but_keeps_step():
+    params = make_params(ddp, np.float32)
+    opt = optim.Adam(params, lr=0.1)
+    run(ddp, opt, params, 2)
+    sd = copy.deepcopy(opt.state_dict())
+    for s in sd["state"].values():
+        s["exp_avg"] = s["exp_avg"].double()
+        s["step"] = s["step"].double()
+    sd["param_groups"][0]["lr"] = 0.25
+    fresh = optim.Adam(params, lr=0.1)
+    fresh.load_state_dict(sd)
+    state = fresh.state[params[0]]
+    assert state["exp_avg"].dtype == ddp.float32 and state["step"].dtype == ddp.float64
+    assert fresh.param_groups[0]["lr"] == 0.25 and fresh.param_groups[0]["params"] == params
+
+
+def test_load_plain_number_step_from_old_checkpoints():
+    params = make_params(ddp, np.float32)
+    opt = optim.Adam(params, lr=0.1)
+    run(ddp, opt, params, 2)
+    sd = copy.deepcopy(opt.state_dict())
+    for s in sd["state"].values():
+        s["step"] = 2
+    fresh = optim.Adam(params, lr=0.1)
+    fresh.load_state_dict(sd)
+    assert isinstance(fresh.state[params[0]]["step"], ddp.Tensor)
+    run(ddp, fresh, params, 1, start=2)
+    assert fresh.state[params[0]]["step"].item() == 3.0
+
+
+def _torch_to_ddp(obj):
+    import torch
+    if isinstance(obj, torch.Tensor):
+        return ddp.tensor(obj.detach().numpy().copy())
+    if isinstance(obj, dict):
+        return {k: _torch_to_ddp(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_torch_to_ddp(v) for v in obj]
+    return obj
+
+
+@pytest.mark.parametrize("name,kw", ROUND_TRIP, ids=[n for n, _ in ROUND_TRIP])
+def test_torch_state_dict_loads_and_keys_match(name, kw):
+    torch = pytest.importorskip("torch")
+    tparams = make_params(torch, np.float32)
+    topt = getattr(torch.optim, name)(tparams, **kw)
+    run(torch, topt, tparams, 5)
+    tsd = topt.state_dict()
+
+    params = make_params(ddp, np.float32, values(tparams))
+    opt = getattr(optim, name)(params, **kw)
+    opt.load_state_dict(_torch_to_ddp(tsd))
+    sd = opt.state_dict()
+    assert [sorted(g) for g in sd["param_groups"]] == [sorted(g) for g in tsd["param_groups"]]
+    assert {k: sorted(v) for k, v in sd["state"].items()} == \
+           {k: sorted(v) for k, v in tsd["state"].items()}
+    assert all(sd["param_groups"][0][k] == v for k, v in tsd["param_groups"][0].items())
+    if "step" in sd["state"][0]:
+        assert sd["state"][0]["step"].dtype == ddp.float32 and sd["state"][0]["step"].item() == 5
+
+    ours = run(ddp, opt, params, 5, start=5)
+    theirs = run(torch, topt, tparams, 5, start=5)
+    for got, want in zip(ours, theirs):
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+
+
+def test_fresh_state_dict_keys_match_torch():
+    torch = pytest.importorskip("torch")
+    for name, kw in ROUND_TRIP:
+        ours = getattr(optim, name)(make_params(ddp, np.float32), **kw)
+        theirs = getattr(torch.optim, name)(make_params(torch, np.float32), **kw)
+        assert list(ours.state_dict()["param_groups"][0]) == \
+            list(theirs.state_dict()["param_groups"][0]), name
+        assert repr(ours) == repr(theirs), name
+
+
+# ---------------------------------------------------------------------- hooks and closures
+
+def test_step_hooks_run_in_order_and_remove():
+    a, _ = make_params(ddp, np.float32)
+    opt = optim.SGD([a], lr=0.1)
+    calls = []
+    pre = opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", o, args)))
+    post = opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", o, args)))
+    opt.step()
+    assert calls == [("pre", opt, ()), ("post", opt, ())]
+    pre.remove()
+    post.remove()
+    opt.step()
+    assert len(calls) == 2
+
+
+def test_pre_hook_can_replace_the_arguments():
+    a, _ = make_params(ddp, np.float32)
+    opt = optim.SGD([a], lr=0.1)
+    opt.register_step_pre_hook(lambda o, args, kwargs: ((), {"closure": lambda: 42}))
+    assert opt.step() == 42
+    opt.register_step_pre_hook(lambda o, args, kwargs: "bad")
+    with pytest.raises(RuntimeError, match="must return None or a tuple"):
+        opt.step()
+
+
+def test_global_step_hooks():
+    from ddp.optim.optimizer import (register_optimizer_step_post_hook,
+                                     register_optimizer_step_pre_hook)
+    a, _ = make_params(ddp, np.float32)
+    opt = optim.Adam([a])
+    calls = []
+    handles = [register_optimizer_step_pre_hook(lambda o, args, kw: calls.append("pre")),
+               register_optimizer_step_post_hook(lambda o, args, kw: calls.append("post"))]
+    try:
+        opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+    opt.step()
+    assert calls == ["pre", "post"]
+
+
+def test_custom_optimizer_step_gets_hooks_once():
+    class Halve(optim.SGD):
+        def step(self, closure=None):
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().step(closure)
+
+    a, _ = make_params(ddp, np.float32)
+    opt = Halve([a], lr=0.1)
+    seen = []
+    opt.register_step_pre_hook(lambda o, args, kw: seen.append(1))
+    opt.step()
+    assert seen == [1] and opt.calls == 1
+
+
+def test_closure_runs_with_grad_enabled_and_returns_the_loss():
+    w = ddp.nn.Parameter(ddp.tensor([3.0]))
+    opt = optim.SGD([w], lr=0.1)
+    enabled = []
+
+    def closure():
+        enabled.append(ddp.is_grad_enabled())
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()
+        return loss
+
+    with ddp.no_grad():
+        loss = opt.step(closure)
+    assert enabled == [True] and loss.item() == 9.0
+    assert w.item() == pytest.approx(3.0 - 0.1 * 6.0)
+
+
+def test_training_a_linear_model_reduces_the_loss():
+    ddp.manual_seed(0)
+    model = ddp.nn.Linear(3, 1)
+    x = ddp.randn(64, 3)
+    y = x @ ddp.tensor([[1.0], [-2.0], [0.5]]) + 0.3
+    opt = optim.AdamW(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(100):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 1e-2 * losses[0]
+
+
+def test_repr():
+    a, _ = make_params(ddp, np.float32)
+    text = repr(optim.SGD([a], lr=0.1, momentum=0.9))
+    assert text.startswith("SGD (\nParameter Group 0\n    dampening: 0\n")
+    assert "    momentum: 0.9\n" in text and text.endswith("weight_decay: 0\n)")
