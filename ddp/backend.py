@@ -163,10 +163,31 @@ def is_cuda_array(array) -> bool:
 def index_add_at(out, index, values):
     """``out[index] += values`` where repeated positions add up (NumPy's ``add.at``)."""
     if isinstance(out, np.ndarray):
-        np.add.at(out, index, values)
+        if _is_row_index(out, index, values):
+            _add_rows(out, index, values)
+        else:
+            np.add.at(out, index, values)
     else:
         import cupyx
         cupyx.scatter_add(out, index, values)
+
+
+def _is_row_index(out, index, values):
+    """An integer array selecting whole rows of ``out``, with one row of values per entry."""
+    return (isinstance(index, np.ndarray) and index.dtype.kind in "iu" and index.size > 32
+            and getattr(values, "shape", ())[:index.ndim] == index.shape
+            and values.ndim == index.ndim + out.ndim - 1)
+
+
+def _add_rows(out, index, values):
+    """Scatter-add rows by sorting the indices and summing each run with ``add.reduceat``:
+    several times faster than ``np.add.at`` for embedding-style gradients."""
+    idx = index.reshape(-1) % out.shape[0]  # -1 and n-1 are the same row
+    rows = values.reshape((idx.size,) + out.shape[1:])
+    order = np.argsort(idx, kind="stable")
+    idx = idx[order]
+    starts = np.flatnonzero(np.concatenate(([True], idx[1:] != idx[:-1])))
+    out[idx[starts]] += np.add.reduceat(rows[order], starts, axis=0)
 
 
 # --------------------------------------------------------------------------- dtypes

@@ -305,6 +305,8 @@ class Matmul(Op):
         a, b = ctx.saved_tensors
         xp = ctx.xp
         need_a, need_b = ctx.needs_input_grad
+        if xp is np and not g.flags.c_contiguous:
+            g = np.ascontiguousarray(g)  # a broadcast gradient (from sum) sends NumPy off BLAS
         a2 = a.reshape((1,) + a.shape) if a.ndim == 1 else a
         b2 = b.reshape(b.shape + (1,)) if b.ndim == 1 else b
         g2 = g

@@ -243,3 +243,15 @@ def test_generator_state_and_inplace_samplers():
     ddp.manual_seed(1)
     n1 = ddp.zeros(1000).normal_(2.0, 0.5)
     assert abs(float(n1.mean()) - 2.0) < 0.1 and abs(float(n1.std()) - 0.5) < 0.1
+
+
+@pytest.mark.parametrize("index_shape", [(40,), (8, 9)])
+def test_index_add_at_rows_matches_numpy_add_at(index_shape):
+    rng = np.random.default_rng(0)
+    index = rng.integers(-10, 10, index_shape)           # repeats, and -1 aliasing row 19
+    values = rng.standard_normal(index_shape + (3, 2))
+    expected = np.zeros((20, 3, 2))
+    np.add.at(expected, index, values)
+    out = np.zeros((20, 3, 2))
+    backend.index_add_at(out, index, values)
+    np.testing.assert_allclose(out, expected, atol=1e-12)
