@@ -10,9 +10,8 @@ Example:
 from __future__ import annotations
 
 from .. import backend
-from ..tensor import Tensor
-from .optimizer import (Optimizer, advance_step, check_not_differentiable, grad_for_update,
-                        step_counter, zeros_state)
+from .optimizer import (Optimizer, advance_step, check_lr, check_not_differentiable,
+                        grad_for_update, step_counter, zeros_state)
 
 __all__ = ["Adadelta", "adadelta_update"]
 
@@ -78,10 +77,7 @@ class Adadelta(Optimizer):
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *,
                  capturable=False, maximize=False, differentiable=False):
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_lr(lr)
         if not 0.0 <= rho <= 1.0:
             raise ValueError(f"Invalid rho value: {rho}")
         if not 0.0 <= eps:

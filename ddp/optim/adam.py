@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from .. import backend
 from ..tensor import Tensor
-from .optimizer import (Optimizer, advance_step, check_not_differentiable, grad_for_update, lerp_,
-                        step_counter, zeros_state)
+from .optimizer import (Optimizer, advance_step, check_lr, check_not_differentiable,
+                        grad_for_update, lerp_, step_counter, zeros_state)
 
 __all__ = ["Adam", "AdamW", "adam_update"]
 
@@ -36,7 +36,7 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, *, lr, b
         >>> p, z = np.ones(1, np.float32), np.zeros(1, np.float32)
         >>> adam_update(p, np.ones(1, np.float32), z, z.copy(), None, 1, lr=0.1, beta1=0.9,
         ...             beta2=0.999, eps=1e-8, weight_decay=0, amsgrad=False, maximize=False,
-        ...             decoupled_weight_decay=False); p
+        ...             decoupled_weight_decay=False); p.round(6)
         array([0.9], dtype=float32)
     """
     xp = backend.get_array_module(param)
@@ -93,10 +93,7 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False):
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_lr(lr)
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
         if not 0.0 <= betas[0] < 1.0:
@@ -105,7 +102,8 @@ class Adam(Optimizer):
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not (all(isinstance(b, float) for b in betas) or all(isinstance(b, Tensor) for b in betas)):
+        if not (all(isinstance(b, float) for b in betas)
+                or all(isinstance(b, Tensor) for b in betas)):
             raise ValueError("betas must be either both floats or both Tensors")
         check_not_differentiable(differentiable)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,

@@ -40,7 +40,8 @@ EPOCH_DEPRECATION_WARNING = (
 
 def _group_values(optimizer, key):
     """``[group[key] for group in optimizer.param_groups]`` (tensor values copied)."""
-    return [g[key].clone() if isinstance(g[key], Tensor) else g[key] for g in optimizer.param_groups]
+    return [g[key].clone() if isinstance(g[key], Tensor) else g[key]
+            for g in optimizer.param_groups]
 
 
 def _set_group_value(group, key, value):
@@ -209,7 +210,8 @@ class LambdaLR(_LambdaStateMixin, LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
-        return [base_lr * fn(self.last_epoch) for fn, base_lr in zip(self.lr_lambdas, self.base_lrs)]
+        return [base_lr * fn(self.last_epoch)
+                for fn, base_lr in zip(self.lr_lambdas, self.base_lrs)]
 
 
 class MultiplicativeLR(_LambdaStateMixin, LRScheduler):
@@ -514,8 +516,8 @@ class OneCycleLR(LRScheduler):
     Example:
         >>> opt = ddp.optim.SGD([ddp.nn.Parameter(ddp.ones(1))], lr=0.1, momentum=0.9)
         >>> s = ddp.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10)
-        >>> s.get_last_lr(), opt.param_groups[0]["momentum"]
-        ([0.04], 0.95)
+        >>> round(s.get_last_lr()[0], 6), opt.param_groups[0]["momentum"]
+        (0.04, 0.95)
     """
 
     def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None,
@@ -626,9 +628,9 @@ def _check_schedulers(owner, optimizer, schedulers):
         if not hasattr(s, "optimizer"):
             raise TypeError(f"{name} at index {i} should have `optimizer` as its attribute.")
         if isinstance(s, ReduceLROnPlateau):
-            raise ValueError(f"{name} does not support `ReduceLROnPlateau` scheduler as it requires "
-                             "additional kwargs to be specified when calling `step`, but got one "
-                             f"at index {i} in the given schedulers sequence.")
+            raise ValueError(f"{name} does not support `ReduceLROnPlateau` scheduler as it "
+                             "requires additional kwargs to be specified when calling `step`, but "
+                             f"got one at index {i} in the given schedulers sequence.")
         if optimizer != s.optimizer:
             raise ValueError(f"{name} expects all schedulers to belong to the same optimizer, but "
                              f"got scheduler {type(s).__name__} at index {i} has {s.optimizer}, "
@@ -673,8 +675,8 @@ class SequentialLR(_ContainerStateMixin, LRScheduler):
                              "scheduler.")
         _check_schedulers(self, optimizer, schedulers)
         if len(milestones) != len(schedulers) - 1:
-            raise ValueError("Sequential Schedulers expects number of schedulers provided to be one "
-                             "more than the number of milestone points, but got number of "
+            raise ValueError("Sequential Schedulers expects number of schedulers provided to be "
+                             "one more than the number of milestone points, but got number of "
                              f"schedulers {len(schedulers)} and the number of milestones to be "
                              f"equal to {len(milestones)}")
         self._schedulers = schedulers

@@ -78,22 +78,27 @@ def _with_step_hooks(step):
     Every ``step`` defined by an Optimizer subclass is wrapped (see ``__init_subclass__``), so user
     optimizers that override ``step`` get the hooks as in PyTorch. A ``step`` that calls
     ``super().step()`` runs the hooks once: the inner call sees the flag and skips them.
+    As in PyTorch, the hooks see ``args`` with the optimizer first (``(optimizer,)`` for a plain
+    ``step()``), and a pre hook that returns ``(args, kwargs)`` must keep it there.
     """
     @functools.wraps(step)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(*args, **kwargs):
+        self = args[0]
         if self.__dict__.get("_in_step"):
-            return step(self, *args, **kwargs)
+            return step(*args, **kwargs)
         self._in_step = True
         try:
-            for hook in chain(_global_step_pre_hooks.values(), self._optimizer_step_pre_hooks.values()):
+            for hook in chain(_global_step_pre_hooks.values(),
+                              self._optimizer_step_pre_hooks.values()):
                 result = hook(self, args, kwargs)
                 if result is not None:
                     if not (isinstance(result, tuple) and len(result) == 2):
                         raise RuntimeError(f"{step} must return None or a tuple of (new_args, "
                                            f"new_kwargs), but got {result}.")
                     args, kwargs = result
-            out = step(self, *args, **kwargs)
-            for hook in chain(self._optimizer_step_post_hooks.values(), _global_step_post_hooks.values()):
+            out = step(*args, **kwargs)
+            for hook in chain(self._optimizer_step_post_hooks.values(),
+                              _global_step_post_hooks.values()):
                 hook(self, args, kwargs)
             return out
         finally:
@@ -157,7 +162,7 @@ class Optimizer:
 
     def __init__(self, params, defaults):
         self.defaults = defaults
-        self._init_hooks()
+        self._init_transient()
         if isinstance(params, Tensor):
             raise TypeError("params argument given to the optimizer should be an iterable of "
                             "Tensors or dicts, but got " + _tensor_typename(params))
@@ -171,7 +176,8 @@ class Optimizer:
         for param_group in param_groups:
             self.add_param_group(param_group)
 
-    def _init_hooks(self):
+    def _init_transient(self):
+        """Hooks and scratch buffers: per instance, not part of the pickled state (as PyTorch)."""
         self._optimizer_step_pre_hooks = OrderedDict()
         self._optimizer_step_post_hooks = OrderedDict()
         self._workspace = {}  # scratch arrays per (device, dtype): see _scratch
@@ -182,7 +188,7 @@ class Optimizer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._init_hooks()
+        self._init_transient()
         self.defaults.setdefault("differentiable", False)
 
     def __repr__(self):
@@ -451,6 +457,14 @@ def _cast_state(param, value, key=None):
 
 # ---------------------------------------------------------------------- shared update pieces
 
+def check_lr(lr):
+    """PyTorch's checks of a learning rate: non-negative; a tensor ``lr`` has one element."""
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+
+
 def check_not_differentiable(differentiable):
     """Refuse ``differentiable=True``: ddp optimizers update the arrays in place, outside
     autograd, so the update cannot be differentiated through."""
@@ -484,7 +498,8 @@ def lerp_(start, end, weight, tmp):
     when ``weight >= 0.5``, for accuracy). ``tmp`` is a scratch array shaped like ``start``.
 
     Example:
-        >>> a = np.zeros(2, np.float32); lerp_(a, np.ones(2, np.float32), 0.25, np.empty(2, np.float32)); a
+        >>> a, b = np.zeros(2, np.float32), np.ones(2, np.float32)
+        >>> lerp_(a, b, 0.25, np.empty(2, np.float32)); a
         array([0.25, 0.25], dtype=float32)
     """
     xp = backend.get_array_module(start)

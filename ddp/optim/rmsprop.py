@@ -10,9 +10,8 @@ Example:
 from __future__ import annotations
 
 from .. import backend
-from ..tensor import Tensor
-from .optimizer import (Optimizer, advance_step, check_not_differentiable, grad_for_update, lerp_,
-                        step_counter, zeros_state)
+from .optimizer import (Optimizer, advance_step, check_lr, check_not_differentiable,
+                        grad_for_update, lerp_, step_counter, zeros_state)
 
 __all__ = ["RMSprop", "rmsprop_update"]
 
@@ -90,10 +89,7 @@ class RMSprop(Optimizer):
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
                  differentiable=False):
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_lr(lr)
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
         if not 0.0 <= momentum:

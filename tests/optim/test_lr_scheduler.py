@@ -122,7 +122,8 @@ def test_closed_forms():
         "StepLR": lambda b, e: b * 0.5 ** (e // 3),
         "MultiStepLR": lambda b, e: b * 0.3 ** bisect_right([2, 5, 5, 9], e),
         "ExponentialLR": lambda b, e: b * 0.9 ** e,
-        "CosineAnnealingLR": lambda b, e: 0.001 + (b - 0.001) * (1 + math.cos(math.pi * e / 10)) / 2,
+        "CosineAnnealingLR": lambda b, e: 0.001 + (b - 0.001) * (1 + math.cos(math.pi * e / 10))
+        / 2,
         "CosineAnnealingLR-T7": lambda b, e: b * (1 + math.cos(math.pi * e / 7)) / 2,
         "LinearLR": lambda b, e: b * (0.25 + 0.75 * min(e, 8) / 8),
         "LinearLR-decay": lambda b, e: b * (1.0 - 0.9 * min(e, 10) / 10),
@@ -135,8 +136,8 @@ def test_closed_forms():
         want = [[formula(b, e) for b in LRS] for e in epochs]
         for e, (g, w) in enumerate(zip(got, want)):
             assert g == approx(w), f"{name} epoch {e}"
-    per_group = lrs_of("LambdaLR-per-group")
-    assert per_group == approx([[0.1 * 0.9 ** e, 0.05 / (e + 1)] for e in epochs])
+    for e, lrs in enumerate(lrs_of("LambdaLR-per-group")):
+        assert lrs == approx([0.1 * 0.9 ** e, 0.05 / (e + 1)])
 
 
 def test_initial_step_at_construction():

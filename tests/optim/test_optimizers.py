@@ -9,7 +9,6 @@ layout, loading PyTorch's state), step hooks, closures and printing.
 """
 import copy
 import pickle
-import warnings
 
 import numpy as np
 import pytest
@@ -305,7 +304,8 @@ INVALID = [
     ("SGD", dict(lr=-1), "Invalid learning rate: -1"),
     ("SGD", dict(lr=0.1, momentum=-0.5), "Invalid momentum value: -0.5"),
     ("SGD", dict(lr=0.1, weight_decay=-1e-4), "Invalid weight_decay value: -0.0001"),
-    ("SGD", dict(lr=0.1, nesterov=True), "Nesterov momentum requires a momentum and zero dampening"),
+    ("SGD", dict(lr=0.1, nesterov=True),
+     "Nesterov momentum requires a momentum and zero dampening"),
     ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), "Nesterov momentum requires"),
     ("Adam", dict(lr=-0.1), "Invalid learning rate: -0.1"),
     ("Adam", dict(eps=-1e-8), "Invalid epsilon value: -1e-08"),
@@ -506,6 +506,27 @@ def test_fresh_state_dict_keys_match_torch():
         assert repr(ours) == repr(theirs), name
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,kw", ROUND_TRIP, ids=[n for n, _ in ROUND_TRIP])
+def test_cuda_parameters_match_cpu(name, kw):
+    cpu = make_params(ddp, np.float32)
+    gpu = [ddp.nn.Parameter(p.detach().to("cuda")) for p in cpu]
+    opt_cpu, opt_gpu = getattr(optim, name)(cpu, **kw), getattr(optim, name)(gpu, **kw)
+    for t in range(STEPS):
+        for i, (pc, pg) in enumerate(zip(cpu, gpu)):
+            g = gradient(i, t, pc.detach().numpy())
+            pc.grad, pg.grad = ddp.tensor(g), ddp.tensor(g, device="cuda")
+        opt_cpu.step()
+        opt_gpu.step()
+    for pc, pg in zip(cpu, gpu):
+        assert pg.device.type == "cuda"
+        np.testing.assert_allclose(pg.detach().cpu().numpy(), pc.detach().numpy(), rtol=2e-5,
+                                   atol=2e-6)
+    state = opt_gpu.state[gpu[0]]
+    for key, value in state.items():  # step counters stay on the CPU, as in PyTorch
+        assert value.device.type == ("cpu" if key == "step" else "cuda"), key
+
+
 # ---------------------------------------------------------------------- hooks and closures
 
 def test_step_hooks_run_in_order_and_remove():
@@ -515,7 +536,7 @@ def test_step_hooks_run_in_order_and_remove():
     pre = opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", o, args)))
     post = opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", o, args)))
     opt.step()
-    assert calls == [("pre", opt, ()), ("post", opt, ())]
+    assert calls == [("pre", opt, (opt,)), ("post", opt, (opt,))]  # args hold self, as in PyTorch
     pre.remove()
     post.remove()
     opt.step()
@@ -525,7 +546,7 @@ def test_step_hooks_run_in_order_and_remove():
 def test_pre_hook_can_replace_the_arguments():
     a, _ = make_params(ddp, np.float32)
     opt = optim.SGD([a], lr=0.1)
-    opt.register_step_pre_hook(lambda o, args, kwargs: ((), {"closure": lambda: 42}))
+    opt.register_step_pre_hook(lambda o, args, kwargs: (args, {"closure": lambda: 42}))
     assert opt.step() == 42
     opt.register_step_pre_hook(lambda o, args, kwargs: "bad")
     with pytest.raises(RuntimeError, match="must return None or a tuple"):

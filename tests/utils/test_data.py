@@ -166,7 +166,7 @@ def test_random_sampler_options():
     perm = list(RandomSampler(Range(10), generator=g))
     assert sorted(perm) == list(range(10)) and perm != list(range(10))
     many = list(RandomSampler(Range(4), num_samples=10, generator=g))
-    assert len(many) == 10 and sorted(many[:4]) == [0, 1, 2, 3] and sorted(many[4:8]) == [0, 1, 2, 3]
+    assert len(many) == 10 and sorted(many[:4]) == sorted(many[4:8]) == [0, 1, 2, 3]
     rep = list(RandomSampler(Range(3), replacement=True, num_samples=50, generator=g))
     assert len(rep) == 50 and set(rep) <= {0, 1, 2} and len(set(rep)) == 3
     assert len(RandomSampler(Range(3), replacement=True, num_samples=7)) == 7
@@ -201,7 +201,7 @@ def test_batch_sampler():
         BatchSampler(range(3), 0, False)
 
 
-# --------------------------------------------------------------------------- DataLoader, one process
+# ------------------------------------------------------------------ DataLoader, one process
 
 def test_sequential_order_and_len():
     loader = DataLoader(Range(10), batch_size=4)
@@ -265,7 +265,8 @@ def test_batch_sampler_and_option_conflicts():
     with pytest.raises(ValueError, match="should not be set after"):
         loader.batch_size = 2
     # A custom sampler sets the order.
-    assert batches(DataLoader(Range(5), batch_size=2, sampler=[4, 3, 2, 1, 0])) == [[4, 3], [2, 1], [0]]
+    out = batches(DataLoader(Range(5), batch_size=2, sampler=[4, 3, 2, 1, 0]))
+    assert out == [[4, 3], [2, 1], [0]]
 
 
 def test_custom_collate_fn():
@@ -319,13 +320,35 @@ def test_iterable_dataset_single_process_and_len():
     assert batches(loader) == [[0, 1, 2], [3, 4, 5], [6]]
     assert len(loader) == 3
     assert len(DataLoader(ShardedStream(7), batch_size=3, drop_last=True)) == 2
-    assert batches(DataLoader(ShardedStream(7), batch_size=3, drop_last=True)) == [[0, 1, 2], [3, 4, 5]]
+    out = batches(DataLoader(ShardedStream(7), batch_size=3, drop_last=True))
+    assert out == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_pin_memory_is_accepted_on_cpu():
     loader = DataLoader(TensorDataset(ddp.arange(6).float()), batch_size=4, pin_memory=True)
     out = [x.tolist() for (x,) in loader]
     assert out == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0]]
+
+
+def test_pin_memory_path_with_a_stand_in_for_cupy(monkeypatch):
+    """The GPU path, without a GPU: a fake ``cupyx.empty_pinned`` records the pinned copies."""
+    import sys
+    import types
+    pinned = []
+
+    def empty_pinned(shape, dtype):
+        buf = np.empty(shape, dtype)
+        pinned.append(buf)
+        return buf
+    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(empty_pinned=empty_pinned))
+    monkeypatch.setattr(ddp.backend, "cuda_is_available", lambda: True)
+    ds = [{"x": np.full(2, i, np.float32), "y": i, "name": "n"} for i in range(4)]
+    for workers in (0, 1):
+        pinned.clear()
+        out = list(DataLoader(ds, batch_size=2, pin_memory=True, num_workers=workers))
+        assert [b["x"].tolist() for b in out] == [[[0, 0], [1, 1]], [[2, 2], [3, 3]]]
+        assert out[1]["y"].tolist() == [2, 3] and out[0]["name"] == ["n", "n"]
+        assert len(pinned) == 4 and out[0]["x"]._data is pinned[0]
 
 
 # --------------------------------------------------------------------------- worker processes
@@ -496,3 +519,59 @@ def test_collate_and_lengths_match_pytorch():
             return iter(range(info.id, 11, info.num_workers))
     assert batches(DataLoader(ShardedStream(11), batch_size=2, num_workers=2)) == \
         [b.tolist() for b in TDataLoader(TorchStream(), batch_size=2, num_workers=2)]
+
+
+# --------------------------------------------------------------------------- MPI
+
+class EnvProbe(Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return os.environ.get("MPI4PY_RC_INITIALIZE", "unset")
+
+
+def test_spawned_workers_are_told_not_to_initialise_mpi():
+    before = os.environ.get("MPI4PY_RC_INITIALIZE")
+    loader = DataLoader(EnvProbe(), batch_size=2, num_workers=1, multiprocessing_context="spawn")
+    assert next(iter(loader)) == ["false", "false"]
+    assert os.environ.get("MPI4PY_RC_INITIALIZE") == before
+
+
+_MPI_SCRIPT = """
+import sys
+from mpi4py import MPI          # top level: re-imported by spawn/forkserver children
+import ddp
+from ddp.utils.data import DataLoader
+
+def main():
+    comm = MPI.COMM_WORLD
+    loader = DataLoader(list(range(20)), batch_size=4, shuffle=True, num_workers=2,
+                        multiprocessing_context=sys.argv[1])
+    total = comm.allreduce(sum(int(b.sum()) for b in loader))
+    print("total", total, flush=True)
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("context", ["fork", "forkserver"])
+def test_workers_inside_an_mpi_job(tmp_path, context):
+    import shutil
+    import subprocess
+    import sys
+    pytest.importorskip("mpi4py")
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("mpiexec not found")
+    if any(v in os.environ for v in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
+        pytest.skip("already inside an MPI job: no nested mpiexec")
+    script = tmp_path / "mpi_loader.py"
+    script.write_text(_MPI_SCRIPT)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([mpiexec, "-n", "2", sys.executable, str(script), context], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.split().count("380") == 2

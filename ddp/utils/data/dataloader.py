@@ -16,17 +16,20 @@ Same API and semantics as ``torch.utils.data.DataLoader``. How it works:
   and a message holding the worker's traceback.
 
 Randomness: each iterator draws a ``base_seed`` from the loader's ``generator`` (else from
-``ddp.default_generator``); worker ``i`` seeds ``ddp``, ``random`` and ``numpy.random`` from
-``base_seed + i``. So ``ddp.manual_seed`` (or a seeded ``generator``) makes shuffles and worker
-randomness reproducible, and ``num_workers`` does not change which batches come out.
+``ddp.default_generator``); worker ``i`` seeds ``ddp`` and ``random`` with ``base_seed + i`` and
+``numpy.random`` with a hash of it (NumPy's legacy seeding takes 32-bit words). So
+``ddp.manual_seed`` (or a seeded ``generator``) makes shuffles and worker randomness
+reproducible, and ``num_workers`` does not change which batches come out.
 
 Processes and MPI: workers are started with ``multiprocessing_context`` ('fork' by default on
 Linux, as in PyTorch; 'spawn' or 'forkserver' or a context object otherwise). Workers must never
 touch MPI (or the GPU): a forked child shares the parent's MPI and CUDA state, and some MPI
-stacks break when a process forks after ``MPI_Init``. If yours does, use
-``multiprocessing_context='forkserver'`` (or 'spawn'; then the dataset, ``collate_fn`` and
-``worker_init_fn`` must be picklable, i.e. defined at module level, and the script needs an
-``if __name__ == "__main__":`` guard).
+stacks break when a process forks after ``MPI_Init`` (the bundled MPICH does not). If yours does,
+use ``multiprocessing_context='forkserver'`` or 'spawn'. Those children re-import the main
+script, so: the dataset, ``collate_fn`` and ``worker_init_fn`` must be picklable (defined at
+module level), the script needs an ``if __name__ == "__main__":`` guard, and MPI calls belong
+inside it. The DataLoader starts such children with ``MPI4PY_RC_INITIALIZE=false``, so a
+top-level ``from mpi4py import MPI`` does not initialise MPI in them.
 
 Distributed training: pass a ``DistributedSampler`` as ``sampler`` and call
 ``sampler.set_epoch(epoch)`` at the start of every epoch; the DataLoader does not call it.
@@ -35,7 +38,8 @@ Example:
     >>> import ddp
     >>> from ddp.utils.data import DataLoader, TensorDataset
     >>> ds = TensorDataset(ddp.arange(10).float(), ddp.arange(10))
-    >>> loader = DataLoader(ds, batch_size=4, shuffle=True, generator=ddp.Generator().manual_seed(0))
+    >>> g = ddp.Generator().manual_seed(0)
+    >>> loader = DataLoader(ds, batch_size=4, shuffle=True, generator=g)
     >>> [y.shape[0] for x, y in loader]
     [4, 4, 2]
 """
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import atexit
 import collections.abc
+import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.context
@@ -339,6 +344,26 @@ class _InfiniteConstantSampler(Sampler):
             yield None
 
 
+@contextlib.contextmanager
+def _children_skip_mpi_init(ctx):
+    """While starting 'spawn' / 'forkserver' workers, tell mpi4py (``MPI4PY_RC_INITIALIZE``) not
+    to initialise MPI in them: such a child re-imports the main module, and a top-level
+    ``from mpi4py import MPI`` there would otherwise call ``MPI_Init`` with the launcher's
+    environment and abort. A forked child inherits the parent's (unused) MPI state instead."""
+    if ctx.get_start_method() == "fork":
+        yield
+        return
+    saved = os.environ.get("MPI4PY_RC_INITIALIZE")
+    os.environ["MPI4PY_RC_INITIALIZE"] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MPI4PY_RC_INITIALIZE", None)
+        else:
+            os.environ["MPI4PY_RC_INITIALIZE"] = saved
+
+
 def _default_context():
     """'fork' on Linux (PyTorch's default there), the platform's default elsewhere."""
     if sys.platform.startswith("linux"):
@@ -607,25 +632,30 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
         self._workers = []
         self._shutdown = False
         try:
-            for i in range(self._num_workers):
-                index_queue = ctx.Queue()
-                index_queue.cancel_join_thread()  # never block exit on a dead worker's queue
-                w = ctx.Process(
-                    target=_worker_loop,
-                    args=(self._dataset_kind, self._dataset, index_queue,
-                          self._worker_result_queue, self._workers_done_event,
-                          self._auto_collation, self._collate_fn, self._drop_last,
-                          self._base_seed, loader.worker_init_fn, i, self._num_workers),
-                    daemon=True)
-                w.start()
-                self._index_queues.append(index_queue)
-                self._workers.append(w)
+            with _children_skip_mpi_init(ctx):
+                self._start_workers(ctx, loader)
             self._data_queue = self._worker_result_queue
             self._reset(loader, first_iter=True)
         except BaseException:
             self._workers_status = [True] * len(self._workers)
             self._shutdown_workers()
             raise
+
+    def _start_workers(self, ctx, loader):
+        """Start one process (with its own index queue) per worker."""
+        for i in range(self._num_workers):
+            index_queue = ctx.Queue()
+            index_queue.cancel_join_thread()  # never block exit on a dead worker's queue
+            w = ctx.Process(
+                target=_worker_loop,
+                args=(self._dataset_kind, self._dataset, index_queue,
+                      self._worker_result_queue, self._workers_done_event,
+                      self._auto_collation, self._collate_fn, self._drop_last,
+                      self._base_seed, loader.worker_init_fn, i, self._num_workers),
+                daemon=True)
+            w.start()
+            self._index_queues.append(index_queue)
+            self._workers.append(w)
 
     def _reset(self, loader, first_iter=False):
         super()._reset(loader, first_iter)

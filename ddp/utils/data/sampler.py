@@ -89,7 +89,8 @@ class RandomSampler(Sampler):
         self._num_samples = num_samples
         self.generator = generator
         if not isinstance(replacement, bool):
-            raise TypeError(f"replacement should be a boolean value, but got replacement={replacement}")
+            raise TypeError("replacement should be a boolean value, but got "
+                            f"replacement={replacement}")
         if not isinstance(self.num_samples, int) or isinstance(self.num_samples, bool) \
                 or self.num_samples <= 0:
             raise ValueError("num_samples should be a positive integer value, but got "
