@@ -1,7 +1,7 @@
 """Regression on scikit-learn's bundled diabetes data: an MLP with AdamW and MSE, reporting
 test RMSE and R² (coefficient of determination).
 
-    python examples/regression_diabetes.py [--epochs 200]
+    python examples/regression_diabetes.py [--epochs 60]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from common import bundled, loader, predict, train_epoch
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -31,7 +31,7 @@ def main(argv=None):
     data = loader(x_train, scale(y_train), batch_size=32, seed=args.seed)
     for epoch in range(1, args.epochs + 1):
         loss = train_epoch(model, data, nn.MSELoss(), optimizer)
-        if epoch % 50 == 0 or epoch == args.epochs:
+        if epoch % 20 == 0 or epoch == args.epochs:
             pred = predict(model, x_test).numpy().ravel() * y_std + y_mean
             rmse = float(np.sqrt(np.mean((pred - y_test) ** 2)))
             r2 = 1 - np.sum((pred - y_test) ** 2) / np.sum((y_test - y_test.mean()) ** 2)

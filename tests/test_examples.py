@@ -1,0 +1,60 @@
+"""The examples run end to end (as smoke tests with their real data) and reach their targets."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import ddp
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
+sys.path.insert(0, os.path.abspath(EXAMPLES))
+pytest.importorskip("sklearn")  # the bundled data sets come with scikit-learn
+
+
+def test_spiral_core_learns():
+    import spiral_core
+    assert spiral_core.main(["--steps", "200"]) > 0.9
+
+
+def test_digits_mlp_reaches_97_percent():
+    import digits_mlp
+    assert digits_mlp.main([]) >= 0.97
+
+
+def test_digits_cnn_reaches_97_percent():
+    import digits_cnn
+    assert digits_cnn.main(["--epochs", "12"]) >= 0.97
+
+
+def test_sequence_lstm_learns():
+    import sequence_lstm
+    assert sequence_lstm.main(["--epochs", "12"]) >= 0.9
+
+
+def test_regression_explains_variance():
+    import regression_diabetes
+    assert regression_diabetes.main(["--epochs", "40"]) > 0.3
+
+
+def test_imbalanced_weighting_helps_the_rare_class():
+    import imbalanced
+    f1 = imbalanced.main(["--epochs", "30"])
+    assert min(f1.values()) > 0.7
+    assert max(f1["pos_weight"], f1["sampler"]) >= f1["plain"] - 0.02
+
+
+def test_checkpoint_resume_is_bit_identical(tmp_path):
+    import early_stopping_resume as es
+    straight, split = tmp_path / "straight.ckpt", tmp_path / "split.ckpt"
+    es.main(["--checkpoint", str(straight), "--epochs", "6", "--patience", "100"])
+    es.main(["--checkpoint", str(split), "--epochs", "6", "--patience", "100", "--stop-after", "3"])
+    assert ddp.load(split)["progress"]["epoch"] == 3
+    es.main(["--checkpoint", str(split), "--epochs", "6", "--patience", "100", "--resume"])
+    a, b = ddp.load(straight), ddp.load(split)
+    assert a["progress"] == b["progress"]
+    for key, value in a["model"].items():
+        np.testing.assert_array_equal(value.numpy(), b["model"][key].numpy(), err_msg=key)
+    for k, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(b["optimizer"]["state"][k][name]))
