@@ -61,3 +61,4 @@ from .serialization import save, load  # noqa: E402
 from . import metrics  # noqa: E402
 from . import utils  # noqa: E402  (ddp.utils.data: datasets, samplers, DataLoader)
 from . import optim  # noqa: E402  (optimizers and lr_scheduler)
+from . import distributed  # noqa: E402

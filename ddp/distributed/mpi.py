@@ -1,0 +1,238 @@
+"""The MPI communicator (mpi4py): works across machines under mpirun/mpiexec/srun.
+
+- Collectives on one communicator are executed by one communication thread in submission
+  order, so asynchronous buckets never reorder collectives and the main thread keeps running
+  backward while an allreduce is on the wire (mpi4py releases the GIL inside MPI calls).
+  Blocking collectives wait for the work already submitted, then run in the caller's thread.
+- CuPy arrays are staged through host memory (the PyPI MPI wheels are not CUDA-aware); the
+  current stream is synchronised first.
+- bfloat16 travels as float32 (MPI has no bfloat16 type) and comes back rounded, which is
+  exact for sums of bfloat16 values up to float32's precision.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+
+from .. import backend
+from .communicator import Communicator, Work, _check_op
+
+_MPI = None
+
+
+def mpi():
+    """The ``mpi4py.MPI`` module (imported on first use: importing it initialises MPI)."""
+    global _MPI
+    if _MPI is None:
+        from mpi4py import MPI
+        _MPI = MPI
+    return _MPI
+
+
+def launched_by_mpi() -> bool:
+    """True when this process was started by an MPI launcher with more than one rank."""
+    import os
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS",
+                "MV2_COMM_WORLD_SIZE", "WORLD_SIZE"):
+        value = os.environ.get(var)
+        if value and value.isdigit() and int(value) > 1:
+            return True
+    return False
+
+
+def _mpi_op(op):
+    MPI = mpi()
+    return {"sum": MPI.SUM, "avg": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "product": MPI.PROD,
+            "band": MPI.BAND, "bor": MPI.BOR, "bxor": MPI.BXOR}[op]
+
+
+class MPICommunicator(Communicator):
+    """A communicator over an ``mpi4py`` intracommunicator (``COMM_WORLD`` by default)."""
+    name = "mpi"
+
+    def __init__(self, comm=None):
+        MPI = mpi()
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+        self._queue = None
+        self._thread = None
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._idle = threading.Condition(self._pending_lock)
+
+    # ---------------------------------------------------------------- staging
+    @staticmethod
+    def _host(array):
+        """(host array to hand to MPI, function that writes a host result back)."""
+        if isinstance(array, np.ndarray):
+            if array.dtype == (backend.bfloat16.np if backend.bfloat16 else None):
+                wide = array.astype(np.float32)
+                return wide, lambda: array.__setitem__(..., wide.astype(array.dtype))
+            if not array.flags.c_contiguous:
+                tmp = np.ascontiguousarray(array)
+                return tmp, lambda: array.__setitem__(..., tmp)
+            return array, None
+        cp = backend.cupy_module()
+        cp.cuda.get_current_stream().synchronize()
+        host = cp.asnumpy(array)
+        if host.dtype == (backend.bfloat16.np if backend.bfloat16 else None):
+            host = host.astype(np.float32)
+        return host, lambda: array.set(host.astype(array.dtype)) if host.dtype != array.dtype \
+            else array.set(host)
+
+    # ---------------------------------------------------------------- collectives
+    def Allreduce(self, array, op="sum"):
+        _check_op(op)
+        self._drain()
+        host, back = self._host(array)
+        self.comm.Allreduce(mpi().IN_PLACE, host, op=_mpi_op(op))
+        if back is not None:
+            back()
+        return array
+
+    def Bcast(self, array, root=0):
+        self._drain()
+        host, back = self._host(array)
+        self.comm.Bcast(host, root=root)
+        if back is not None:
+            back()
+        return array
+
+    def Allgather(self, send, recv):
+        self._drain()
+        s, _ = self._host(send)
+        r, back = self._host(recv)
+        self.comm.Allgather(s, r)
+        if back is not None:
+            back()
+
+    def Reduce_scatter(self, send, recv, op="sum"):
+        _check_op(op)
+        self._drain()
+        s, _ = self._host(send)
+        r, back = self._host(recv)
+        self.comm.Reduce_scatter_block(s, r, op=_mpi_op(op))
+        if back is not None:
+            back()
+
+    def Gather(self, send, recv, root=0):
+        self._drain()
+        s, _ = self._host(send)
+        if self.rank == root:
+            r, back = self._host(recv)
+            self.comm.Gather(s, r, root=root)
+            if back is not None:
+                back()
+        else:
+            self.comm.Gather(s, None, root=root)
+
+    def Scatter(self, send, recv, root=0):
+        self._drain()
+        r, back = self._host(recv)
+        s = self._host(send)[0] if self.rank == root else None
+        self.comm.Scatter(s, r, root=root)
+        if back is not None:
+            back()
+
+    def Reduce(self, array, op="sum", root=0):
+        _check_op(op)
+        self._drain()
+        host, back = self._host(array)
+        MPI = mpi()
+        self.comm.Reduce(MPI.IN_PLACE if self.rank == root else host,
+                         host if self.rank == root else None, op=_mpi_op(op), root=root)
+        if back is not None and self.rank == root:
+            back()
+        return array
+
+    def Barrier(self):
+        self._drain()
+        self.comm.Barrier()
+
+    def bcast_obj(self, obj, root=0):
+        self._drain()
+        return self.comm.bcast(obj, root=root)
+
+    def allgather_obj(self, obj):
+        self._drain()
+        return self.comm.allgather(obj)
+
+    def gather_obj(self, obj, root=0):
+        self._drain()
+        return self.comm.gather(obj, root=root)
+
+    # ---------------------------------------------------------------- asynchronous
+    def submit(self, fn, *args):
+        """Queue a collective for the communication thread; returns its :class:`Work`."""
+        if self._thread is None:
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._serve, name=f"ddp-comm-{self.rank}",
+                                            daemon=True)
+            self._thread.start()
+        work = Work()
+        with self._pending_lock:
+            self._pending += 1
+        self._queue.put((work, fn, args))
+        return work
+
+    def _serve(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            work, fn, args = item
+            try:
+                work._set(fn(*args), None)
+            except BaseException as exc:  # handed to whoever waits on the work
+                work._set(None, exc)
+            with self._pending_lock:
+                self._pending -= 1
+                if not self._pending:
+                    self._idle.notify_all()
+
+    def _drain(self):
+        """Wait until the communication thread has run everything submitted (keeps the order
+        of collectives identical on every rank). From the thread itself: nothing to wait for."""
+        if self._thread is None or threading.current_thread() is self._thread:
+            return
+        with self._pending_lock:
+            while self._pending:
+                self._idle.wait()
+
+    def Iallreduce(self, array, op="sum"):
+        return self.submit(self._allreduce_now, array, op)
+
+    def _allreduce_now(self, array, op):
+        host, back = self._host(array)
+        self.comm.Allreduce(mpi().IN_PLACE, host, op=_mpi_op(op))
+        if back is not None:
+            back()
+        return array
+
+    # ---------------------------------------------------------------- groups and teardown
+    def split(self, ranks):
+        self._drain()
+        ranks = sorted(set(ranks))
+        color = 0 if self.rank in ranks else mpi().UNDEFINED
+        sub = self.comm.Split(color, key=self.rank)
+        if sub == mpi().COMM_NULL:
+            return None
+        return MPICommunicator(sub)
+
+    def abort(self, code=1):
+        self.comm.Abort(code)
+
+    def free(self):
+        if self._thread is not None:
+            self._drain()
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self.comm != mpi().COMM_WORLD:
+            self.comm.Free()
