@@ -270,6 +270,7 @@ def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False):
         pg.comm.Allreduce(arr, "sum" if op == ReduceOp.AVG else op)
         if op == ReduceOp.AVG:
             _divide_for_avg(arr, pg.comm.size)
+        return [tensor]  # a Work's value, as PyTorch's future gives
     return _run(pg, async_op, run)
 
 
@@ -424,3 +425,6 @@ def gather_object(obj, object_gather_list=None, dst=0, group=None):
     gathered = pg.comm.gather_obj(obj, pg.ranks.index(dst))
     if pg.comm.rank == pg.ranks.index(dst):
         object_gather_list[:] = gathered
+
+
+from . import algorithms  # noqa: E402,F401  (ddp_comm_hooks; they use the functions above)

@@ -11,7 +11,7 @@ from .module import Module
 from .parameter import Buffer, Parameter
 from .container import (Container, ModuleDict, ModuleList, ParameterDict, ParameterList,
                         Sequential)
-from . import init, utils
+from . import init, parallel, utils
 
 # ``functional`` star-imports ``_functional_layers``, ``_functional_activations`` and
 # ``_functional_losses``; until all three exist it is skipped here (``import ddp.nn.functional``

@@ -987,6 +987,11 @@ class Module:
         missing_keys, unexpected_keys, error_msgs = [], [], []
         metadata = getattr(state_dict, "_metadata", None)
         state_dict = OrderedDict(state_dict)
+        if (state_dict and "module" not in self._modules
+                and all(k.startswith("module.") for k in state_dict)):
+            # a checkpoint of the DistributedDataParallel-wrapped model: no "module." trap
+            state_dict = OrderedDict((k[len("module."):], v) for k, v in state_dict.items())
+            metadata = None
         if metadata is not None:
             state_dict._metadata = metadata
 

@@ -1,0 +1,275 @@
+"""The reducer behind DistributedDataParallel: gradient buckets whose allreduces start during
+backward.
+
+1. Parameters that require grad are packed, in reverse registration order (the order backward
+   tends to produce their gradients), into flat per-dtype buckets: a small first bucket
+   (1 MiB), then ``bucket_cap_mb`` each.
+2. Each parameter's post-accumulate-grad hook copies its final ``.grad`` into its bucket. When a
+   bucket's last gradient arrives, the bucket is launched: an asynchronous allreduce on the
+   communicator's ordered thread, while backward goes on. Buckets launch strictly in index
+   order on every rank (a bucket ready early waits for its predecessors), so the sequence of
+   collectives is identical everywhere whatever order gradients arrive in.
+3. An end-of-backward callback launches any bucket still waiting (parameters that got no
+   gradient, zero-filled), waits for all of them, averages, and writes the result to ``.grad``
+   (or leaves ``.grad`` as a view of the bucket). Without ``find_unused_parameters`` every rank
+   then compares notes in one tiny allreduce, so a parameter that got no gradient on some rank
+   is an error naming it on every rank, not a hang.
+4. After the first iteration the bucket layout may be rebuilt once from the order gradients
+   actually arrived in, rank 0's order broadcast to all.
+
+Example:
+    >>> model = ddp.nn.parallel.DistributedDataParallel(net)   # builds a Reducer
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import backend
+from ..tensor import Tensor
+
+FIRST_BUCKET_BYTES = 1024 * 1024
+
+
+class GradBucket:
+    """What a communication hook sees (PyTorch's ``GradBucket``): the flat buffer of one
+    bucket's gradients and the parameters it holds."""
+
+    def __init__(self, bucket, is_last):
+        self._bucket = bucket
+        self._is_last = is_last
+
+    def index(self):
+        return self._bucket.index
+
+    def buffer(self) -> Tensor:
+        """The bucket's flat gradient buffer as a tensor (shares memory)."""
+        return Tensor._make(self._bucket.data)
+
+    def gradients(self):
+        return [Tensor._make(v) for v in self._bucket.views]
+
+    def parameters(self):
+        return list(self._bucket.params)
+
+    def is_last(self):
+        return self._is_last
+
+    def set_buffer(self, tensor):
+        self._bucket.data[...] = tensor._data
+
+
+class Bucket:
+    """A flat buffer holding the gradients of ``params`` (all of one dtype and device)."""
+
+    def __init__(self, index, params, xp):
+        self.index = index
+        self.params = params
+        sizes = [p._data.size for p in params]
+        self.data = xp.zeros(sum(sizes), dtype=params[0]._data.dtype)
+        self.views, start = [], 0
+        for p, n in zip(params, sizes):
+            self.views.append(self.data[start:start + n].reshape(p._data.shape))
+            start += n
+        self.pending = len(params)
+        self.work = None
+
+    def reset(self):
+        self.pending = len(self.params)
+        self.work = None
+
+
+class Reducer:
+    """Buckets, hooks and the end-of-backward synchronisation for one DDP model."""
+
+    def __init__(self, named_params, comm, bucket_cap_mb=25.0, find_unused_parameters=False,
+                 gradient_as_bucket_view=False):
+        self.comm = comm
+        self.world = comm.size
+        self.names = [n for n, _ in named_params]
+        self.params = [p for _, p in named_params]
+        self.index_of = {id(p): i for i, p in enumerate(self.params)}
+        self.cap_bytes = int(bucket_cap_mb * 1024 * 1024)
+        self.find_unused = find_unused_parameters
+        self.as_view = gradient_as_bucket_view
+        self.sync_comm = os.environ.get("DDP_SYNC_COMM") == "1"  # launcher --debug
+        self.comm_hook = None
+        self.comm_state = None
+        self.require_sync = True
+        self._arrivals = []          # parameter indices in the order gradients arrived
+        self._record_arrivals = True
+        self._rebuilt = False
+        self._in_backward = False
+        self._unused = ()
+        self._build(list(range(len(self.params)))[::-1])
+        self._handles = [p.register_post_accumulate_grad_hook(self._make_hook(i))
+                         for i, p in enumerate(self.params)]
+
+    # ---------------------------------------------------------------- buckets
+    def _build(self, order):
+        """Buckets over parameter indices ``order``: per dtype/device, small first bucket."""
+        self.buckets, self.where = [], {}
+        open_by_kind, size_by_kind, closed = {}, {}, set()
+        for i in order:
+            p = self.params[i]
+            kind = (p._data.dtype, backend.device_of(p._data))
+            group = open_by_kind.setdefault(kind, [])
+            cap = self.cap_bytes if kind in closed else min(FIRST_BUCKET_BYTES, self.cap_bytes)
+            if group and size_by_kind[kind] + p._data.nbytes > cap:
+                self._close(group)
+                closed.add(kind)
+                open_by_kind[kind] = group = []
+            if not group:
+                size_by_kind[kind] = 0
+            group.append(i)
+            size_by_kind[kind] += p._data.nbytes
+        for group in open_by_kind.values():
+            if group:
+                self._close(group)
+        self.next_launch = 0
+        self._ready = [False] * len(self.params)
+
+    def _close(self, indices):
+        xp = backend.get_array_module(self.params[indices[0]]._data)
+        bucket = Bucket(len(self.buckets), [self.params[i] for i in indices], xp)
+        for slot, i in enumerate(indices):
+            self.where[i] = (bucket, slot)
+        self.buckets.append(bucket)
+
+    def rebuild_from_arrivals(self):
+        """Rebuild the buckets once, in the order gradients arrived in the first iteration
+        (rank 0's order, broadcast so every rank builds the same layout)."""
+        if self._rebuilt or not self._arrivals:
+            return
+        seen = dict.fromkeys(self._arrivals)
+        order = list(seen) + [i for i in range(len(self.params))[::-1] if i not in seen]
+        order = self.comm.bcast_obj(order, 0)
+        self._build(order)
+        self._rebuilt = True
+        self._record_arrivals = False
+
+    # ---------------------------------------------------------------- backward
+    def _make_hook(self, i):
+        def hook(param):
+            self.mark_ready(i)
+        return hook
+
+    def prepare_for_backward(self, unused=()):
+        """Called by DDP's forward: which parameters will get no gradient (find_unused)."""
+        self._unused = tuple(unused)
+
+    def begin_backward(self):
+        """The first gradient of a backward pass has arrived: arm the final callback."""
+        if self._in_backward or not self.require_sync:
+            return
+        from ..autograd import queue_callback
+        self._in_backward = True
+        for b in self.buckets:
+            b.reset()
+        self.next_launch = 0
+        self._ready = [False] * len(self.params)
+        queue_callback(self.finalize)
+        for i in self._unused:  # their gradient stays zero in the bucket
+            self._fill(i, None)
+
+    def mark_ready(self, i):
+        if not self.require_sync:
+            return
+        if not self._in_backward:
+            self.begin_backward()
+        if self._record_arrivals:
+            self._arrivals.append(i)
+        self._fill(i, self.params[i].grad)
+
+    def _fill(self, i, grad):
+        if self._ready[i]:
+            raise RuntimeError(
+                f"DistributedDataParallel: parameter '{self.names[i]}' got its gradient twice in "
+                f"one backward pass (used in several forward passes, or marked unused but used); "
+                f"DDP supports one backward per forward")
+        self._ready[i] = True
+        bucket, slot = self.where[i]
+        view = bucket.views[slot]
+        if grad is None:
+            view[...] = 0
+        elif grad._data is not view:
+            view[...] = grad._data
+        bucket.pending -= 1
+        if bucket.pending == 0:
+            self._launch_ready()
+
+    def _launch_ready(self):
+        """Launch buckets whose gradients are all in, strictly in index order."""
+        while self.next_launch < len(self.buckets) and self.buckets[self.next_launch].pending == 0:
+            self._launch(self.buckets[self.next_launch])
+            self.next_launch += 1
+
+    def _launch(self, bucket):
+        if self.comm_hook is not None:
+            bucket.work = self.comm_hook(self.comm_state,
+                                         GradBucket(bucket, bucket.index == len(self.buckets) - 1))
+        elif self.sync_comm:
+            self.comm.Allreduce(bucket.data, "sum")
+        else:
+            bucket.work = self.comm.Iallreduce(bucket.data, "sum")
+
+    def finalize(self):
+        """End of backward: launch what is left, wait, average, hand gradients back."""
+        self._in_backward = False
+        missing = [i for i, ready in enumerate(self._ready) if not ready]
+        for i in missing:
+            self._fill(i, None)
+        for bucket in self.buckets:
+            if bucket.work is not None:
+                bucket.work.wait()
+                if self.comm_hook is not None:
+                    self._take_hook_result(bucket, bucket.work.result())
+        if not self.find_unused:
+            self._check_everyone_had_gradients(missing)
+        scale = 1.0 / self.world
+        for bucket in self.buckets:
+            if self.comm_hook is None and self.world > 1:
+                bucket.data *= scale
+            for p, view in zip(bucket.params, bucket.views):
+                if self.as_view:
+                    if p.grad is None or p.grad._data is not view:
+                        p.grad = Tensor._make(view)
+                elif p.grad is None:
+                    p.grad = Tensor._make(view.copy())
+                else:
+                    p.grad._data[...] = view
+
+    @staticmethod
+    def _take_hook_result(bucket, result):
+        out = result[0] if isinstance(result, (list, tuple)) else result
+        if out is not None:
+            data = out._data if isinstance(out, Tensor) else out
+            if data is not bucket.data:
+                bucket.data[...] = data
+
+    def _check_everyone_had_gradients(self, missing):
+        """One small allreduce: did any rank finish backward with parameters lacking a
+        gradient? Then every rank raises, naming the first such parameter."""
+        status = np.array([1.0 if missing else 0.0, float(missing[0] + 1) if missing else 0.0])
+        if self.world > 1:
+            self.comm.Allreduce(status, "sum")
+        if status[0]:
+            if missing:
+                names = ", ".join(self.names[i] for i in missing[:5])
+                where = f"on this rank ({names}{', ...' if len(missing) > 5 else ''})"
+            elif status[0] == 1:
+                where = f"on another rank (parameter '{self.names[int(status[1]) - 1]}')"
+            else:
+                where = f"on {int(status[0])} other ranks"
+            raise RuntimeError(
+                f"DistributedDataParallel: some parameters received no gradient {where}. Every "
+                f"parameter that requires grad must take part in the loss on every rank; pass "
+                f"find_unused_parameters=True to DistributedDataParallel if some parameters are "
+                f"legitimately unused in some iterations, or set requires_grad=False on frozen "
+                f"ones.")
+
+    def remove_hooks(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []

@@ -1,0 +1,200 @@
+"""``DistributedDataParallel``: data parallelism over the ranks of a process group."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import numpy as np
+
+from ... import backend
+from ...autograd.grad_mode import no_grad
+from ...distributed.reducer import Reducer
+from ...tensor import Tensor
+from ..module import Module
+
+
+class DistributedDataParallel(Module):
+    """Wraps ``module`` so that every rank trains the same model on its own shard of the data.
+
+    The contract, as PyTorch's:
+
+    - **Same start**: at construction rank 0's parameters and buffers are broadcast to every
+      rank (after checking that all ranks hold the same parameter names, shapes and dtypes —
+      a mismatch is an error naming the first difference on every rank).
+    - **Same parameter order** on every rank (the same model code).
+    - **Averaged gradients**: during ``loss.backward()`` gradients are packed into buckets
+      whose allreduces start as soon as each bucket is complete, overlapping the rest of
+      backward; when backward returns, every parameter's ``.grad`` holds the mean over ranks,
+      so identical optimizers take identical steps.
+    - ``no_sync()`` skips the communication (gradients accumulate locally) until the next
+      synchronised backward; parameters with ``requires_grad=False`` are left out;
+      ``find_unused_parameters=True`` allows parameters that get no gradient in an iteration;
+      buffers (e.g. BatchNorm running stats) are broadcast from rank 0 before each forward
+      when ``broadcast_buffers``.
+    - ``state_dict()`` has PyTorch's ``module.`` prefix, and loading accepts checkpoints with
+      or without it (and the unwrapped module accepts both too).
+
+    Example:
+        >>> dist.init_process_group()
+        >>> model = DistributedDataParallel(Net())
+        >>> loss = loss_fn(model(x_shard), y_shard); loss.backward(); optimizer.step()
+    """
+
+    def __init__(self, module, device_ids=None, output_device=None, dim=0, broadcast_buffers=True,
+                 process_group=None, bucket_cap_mb=25.0, find_unused_parameters=False,
+                 check_reduction=False, gradient_as_bucket_view=False, static_graph=False):
+        super().__init__()
+        from ... import distributed as dist
+        if not dist.is_initialized():
+            raise RuntimeError("DistributedDataParallel: the default process group has not been "
+                               "initialized; call ddp.distributed.init_process_group() first")
+        self.module = module
+        self.process_group = process_group
+        self.comm = dist.get_communicator(process_group)
+        self.broadcast_buffers = broadcast_buffers
+        self.find_unused_parameters = find_unused_parameters
+        self.gradient_as_bucket_view = gradient_as_bucket_view
+        self.static_graph = static_graph
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not named:
+            raise RuntimeError("DistributedDataParallel is not needed when a module doesn't have "
+                               "any parameter that requires a gradient.")
+        self._check_same_model_everywhere()
+        self._sync_from_rank0([p for _, p in module.named_parameters()] +
+                              [b for _, b in module.named_buffers()])
+        self.reducer = Reducer(named, self.comm, bucket_cap_mb, find_unused_parameters,
+                               gradient_as_bucket_view)
+        self._iteration = 0
+
+    # ---------------------------------------------------------------- construction checks
+    def _check_same_model_everywhere(self):
+        """Every rank must hold the same parameters and buffers: compare with rank 0's."""
+        mine = [(n, tuple(t.shape), t.dtype.name, "parameter") for n, t in
+                self.module.named_parameters()] + \
+               [(n, tuple(t.shape), t.dtype.name, "buffer") for n, t in self.module.named_buffers()]
+        if self.comm.size == 1:
+            return
+        everyone = self.comm.allgather_obj(mine)
+        reference = everyone[0]
+        for rank, theirs in enumerate(everyone):
+            if theirs == reference:
+                continue
+            for k in range(max(len(theirs), len(reference))):
+                a = reference[k] if k < len(reference) else None
+                b = theirs[k] if k < len(theirs) else None
+                if a != b:
+                    describe = lambda e: "nothing" if e is None else \
+                        f"{e[3]} '{e[0]}' of shape {e[1]} and dtype {e[2]}"  # noqa: E731
+                    raise RuntimeError(
+                        f"DistributedDataParallel: the model differs between ranks: at position "
+                        f"{k}, rank 0 has {describe(a)} but rank {rank} has {describe(b)}. Every "
+                        f"rank must build the same model.")
+
+    def _sync_from_rank0(self, tensors):
+        """Broadcast tensors from rank 0, packed into one buffer per dtype."""
+        if self.comm.size == 1 or not tensors:
+            return
+        by_dtype = OrderedDict()
+        for t in tensors:
+            by_dtype.setdefault((t._data.dtype, backend.device_of(t._data)), []).append(t)
+        for group in by_dtype.values():
+            xp = backend.get_array_module(group[0]._data)
+            flat = xp.concatenate([t._data.reshape(-1) for t in group])
+            self.comm.Bcast(flat, 0)
+            start = 0
+            with no_grad():
+                for t in group:
+                    n = t._data.size
+                    t._data[...] = flat[start:start + n].reshape(t._data.shape)
+                    start += n
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, *inputs, **kwargs):
+        if self._iteration == 1 and self.reducer.require_sync and not self.static_graph:
+            self.reducer.rebuild_from_arrivals()
+        if self.broadcast_buffers and self.comm.size > 1:
+            self._sync_from_rank0([b for _, b in self.module.named_buffers()])
+        output = self.module(*inputs, **kwargs)
+        from ...autograd.grad_mode import is_grad_enabled
+        if is_grad_enabled() and self.reducer.require_sync:
+            tensors = [t for t in _tensors_in(output) if t.requires_grad]
+            unused = self._unused_parameters(tensors) if self.find_unused_parameters else ()
+            self.reducer.prepare_for_backward(unused)
+            # the first gradient of backward (at an output) arms the end-of-backward callback,
+            # even on a rank whose loss reaches no parameter at all
+            for t in tensors:
+                if t.grad_fn is not None:
+                    t.register_hook(self._start_backward)
+            self._iteration += 1
+        return output
+
+    def _start_backward(self, grad):
+        self.reducer.begin_backward()
+        return None
+
+    def _unused_parameters(self, outputs):
+        """Parameters the autograd graph of ``outputs`` does not reach (their index)."""
+        reached, stack, seen = set(), [t.grad_fn for t in outputs if t.grad_fn is not None], set()
+        for t in outputs:
+            if t.grad_fn is None:
+                reached.add(id(t))
+        while stack:
+            node = stack.pop()
+            for edge in node.next_edges:
+                if edge is None:
+                    continue
+                target, nr = edge
+                if nr < 0:
+                    reached.add(id(target))
+                elif id(target) not in seen:
+                    seen.add(id(target))
+                    stack.append(target)
+        return [i for i, p in enumerate(self.reducer.params) if id(p) not in reached]
+
+    @contextmanager
+    def no_sync(self):
+        """Inside, backward passes accumulate gradients locally without communication; the
+        first backward after it synchronises the accumulated gradients.
+
+        Example:
+            >>> with model.no_sync():
+            ...     loss_fn(model(x1), y1).backward()
+            >>> loss_fn(model(x2), y2).backward()   # averages the sum of both micro-batches
+        """
+        previous = self.reducer.require_sync
+        self.reducer.require_sync = False
+        try:
+            yield
+        finally:
+            self.reducer.require_sync = previous
+
+    def register_comm_hook(self, state, hook):
+        """Replace the bucket allreduce by ``hook(state, bucket) -> Work`` whose value is the
+        bucket's averaged gradients (see ``ddp.distributed.algorithms.ddp_comm_hooks``).
+
+        Example:
+            >>> from ddp.distributed.algorithms.ddp_comm_hooks import default_hooks
+            >>> model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        """
+        if self.reducer.comm_hook is not None:
+            raise RuntimeError("register_comm_hook can only be called once")
+        self.reducer.comm_hook, self.reducer.comm_state = hook, state
+
+    # ---------------------------------------------------------------- checkpoints
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """Accepts keys with PyTorch's ``module.`` prefix or without it."""
+        if state_dict and not any(k.startswith("module.") for k in state_dict):
+            state_dict = OrderedDict(("module." + k, v) for k, v in state_dict.items())
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _tensors_in(obj):
+    """The tensors inside a (nested) output: tensor, list, tuple, dict."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors_in(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors_in(o)

@@ -1,0 +1,239 @@
+"""DistributedDataParallel under mpiexec -n 2 / -n 4, compared with one process on the full batch.
+
+Each test builds the same global batch on every rank; a rank trains on its shard through DDP
+and also replays the whole batch in a plain (unwrapped) copy of the model: the results must
+agree, and every rank must hold identical parameters.
+"""
+import numpy as np
+import pytest
+
+import ddp
+import ddp.distributed as dist
+import ddp.nn as nn
+from ddp.nn.parallel import DistributedDataParallel as DDP
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def process_group():
+    if not dist.is_initialized():
+        dist.init_process_group()
+    yield
+
+
+def rank_world():
+    return dist.get_rank(), dist.get_world_size()
+
+
+def make_model(seed=0, dtype=ddp.float64):
+    ddp.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(),
+                         nn.Linear(8, 3)).to(dtype)
+
+
+def global_batch(n_per_rank=4, seed=1, features=5):
+    _, world = rank_world()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_per_rank * world, features))
+    y = rng.integers(0, 3, n_per_rank * world)
+    return ddp.tensor(x), ddp.tensor(y)
+
+
+def shard(t, n_per_rank=4):
+    rank, _ = rank_world()
+    return t[rank * n_per_rank:(rank + 1) * n_per_rank]
+
+
+def params_np(model):
+    return [p.detach().numpy().copy() for p in model.parameters()]
+
+
+def assert_same_on_every_rank(arrays):
+    everyone = dist.get_communicator().allgather_obj([a.tolist() for a in arrays])
+    for other in everyone[1:]:
+        for a, b in zip(everyone[0], other):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def train(model, x, y, steps, lr=0.1, momentum=0.9):
+    opt = ddp.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("bucket_cap_mb,as_view", [(25.0, False), (0.0005, False), (0.0005, True)])
+def test_training_matches_full_batch_single_process(bucket_cap_mb, as_view):
+    x, y = global_batch()
+    reference = make_model()
+    train(reference, x, y, steps=4)
+    model = DDP(make_model(), bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=as_view)
+    if bucket_cap_mb < 1:
+        assert len(model.reducer.buckets) > 2  # several buckets in flight
+    train(model, shard(x), shard(y), steps=4)  # the layout is rebuilt after step 1
+    for got, want in zip(params_np(model.module), params_np(reference)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert_same_on_every_rank(params_np(model.module))
+
+
+def test_rank0_weights_overwrite_the_others():
+    rank, _ = rank_world()
+    model = make_model(seed=100 + rank)            # different initial weights on every rank
+    wanted = dist.get_communicator().bcast_obj(params_np(model), 0)
+    wrapped = DDP(model)
+    for got, want in zip(params_np(wrapped.module), wanted):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_no_sync_accumulation_equals_the_large_batch():
+    x, y = global_batch(n_per_rank=6)
+    reference = make_model()
+    opt_ref = ddp.optim.SGD(reference.parameters(), lr=0.1)
+    nn.CrossEntropyLoss()(reference(x), y).backward()
+    opt_ref.step()
+
+    model = DDP(make_model())
+    opt = ddp.optim.SGD(model.parameters(), lr=0.1)
+    xs, ys = shard(x, 6), shard(y, 6)
+    halves = [(xs[:3], ys[:3]), (xs[3:], ys[3:])]
+    with model.no_sync():
+        (nn.CrossEntropyLoss()(model(halves[0][0]), halves[0][1]) / 2).backward()
+    (nn.CrossEntropyLoss()(model(halves[1][0]), halves[1][1]) / 2).backward()
+    opt.step()
+    for got, want in zip(params_np(model.module), params_np(reference)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_gradient_ready_order_differs_between_ranks():
+    # each rank runs its two branches in a different order: buckets must still launch in the
+    # same order everywhere (no hang, no mixed-up data)
+    class TwoBranches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 3), nn.Linear(5, 3)
+
+        def forward(self, x):
+            if dist.get_rank() % 2:
+                return self.b(x).tanh() + self.a(x)
+            return self.a(x) + self.b(x).tanh()
+
+    x, y = global_batch()
+    ddp.manual_seed(3)
+    reference = TwoBranches().double()
+    train(reference, x, y, steps=3)
+    ddp.manual_seed(3)
+    model = DDP(TwoBranches().double(), bucket_cap_mb=0.0001)
+    train(model, shard(x), shard(y), steps=3)
+    for got, want in zip(params_np(model.module), params_np(reference)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+class MaybeUnused(nn.Module):
+    """``extra`` takes part only where ``use_extra`` says."""
+
+    def __init__(self):
+        super().__init__()
+        self.main, self.extra = nn.Linear(5, 3), nn.Linear(5, 3)
+
+    def forward(self, x, use_extra):
+        out = self.main(x)
+        return out + self.extra(x) if use_extra else out
+
+
+def test_find_unused_parameters_handles_a_branch_used_on_one_rank():
+    rank, world = rank_world()
+    x, y = global_batch()
+    ddp.manual_seed(4)
+    model = DDP(MaybeUnused().double(), find_unused_parameters=True)
+    loss = nn.CrossEntropyLoss()(model(shard(x), use_extra=(rank == 0)), shard(y))
+    loss.backward()
+    # extra's gradient: rank 0's contribution averaged over all ranks
+    ddp.manual_seed(4)
+    plain = MaybeUnused().double()
+    nn.CrossEntropyLoss()(plain(shard(x), use_extra=True), shard(y)).backward()
+    local = plain.extra.weight.grad.numpy() if rank == 0 else np.zeros((3, 5))
+    total = dist.get_communicator().bcast_obj(local if rank == 0 else None, 0)
+    np.testing.assert_allclose(model.module.extra.weight.grad.numpy(), total / world, rtol=1e-10)
+    assert_same_on_every_rank([p.grad.numpy() for p in model.module.parameters()])
+
+
+def test_parameter_without_gradient_is_an_error_on_every_rank():
+    rank, _ = rank_world()
+    x, y = global_batch()
+    model = DDP(MaybeUnused().double())
+    with pytest.raises(RuntimeError, match="extra") as info:
+        nn.CrossEntropyLoss()(model(shard(x), use_extra=(rank != 1)), shard(y)).backward()
+    assert "find_unused_parameters=True" in str(info.value)
+    # the group is still usable afterwards (no collective was left half done)
+    t = ddp.ones(1)
+    dist.all_reduce(t)
+    assert t.item() == dist.get_world_size()
+
+
+def test_frozen_parameters_are_left_out():
+    x, y = global_batch()
+    model = make_model()
+    model[0].weight.requires_grad_(False)
+    frozen_before = model[0].weight.detach().numpy().copy()
+    wrapped = DDP(model)
+    assert all(p is not model[0].weight for p in wrapped.reducer.params)
+    train(wrapped, shard(x), shard(y), steps=2)
+    assert model[0].weight.grad is None
+    np.testing.assert_array_equal(model[0].weight.detach().numpy(), frozen_before)
+    assert_same_on_every_rank(params_np(model))
+
+
+def test_mismatched_models_error_on_every_rank():
+    rank, _ = rank_world()
+    model = nn.Linear(4, 5 if rank == 1 else 4)
+    with pytest.raises(RuntimeError, match="differs between ranks.*weight"):
+        DDP(model)
+
+
+def test_buffers_follow_rank0():
+    rank, _ = rank_world()
+    ddp.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4)).double()
+    wrapped = DDP(model)
+    with ddp.no_grad():
+        for r in range(dist.get_world_size()):
+            model[1].running_mean.fill_(float(rank))  # drift on purpose: rank 0 holds zeros
+    x = ddp.randn(4, 5, dtype=ddp.float64)
+    wrapped(x)   # broadcasts rank 0's buffers, then updates them with this rank's batch
+    with ddp.no_grad():
+        batch_mean = model[0](x).mean(0).numpy()
+    np.testing.assert_allclose(model[1].running_mean.numpy(), 0.1 * batch_mean, rtol=1e-12)
+    assert_same_on_every_rank([model[1].num_batches_tracked.numpy()])
+
+
+@pytest.mark.parametrize("hook_name,rtol", [("allreduce_hook", 1e-12), ("fp16_compress_hook", 2e-3),
+                                            ("bf16_compress_hook", 2e-2)])
+def test_comm_hooks_match_plain_allreduce(hook_name, rtol):
+    from ddp.distributed.algorithms.ddp_comm_hooks import default_hooks
+    x, y = global_batch()
+    plain = DDP(make_model(dtype=ddp.float32))
+    nn.CrossEntropyLoss()(plain(shard(x).float()), shard(y)).backward()
+    hooked = DDP(make_model(dtype=ddp.float32))
+    hooked.register_comm_hook(None, getattr(default_hooks, hook_name))
+    nn.CrossEntropyLoss()(hooked(shard(x).float()), shard(y)).backward()
+    for a, b in zip(plain.module.parameters(), hooked.module.parameters()):
+        np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=rtol,
+                                   atol=rtol * np.abs(a.grad.numpy()).max())
+    assert_same_on_every_rank([p.grad.numpy() for p in hooked.module.parameters()])
+
+
+def test_checkpoints_move_between_wrapped_and_unwrapped(tmp_path_factory):
+    wrapped = DDP(make_model(seed=5))
+    state = wrapped.state_dict()
+    assert all(k.startswith("module.") for k in state)
+    plain = make_model(seed=6)
+    plain.load_state_dict(state)                     # the "module." prefix is no trap
+    for a, b in zip(params_np(plain), params_np(wrapped.module)):
+        np.testing.assert_array_equal(a, b)
+    other = DDP(make_model(seed=7))
+    other.load_state_dict(make_model(seed=5).state_dict())   # and back, without the prefix
+    for a, b in zip(params_np(other.module), params_np(wrapped.module)):
+        np.testing.assert_array_equal(a, b)
