@@ -62,3 +62,4 @@ from . import metrics  # noqa: E402
 from . import utils  # noqa: E402  (ddp.utils.data: datasets, samplers, DataLoader)
 from . import optim  # noqa: E402  (optimizers and lr_scheduler)
 from . import distributed  # noqa: E402
+from .accumulation import GradientAccumulator  # noqa: E402
