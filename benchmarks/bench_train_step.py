@@ -119,7 +119,7 @@ def main(argv=None):
         **({"torch": median_ms(framework_step(torch, small_cnn, (1, 28, 28)),
                                max(5, args.repeats // 4))} if torch else {}),
     })]
-    print(f"training step (forward, loss, backward, SGD momentum), ms, median")
+    print("training step (forward, loss, backward, SGD momentum), ms, median")
     for name, row in rows:
         parts = [f"{k} {v:7.2f}" for k, v in row.items()]
         ratios = [f"ddp/{k} {row['ddp'] / row[k]:.2f}x" for k in row if k != "ddp"]

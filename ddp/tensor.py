@@ -12,7 +12,6 @@ Example:
 """
 from __future__ import annotations
 
-import builtins
 import numbers
 from collections import namedtuple
 

@@ -428,3 +428,5 @@ def gather_object(obj, object_gather_list=None, dst=0, group=None):
 
 
 from . import algorithms  # noqa: E402,F401  (ddp_comm_hooks; they use the functions above)
+
+from .helpers import (is_main_process, rank_zero_only, print0, RankFilter, setup_rank_logging, all_reduce_metric, reduce_confusion_matrix, save_on_rank0, load_on_every_rank, gather_for_eval)  # noqa: E402,F401  rank-aware helpers

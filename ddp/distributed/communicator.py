@@ -20,7 +20,6 @@ from __future__ import annotations
 import pickle
 import threading
 
-import numpy as np
 
 REDUCE_OPS = ("sum", "avg", "max", "min", "product", "band", "bor", "bxor")
 

@@ -26,7 +26,8 @@ except ModuleNotFoundError as _exc:
 
 # Layers (each file holds one family; see ARCHITECTURE.md)
 import importlib as _importlib
-for _name in ("linear", "activation", "conv", "pooling", "normalization", "dropout", "sparse", "rnn", "loss", "flatten"):
+for _name in ("linear", "activation", "conv", "pooling", "normalization", "dropout", "sparse", "rnn", "loss", "flatten",
+              "sync_batchnorm"):
     try:
         _mod = _importlib.import_module(f".{_name}", __name__)
     except ModuleNotFoundError as _exc:

@@ -44,7 +44,14 @@ class _Activation(Module):
         return ", ".join(parts)
 
 
-class ReLU(_Activation):
+class _InplaceActivation(_Activation):
+    """An activation whose only argument is PyTorch's ``inplace``."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+class ReLU(_InplaceActivation):
     """``max(x, 0)``.
 
     Example:
@@ -53,12 +60,7 @@ class ReLU(_Activation):
     """
     fn = F.relu
 
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
-
-class ReLU6(_Activation):
+class ReLU6(_InplaceActivation):
     """``min(max(x, 0), 6)``.
 
     Example:
@@ -66,11 +68,6 @@ class ReLU6(_Activation):
         tensor([6.])
     """
     fn = F.relu6
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
 
 class LeakyReLU(_Activation):
     """``x if x > 0 else negative_slope * x``.
@@ -104,7 +101,7 @@ class ELU(_Activation):
         self.inplace = inplace
 
 
-class SELU(_Activation):
+class SELU(_InplaceActivation):
     """Scaled ELU with the self-normalising constants.
 
     Example:
@@ -112,11 +109,6 @@ class SELU(_Activation):
         tensor([0.])
     """
     fn = F.selu
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
 
 class CELU(_Activation):
     """``max(0, x) + min(0, alpha * (exp(x / alpha) - 1))``.
@@ -149,7 +141,7 @@ class GELU(_Activation):
         self.approximate = approximate
 
 
-class SiLU(_Activation):
+class SiLU(_InplaceActivation):
     """``x * sigmoid(x)``.
 
     Example:
@@ -158,12 +150,7 @@ class SiLU(_Activation):
     """
     fn = F.silu
 
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
-
-class Mish(_Activation):
+class Mish(_InplaceActivation):
     """``x * tanh(softplus(x))``.
 
     Example:
@@ -171,11 +158,6 @@ class Mish(_Activation):
         tensor([0.])
     """
     fn = F.mish
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
 
 class Sigmoid(_Activation):
     """``1 / (1 + exp(-x))``.
@@ -253,7 +235,7 @@ class Hardtanh(_Activation):
                              f"({self.min_val})")
 
 
-class Hardswish(_Activation):
+class Hardswish(_InplaceActivation):
     """``x * relu6(x + 3) / 6``.
 
     Example:
@@ -262,12 +244,7 @@ class Hardswish(_Activation):
     """
     fn = F.hardswish
 
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
-
-class Hardsigmoid(_Activation):
+class Hardsigmoid(_InplaceActivation):
     """``relu6(x + 3) / 6``.
 
     Example:
@@ -275,11 +252,6 @@ class Hardsigmoid(_Activation):
         tensor([1.])
     """
     fn = F.hardsigmoid
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
 
 class Threshold(_Activation):
     """``x if x > threshold else value``.

@@ -18,9 +18,8 @@ import math
 import numbers
 import warnings
 
-from .. import backend, creation
+from .. import creation
 from .._functions import cat, stack
-from ..autograd.graph import Op
 from ..tensor import Tensor
 from . import init
 from ._functional_layers import dropout as _dropout

@@ -268,7 +268,6 @@ class Scatter(Op):
 
     @staticmethod
     def forward(ctx, a, src, axis=0, index=None):
-        xp = backend.get_array_module(a)
         out = a.copy()
         full = _along_axis_index(index, axis)
         src_part = src[tuple(slice(0, s) for s in index.shape)] if getattr(src, "ndim", 0) else src

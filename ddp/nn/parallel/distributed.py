@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from contextlib import contextmanager
 
-import numpy as np
 
 from ... import backend
 from ...autograd.grad_mode import no_grad

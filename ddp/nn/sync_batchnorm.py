@@ -1,0 +1,218 @@
+"""``SyncBatchNorm``: batch normalisation whose batch statistics cover the batches of every rank.
+
+With DistributedDataParallel each rank sees only its shard of the global batch; BatchNorm would
+normalise with per-shard statistics. SyncBatchNorm reduces them across the ranks of a process
+group instead, so the ranks together compute exactly what BatchNorm computes on the whole batch:
+
+* forward: one all_reduce of ``[sum(x), sum(x * x), count]`` per channel (accumulated in
+  float64), giving the global mean and biased variance; shards may have different sizes, even
+  zero rows. The running statistics use the global count (unbiased ``running_var``), so they are
+  identical on every rank.
+* backward: one all_reduce of ``[sum(dy), sum(dy * x_hat)]`` per channel, which the input
+  gradient needs. ``weight``/``bias`` get this rank's contribution only (sum them across ranks —
+  DDP's gradient averaging does — for the gradient of the global batch).
+
+Unlike PyTorch it runs on CPU as well as on GPU (one code path; collectives stage device arrays
+through host memory). In a single process, in eval mode, or without an initialised process group
+it is ordinary BatchNorm (the same function, bit for bit), as in PyTorch.
+
+Example:
+    >>> import ddp.nn as nn
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+    >>> model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    >>> model[1]
+    SyncBatchNorm(8, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..autograd.grad_mode import no_grad
+from ..autograd.graph import Op
+from ._functional_layers import _batch_norm
+from .normalization import _BatchNorm
+
+__all__ = ["SyncBatchNorm"]
+
+
+def _channel_axes(ndim):
+    return (0,) + tuple(range(2, ndim))
+
+
+def _global_moments(x, comm):
+    """Mean and biased variance per channel (float64, shape (C,)) of the batch made of every
+    rank's ``x`` (N_r, C, *), and the global number of values per channel.
+
+    One all_reduce of ``[sum, sum of squares, count]``; float64 accumulation keeps
+    ``E[x^2] - E[x]^2`` accurate unless |mean| / std exceeds ~1e4."""
+    xp = backend.get_array_module(x)
+    c = x.shape[1]
+    axes = _channel_axes(x.ndim)
+    buf = xp.empty(2 * c + 1, dtype=np.float64)
+    buf[:c] = x.sum(axis=axes, dtype=np.float64)
+    buf[c:2 * c] = xp.square(x, dtype=np.float64).sum(axis=axes)
+    buf[2 * c] = x.size // c if c else 0
+    comm.Allreduce(buf, "sum")
+    count = float(buf[2 * c])
+    mean = buf[:c] / max(count, 1.0)
+    var = xp.maximum(buf[c:2 * c] / max(count, 1.0) - mean * mean, 0.0)
+    return mean, var, count
+
+
+class SyncBatchNormOp(Op):
+    """``y = (x - mean) * invstd * weight + bias`` where ``mean``/``invstd`` are the global
+    batch statistics; the backward all-reduces ``[sum(dy), sum(dy * x_hat)]`` per channel.
+
+    ``mean``/``invstd`` (C,) are in ``x``'s dtype; ``count`` is the global number of values per
+    channel; ``comm`` the communicator of the group. The backward issues a collective, so it
+    runs on every rank of the group or on none (``once_differentiable``: no create_graph).
+    """
+    once_differentiable = True
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean=None, invstd=None, count=None, comm=None):
+        affine = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+        xhat = (x - mean.reshape(affine)) * invstd.reshape(affine)
+        y = xhat
+        if weight is not None:
+            y = y * weight.reshape(affine)
+        if bias is not None:
+            y = y + bias.reshape(affine)
+        if y is xhat:
+            y = xhat.copy()
+        ctx.save_for_backward(xhat, weight)
+        ctx.params = (invstd, count, comm)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, weight = ctx.saved_tensors
+        invstd, count, comm = ctx.params
+        need_x, need_w, need_b = ctx.needs_input_grad
+        xp = ctx.xp
+        c = g.shape[1]
+        affine = (1, c) + (1,) * (g.ndim - 2)
+        axes = _channel_axes(g.ndim)
+        # this rank's sums: the bias and weight gradients, and the input gradient's reductions
+        sum_dy = g.sum(axis=axes, dtype=np.float64)
+        sum_dy_xhat = (g * xhat).sum(axis=axes, dtype=np.float64)
+        gx = gw = gb = None
+        if need_w:
+            gw = sum_dy_xhat.astype(weight.dtype)
+        if need_b:
+            gb = sum_dy.astype(g.dtype)
+        if need_x:
+            buf = xp.concatenate([sum_dy, sum_dy_xhat])
+            comm.Allreduce(buf, "sum")
+            mean_dy = (buf[:c] / count).astype(g.dtype).reshape(affine)
+            mean_dy_xhat = (buf[c:] / count).astype(g.dtype).reshape(affine)
+            scale = invstd if weight is None else invstd * weight
+            gx = (g - mean_dy - xhat * mean_dy_xhat) * scale.astype(g.dtype).reshape(affine)
+        return gx, gw, gb
+
+
+def _sync_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps, comm):
+    """Training-mode batch norm with statistics over every rank of ``comm``; updates the running
+    statistics (when given) with the global mean and unbiased variance."""
+    x = input._data
+    mean, var, count = _global_moments(x, comm)
+    if count <= 1:
+        raise ValueError(f"SyncBatchNorm: expected more than 1 value per channel when training, "
+                         f"got {int(count)} over all ranks (input of shape {tuple(input.shape)} "
+                         f"on this rank)")
+    xp = backend.get_array_module(x)
+    invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
+    out = SyncBatchNormOp.apply(input, weight, bias, mean=mean.astype(x.dtype), invstd=invstd,
+                                count=count, comm=comm)
+    with no_grad():
+        if running_mean is not None:
+            running_mean._data *= 1 - momentum
+            running_mean._data += (momentum * mean).astype(running_mean._data.dtype)
+            running_mean._vc[0] += 1
+        if running_var is not None:  # unbiased, with the global count
+            running_var._data *= 1 - momentum
+            running_var._data += (momentum * var * (count / (count - 1))).astype(
+                running_var._data.dtype)
+            running_var._vc[0] += 1
+    return out
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch normalisation of (N, C, *) input with statistics over the whole global batch,
+    i.e. over the batches of every rank of ``process_group`` (the default group when None).
+
+    Same arguments, parameters, buffers and state dict as ``BatchNorm1d/2d/3d`` (any input of
+    2 or more dimensions). In training each forward and backward issues one all_reduce, so
+    every rank of the group must run it the same number of times; in eval mode (running
+    statistics) it communicates nothing. Shards may have different sizes.
+
+    Example:
+        >>> bn = nn.SyncBatchNorm(16)              # under mpiexec: statistics of all ranks
+        >>> y = bn(ddp.randn(8, 16, 4, 4))
+        >>> bn.running_mean.shape
+        ddp.Size([16])
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, process_group=None, device=None, dtype=None, *,
+                 bias=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
+                         bias=bias)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input):
+        if input.ndim < 2:
+            raise ValueError(f"expected at least 2D input (got {input.ndim}D input)")
+
+    def forward(self, input):
+        from .. import distributed as dist
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep = not self.training or self.track_running_stats
+        running_mean = self.running_mean if keep else None
+        running_var = self.running_var if keep else None
+        comm = None
+        if use_batch_stats and self.training and dist.is_initialized():
+            comm = dist.get_communicator(self.process_group)
+        if comm is None or comm.size == 1:
+            return _batch_norm(type(self).__name__, input, running_mean, running_var,
+                               self.weight, self.bias, use_batch_stats, factor, self.eps)
+        return _sync_batch_norm(input, running_mean, running_var, self.weight, self.bias, factor,
+                                self.eps, comm)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """Replace every ``BatchNorm*d`` in ``module`` (recursively, ``module`` itself included)
+        by a :class:`SyncBatchNorm` sharing its parameters and buffers, as PyTorch does;
+        returns the converted module (the same object unless ``module`` is itself a BatchNorm).
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+            >>> model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            >>> type(model[1]).__name__
+            'SyncBatchNorm'
+        """
+        out = module
+        if isinstance(module, _BatchNorm):
+            out = cls(module.num_features, module.eps, module.momentum, module.affine,
+                      module.track_running_stats, process_group,
+                      bias=getattr(module, "bias", None) is not None or not module.affine)
+            if module.affine:
+                with no_grad():
+                    out.weight = module.weight
+                    out.bias = module.bias
+            out.running_mean = module.running_mean
+            out.running_var = module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+            out.training = module.training
+            if hasattr(module, "qconfig"):
+                out.qconfig = module.qconfig
+        for name, child in module.named_children():
+            out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return out
