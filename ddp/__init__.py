@@ -63,3 +63,5 @@ from . import utils  # noqa: E402  (ddp.utils.data: datasets, samplers, DataLoad
 from . import optim  # noqa: E402  (optimizers and lr_scheduler)
 from . import distributed  # noqa: E402
 from .accumulation import GradientAccumulator  # noqa: E402
+from . import amp  # noqa: E402  (ddp.amp.autocast, ddp.amp.GradScaler)
+from .amp.autocast_mode import *  # noqa: E402,F401,F403  ddp.autocast, ddp.is_autocast_enabled, ...

@@ -42,3 +42,5 @@ def manual_seed(seed) -> None:
 
 
 manual_seed_all = manual_seed
+
+from .amp import cuda_amp as amp  # noqa: E402  ddp.cuda.amp.autocast / GradScaler (legacy names)

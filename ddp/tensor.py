@@ -20,6 +20,7 @@ import numpy as np
 from . import backend
 from .autograd.grad_mode import state as _mode
 from .autograd.graph import Op
+from .amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
 from .ops import elementwise as E
 from .ops import reduction as R
 from .ops import shape as S
@@ -724,6 +725,8 @@ class Tensor:
         return _true_divide(self, other)
 
     def __rtruediv__(self, other):
+        if _autocast.on:
+            return _autocast_call("rtruediv", Tensor.__rtruediv__, self, other)
         return _true_divide(other, self)
 
     def __floordiv__(self, other):
@@ -739,9 +742,13 @@ class Tensor:
         return E.binary(E.Remainder, "remainder", other, self)
 
     def __pow__(self, other):
+        if _autocast.on:
+            return _autocast_call("pow", Tensor.__pow__, self, other)
         return E.binary(E.Pow, "pow", self, other)
 
     def __rpow__(self, other):
+        if _autocast.on:
+            return _autocast_call("rpow", Tensor.__rpow__, self, other)
         return E.binary(E.Pow, "pow", other, self)
 
     def __matmul__(self, other):
@@ -891,6 +898,8 @@ class Tensor:
     def dot(self, other):
         if self.ndim != 1 or other.ndim != 1:
             raise RuntimeError(f"1D tensors expected, but got {self.ndim}D and {other.ndim}D tensors")
+        if _autocast.on:
+            return _autocast_call("dot", Tensor.dot, self, other)
         return matmul(self, other)
 
     def maximum(self, other):
@@ -914,9 +923,13 @@ class Tensor:
         return self if backend.is_float_np(self._data.dtype) else self.to(backend.get_default_dtype())
 
     def exp(self):
+        if _autocast.on:
+            return _autocast_call("exp", Tensor.exp, self)
         return E.Exp.apply(self._float_input("exp"))
 
     def log(self):
+        if _autocast.on:
+            return _autocast_call("log", Tensor.log, self)
         return E.Log.apply(self._float_input("log"))
 
     def log2(self):
@@ -926,18 +939,26 @@ class Tensor:
         return self.log() / float(np.log(10.0))
 
     def log1p(self):
+        if _autocast.on:
+            return _autocast_call("log1p", Tensor.log1p, self)
         return E.Log1p.apply(self._float_input("log1p"))
 
     def expm1(self):
+        if _autocast.on:
+            return _autocast_call("expm1", Tensor.expm1, self)
         return E.Expm1.apply(self._float_input("expm1"))
 
     def sqrt(self):
         return E.Sqrt.apply(self._float_input("sqrt"))
 
     def rsqrt(self):
+        if _autocast.on:
+            return _autocast_call("rsqrt", Tensor.rsqrt, self)
         return E.Rsqrt.apply(self._float_input("rsqrt"))
 
     def reciprocal(self):
+        if _autocast.on:
+            return _autocast_call("reciprocal", Tensor.reciprocal, self)
         return E.Reciprocal.apply(self._float_input("reciprocal"))
 
     def square(self):
@@ -960,6 +981,8 @@ class Tensor:
         return E.Cos.apply(self._float_input("cos"))
 
     def tan(self):
+        if _autocast.on:
+            return _autocast_call("tan", Tensor.tan, self)
         return self.sin() / self.cos()
 
     def tanh(self):
@@ -1024,6 +1047,8 @@ class Tensor:
 
     def sum(self, dim=None, keepdim=False, dtype=None, axis=None, keepdims=None):
         """Sum over ``dim`` (int, tuple, or all); integer and bool tensors sum as int64."""
+        if _autocast.on and dtype is None:
+            return _autocast_call("sum", Tensor.sum, self, dim, keepdim, None, axis, keepdims)
         dim, keepdim = _np_aliases(dim, keepdim, axis, keepdims)
         x = self if dtype is None else self.to(dtype)
         out_dtype = np.int64 if x._data.dtype.kind in "biu" else None
@@ -1092,6 +1117,8 @@ class Tensor:
         return _arg_reduce(self, "argmin", dim, keepdim)
 
     def prod(self, dim=None, keepdim=False, dtype=None):
+        if _autocast.on and dtype is None:
+            return _autocast_call("prod", Tensor.prod, self, dim, keepdim)
         x = self if dtype is None else self.to(dtype)
         if dim is None:
             return R.Prod.apply(x.reshape(-1), axis=0, keepdims=False).reshape(
@@ -1100,6 +1127,8 @@ class Tensor:
 
     def norm(self, p="fro", dim=None, keepdim=False, dtype=None):
         """Vector p-norm over ``dim`` (all elements by default); ``p`` may be 'fro', inf, -inf."""
+        if _autocast.on and dtype is None:
+            return _autocast_call("norm", Tensor.norm, self, p, dim, keepdim)
         x = self if dtype is None else self.to(dtype)
         axes = self._axes(dim)
         if p in ("fro", 2, 2.0):
@@ -1118,6 +1147,8 @@ class Tensor:
 
     def logsumexp(self, dim, keepdim=False):
         """``log(sum(exp(x)))`` over ``dim`` without overflow."""
+        if _autocast.on:
+            return _autocast_call("logsumexp", Tensor.logsumexp, self, dim, keepdim)
         axes = self._axes(dim)
         m = self.detach().amax(dim=axes, keepdim=True)
         m = m.where(m.isfinite(), 0.0)
@@ -1125,10 +1156,14 @@ class Tensor:
         return out if keepdim else out.squeeze(axes)
 
     def softmax(self, dim, dtype=None):
+        if _autocast.on and dtype is None:
+            return _autocast_call("softmax", Tensor.softmax, self, dim)
         x = self._float_input("softmax") if dtype is None else self.to(dtype)
         return R.Softmax.apply(x, dim=self._axes(dim)[0])
 
     def log_softmax(self, dim, dtype=None):
+        if _autocast.on and dtype is None:
+            return _autocast_call("log_softmax", Tensor.log_softmax, self, dim)
         x = self._float_input("log_softmax") if dtype is None else self.to(dtype)
         return R.LogSoftmax.apply(x, dim=self._axes(dim)[0])
 
@@ -1142,6 +1177,8 @@ class Tensor:
         return (self != 0).sum(dim)
 
     def cumsum(self, dim, dtype=None):
+        if _autocast.on and dtype is None:
+            return _autocast_call("cumsum", Tensor.cumsum, self, dim)
         x = self if dtype is None else self.to(dtype)
         return CumSum.apply(x, axis=self._axes(dim)[0])
 
@@ -1547,6 +1584,8 @@ def matmul(a, b):
         >>> ddp.matmul(ddp.ones(2, 3), ddp.ones(3)).shape
         ddp.Size([2])
     """
+    if _autocast.on:  # autocast (ddp.amp): one thread-local flag read when off
+        return _autocast_call("matmul", matmul, a, b)
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         raise TypeError(f"matmul(): argument 'other' must be Tensor, not "
                         f"{type(b if isinstance(a, Tensor) else a).__name__}")

@@ -9,6 +9,12 @@ Before ``init_process_group`` the rank comes from the launcher's environment (``
 ``PMI_RANK``, ``OMPI_COMM_WORLD_RANK``, ``PMIX_RANK``), so ``print0`` is already quiet on the
 other ranks at start-up.
 
+Exact evaluation (padding would count some samples twice): shard the test set with
+``DistributedSampler(test_set, shuffle=False, pad=False)``, then either sum additive metric
+state over the ranks (:func:`reduce_confusion_matrix`, or :func:`all_reduce_metric` of
+``[sum, count]`` with ``op='sum'``), or collect every prediction in dataset order with
+:func:`gather_for_eval` and compute the metric on it.
+
 Example:
     >>> import ddp.distributed as dist
     >>> dist.init_process_group()

@@ -68,6 +68,13 @@ def _reduce_args(host, op):
     return host, _mpi_op(op)
 
 
+def _words(host):
+    """``host`` as MPI can move it: bfloat16 viewed as 16-bit words (no copy), else as is."""
+    if host is not None and backend.bfloat16 is not None and host.dtype == backend.bfloat16.np:
+        return host.view(np.uint16)
+    return host
+
+
 def _mpi_op(op):
     MPI = mpi()
     return {"sum": MPI.SUM, "avg": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "product": MPI.PROD,
@@ -115,7 +122,7 @@ class MPICommunicator(Communicator):
     def Bcast(self, array, root=0):
         self._drain()
         host, back = self._host(array)
-        self.comm.Bcast(host, root=root)
+        self.comm.Bcast(_words(host), root=root)
         if back is not None:
             back()
         return array
@@ -124,7 +131,7 @@ class MPICommunicator(Communicator):
         self._drain()
         s, _ = self._host(send)
         r, back = self._host(recv)
-        self.comm.Allgather(s, r)
+        self.comm.Allgather(_words(s), _words(r))
         if back is not None:
             back()
 
@@ -143,17 +150,17 @@ class MPICommunicator(Communicator):
         s, _ = self._host(send)
         if self.rank == root:
             r, back = self._host(recv)
-            self.comm.Gather(s, r, root=root)
+            self.comm.Gather(_words(s), _words(r), root=root)
             if back is not None:
                 back()
         else:
-            self.comm.Gather(s, None, root=root)
+            self.comm.Gather(_words(s), None, root=root)
 
     def Scatter(self, send, recv, root=0):
         self._drain()
         r, back = self._host(recv)
         s = self._host(send)[0] if self.rank == root else None
-        self.comm.Scatter(s, r, root=root)
+        self.comm.Scatter(_words(s), _words(r), root=root)
         if back is not None:
             back()
 

@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 
 from .. import backend
+from ..amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
 from ..autograd.graph import _NO_RECORD, Op
 from ..ops import elementwise as E
 from ..ops.reduction import LogSoftmax, Softmax, normalize_axis
@@ -384,6 +385,8 @@ def softplus(input, beta=1.0, threshold=20.0):
         >>> softplus(ddp.tensor([0.0, 1e4]))
         tensor([6.9315e-01, 1.0000e+04])
     """
+    if _autocast.on:
+        return _autocast_call("softplus", softplus, input, beta, threshold)
     return Softplus.apply(input._float_input("softplus"), beta=beta, threshold=threshold)
 
 
@@ -463,6 +466,8 @@ def prelu(input, weight):
         >>> prelu(ddp.tensor([[-1.0, 2.0]]), ddp.tensor([0.25]))
         tensor([[-0.2500,  2.0000]])
     """
+    if _autocast.on:
+        return _autocast_call("prelu", prelu, input, weight)
     if weight.ndim != 1:
         raise RuntimeError(f"prelu: weight must be 1-D (got shape {tuple(weight.shape)})")
     n = weight.shape[0]
@@ -561,6 +566,8 @@ def softmax(input, dim=None, _stacklevel=3, dtype=None):
         >>> softmax(ddp.tensor([1e4, 0.0]), dim=0)
         tensor([1., 0.])
     """
+    if _autocast.on and dtype is None:
+        return _autocast_call("softmax", softmax, input, dim, _stacklevel + 2)
     input, d = _softmax_dim("softmax", input, dim, dtype, _stacklevel)
     return Softmax.apply(input, dim=d)
 
@@ -572,6 +579,8 @@ def softmin(input, dim=None, _stacklevel=3, dtype=None):
         >>> softmin(ddp.tensor([0.0, 1e4]), dim=0)
         tensor([1., 0.])
     """
+    if _autocast.on and dtype is None:
+        return _autocast_call("softmin", softmin, input, dim, _stacklevel + 2)
     input, d = _softmax_dim("softmin", input, dim, dtype, _stacklevel)
     return Softmax.apply(-input, dim=d)
 
@@ -583,5 +592,7 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
         >>> log_softmax(ddp.tensor([1e4, 0.0]), dim=0)
         tensor([     0., -10000.])
     """
+    if _autocast.on and dtype is None:
+        return _autocast_call("log_softmax", log_softmax, input, dim, _stacklevel + 2)
     input, d = _softmax_dim("log_softmax", input, dim, dtype, _stacklevel)
     return LogSoftmax.apply(input, dim=d)

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from .. import backend
+from ..amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
 from ..autograd.graph import Op
 from ..ops.shape import _along_axis_index
 from ..tensor import Tensor, where
@@ -90,6 +91,9 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
         >>> mse_loss(ddp.tensor([1.0, 2.0]), ddp.tensor([0.0, 0.0]))
         tensor(2.5000)
     """
+    if _autocast.on:
+        return _autocast_call("mse_loss", mse_loss, input, target, size_average, reduce, reduction,
+                              weight)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     x, y = _broadcast_pair("mse_loss", input, target)
     d = x - y
@@ -103,6 +107,9 @@ def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", wei
         >>> l1_loss(ddp.tensor([1.0, -2.0]), ddp.tensor([0.0, 0.0]))
         tensor(1.5000)
     """
+    if _autocast.on:
+        return _autocast_call("l1_loss", l1_loss, input, target, size_average, reduce, reduction,
+                              weight)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     x, y = _broadcast_pair("l1_loss", input, target)
     return _weighted("l1_loss", (x - y).abs(), input, weight, reduction)
@@ -122,6 +129,9 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
         >>> smooth_l1_loss(ddp.tensor([0.5, 3.0]), ddp.tensor([0.0, 0.0]))
         tensor(1.3125)
     """
+    if _autocast.on:
+        return _autocast_call("smooth_l1_loss", smooth_l1_loss, input, target, size_average, reduce,
+                              reduction, beta)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if beta < 0:
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
@@ -138,6 +148,8 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
         >>> huber_loss(ddp.tensor([0.5, 3.0]), ddp.tensor([0.0, 0.0]))
         tensor(1.3125)
     """
+    if _autocast.on:
+        return _autocast_call("huber_loss", huber_loss, input, target, reduction, delta, weight)
     if delta <= 0:
         raise RuntimeError("huber_loss does not support non-positive values for delta.")
     x, y = _broadcast_pair("huber_loss", input, target)
@@ -182,6 +194,9 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
         >>> binary_cross_entropy(ddp.tensor([0.5]), ddp.tensor([1.0]))
         tensor(0.6931)
     """
+    if _autocast.on:
+        return _autocast_call("binary_cross_entropy", binary_cross_entropy, input, target, weight,
+                              size_average, reduce, reduction)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if target.shape != input.shape:
         raise ValueError(f"binary_cross_entropy: Using a target size ({target.shape}) that is "
@@ -205,6 +220,9 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
         >>> binary_cross_entropy_with_logits(ddp.tensor([1e4, -1e4]), ddp.tensor([1.0, 0.0]))
         tensor(0.)
     """
+    if _autocast.on:
+        return _autocast_call("binary_cross_entropy_with_logits", binary_cross_entropy_with_logits,
+                              input, target, weight, size_average, reduce, reduction, pos_weight)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if target.shape != input.shape:
         raise ValueError(f"binary_cross_entropy_with_logits: Target size ({target.shape}) must be "
@@ -226,6 +244,9 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_
         >>> kl_div(ddp.tensor([0.5, 0.5]).log(), ddp.tensor([0.5, 0.5]), reduction="batchmean")
         tensor(0.)
     """
+    if _autocast.on:
+        return _autocast_call("kl_div", kl_div, input, target, size_average, reduce, reduction,
+                              log_target)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
     elif reduction == "mean":
@@ -332,6 +353,9 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         >>> nll_loss(ddp.tensor([[-1.0, -2.0]]), ddp.tensor([1]))
         tensor(2.)
     """
+    if _autocast.on:
+        return _autocast_call("nll_loss", nll_loss, input, target, weight, size_average,
+                              ignore_index, reduce, reduction)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     dist, dim, weight_sum = _class_distribution("nll_loss", input, target, weight, ignore_index,
                                                 0.0)
@@ -351,6 +375,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         >>> cross_entropy(ddp.tensor([[1e4, 0.0]]), ddp.tensor([0]))
         tensor(0.)
     """
+    if _autocast.on:
+        return _autocast_call("cross_entropy", cross_entropy, input, target, weight, size_average,
+                              ignore_index, reduce, reduction, label_smoothing)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be between 0.0 and 1.0. Got: "

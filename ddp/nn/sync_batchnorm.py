@@ -4,13 +4,13 @@ With DistributedDataParallel each rank sees only its shard of the global batch; 
 normalise with per-shard statistics. SyncBatchNorm reduces them across the ranks of a process
 group instead, so the ranks together compute exactly what BatchNorm computes on the whole batch:
 
-* forward: one all_reduce of ``[sum(x), sum(x * x), count]`` per channel (accumulated in
-  float64), giving the global mean and biased variance; shards may have different sizes, even
-  zero rows. The running statistics use the global count (unbiased ``running_var``), so they are
-  identical on every rank.
+* forward: one all_reduce of ``[sum(x), sum(x * x), count]`` per channel (in float64, from
+  each rank's two-pass moments), giving the global mean and biased variance; shards may have
+  different sizes, even zero rows. The running statistics use the global count (unbiased
+  ``running_var``), so they are identical on every rank.
 * backward: one all_reduce of ``[sum(dy), sum(dy * x_hat)]`` per channel, which the input
-  gradient needs. ``weight``/``bias`` get this rank's contribution only (sum them across ranks —
-  DDP's gradient averaging does — for the gradient of the global batch).
+  gradient needs. ``weight``/``bias`` get this rank's contribution only, like every other
+  parameter: DDP's gradient all-reduce combines them into the gradient of the global batch.
 
 Unlike PyTorch it runs on CPU as well as on GPU (one code path; collectives stage device arrays
 through host memory). In a single process, in eval mode, or without an initialised process group
@@ -30,7 +30,7 @@ import numpy as np
 from .. import backend
 from ..autograd.grad_mode import no_grad
 from ..autograd.graph import Op
-from ._functional_layers import _batch_norm
+from ._functional_layers import _batch_norm, _moments
 from .normalization import _BatchNorm
 
 __all__ = ["SyncBatchNorm"]
@@ -44,15 +44,20 @@ def _global_moments(x, comm):
     """Mean and biased variance per channel (float64, shape (C,)) of the batch made of every
     rank's ``x`` (N_r, C, *), and the global number of values per channel.
 
-    One all_reduce of ``[sum, sum of squares, count]``; float64 accumulation keeps
-    ``E[x^2] - E[x]^2`` accurate unless |mean| / std exceeds ~1e4."""
+    One all_reduce of ``[sum, sum of squares, count]`` per channel, in float64. Each rank
+    derives its sums from its own two-pass mean and variance (as BatchNorm computes them, with
+    no float64 copy of the input), so only the spread between the ranks' means goes through
+    ``E[x^2] - E[x]^2``."""
     xp = backend.get_array_module(x)
     c = x.shape[1]
-    axes = _channel_axes(x.ndim)
-    buf = xp.empty(2 * c + 1, dtype=np.float64)
-    buf[:c] = x.sum(axis=axes, dtype=np.float64)
-    buf[c:2 * c] = xp.square(x, dtype=np.float64).sum(axis=axes)
-    buf[2 * c] = x.size // c if c else 0
+    n = x.size // c if c else 0
+    buf = xp.zeros(2 * c + 1, dtype=np.float64)
+    if n:
+        mean, var = _moments(x, _channel_axes(x.ndim))
+        mean, var = mean.reshape(c).astype(np.float64), var.reshape(c).astype(np.float64)
+        buf[:c] = n * mean
+        buf[c:2 * c] = n * (var + mean * mean)
+        buf[2 * c] = n
     comm.Allreduce(buf, "sum")
     count = float(buf[2 * c])
     mean = buf[:c] / max(count, 1.0)
