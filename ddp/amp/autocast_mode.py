@@ -18,8 +18,8 @@ Policies (``POLICIES[device][op]``):
 
 * ``lower_precision_fp``: floating inputs (not float64) are cast to the autocast dtype.
   On the GPU (CuPy, float16) the op then runs natively, on tensor cores. On the CPU NumPy has no
-  fast half-precision matrix product (float16 ``matmul`` takes no BLAS path — ~150x slower than
-  float32 at 256x256 — and ml_dtypes' bfloat16 ``matmul`` returns float32), so the rounded
+  fast half-precision matrix product (float16 ``matmul`` takes no BLAS path: 49 ms against
+  0.3 ms in float32 at 256x256; ml_dtypes' bfloat16 ``matmul`` returns float32), so the rounded
   inputs are widened to float32, the op runs in float32 and its result is rounded to the
   autocast dtype: numerically what a bfloat16/float16 GEMM with float32 accumulation gives.
   bfloat16 on CuPy takes the same route (CuPy has no bfloat16 kernels).

@@ -164,9 +164,9 @@ class GradScaler:
         return apply(outputs)
 
     def _unscale_grads_(self, optimizer, inv_scale):
-        """Multiply every gradient of ``optimizer`` by ``inv_scale`` in place; whether any was
-        inf/NaN before (1.0 or 0.0, this rank only)."""
-        found = None
+        """Multiply every gradient of ``optimizer`` by ``inv_scale`` in place; returns whether
+        any was inf/NaN before (1.0 or 0.0, this rank only) and how many gradients there were."""
+        found, count = None, 0
         for group in optimizer.param_groups:
             for param in group["params"]:
                 grad = param.grad
@@ -178,9 +178,10 @@ class GradScaler:
                 xp = backend.get_array_module(arr)
                 bad = ~xp.isfinite(arr).all()   # stays on the device: one sync at the end
                 found = bad if found is None else (found | bad)
+                count += 1
                 xp.multiply(arr, inv_scale, out=arr, casting="unsafe")
                 grad._vc[0] += 1
-        return 0.0 if found is None else float(bool(found))
+        return (0.0 if found is None else float(bool(found))), count
 
     def unscale_(self, optimizer):
         """Divide ``optimizer``'s gradients by the scale, in place (in their dtype, float32 for
@@ -207,8 +208,10 @@ class GradScaler:
         if optimizer_state["stage"] is OptState.STEPPED:
             raise RuntimeError("unscale_() is being called after step().")
         inv_scale = np.float32(np.float64(1.0) / np.float64(self._scale))  # as PyTorch: via fp64
-        found_inf = self._unscale_grads_(optimizer, inv_scale)
-        optimizer_state["found_inf"] = _found_inf_on_any_rank(found_inf)
+        found_inf, count = self._unscale_grads_(optimizer, inv_scale)
+        found_inf = _found_inf_on_any_rank(found_inf)   # every rank takes part, even gradient-less
+        # no gradients: nothing was checked (step raises, update ignores it, as in PyTorch)
+        optimizer_state["found_inf"] = found_inf if count else None
         optimizer_state["stage"] = OptState.UNSCALED
 
     def step(self, optimizer, *args, **kwargs):
@@ -235,6 +238,8 @@ class GradScaler:
             raise RuntimeError("step() has already been called since the last update().")
         if optimizer_state["stage"] is OptState.READY:
             self.unscale_(optimizer)
+        if optimizer_state["found_inf"] is None:
+            raise AssertionError("No inf checks were recorded for this optimizer.")
         retval = None
         if not optimizer_state["found_inf"]:
             retval = optimizer.step(*args, **kwargs)

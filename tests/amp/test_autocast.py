@@ -388,6 +388,13 @@ def test_cuda_autocast_without_a_gpu_warns_and_disables():
     assert legacy.device == "cuda" and legacy.fast_dtype == ddp.float16
 
 
+def test_legacy_cuda_amp_names():
+    from ddp.cuda.amp import GradScaler, autocast  # ddp.cuda is a module; this still imports
+    assert autocast is ddp.cuda.amp.autocast and GradScaler is ddp.cuda.amp.GradScaler
+    assert issubclass(autocast, ddp.amp.autocast) and issubclass(GradScaler, ddp.amp.GradScaler)
+    assert ddp.autocast is ddp.amp.autocast
+
+
 def test_weight_cast_cache():
     """A parameter is cast once per region (while its version is unchanged); the cache is
     dropped when the outermost region exits."""
