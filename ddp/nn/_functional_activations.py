@@ -137,8 +137,10 @@ class Gelu(Op):
         ctx.approximate = approximate
         if approximate == "tanh":
             inner = _TANH_BETA * (a + _TANH_KAPPA * a * a * a)
-            return 0.5 * a * (1 + backend.get_array_module(a).tanh(inner))
-        return 0.5 * a * (1 + erf_array(a * _SQRT_HALF))
+            out = 0.5 * a * (1 + backend.get_array_module(a).tanh(inner))
+        else:
+            out = 0.5 * a * (1 + erf_array(a * _SQRT_HALF))
+        return out.astype(a.dtype, copy=False)  # half-precision inputs keep their dtype
 
     @staticmethod
     def backward(ctx, g):

@@ -297,7 +297,9 @@ class Matmul(Op):
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
-        return a @ b
+        out = a @ b
+        # ml_dtypes' bfloat16 product comes back as float32 (accumulated in float32): round it
+        return out if out.dtype == a.dtype else out.astype(a.dtype)
 
     @staticmethod
     def backward(ctx, g):
