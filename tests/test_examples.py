@@ -58,3 +58,31 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
     for k, state in a["optimizer"]["state"].items():
         for name, value in state.items():
             np.testing.assert_array_equal(np.asarray(value), np.asarray(b["optimizer"]["state"][k][name]))
+
+
+def _run_ranks(n, script, *args):
+    """Run an example on ``n`` MPI ranks of the bundled MPICH; returns its output."""
+    import shutil
+    import subprocess
+    import sysconfig
+    mpiexec = shutil.which("mpiexec", path=sysconfig.get_path("scripts") + os.pathsep +
+                           os.environ.get("PATH", ""))
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([mpiexec, "-n", str(n), sys.executable, os.path.join(EXAMPLES, script),
+                           *args], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_data_parallel_digits(ranks):
+    out = _run_ranks(ranks, "ddp_digits.py", "--epochs", "8")
+    accuracy = float(out.strip().splitlines()[-1].split()[3])
+    assert accuracy > 0.93, out
+
+
+def test_amp_accumulation_example_keeps_ranks_identical():
+    out = _run_ranks(2, "ddp_amp_accumulate.py", "--epochs", "5")
+    last = out.strip().splitlines()[-1]
+    assert last.endswith("parameters identical on all ranks: True"), out
+    assert float(last.split()[3].rstrip(";")) > 0.9, out
