@@ -6,8 +6,8 @@
   Blocking collectives wait for the work already submitted, then run in the caller's thread.
 - CuPy arrays are staged through host memory (the PyPI MPI wheels are not CUDA-aware); the
   current stream is synchronised first.
-- bfloat16 travels as 16-bit words reduced by a user-defined MPI op (MPI has no bfloat16
-  type); float16 is native in MPICH.
+- float16 and bfloat16 travel as 16-bit words reduced by a user-defined MPI op (MPI has no
+  bfloat16 type, and MPICH's float16 sum is slow).
 """
 from __future__ import annotations
 
@@ -42,29 +42,35 @@ def launched_by_mpi() -> bool:
     return False
 
 
-_BF16_OPS = {}
+_HALF_OPS = {}
 
 
-def _bf16_op(op):
-    """An MPI reduction over bfloat16 data sent as 16-bit words (MPI has no bfloat16 type):
-    half the bytes of widening to float32; the arithmetic runs in NumPy via ml_dtypes."""
-    if op not in _BF16_OPS:
+def _half_op(dtype, op):
+    """An MPI reduction over 16-bit floats (float16, bfloat16) sent as 16-bit words: half the
+    bytes of float32, with the arithmetic done in float32 and rounded once per step. MPI has no
+    bfloat16 type, and MPICH's own float16 sum is about 10x slower than this (measured: a 3.7 MB
+    bucket step took 196 ms against 17 ms)."""
+    key = (np.dtype(dtype), op)
+    if key not in _HALF_OPS:
         ufunc = {"sum": np.add, "avg": np.add, "max": np.maximum, "min": np.minimum,
                  "product": np.multiply}[op]
-        bf16 = backend.bfloat16.np
 
         def reduce(inbuf, outbuf, datatype):
-            a = np.frombuffer(inbuf, dtype=bf16)
-            b = np.frombuffer(outbuf, dtype=bf16)
-            ufunc(a, b, out=b)
-        _BF16_OPS[op] = mpi().Op.Create(reduce, commute=True)
-    return _BF16_OPS[op]
+            a = np.frombuffer(inbuf, dtype=key[0])
+            b = np.frombuffer(outbuf, dtype=key[0])
+            b[...] = ufunc(a.astype(np.float32), b.astype(np.float32))
+        _HALF_OPS[key] = mpi().Op.Create(reduce, commute=True)
+    return _HALF_OPS[key]
+
+
+def _is_half(dtype):
+    return dtype == np.float16 or (backend.bfloat16 is not None and dtype == backend.bfloat16.np)
 
 
 def _reduce_args(host, op):
-    """(buffer spec, MPI op) for a reduction of ``host``; bfloat16 goes as 16-bit words."""
-    if backend.bfloat16 is not None and host.dtype == backend.bfloat16.np:
-        return [host.view(np.uint16), mpi().UINT16_T], _bf16_op(op)
+    """(buffer spec, MPI op) for a reduction of ``host``; 16-bit floats go as 16-bit words."""
+    if _is_half(host.dtype) and op in ("sum", "avg", "max", "min", "product"):
+        return [host.view(np.uint16), mpi().UINT16_T], _half_op(host.dtype, op)
     return host, _mpi_op(op)
 
 

