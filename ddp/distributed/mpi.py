@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import backend
 from .communicator import Communicator, Work, _check_op
+from .stall import async_name, maybe_inspector
 
 _MPI = None
 
@@ -99,6 +100,7 @@ class MPICommunicator(Communicator):
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
+        self._stall = maybe_inspector(self.comm)  # None unless DDP_STALL_CHECK_SECONDS is set
         self._queue = None
         self._thread = None
         self._pending = 0
@@ -122,11 +124,11 @@ class MPICommunicator(Communicator):
     # ---------------------------------------------------------------- collectives
     def Allreduce(self, array, op="sum"):
         _check_op(op)
-        self._drain()
+        self._enter("Allreduce")
         return self._allreduce_now(array, op)
 
     def Bcast(self, array, root=0):
-        self._drain()
+        self._enter("Bcast")
         host, back = self._host(array)
         self.comm.Bcast(_words(host), root=root)
         if back is not None:
@@ -134,7 +136,7 @@ class MPICommunicator(Communicator):
         return array
 
     def Allgather(self, send, recv):
-        self._drain()
+        self._enter("Allgather")
         s, _ = self._host(send)
         r, back = self._host(recv)
         self.comm.Allgather(_words(s), _words(r))
@@ -143,7 +145,7 @@ class MPICommunicator(Communicator):
 
     def Reduce_scatter(self, send, recv, op="sum"):
         _check_op(op)
-        self._drain()
+        self._enter("Reduce_scatter")
         s, _ = self._host(send)
         r, back = self._host(recv)
         (sbuf, mpi_op), (rbuf, _) = _reduce_args(s, op), _reduce_args(r, op)
@@ -152,7 +154,7 @@ class MPICommunicator(Communicator):
             back()
 
     def Gather(self, send, recv, root=0):
-        self._drain()
+        self._enter("Gather")
         s, _ = self._host(send)
         if self.rank == root:
             r, back = self._host(recv)
@@ -163,7 +165,7 @@ class MPICommunicator(Communicator):
             self.comm.Gather(_words(s), None, root=root)
 
     def Scatter(self, send, recv, root=0):
-        self._drain()
+        self._enter("Scatter")
         r, back = self._host(recv)
         s = self._host(send)[0] if self.rank == root else None
         self.comm.Scatter(_words(s), _words(r), root=root)
@@ -172,7 +174,7 @@ class MPICommunicator(Communicator):
 
     def Reduce(self, array, op="sum", root=0):
         _check_op(op)
-        self._drain()
+        self._enter("Reduce")
         host, back = self._host(array)
         MPI = mpi()
         buf, mpi_op = _reduce_args(host, op)
@@ -183,24 +185,26 @@ class MPICommunicator(Communicator):
         return array
 
     def Barrier(self):
-        self._drain()
+        self._enter("Barrier")
         self.comm.Barrier()
 
     def bcast_obj(self, obj, root=0):
-        self._drain()
+        self._enter("bcast_obj")
         return self.comm.bcast(obj, root=root)
 
     def allgather_obj(self, obj):
-        self._drain()
+        self._enter("allgather_obj")
         return self.comm.allgather(obj)
 
     def gather_obj(self, obj, root=0):
-        self._drain()
+        self._enter("gather_obj")
         return self.comm.gather(obj, root=root)
 
     # ---------------------------------------------------------------- asynchronous
     def submit(self, fn, *args):
         """Queue a collective for the communication thread; returns its :class:`Work`."""
+        if self._stall is not None:
+            self._stall.reached(async_name(fn))
         if self._thread is None:
             self._queue = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._serve, name=f"ddp-comm-{self.rank}",
@@ -227,6 +231,14 @@ class MPICommunicator(Communicator):
                 if not self._pending:
                     self._idle.notify_all()
 
+    def _enter(self, name):
+        """Start of a blocking collective: tell the stall inspector (when enabled) that this rank
+        reached ``name``, except from the communication thread, whose collectives were counted
+        when they were submitted; then wait for the submitted work."""
+        if self._stall is not None and threading.current_thread() is not self._thread:
+            self._stall.reached(name)
+        self._drain()
+
     def _drain(self):
         """Wait until the communication thread has run everything submitted (keeps the order
         of collectives identical on every rank). From the thread itself: nothing to wait for."""
@@ -249,7 +261,7 @@ class MPICommunicator(Communicator):
 
     # ---------------------------------------------------------------- groups and teardown
     def split(self, ranks):
-        self._drain()
+        self._enter("split")
         ranks = sorted(set(ranks))
         color = 0 if self.rank in ranks else mpi().UNDEFINED
         sub = self.comm.Split(color, key=self.rank)
@@ -266,5 +278,8 @@ class MPICommunicator(Communicator):
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        if self._stall is not None:
+            self._stall.close(collective=self.comm != mpi().COMM_WORLD)
+            self._stall = None
         if self.comm != mpi().COMM_WORLD:
             self.comm.Free()

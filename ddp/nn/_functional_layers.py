@@ -93,10 +93,11 @@ def _window(x, i, j, stride, dilation, out):
 
 
 def _col2im(cols, shape, stride, dilation):
-    """Adjoint of :func:`_windows`: add ``cols`` (N, C, kh, kw, OH, OW) into zeros of ``shape``."""
+    """Adjoint of :func:`_windows`: add ``cols`` (N, C, kh, kw, OH, OW) into zeros of ``shape``
+    (N, C, H, W). Trailing axes ride along: (N, C, kh, kw, OH, OW, D) into (N, C, H, W, D)."""
     xp = backend.get_array_module(cols)
     out = xp.zeros(shape, dtype=cols.dtype)
-    kh, kw, oh, ow = cols.shape[2:]
+    kh, kw, oh, ow = cols.shape[2:6]
     for i in range(kh):
         for j in range(kw):
             _window(out, i, j, stride, dilation, (oh, ow))[...] += cols[:, :, i, j]
@@ -151,6 +152,8 @@ class LinearOp(Op):
     def forward(ctx, x, w, b=None):
         ctx.save_for_backward(x, w)
         out = x @ w.T
+        if out.dtype != x.dtype:  # bfloat16 products come back as float32: round them
+            out = out.astype(x.dtype)
         if b is not None:
             out += b
         return out
@@ -169,56 +172,47 @@ class LinearOp(Op):
 
 # =========================================================================== convolution
 
-# im2col: the patches of the padded input as one (OH*OW, K) matrix per sample and group,
-# K = C/groups*kh*kw. The forward is one matrix product per sample that writes (N, O, OH, OW)
-# directly; the weight gradient is one product over all N*OH*OW rows where the layout allows;
-# the input gradient is ONE product giving the columns, which col2im adds back into a
-# (C, N, H, W) buffer. Products get operands with a unit stride in one of their last two axes,
-# so NumPy hands them to BLAS (other strides, e.g. a gradient broadcast from a sum, fall back
-# to a slow loop).
+# im2col with K = C/groups*kh*kw: the patches of the padded input are an (OH*OW, K) matrix
+# per sample and group. The forward is one product per sample that writes (N, O, OH, OW)
+# directly; the weight gradient is ONE product ``g (O, N*OH*OW) @ patches (N*OH*OW, K)`` where
+# the patches are channels last (no per-sample products to sum); the input gradient's columns
+# come from matrix products too, then col2im adds them back. Copies and adds run fastest on
+# long runs of contiguous values, so each step picks channels last (K ordered (kh, kw, C/G);
+# runs of kw*C/G) or channels first ((C/G, kh, kw); runs of OW) by :func:`_channels_last`.
+# Products get operands with a unit stride in one of their last two axes, so NumPy hands them
+# to BLAS (other strides, e.g. a gradient broadcast from a sum, fall back to a slow loop).
+
+def _channels_last(cg, kernel, stride, dilation, out):
+    """Whether the longer runs of contiguous values are channels last: kw*C/G (C/G when
+    dilated) against OW (1 when strided; the whole image for a 1x1 kernel at stride 1, whose
+    patches are the input itself). Forward + weight gradient of a 3x3 conv at batch 128,
+    16->32 on 14x14: 7.4 ms channels last vs 8.9; 1->16 on 28x28: 1.7 ms channels first vs 3.9."""
+    if tuple(kernel) == (1, 1) and tuple(stride) == (1, 1):
+        return False
+    return cg * (kernel[1] if dilation[1] == 1 else 1) >= (out[1] if stride[1] == 1 else 1)
+
 
 def _patches(x, pads, kernel, groups, stride, dilation, out):
-    """The patches of ``x`` (N, C, H, W) padded by ``pads``, as a (N, G, OH*OW, K/G) view, and
-    whether K is ordered (kh, kw, C/G) (channels last) or (C/G, kh, kw).
-
-    Channels last copies runs of kw*C/G contiguous values from an NHWC copy of ``x`` (and its
-    (G, N*OH*OW, K/G) matrix is contiguous); channels first copies runs of OW values from ``x``
-    itself (none for a 1x1 kernel at stride 1); the longer run wins (3x3 conv 16->32 on 14x14:
-    f+w 5.7 vs 7.1 ms; 1->16 on 28x28: 1.6 vs 3.9 ms)."""
+    """The patches of ``x`` (N, C, H, W) padded by ``pads``, as an (N, G, OH*OW, K/G) view,
+    and whether they are channels last (then the (G, N*OH*OW, K/G) matrix is contiguous)."""
     xp = backend.get_array_module(x)
     as_strided = xp.lib.stride_tricks.as_strided
-    (sh_, sw_), (dh, dw) = stride, dilation
+    (s0, s1), (d0, d1) = stride, dilation
     n, c = x.shape[:2]
-    cg, k = c // groups, c // groups * kernel[0] * kernel[1]
-    run_first = math.inf if tuple(kernel) == (1, 1) and sw_ == sh_ == 1 else \
-        out[1] if sw_ == 1 else 1
-    if cg * (kernel[1] if dw == 1 else 1) >= run_first:
-        (t, b), (l, r) = pads
-        xh = xp.zeros((n, x.shape[2] + t + b, x.shape[3] + l + r, c), dtype=x.dtype)
-        xh[:, t:t + x.shape[2], l:l + x.shape[3]] = x.transpose(0, 2, 3, 1)
-        sn, sh, sw, sc = xh.strides
+    cg, k, l = c // groups, c // groups * kernel[0] * kernel[1], out[0] * out[1]
+    if _channels_last(cg, kernel, stride, dilation, out):
+        (t, b), (lft, r) = pads
+        xh = xp.zeros((n, x.shape[2] + t + b, x.shape[3] + lft + r, c), dtype=x.dtype)
+        xh[:, t:t + x.shape[2], lft:lft + x.shape[3]] = x.transpose(0, 2, 3, 1)  # padded NHWC
+        bn, bh, bw, bc = xh.strides
         cols = as_strided(xh, (groups, n) + tuple(out) + tuple(kernel) + (cg,),
-                          (sc * cg, sn, sh * sh_, sw * sw_, sh * dh, sw * dw, sc))
-        return cols.reshape(groups, n, out[0] * out[1], k).transpose(1, 0, 2, 3), True
+                          (bc * cg, bn, bh * s0, bw * s1, bh * d0, bw * d1, bc))
+        return cols.reshape(groups, n, l, k).transpose(1, 0, 2, 3), True
     x = _pad_hw(x, pads)
-    sn, sc, sh, sw = x.strides
+    bn, bc, bh, bw = x.strides
     cols = as_strided(x, (n, groups, cg) + tuple(kernel) + tuple(out),
-                      (sn, sc * cg, sc, sh * dh, sw * dw, sh * sh_, sw * sw_))
-    return xp.swapaxes(cols.reshape(n, groups, k, out[0] * out[1]), 2, 3), False
-
-
-def _weight_matrix(w, groups, channels_last):
-    """``w`` (O, C/G, kh, kw) as (G, O/G, K/G), K ordered as :func:`_patches` says."""
-    xp = backend.get_array_module(w)
-    if channels_last:
-        w = w.transpose(0, 2, 3, 1)
-    return xp.ascontiguousarray(w).reshape(groups, w.shape[0] // groups, -1)
-
-
-def _grad_matrix(g, groups):
-    """The output gradient ``g`` (N, O, OH, OW) as (G, O/G, N*OH*OW)."""
-    xp = backend.get_array_module(g)
-    return xp.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(groups, g.shape[1] // groups, -1)
+                      (bn, bc * cg, bc, bh * d0, bw * d1, bh * s0, bw * s1))
+    return xp.swapaxes(cols.reshape(n, groups, k, l), 2, 3), False
 
 
 def _conv_matmul(x, w, geom, out):
@@ -226,38 +220,55 @@ def _conv_matmul(x, w, geom, out):
     stride, pads, dilation, groups = geom
     xp = backend.get_array_module(x, w)
     cols, last = _patches(x, pads, w.shape[2:], groups, stride, dilation, out)
-    y = xp.matmul(_weight_matrix(w, groups, last), xp.swapaxes(cols, 2, 3))  # (N, G, O/G, L)
-    return y.reshape(x.shape[0], w.shape[0], out[0], out[1])
-
-
-def _conv_matmul_adjoint(g, w, geom, size):
-    """Adjoint of :func:`_conv_matmul` in ``x``: ``g`` (N, O, OH, OW) spread back into an input
-    of spatial ``size`` (one matrix product, then col2im)."""
-    stride, pads, dilation, groups = geom
-    xp = backend.get_array_module(g, w)
-    n, oh, ow = g.shape[0], g.shape[2], g.shape[3]
-    c, kh, kw = w.shape[1] * groups, w.shape[2], w.shape[3]
-    wm = _weight_matrix(w, groups, False)
-    cols = xp.matmul(xp.swapaxes(wm, 1, 2), _grad_matrix(g, groups))  # (G, K/G, N*L)
-    cols = cols.reshape(c, kh, kw, n, oh, ow).transpose(0, 3, 1, 2, 4, 5)
-    shape = (c, n, size[0] + sum(pads[0]), size[1] + sum(pads[1]))
-    x = _crop_hw(_col2im(cols, shape, stride, dilation), pads)  # (C, N, H, W)
-    return xp.ascontiguousarray(x.transpose(1, 0, 2, 3))
+    w = xp.ascontiguousarray(w.transpose(0, 2, 3, 1) if last else w)  # K ordered as cols'
+    o = w.shape[0]
+    # into a C-ordered (N, G, O/G, OH*OW) output: matmul would follow the patches' layout
+    y = xp.empty((x.shape[0], groups, o // groups, out[0] * out[1]),
+                 dtype=xp.result_type(x.dtype, w.dtype))
+    xp.matmul(w.reshape(groups, o // groups, -1), xp.swapaxes(cols, 2, 3), out=y)
+    return y.reshape(x.shape[0], o, out[0], out[1])
 
 
 def _conv_weight_grad(g, x, w_shape, geom):
-    """Gradient of :func:`_conv_matmul` in ``w``: ``g (O, N*L) @ patches (N*L, K)``."""
+    """Gradient of :func:`_conv_matmul` in ``w`` (of shape ``w_shape``)."""
     stride, pads, dilation, groups = geom
     xp = backend.get_array_module(g, x)
     n, o, oh, ow = g.shape
     cols, last = _patches(x, pads, w_shape[2:], groups, stride, dilation, (oh, ow))
-    if not last:  # per-sample products, summed (faster than a copy into one matrix)
+    if not last:  # per-sample products, summed (a copy into one matrix costs more)
         g = xp.ascontiguousarray(g).reshape(n, groups, o // groups, oh * ow)
         return xp.matmul(g, cols).sum(axis=0).reshape(w_shape)
-    cols = cols.transpose(1, 0, 2, 3).reshape(groups, n * oh * ow, -1)  # a view
-    gw = xp.matmul(_grad_matrix(g, groups), cols)  # (G, O/G, K/G)
+    g = xp.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(groups, o // groups, -1)
+    gw = xp.matmul(g, cols.transpose(1, 0, 2, 3).reshape(groups, n * oh * ow, -1))
     o, cg, kh, kw = w_shape
     return xp.ascontiguousarray(gw.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2))
+
+
+def _conv_matmul_adjoint(g, w, geom, size):
+    """Adjoint of :func:`_conv_matmul` in ``x``: ``g`` (N, O, OH, OW) spread back into an input
+    of spatial ``size`` (matrix products giving the columns, then col2im)."""
+    stride, pads, dilation, groups = geom
+    xp = backend.get_array_module(g, w)
+    n, o, oh, ow = g.shape
+    cg, kh, kw = w.shape[1:]
+    hw = (size[0] + sum(pads[0]), size[1] + sum(pads[1]))
+    if kh * kw > 1 and cg >= 8:
+        # one product per kernel position and group, g (N*OH*OW, O/G) @ w[:, :, i, j], gives
+        # each position's columns as a contiguous (N, OH, OW, C/G) block, added into an NHWC
+        # buffer in rows of OW*C/G (3x3 conv 16->32 on 14x14, batch 128: 4.4 ms vs 6.2 the
+        # other way). Products under 8 columns wide are slow (3->32 on 56x56: 9.8 ms vs 3.9).
+        rows = xp.ascontiguousarray(g.transpose(0, 2, 3, 1)).reshape(n * oh * ow, groups, -1)
+        wk = w.reshape(groups, o // groups, cg, kh, kw).transpose(3, 4, 0, 1, 2)
+        cols = xp.matmul(rows.transpose(1, 0, 2), xp.ascontiguousarray(wk))
+        cols = cols.reshape(kh, kw, groups, n, oh, ow, cg).transpose(2, 3, 0, 1, 4, 5, 6)
+        x = _crop_hw(_col2im(cols, (groups, n) + hw + (cg,), stride, dilation), pads)
+        return xp.ascontiguousarray(x.transpose(1, 0, 4, 2, 3)).reshape((n, -1) + tuple(size))
+    # one product per sample and group, w.T (K/G, O/G) @ g[n] (O/G, OH*OW), col2im in NCHW
+    w = xp.ascontiguousarray(w).reshape(groups, o // groups, -1)
+    g = xp.ascontiguousarray(g).reshape(n, groups, o // groups, oh * ow)
+    cols = xp.matmul(xp.swapaxes(w, 1, 2), g).reshape(n, groups * cg, kh, kw, oh, ow)
+    x = _crop_hw(_col2im(cols, (n, groups * cg) + hw, stride, dilation), pads)
+    return xp.ascontiguousarray(x)
 
 
 # The convolution of x (N, C, H, W) with w (O, C/groups, kh, kw) is bilinear; its two adjoints
@@ -536,18 +547,22 @@ def _window_max(xpad, kernel, stride, dilation, out):
     return y
 
 
+def _windows_overlap(kernel, stride, dilation):
+    """Whether two windows can share an input element (else col2im may write, not add)."""
+    return any(k > 1 and s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
+
+
 def _first_max_hits(xpad, y, kernel, stride, dilation, out):
-    """Bool (N, C, kh, kw, OH, OW): True where a window has its first maximum ``y``."""
+    """``(i, j, hit)`` for each kernel position in order; ``hit`` is a bool (N, C, OH, OW)
+    array, True where a window has its first maximum ``y`` at (i, j)."""
     xp = backend.get_array_module(xpad)
-    hits = xp.empty(y.shape[:2] + tuple(kernel) + y.shape[2:], dtype=bool)
-    taken = xp.zeros(y.shape, dtype=bool)
+    free = xp.ones(y.shape, dtype=bool)  # windows whose first maximum is still to come
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             hit = _window(xpad, i, j, stride, dilation, out) == y
-            hit &= ~taken
-            taken |= hit
-            hits[:, :, i, j] = hit
-    return hits
+            hit &= free
+            free ^= hit
+            yield i, j, hit
 
 
 def _spread(cols, kernel, stride, dilation, pads, out, shape):
@@ -564,15 +579,16 @@ def _spread(cols, kernel, stride, dilation, pads, out, shape):
 
 class MaxPool2DWithIndices(Op):
     """Max over windows (padding never wins); the gradient goes to the first maximum of each
-    window, as PyTorch's. Backward finds the maxima again from the saved (padded) input, so the
-    output may be modified in place (``ReLU(inplace=True)`` after pooling)."""
+    window, as PyTorch's. Backward finds the maxima from the saved (padded) input and a copy of
+    the output, so the output may be modified in place (``ReLU(inplace=True)`` after pooling)."""
 
     @staticmethod
     def forward(ctx, x, kernel=None, stride=None, dilation=None, pads=None, out=None,
                 return_indices=False):
         xpad = _pad_hw(x, pads, _lowest(x.dtype))
         y = _window_max(xpad, kernel, stride, dilation, out)
-        ctx.save_for_backward(xpad)
+        # a copy of y for backward: 0.04 ms, recomputing it 0.66 (2x2 pooling of 128x16x28x28)
+        ctx.save_for_backward(xpad, y.copy() if ctx.needs_input_grad else None)
         ctx.geometry = (kernel, stride, dilation, pads, out, x.shape)
         if not return_indices:
             return y
@@ -582,20 +598,35 @@ class MaxPool2DWithIndices(Op):
         cols = xp.arange(out[1]) * stride[1] - pads[1][0]
         offsets = (xp.arange(kernel[0])[:, None] * dilation[0] * width
                    + xp.arange(kernel[1])[None, :] * dilation[1]).reshape(-1)
-        hits = _first_max_hits(xpad, y, kernel, stride, dilation, out)
-        first = hits.reshape(y.shape[:2] + (-1,) + y.shape[2:]).argmax(axis=2)
+        first = xp.zeros(y.shape, dtype=np.int64)  # kernel position (row-major) of the maximum
+        for i, j, hit in _first_max_hits(xpad, y, kernel, stride, dilation, out):
+            first[hit] = i * kernel[1] + j
         return y, (rows[:, None] * width + cols[None, :] + offsets[first]).astype(np.int64)
 
     @staticmethod
     def backward(ctx, g, *unused):
-        xpad, = ctx.saved_tensors
+        # the maxima's places are constants (arrays even under create_graph)
+        xpad, y = (getattr(a, "_data", a) for a in ctx.saved_tensors)
         kernel, stride, dilation, pads, out, shape = ctx.geometry
-        xpad = getattr(xpad, "_data", xpad)  # the maxima's places are constants
-        hits = _first_max_hits(xpad, _window_max(xpad, kernel, stride, dilation, out), kernel,
-                               stride, dilation, out)
-        n, c, oh, ow = g.shape
-        return _spread(g.reshape(n, c, 1, 1, oh, ow) * hits, kernel, stride, dilation, pads,
-                       out, shape)
+        hits = _first_max_hits(xpad, y, kernel, stride, dilation, out)
+        if isinstance(g, Tensor):  # create_graph: through the recorded Col2Im
+            xp, (n, c, oh, ow) = backend.get_array_module(xpad), g.shape
+            hits = xp.stack([hit for _, _, hit in hits], axis=2).reshape(
+                (n, c) + tuple(kernel) + (oh, ow))
+            return _spread(g.reshape(n, c, 1, 1, oh, ow) * hits, kernel, stride, dilation, pads,
+                           out, shape)
+        # col2im fused with the hits: windows that cannot overlap are written, not added, and
+        # no (N, C, kh, kw, OH, OW) array is made (2x2 pooling of 128x16x28x28: 4.1 -> 2.4 ms)
+        xp = backend.get_array_module(g)
+        overlap = _windows_overlap(kernel, stride, dilation)
+        gx = xp.zeros(xpad.shape, dtype=g.dtype)
+        for i, j, hit in hits:
+            window = _window(gx, i, j, stride, dilation, out)
+            if overlap:
+                window += g * hit
+            else:
+                xp.multiply(g, hit, out=window)
+        return xp.ascontiguousarray(_crop_hw(gx, pads))
 
 
 class AvgPool2D(Op):
@@ -618,9 +649,23 @@ class AvgPool2D(Op):
     def backward(ctx, g):
         kernel, stride, pads, out, divisor, shape = ctx.geometry
         xp = backend.get_array_module(getattr(g, "_data", g))
+        # col2im written out, as for max pooling (2x2 pooling of 128x16x28x28, forward +
+        # backward: 4.7 -> 2.2 ms); under create_graph through the recorded Col2Im
+        if not isinstance(g, Tensor):
+            g = g / divisor
+            gx = xp.zeros(shape[:2] + tuple(s + sum(p) for s, p in zip(shape[2:], pads)),
+                          dtype=g.dtype)
+            overlap = _windows_overlap(kernel, stride, (1, 1))
+            for i in range(kernel[0]):
+                for j in range(kernel[1]):
+                    window = _window(gx, i, j, stride, (1, 1), out)
+                    if overlap:
+                        window += g
+                    else:
+                        window[...] = g
+            return xp.ascontiguousarray(_crop_hw(gx, pads))
         n, c, oh, ow = g.shape
-        every = xp.ones((1, 1) + tuple(kernel) + (1, 1), dtype=g.dtype.np
-                        if isinstance(g, Tensor) else g.dtype)
+        every = xp.ones((1, 1) + tuple(kernel) + (1, 1), dtype=g.dtype.np)
         return _spread((g / divisor).reshape(n, c, 1, 1, oh, ow) * every, kernel, stride,
                        (1, 1), pads, out, shape)
 

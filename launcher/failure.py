@@ -1,0 +1,206 @@
+"""When one rank fails, stop them all.
+
+A rank that raises leaves the other ranks blocked in their next collective forever: MPI has no
+notion of a dead peer. So the worker ends a failing rank with ``MPI_Abort``, which makes the
+MPI launcher kill every rank of the job at once (ChainerMN's global except hook and
+``python -m mpi4py`` do the same):
+
+- an exception: its traceback is printed with the rank (``[rank 1] Traceback ...``), then,
+  :data:`ABORT_DELAY_SECONDS` later, ``MPI_Abort(1)``;
+- ``sys.exit(n)`` with n != 0: the job stops with code n (``sys.exit(0)`` is a normal exit);
+- SIGTERM/SIGINT (Slurm's scancel, preemption, Ctrl-C): raised in the main thread as
+  :class:`SignalExit` / ``KeyboardInterrupt`` so ``finally`` blocks and checkpoint handlers
+  run, then the job stops with 128 + the signal number (one line says where each rank was,
+  no traceback). A rank blocked in a collective cannot
+  run Python signal handlers (they only run between bytecodes of the main thread), so a
+  watchdog thread notices the signal through the wakeup fd and, if the main thread has not
+  reacted within :data:`GRACE_SECONDS`, prints where it is blocked and exits the process.
+
+Single-process runs print the usual traceback and exit with the usual code.
+
+Example:
+    >>> exit_code(SystemExit(3)), exit_code(SystemExit(None)), exit_code(ValueError())
+    (3, 0, 1)
+"""
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+GRACE_SECONDS = 3.0  # a signalled rank blocked outside Python exits after this long
+# A failing rank waits this long before MPI_Abort, so that the MPI launcher forwards its
+# traceback before killing the job (hydra drops output still in flight at the abort) and other
+# ranks failing at the same moment (a mismatch found on every rank) can print theirs.
+ABORT_DELAY_SECONDS = 1.0
+
+
+class SignalExit(BaseException):
+    """Raised in the main thread when the rank receives SIGTERM (like KeyboardInterrupt)."""
+
+    def __init__(self, signum):
+        super().__init__(f"received {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+_state = {"rank": 0, "size": 1, "abort": None}
+_handled = threading.Event()  # the main thread has turned the signal into an exception
+
+
+def exit_code(exc: BaseException) -> int:
+    """The process exit status that ``exc`` stands for."""
+    if isinstance(exc, SystemExit) and not isinstance(exc, SignalExit):
+        code = exc.code
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else 1
+    if isinstance(exc, SignalExit):
+        return 128 + exc.signum
+    if isinstance(exc, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    return 1
+
+
+def _ours(filename: str) -> bool:
+    """A frame of the launcher or of runpy (not the user's code)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return (filename.startswith("<frozen runpy") or os.path.basename(filename) == "runpy.py"
+            or os.path.abspath(filename).startswith(here + os.sep))
+
+
+def _user_traceback(tb):
+    """Skip the launcher's and runpy's frames at the top of a traceback."""
+    while tb is not None and _ours(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return tb
+
+
+def _where(exc) -> str:
+    """``file:line (code)`` of the innermost user frame of ``exc``'s traceback."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _ours(f.filename)]
+    if not frames:
+        return "?"
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno}" + (f" ({f.line})" if f.line else "")
+
+
+def _write(text: str) -> None:
+    """Write to stderr (rank-prefixed under the launcher) and flush everything."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        sys.stdout.flush()
+    except Exception:  # a closed stream must not keep us from aborting
+        pass
+
+
+def fail(exc: BaseException) -> int:
+    """Report ``exc`` raised by the script; with several ranks, abort the whole job (does not
+    return). Returns the exit status otherwise."""
+    code = exit_code(exc)
+    rank, size = _state["rank"], _state["size"]
+    if isinstance(exc, SystemExit) and not isinstance(exc, SignalExit):
+        if not isinstance(exc.code, (int, type(None))):
+            _write(f"{exc.code}\n")  # sys.exit("message") prints the message, as Python does
+        if code != 0 and size > 1:
+            _write(f"launcher: rank {rank} exited with code {code}; stopping all {size} ranks\n")
+    elif isinstance(exc, (SignalExit, KeyboardInterrupt)):
+        name = signal.Signals(code - 128).name
+        who = f"rank {rank}" if size > 1 else "the script"
+        _write(f"launcher: {who} stopped by {name} at {_where(exc)}"
+               + (f"; stopping all {size} ranks\n" if size > 1 else "\n"))
+    else:
+        text = "".join(traceback.format_exception(type(exc), exc, _user_traceback(
+            exc.__traceback__)))
+        if size > 1:
+            text += f"launcher: rank {rank} failed; stopping all {size} ranks\n"
+        _write(text)
+    if size > 1 and code != 0:
+        abort(code)
+    return code
+
+
+def abort(code: int) -> None:
+    """Stop every rank of the job with exit status ``code`` (``MPI_Abort``)."""
+    if _state["abort"] is not None:
+        time.sleep(ABORT_DELAY_SECONDS)
+        _state["abort"](code)
+    os._exit(code)  # no MPI: just this process
+
+
+def _excepthook(exc_type, exc, tb):
+    """``sys.excepthook``: exceptions that escape outside the worker's own handler."""
+    if exc is None:
+        exc = exc_type()
+    if exc.__traceback__ is None:
+        exc = exc.with_traceback(tb)
+    fail(exc)
+
+
+def _on_signal(signum, frame):
+    _handled.set()
+    if signum == signal.SIGINT:
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+    raise SignalExit(signum)
+
+
+def _watchdog(sock):
+    """Wakes up on every Python-handled signal; exits the process if the main thread has not
+    turned SIGTERM/SIGINT into an exception within the grace period (it is blocked in C)."""
+    while True:
+        try:
+            data = sock.recv(64)
+        except OSError:
+            return
+        if not data:
+            return
+        for signum in data:
+            if signum not in (signal.SIGTERM, signal.SIGINT) or _handled.wait(GRACE_SECONDS):
+                continue
+            name = signal.Signals(signum).name
+            _write(f"launcher: rank {_state['rank']} received {name} but its main thread is "
+                   f"blocked (in a collective?) for {GRACE_SECONDS:g} s; exiting. It was at:\n")
+            try:
+                faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+            except Exception:
+                pass
+            os._exit(128 + signum)
+
+
+def _reset_in_child():
+    """A forked child (e.g. a fork-started DataLoader worker) gets the default behaviour back."""
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except (ValueError, OSError):
+        pass
+
+
+def install(rank: int, size: int, comm=None) -> None:
+    """Install the except hook and the signal handling for this rank. ``comm`` (mpi4py's
+    COMM_WORLD) is what gets aborted; without it a failure ends just this process."""
+    _state.update(rank=rank, size=size,
+                  abort=(lambda code: comm.Abort(code)) if comm is not None else None)
+    sys.excepthook = _excepthook
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    try:
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except ValueError:
+        return
+    if previous != -1:  # someone else's wakeup fd (an event loop): leave it alone
+        signal.set_wakeup_fd(previous)
+        return
+    _state["sockets"] = (reader, writer)  # keep them open for the life of the process
+    threading.Thread(target=_watchdog, args=(reader,), name="launcher-signal-watchdog",
+                     daemon=True).start()
+    os.register_at_fork(after_in_child=_reset_in_child)
