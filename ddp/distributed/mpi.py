@@ -103,6 +103,7 @@ class MPICommunicator(Communicator):
         self._stall = maybe_inspector(self.comm)  # None unless DDP_STALL_CHECK_SECONDS is set
         self._queue = None
         self._thread = None
+        self._outstanding = []   # non-blocking requests, tested by progress()
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._idle = threading.Condition(self._pending_lock)
@@ -251,6 +252,23 @@ class MPICommunicator(Communicator):
     def Iallreduce(self, array, op="sum"):
         return self.submit(self._allreduce_now, array, op)
 
+    def Iallreduce_nonblocking(self, array, op="sum"):
+        """MPI's own non-blocking allreduce (the alternative to the communication thread). It
+        advances only while MPI is called: call :meth:`progress` now and then (the DDP reducer
+        does from every gradient hook)."""
+        self._enter("Iallreduce")
+        host, back = self._host(array)
+        buf, mpi_op = _reduce_args(host, op)
+        work = _RequestWork(self.comm.Iallreduce(mpi().IN_PLACE, buf, op=mpi_op),
+                            (array, host, buf), back)
+        self._outstanding.append(work)
+        return work
+
+    def progress(self):
+        """Let MPI move outstanding non-blocking operations forward: testing a request runs
+        MPI's progress engine."""
+        self._outstanding = [w for w in self._outstanding if not w.is_completed()]
+
     def _allreduce_now(self, array, op):
         host, back = self._host(array)
         buf, mpi_op = _reduce_args(host, op)
@@ -283,3 +301,30 @@ class MPICommunicator(Communicator):
             self._stall = None
         if self.comm != mpi().COMM_WORLD:
             self.comm.Free()
+
+
+class _RequestWork(Work):
+    """A :class:`Work` backed by an MPI request; keeps its buffers alive until completion
+    (mpi4py holds no reference to them) and copies a staged result back."""
+    __slots__ = ("_request", "_buffers", "_back")
+
+    def __init__(self, request, buffers, back):
+        super().__init__()
+        self._request, self._buffers, self._back = request, buffers, back
+
+    def _complete(self):
+        if self._back is not None:
+            self._back()
+        self._set([self._buffers[0]], None)
+        self._buffers = None
+
+    def wait(self, timeout=None):
+        if not self._event.is_set():
+            self._request.Wait()
+            self._complete()
+        return True
+
+    def is_completed(self):
+        if not self._event.is_set() and self._request.Test():
+            self._complete()
+        return self._event.is_set()

@@ -94,6 +94,11 @@ class Reducer:
         self.find_unused = find_unused_parameters
         self.as_view = gradient_as_bucket_view
         self.sync_comm = os.environ.get("DDP_SYNC_COMM") == "1"  # launcher --debug
+        # how bucket allreduces overlap backward: "thread" (blocking allreduce on the
+        # communicator's thread) or "nonblocking" (MPI_Iallreduce, progressed from the hooks)
+        self.comm_mode = os.environ.get("DDP_COMM_MODE", "thread")
+        if self.comm_mode == "nonblocking" and not hasattr(comm, "Iallreduce_nonblocking"):
+            self.comm_mode = "thread"
         self.comm_hook = None
         self.comm_state = None
         self.require_sync = True
@@ -181,6 +186,8 @@ class Reducer:
         if self._record_arrivals:
             self._arrivals.append(i)
         self._fill(i, self.params[i].grad)
+        if self.comm_mode == "nonblocking":
+            self.comm.progress()
 
     def _fill(self, i, grad):
         if self._ready[i]:
@@ -211,6 +218,8 @@ class Reducer:
                                          GradBucket(bucket, bucket.index == len(self.buckets) - 1))
         elif self.sync_comm:
             self.comm.Allreduce(bucket.data, "sum")
+        elif self.comm_mode == "nonblocking":
+            bucket.work = self.comm.Iallreduce_nonblocking(bucket.data, "sum")
         else:
             bucket.work = self.comm.Iallreduce(bucket.data, "sum")
 

@@ -79,6 +79,22 @@ def test_training_matches_full_batch_single_process(bucket_cap_mb, as_view):
     assert_same_on_every_rank(params_np(model.module))
 
 
+@pytest.mark.parametrize("mode", ["nonblocking", "sync"])
+def test_other_overlap_modes_give_the_same_training(mode, monkeypatch):
+    # nonblocking: MPI_Iallreduce progressed from the hooks; sync: no overlap (launcher --debug)
+    if mode == "sync":
+        monkeypatch.setenv("DDP_SYNC_COMM", "1")
+    else:
+        monkeypatch.setenv("DDP_COMM_MODE", mode)
+    x, y = global_batch()
+    reference = make_model()
+    train(reference, x, y, steps=3)
+    model = DDP(make_model(), bucket_cap_mb=0.0005)
+    train(model, shard(x), shard(y), steps=3)
+    for got, want in zip(params_np(model.module), params_np(reference)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_rank0_weights_overwrite_the_others():
     rank, _ = rank_world()
     model = make_model(seed=100 + rank)            # different initial weights on every rank
@@ -199,8 +215,7 @@ def test_buffers_follow_rank0():
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4)).double()
     wrapped = DDP(model)
     with ddp.no_grad():
-        for r in range(dist.get_world_size()):
-            model[1].running_mean.fill_(float(rank))  # drift on purpose: rank 0 holds zeros
+        model[1].running_mean.fill_(float(rank))  # drift on purpose: rank 0 holds zeros
     x = ddp.randn(4, 5, dtype=ddp.float64)
     wrapped(x)   # broadcasts rank 0's buffers, then updates them with this rank's batch
     with ddp.no_grad():
