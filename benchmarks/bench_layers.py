@@ -18,15 +18,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 import ddp  # noqa: E402
-
-
-def small_cnn(lib):
-    """The small CNN of our scaling goals: two conv blocks and a linear head, 28x28 inputs."""
-    nn = lib.nn
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+from bench_train_step import small_cnn  # noqa: E402  (the same model as the step benchmark)
 
 
 def cases(lib):

@@ -9,7 +9,6 @@ Example:
 """
 from __future__ import annotations
 
-import math
 
 from .. import creation
 from . import init
@@ -60,11 +59,7 @@ class Linear(Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            init.uniform_(self.bias, -bound, bound)
+        init._default_layer_init(self.weight, self.bias)
 
     def forward(self, input):
         if input.ndim == 0 or input.shape[-1] != self.in_features:

@@ -8,13 +8,8 @@ import ddp.distributed as dist
 import ddp.nn as nn
 from ddp.nn.parallel import DistributedDataParallel as DDP
 
-pytestmark = pytest.mark.mpi(min_size=2)
+pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("process_group")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group():
-    if not dist.is_initialized():
-        dist.init_process_group()
 
 
 def test_inf_on_one_rank_skips_the_step_everywhere():

@@ -9,14 +9,8 @@ import pytest
 import ddp
 import ddp.distributed as dist
 
-pytestmark = pytest.mark.mpi(min_size=2)
+pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("process_group")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group():
-    if not dist.is_initialized():
-        dist.init_process_group()
-    yield
 
 
 def rank_world():

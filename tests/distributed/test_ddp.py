@@ -12,14 +12,8 @@ import ddp.distributed as dist
 import ddp.nn as nn
 from ddp.nn.parallel import DistributedDataParallel as DDP
 
-pytestmark = pytest.mark.mpi(min_size=2)
+pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("process_group")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group():
-    if not dist.is_initialized():
-        dist.init_process_group()
-    yield
 
 
 def rank_world():

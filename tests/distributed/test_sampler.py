@@ -7,14 +7,8 @@ import ddp
 import ddp.distributed as dist
 from ddp.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-pytestmark = pytest.mark.mpi(min_size=2)
+pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("process_group")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group():
-    if not dist.is_initialized():
-        dist.init_process_group()
-    yield
 
 
 def gathered(obj):

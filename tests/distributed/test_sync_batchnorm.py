@@ -15,18 +15,12 @@ import ddp
 import ddp.distributed as dist
 import ddp.nn as nn
 
-pytestmark = pytest.mark.mpi(min_size=2)
+pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.usefixtures("process_group")]
 
 BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 TAIL = {2: (), 3: (5,), 4: (3, 4), 5: (2, 3, 2)}
 C = 3
 
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group():
-    if not dist.is_initialized():
-        dist.init_process_group()
-    yield
 
 
 def rank_world():
