@@ -73,9 +73,10 @@ def test_training_matches_full_batch_single_process(bucket_cap_mb, as_view):
     assert_same_on_every_rank(params_np(model.module))
 
 
-@pytest.mark.parametrize("mode", ["nonblocking", "sync"])
-def test_other_overlap_modes_give_the_same_training(mode, monkeypatch):
-    # nonblocking: MPI_Iallreduce progressed from the hooks; sync: no overlap (launcher --debug)
+@pytest.mark.parametrize("mode", ["thread", "nonblocking", "sync"])
+def test_every_overlap_mode_gives_the_same_training(mode, monkeypatch):
+    # thread: allreduce on the communication thread; nonblocking: MPI_Iallreduce progressed
+    # from the hooks; sync: no overlap (launcher --debug)
     if mode == "sync":
         monkeypatch.setenv("DDP_SYNC_COMM", "1")
     else:
