@@ -298,17 +298,33 @@ def _check_anomaly(node, results):
                                    f"{trace}")
 
 
-def _finish_leaf(t, g, accumulate, create_graph, captures, captured):
-    """A leaf's gradient is complete: hooks, capture, accumulation, post-accumulate hooks."""
+def _accumulate(prev, g, owned):
+    """``prev + g``; a sum created by this pass (listed in ``owned``) is added into in place."""
+    if prev is None:
+        return g
+    if owned is not None and id(prev) in owned:
+        prev += g
+        return prev
+    total = prev + g
+    if owned is not None:
+        owned.add(id(total))
+    return total
+
+
+def _finish_leaf(t, g, accumulate, create_graph, captures, captured, fresh=False):
+    """A leaf's gradient is complete: hooks, capture, accumulation, post-accumulate hooks.
+    ``fresh``: ``g`` is a sum this pass made and nothing else holds, so ``.grad`` may adopt it."""
     if t._hooks:
-        g = _run_tensor_hooks(t._hooks, g, create_graph)
+        hooked = _run_tensor_hooks(t._hooks, g, create_graph)
+        fresh = fresh and hooked is g
+        g = hooked
     if captures is not None:
         for k in captures.get((t, -1), ()):
             captured[k] = g if create_graph else _wrap(g)
     if not accumulate:
         return
     if t.grad is None:  # a copy: the same gradient may reach several leaves (add gives g, g)
-        t.grad = g.clone() if create_graph else graph.Tensor._make(g.copy())
+        t.grad = g.clone() if create_graph else graph.Tensor._make(g if fresh else g.copy())
     elif create_graph or t.grad.requires_grad:
         t.grad = t.grad + _wrap(g)
     else:
