@@ -202,10 +202,6 @@ class Tensor:
     def _version(self):
         return self._vc[0]
 
-    @property
-    def is_floating_point_(self):
-        return backend.is_float_np(self._data.dtype)
-
     def is_floating_point(self):
         return backend.is_float_np(self._data.dtype)
 

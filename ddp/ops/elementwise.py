@@ -67,7 +67,7 @@ def promote(name, a, b):
     t, s = (a, b) if a_t else (b, a)
     kind = t._data.dtype.kind
     if isinstance(s, bool):
-        pass
+        pass  # a Python bool never widens a tensor
     elif isinstance(s, numbers.Integral):
         if kind == "b":
             t = t.to(backend.int64)
