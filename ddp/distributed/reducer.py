@@ -112,7 +112,6 @@ class Reducer:
         self.world = comm.size
         self.names = [n for n, _ in named_params]
         self.params = [p for _, p in named_params]
-        self.index_of = {id(p): i for i, p in enumerate(self.params)}
         self.cap_bytes = int(bucket_cap_mb * 1024 * 1024)
         self.find_unused = find_unused_parameters
         self.as_view = gradient_as_bucket_view
