@@ -91,18 +91,26 @@ class _BatchNorm(Module):
                              f"{' or '.join(f'{d}-D' for d in self._expected_dims)} input, got "
                              f"input of shape {tuple(input.shape)}")
 
-    def forward(self, input):
-        self._check_input_dim(input)
+    def _step_statistics(self):
+        """Count this batch and say how to normalise it, as PyTorch's BatchNorm does:
+        ``(running_mean, running_var, use_batch_stats, factor)``, where ``factor`` is the
+        weight of this batch in the running statistics (momentum, or 1/n when momentum is None:
+        a cumulative average)."""
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
+            if self.momentum is None:
                 factor = 1.0 / float(self.num_batches_tracked)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         keep = not self.training or self.track_running_stats
-        return _batch_norm(type(self).__name__, input, self.running_mean if keep else None,
-                           self.running_var if keep else None, self.weight, self.bias,
-                           use_batch_stats, factor, self.eps)
+        return (self.running_mean if keep else None, self.running_var if keep else None,
+                use_batch_stats, factor)
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        running_mean, running_var, use_batch_stats, factor = self._step_statistics()
+        return _batch_norm(type(self).__name__, input, running_mean, running_var, self.weight,
+                           self.bias, use_batch_stats, factor, self.eps)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

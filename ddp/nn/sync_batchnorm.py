@@ -173,15 +173,7 @@ class SyncBatchNorm(_BatchNorm):
     def forward(self, input):
         from .. import distributed as dist
         self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        keep = not self.training or self.track_running_stats
-        running_mean = self.running_mean if keep else None
-        running_var = self.running_var if keep else None
+        running_mean, running_var, use_batch_stats, factor = self._step_statistics()
         comm = None
         if use_batch_stats and self.training and dist.is_initialized():
             comm = dist.get_communicator(self.process_group)
