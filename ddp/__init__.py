@@ -16,9 +16,10 @@ import numpy as _np
 
 from . import backend
 from .backend import (Generator, bfloat16, bool, default_generator, device, double, dtype, float,
-                      float16, float32, float64, get_default_dtype, get_rng_state, half,
-                      initial_seed, int, int8, int16, int32, int64, long, manual_seed, seed,
-                      set_default_dtype, set_rng_state, short, uint8)
+                      float16, float32, float64, get_default_device, get_default_dtype,
+                      get_rng_state, half, initial_seed, int, int8, int16, int32, int64, long,
+                      manual_seed, seed, set_default_device, set_default_dtype, set_rng_state,
+                      short, uint8)
 from .tensor import Size, Tensor, bmm, matmul, mm, where
 from .creation import (arange, as_tensor, asarray, bernoulli, empty, empty_like, eye, from_numpy,
                        full, full_like, linspace, logspace, multinomial, normal, ones, ones_like,

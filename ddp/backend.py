@@ -113,6 +113,26 @@ def as_device(dev) -> device:
     return device(dev)
 
 
+_default_device = CPU
+
+
+def set_default_device(dev):
+    """Where tensors are made when a creation function gets no ``device`` (CPU unless set).
+
+    Example:
+        >>> ddp.set_default_device("cuda")   # every ddp.zeros/tensor/randn now lands on the GPU
+    """
+    global _default_device
+    dev = CPU if dev is None else as_device(dev)
+    if dev.type == "cuda":
+        cupy_module()  # a clear error now, not at the first tensor
+    _default_device = dev
+
+
+def get_default_device() -> device:
+    return _default_device
+
+
 def array_module_of_device(dev):
     """The array module (numpy or cupy) that holds arrays of ``dev``."""
     return np if as_device(dev).type == "cpu" else cupy_module()

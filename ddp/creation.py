@@ -24,8 +24,13 @@ def _dtype_np(dtype, default=None):
     return backend.to_numpy_dtype(dtype)
 
 
+def _device(device):
+    """The device asked for, or the default device (``ddp.set_default_device``)."""
+    return backend.get_default_device() if device is None else backend.as_device(device)
+
+
 def _finish(arr, device, requires_grad):
-    t = Tensor._make(backend.to_device(arr, backend.as_device(device)))
+    t = Tensor._make(backend.to_device(arr, _device(device)))
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -88,7 +93,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
         arr = data.copy() if backend.is_cuda_array(data) else _infer_array(data)
         if isinstance(data, np.ndarray) and arr is data:
             arr = data.copy()
-        dev = device if device is not None else backend.device_of(arr)
+        dev = device if device is not None else \
+            backend.device_of(arr) if backend.is_cuda_array(arr) else backend.get_default_device()
     if arr.dtype.kind not in "biuf" and arr.dtype != backend.bfloat16.np:
         raise TypeError(f"can't convert np.ndarray of type {arr.dtype}. The only supported types "
                         f"are: float64, float32, float16, bfloat16, int64, int32, int16, int8, "
@@ -130,7 +136,7 @@ def from_numpy(array):
 
 def _filled(fill, size, dtype, device, requires_grad, default):
     shape = _size_args(size)
-    dev = backend.as_device(device)
+    dev = _device(device)
     xp = backend.array_module_of_device(dev)
     npd = _dtype_np(dtype, default)
     if dev.type == "cuda":

@@ -97,7 +97,8 @@ class Tensor:
             arr = data._data if isinstance(data, Tensor) else np.asarray(data, dtype=dt)
         else:  # Tensor(2, 3) or Tensor(Size): a shape; Tensor() is empty, as in PyTorch
             arr = np.empty(_size_args(args) if args else (0,), dtype=dt)
-        arr = backend.to_device(arr, backend.as_device(device))
+        arr = backend.to_device(arr, backend.get_default_device() if device is None
+                                else backend.as_device(device))
         _init(self, arr)
 
     @staticmethod

@@ -255,3 +255,14 @@ def test_index_add_at_rows_matches_numpy_add_at(index_shape):
     out = np.zeros((20, 3, 2))
     backend.index_add_at(out, index, values)
     np.testing.assert_allclose(out, expected, atol=1e-12)
+
+
+def test_default_device_is_cpu_and_cuda_needs_a_gpu():
+    assert ddp.get_default_device() == ddp.device("cpu")
+    assert ddp.zeros(1).device == ddp.device("cpu")
+    if not ddp.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CuPy"):
+            ddp.set_default_device("cuda")
+        assert ddp.get_default_device() == ddp.device("cpu")   # unchanged by the failed call
+    ddp.set_default_device("cpu")
+    assert ddp.tensor([1.0]).device == ddp.device("cpu")

@@ -604,3 +604,20 @@ def test_other_bad_inputs():
         ddp.ones(3).clamp()
     with pytest.raises(IndexError):
         ddp.ones(3, 4)[3]
+
+
+@pytest.fixture
+def on_cuda():
+    ddp.set_default_device("cuda")
+    yield
+    ddp.set_default_device("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,fn,ref,shapes,dom", CASES)
+def test_forward_matches_numpy_cuda(name, fn, ref, shapes, dom, on_cuda):
+    """The same table on CuPy (results copied back to compare with NumPy)."""
+    arrays = make_arrays(name, shapes, dom)
+    got = fn(*[ddp.tensor(a, dtype=F64) for a in arrays])
+    assert got.device.type == "cuda", name
+    _check(got.cpu(), ref(*[a.copy() for a in arrays]), name)

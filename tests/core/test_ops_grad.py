@@ -860,3 +860,26 @@ def test_gradients_match_torch(name, fn, shapes, dom):
                                atol=1e-12)
     for g, tg in zip(grads, t_grads):
         np.testing.assert_allclose(g.numpy(), tg.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# The same table on CuPy when a GPU is present (skipped cleanly otherwise): every tensor the
+# cases make lands on the GPU through the default device.
+@pytest.fixture
+def on_cuda():
+    ddp.set_default_device("cuda")
+    yield
+    ddp.set_default_device("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,fn,shapes,dom,gg", CASES)
+def test_gradcheck_cuda(name, fn, shapes, dom, gg, on_cuda):
+    inputs = make_inputs(name, shapes, dom)
+    assert all(t.device.type == "cuda" for t in inputs)
+    assert gradcheck(fn, inputs, **_tol(name))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,fn,shapes,dom,gg", [c for c in CASES if c.values[4]])
+def test_gradgradcheck_cuda(name, fn, shapes, dom, gg, on_cuda):
+    assert gradgradcheck(fn, make_inputs(name, shapes, dom))
