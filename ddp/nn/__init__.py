@@ -13,25 +13,17 @@ from .container import (Container, ModuleDict, ModuleList, ParameterDict, Parame
                         Sequential)
 from . import init, parallel, utils
 
-# ``functional`` star-imports ``_functional_layers``, ``_functional_activations`` and
-# ``_functional_losses``; until all three exist it is skipped here (``import ddp.nn.functional``
-# then reports which file is missing). Any other import error inside it is raised.
-_FUNCTIONAL_PARTS = {f"{__name__}._functional_{part}" for part in ("layers", "activations",
-                                                                   "losses")}
-try:
-    from . import functional
-except ModuleNotFoundError as _exc:
-    if _exc.name not in _FUNCTIONAL_PARTS:
-        raise
+from . import functional
 
-# Layers (each file holds one family; see ARCHITECTURE.md)
-import importlib as _importlib
-for _name in ("linear", "activation", "conv", "pooling", "normalization", "dropout", "sparse", "rnn", "loss", "flatten",
-              "sync_batchnorm"):
-    try:
-        _mod = _importlib.import_module(f".{_name}", __name__)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"{__name__}.{_name}":
-            raise
-        continue
-    globals().update({_k: getattr(_mod, _k) for _k in getattr(_mod, "__all__", ())})
+# Layers: one file per family, each with its ``__all__``
+from .linear import *  # noqa: F401,F403
+from .activation import *  # noqa: F401,F403
+from .conv import *  # noqa: F401,F403
+from .pooling import *  # noqa: F401,F403
+from .normalization import *  # noqa: F401,F403
+from .dropout import *  # noqa: F401,F403
+from .sparse import *  # noqa: F401,F403
+from .rnn import *  # noqa: F401,F403
+from .loss import *  # noqa: F401,F403
+from .flatten import *  # noqa: F401,F403
+from .sync_batchnorm import *  # noqa: F401,F403

@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 from .. import creation
-from . import _functional_activations as F
+from .functional import _activations as F
 from .module import Module
 from .parameter import Parameter
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from .. import creation
 from . import init
-from ._functional_layers import _conv1d, _conv2d, _conv_transpose2d, _ntuple, pad
+from .functional._conv import _conv1d, _conv2d, _conv_transpose2d
+from .functional._helpers import _ntuple
+from .functional._padding import pad
 from .module import Module
 from .parameter import Parameter
 

@@ -9,7 +9,7 @@ Example:
 """
 from __future__ import annotations
 
-from ._functional_layers import dropout, dropout1d, dropout2d
+from .functional._dropout import dropout, dropout1d, dropout2d
 from .module import Module
 
 __all__ = ["Dropout", "Dropout1d", "Dropout2d"]

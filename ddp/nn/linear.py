@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .. import creation
 from . import init
-from ._functional_layers import linear
+from .functional._linear import linear
 from .module import Module
 from .parameter import Parameter
 

@@ -8,7 +8,7 @@ Example:
 """
 from __future__ import annotations
 
-from . import _functional_losses as F
+from .functional import _losses as F
 from .module import Module
 
 __all__ = ["L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss", "NLLLoss", "CrossEntropyLoss",

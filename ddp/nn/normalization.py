@@ -13,7 +13,7 @@ import numbers
 
 from .. import backend, creation
 from . import init
-from ._functional_layers import _batch_norm, _group_norm, _layer_norm
+from .functional._normalization import _batch_norm, _group_norm, _layer_norm
 from .module import Module
 from .parameter import Parameter
 

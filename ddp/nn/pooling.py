@@ -9,7 +9,8 @@ Example:
 """
 from __future__ import annotations
 
-from ._functional_layers import _adaptive_avg, _avg_pool2d, _max_pool2d, _ntuple, _pool1d
+from .functional._helpers import _ntuple
+from .functional._pooling import _adaptive_avg, _avg_pool2d, _max_pool2d, _pool1d
 from .module import Module
 
 __all__ = ["MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool1d",

@@ -22,7 +22,7 @@ from .. import creation
 from .._functions import cat, stack
 from ..tensor import Tensor
 from . import init
-from ._functional_layers import dropout as _dropout
+from .functional._dropout import dropout as _dropout
 from .module import Module
 from .parameter import Parameter
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .. import creation
 from ..autograd.grad_mode import no_grad
 from . import init
-from ._functional_layers import _embedding
+from .functional._embedding import _embedding
 from .module import Module
 from .parameter import Parameter
 

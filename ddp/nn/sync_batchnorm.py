@@ -30,7 +30,7 @@ import numpy as np
 from .. import backend
 from ..autograd.grad_mode import no_grad
 from ..autograd.graph import Op
-from ._functional_layers import _batch_norm, _moments
+from .functional._normalization import _batch_norm, _moments
 from .normalization import _BatchNorm
 
 __all__ = ["SyncBatchNorm"]

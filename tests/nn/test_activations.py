@@ -14,7 +14,7 @@ import ddp
 import ddp.nn as nn
 import ddp.nn.functional as F
 from ddp.autograd import gradcheck, gradgradcheck
-from ddp.nn._functional_activations import erf
+from ddp.nn.functional._activations import erf
 
 RNG = np.random.default_rng(0)
 

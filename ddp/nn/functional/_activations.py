@@ -19,12 +19,12 @@ import warnings
 
 import numpy as np
 
-from .. import backend
-from ..amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
-from ..autograd.graph import _NO_RECORD, Op
-from ..ops import elementwise as E
-from ..ops.reduction import LogSoftmax, Softmax, normalize_axis
-from ..tensor import Tensor, where
+from ... import backend
+from ...amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
+from ...autograd.graph import _NO_RECORD, Op
+from ...ops import elementwise as E
+from ...ops.reduction import LogSoftmax, Softmax, normalize_axis
+from ...tensor import Tensor, where
 
 __all__ = ["relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "selu_",
            "celu", "celu_", "gelu", "silu", "mish", "sigmoid", "tanh", "softplus", "softsign",

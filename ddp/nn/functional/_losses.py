@@ -17,13 +17,13 @@ import warnings
 
 import numpy as np
 
-from .. import backend
-from ..amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
-from ..autograd.graph import Op
-from ..ops.shape import _along_axis_index
-from ..tensor import Tensor, where
-from ..ops.reduction import LogSoftmax, _log_softmax_array
-from ._functional_activations import Softplus
+from ... import backend
+from ...amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
+from ...autograd.graph import Op
+from ...ops.shape import _along_axis_index
+from ...tensor import Tensor, where
+from ...ops.reduction import LogSoftmax, _log_softmax_array
+from ._activations import Softplus
 
 __all__ = ["mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "cross_entropy", "nll_loss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div"]

@@ -1,0 +1,53 @@
+"""``linear``: one fused node for ``x @ w.T + b``.
+"""
+from __future__ import annotations
+
+from ...amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
+from ...autograd.graph import Op
+
+
+
+def linear(input, weight, bias=None):
+    """``input @ weight.T + bias``; ``weight`` is (out_features, in_features).
+
+    Example:
+        >>> F.linear(ddp.ones(2, 3), ddp.ones(4, 3)).shape
+        ddp.Size([2, 4])
+    """
+    if _autocast.on:  # autocast (ddp.amp): one thread-local flag read when off
+        return _autocast_call("linear", linear, input, weight, bias)
+    if input.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
+        raise RuntimeError(f"linear: expected input, weight and bias of one dtype, got input "
+                           f"{input.dtype.name}, weight {weight.dtype.name}"
+                           + (f", bias {bias.dtype.name}" if bias is not None else ""))
+    if input.ndim == 0 or input.shape[-1] != weight.shape[-1]:
+        raise RuntimeError(f"linear: input of shape {tuple(input.shape)} does not fit weight of "
+                           f"shape {tuple(weight.shape)} (in_features={weight.shape[-1]})")
+    return LinearOp.apply(input, weight, bias)
+
+
+class LinearOp(Op):
+    """``x @ w.T + b`` as one node. The weight's gradient is computed as ``g.T @ x``, directly in
+    the weight's (out, in) layout: through ``matmul(x, w.t())`` it would arrive transposed and
+    cost a strided copy of the whole weight every step (6 ms of a 20 ms MLP step)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b=None):
+        ctx.save_for_backward(x, w)
+        out = x @ w.T
+        if out.dtype != x.dtype:  # bfloat16 products come back as float32: round them
+            out = out.astype(x.dtype)
+        if b is not None:
+            out += b
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        xp = ctx.xp
+        need_x, need_w, need_b = ctx.needs_input_grad
+        rows = g.reshape((-1, g.shape[-1]))
+        gx = xp.matmul(g, w) if need_x else None
+        gw = xp.matmul(xp.swapaxes(rows, 0, 1), x.reshape((-1, x.shape[-1]))) if need_w else None
+        gb = rows.sum(axis=0) if need_b else None
+        return gx, gw, gb

@@ -1,0 +1,230 @@
+"""Batch, layer and group normalisation as one fused op with the closed-form backward
+(statistics recomputed with recorded ops under ``create_graph``), and ``normalize``.
+"""
+from __future__ import annotations
+
+import numbers
+import numpy as np
+from ... import backend
+from ...amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
+from ...autograd.grad_mode import no_grad
+from ...autograd.graph import Op
+from ...tensor import Tensor
+from ._helpers import _shape
+
+
+
+class _Normalize(Op):
+    """``y = (x - mean) * invstd * weight + bias`` with the closed-form backward.
+
+    ``x`` seen as ``group_shape`` has its statistics (``mean``, ``invstd``, broadcastable there)
+    over ``axes``; ``weight``/``bias`` (or None) broadcast over ``x`` as ``affine_shape``.
+    ``batch_stats`` says the statistics were computed from ``x`` (training); otherwise they are
+    constants (BatchNorm in eval mode) and the input gradient is a plain scaling. Under
+    create_graph the backward recomputes the normalised input from ``x`` with recorded ops, so
+    the same formulas give second-order gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean=None, invstd=None, group_shape=None, axes=None,
+                affine_shape=None, batch_stats=True, eps=1e-5):
+        xhat = ((x.reshape(group_shape) - mean) * invstd).reshape(x.shape)
+        y = xhat
+        if weight is not None:
+            y = y * weight.reshape(affine_shape)
+        if bias is not None:
+            y = y + bias.reshape(affine_shape)
+        if y is xhat:
+            y = xhat.copy()
+        ctx.save_for_backward(xhat, weight, x)
+        ctx.params = (mean, invstd, group_shape, axes, affine_shape, batch_stats, eps)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, weight, x = ctx.saved_tensors
+        mean, invstd, group_shape, axes, affine_shape, batch_stats, eps = ctx.params
+        need_x, need_w, need_b = ctx.needs_input_grad
+        if isinstance(g, Tensor):  # create_graph: xhat (and batch statistics) as ops on x
+            xr = x.reshape(group_shape)
+            if batch_stats:
+                mean = xr.mean(axis=axes, keepdims=True)
+                invstd = 1 / ctx.xp.sqrt(((xr - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+            xhat = ((xr - mean) * invstd).reshape(x.shape)
+        # weight and bias broadcast as affine_shape: their gradients sum the other axes
+        full = (1,) * (g.ndim - len(affine_shape)) + tuple(affine_shape)
+        param_axes = tuple(i for i, s in enumerate(full) if s == 1)
+        gx = gw = gb = None
+        if need_x:
+            gxhat = g if weight is None else g * weight.reshape(affine_shape)
+            gxhat = gxhat.reshape(group_shape)
+            if batch_stats:
+                xh = xhat.reshape(group_shape)
+                gxhat = gxhat - gxhat.mean(axis=axes, keepdims=True) \
+                    - xh * (gxhat * xh).mean(axis=axes, keepdims=True)
+            gx = (gxhat * invstd).reshape(x.shape)
+        if need_w:
+            gw = (g * xhat).sum(axis=param_axes).reshape(weight.shape)
+        if need_b:
+            gb = g.sum(axis=param_axes).reshape(ctx.in_meta[2][0])
+        return gx, gw, gb
+
+
+class NativeBatchNorm(_Normalize):
+    """:class:`_Normalize` for batch_norm (its own name in ``grad_fn``)."""
+
+
+class NativeLayerNorm(_Normalize):
+    """:class:`_Normalize` for layer_norm."""
+
+
+class NativeGroupNorm(_Normalize):
+    """:class:`_Normalize` for group_norm."""
+
+
+def _moments(x, axes):
+    """Mean and biased variance of the array ``x`` over ``axes`` (kept as size-1 dims),
+    accumulated in at least float32."""
+    xf = x if x.dtype.itemsize >= 4 else x.astype(np.float32)
+    mean = xf.mean(axis=axes, keepdims=True)
+    var = ((xf - mean) ** 2).mean(axis=axes, keepdims=True)
+    return mean, var
+
+
+def _normalize(op, x, weight, bias, eps, group_shape, axes, affine_shape, stats=None):
+    """Run the normalisation ``op`` with batch statistics (``stats`` None) or the given
+    (mean, var); returns the output and the statistics used."""
+    xd = x._data.reshape(group_shape)
+    mean, var = _moments(xd, axes) if stats is None else stats
+    xp = backend.get_array_module(xd)
+    invstd = (1.0 / xp.sqrt(var + eps)).astype(xd.dtype)
+    mean = mean.astype(xd.dtype)
+    out = op.apply(x, weight, bias, mean=mean, invstd=invstd, group_shape=group_shape,
+                   axes=axes, affine_shape=affine_shape, batch_stats=stats is None, eps=eps)
+    return out, mean, var
+
+
+def _batch_norm(name, input, running_mean, running_var, weight=None, bias=None, training=False,
+                momentum=0.1, eps=1e-5):
+    if _autocast.on:
+        return _autocast_call("batch_norm", _batch_norm, name, input, running_mean, running_var,
+                              weight, bias, training, momentum, eps)
+    if input.ndim < 2:
+        raise ValueError(f"{name}: expected at least 2-D input (N, C, *), got input of shape "
+                         f"{_shape(input)}")
+    c = input.shape[1]
+    for what, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        if t is not None and t.numel() != c:
+            raise RuntimeError(f"{name}: expected input with {t.numel()} features (channels), "
+                               f"got input of shape {_shape(input)} ({what} has {t.numel()})")
+    axes = (0,) + tuple(range(2, input.ndim))
+    affine = (1, c) + (1,) * (input.ndim - 2)
+    shape = tuple(input.shape)
+    if not training:
+        if running_mean is None or running_var is None:
+            raise RuntimeError(f"{name}: running_mean and running_var must be defined in "
+                               f"evaluation mode")
+        stats = (running_mean._data.reshape(affine), running_var._data.reshape(affine))
+        return _normalize(NativeBatchNorm, input, weight, bias, eps, shape, axes, affine,
+                          stats)[0]
+    count = input.numel() // c
+    if count <= 1:
+        raise ValueError(f"{name}: expected more than 1 value per channel when training, got "
+                         f"input of shape {_shape(input)}")
+    out, mean, var = _normalize(NativeBatchNorm, input, weight, bias, eps, shape, axes, affine)
+    with no_grad():
+        if running_mean is not None:
+            running_mean._data *= 1 - momentum
+            running_mean._data += (momentum * mean.reshape(-1)).astype(running_mean._data.dtype)
+            running_mean._vc[0] += 1
+        if running_var is not None:  # the running variance is the unbiased one
+            unbiased = var.reshape(-1) * (count / (count - 1))
+            running_var._data *= 1 - momentum
+            running_var._data += (momentum * unbiased).astype(running_var._data.dtype)
+            running_var._vc[0] += 1
+    return out
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """Batch normalisation of ``input`` (N, C, *) per channel. In training it uses the batch's
+    statistics and updates ``running_mean``/``running_var`` (unbiased) in place with
+    ``momentum``; otherwise it uses the running statistics.
+
+    Example:
+        >>> x = ddp.randn(8, 3)
+        >>> y = F.batch_norm(x, ddp.zeros(3), ddp.ones(3), training=True)
+        >>> bool(y.mean(0).abs().max() < 1e-5)
+        True
+    """
+    return _batch_norm("batch_norm", input, running_mean, running_var, weight, bias, training,
+                       momentum, eps)
+
+
+def _layer_norm(name, input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    if _autocast.on:
+        return _autocast_call("layer_norm", _layer_norm, name, input, normalized_shape, weight,
+                              bias, eps)
+    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) \
+        else tuple(normalized_shape)
+    k = len(normalized_shape)
+    if tuple(input.shape[input.ndim - k:]) != normalized_shape or input.ndim < k:
+        raise RuntimeError(f"{name}: expected input with shape (*, "
+                           f"{', '.join(map(str, normalized_shape))}) for normalized_shape="
+                           f"{normalized_shape}, got input of shape {_shape(input)}")
+    axes = tuple(range(input.ndim - k, input.ndim))
+    return _normalize(NativeLayerNorm, input, weight, bias, eps, tuple(input.shape), axes,
+                      normalized_shape)[0]
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Normalise over the last ``len(normalized_shape)`` dimensions of each sample, then scale
+    by ``weight`` and shift by ``bias`` (both of ``normalized_shape``).
+
+    Example:
+        >>> F.layer_norm(ddp.tensor([[1., 2., 3.]]), (3,))
+        tensor([[-1.2247,  0.0000,  1.2247]])
+    """
+    return _layer_norm("layer_norm", input, normalized_shape, weight, bias, eps)
+
+
+def _group_norm(name, input, num_groups, weight=None, bias=None, eps=1e-5):
+    if _autocast.on:
+        return _autocast_call("group_norm", _group_norm, name, input, num_groups, weight, bias,
+                              eps)
+    if input.ndim < 2:
+        raise RuntimeError(f"{name}: expected at least 2-D input (N, C, *), got input of shape "
+                           f"{_shape(input)}")
+    n, c = input.shape[0], input.shape[1]
+    if c % num_groups:
+        raise RuntimeError(f"{name}: expected the number of channels of the input to be divisible "
+                           f"by num_groups={num_groups}, got input of shape {_shape(input)}")
+    for what, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.numel() != c:
+            raise RuntimeError(f"{name}: expected input with {t.numel()} channels (the size of "
+                               f"{what}), got input of shape {_shape(input)}")
+    affine = (1, c) + (1,) * (input.ndim - 2)
+    return _normalize(NativeGroupNorm, input, weight, bias, eps, (n, num_groups, -1), (2,),
+                      affine)[0]
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    """Normalise each group of ``C // num_groups`` channels of each sample, then scale and shift
+    per channel.
+
+    Example:
+        >>> F.group_norm(ddp.randn(2, 4, 3), 2).shape
+        ddp.Size([2, 4, 3])
+    """
+    return _group_norm("group_norm", input, num_groups, weight, bias, eps)
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12):
+    """``input / max(||input||_p over dim, eps)``.
+
+    Example:
+        >>> F.normalize(ddp.tensor([[3., 4.]]))
+        tensor([[0.6000, 0.8000]])
+    """
+    return input / input.norm(p, dim, keepdim=True).clamp_min(eps)
