@@ -22,6 +22,25 @@ import pytest  # noqa: E402
 _MPI_SIZE_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--record-oracle", action="store_true", default=False,
+                     help="run PyTorch live and write its answers to tests/oracle_data "
+                          "(see tests/oracle.py)")
+
+
+@pytest.fixture
+def oracle(request):
+    """PyTorch's recorded answer for this test (tests/oracle.py)."""
+    from tests.oracle import Oracle
+    return Oracle(request.node, request.config.getoption("--record-oracle"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if session.config.getoption("--record-oracle"):
+        from tests.oracle import write_pending
+        write_pending()
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "gpu: test that needs CuPy and a CUDA device (skipped otherwise)"
