@@ -1,4 +1,5 @@
-"""Shared pieces of the examples: bundled data sets as tensors, a training epoch, evaluation.
+"""Shared pieces of the examples: bundled data sets as tensors, a training epoch, evaluation,
+``--config FILE`` (YAML, see configs/) and the rank-0 progress bar.
 
 Data come from scikit-learn's bundled sets (no downloads): digits (8x8 images, 10 classes),
 breast cancer (30 features, binary) and diabetes (10 features, regression).
@@ -9,6 +10,7 @@ import numpy as np
 
 import ddp
 from ddp.utils.data import DataLoader, TensorDataset
+from launcher import config
 
 
 def bundled(name, test_fraction=0.25, seed=0, standardize=True):
@@ -55,3 +57,10 @@ def predict(model, x, batch_size=512):
     """Model outputs for a NumPy array of inputs, in eval mode, as one tensor."""
     model.eval()
     return ddp.cat([model(ddp.tensor(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+def parse_args(parser, argv=None):
+    """``parser.parse_args(argv)`` plus ``--config FILE``: a YAML file of the example's options
+    (``epochs: 5``), under the flags given on the command line."""
+    config.add_config_argument(parser)
+    return config.parse_args(parser, argv)

@@ -23,9 +23,10 @@ import ddp.nn as nn
 from ddp.distributed.algorithms.ddp_comm_hooks import default_hooks
 from ddp.nn.parallel import DistributedDataParallel as DDP
 from ddp.utils.data import DataLoader, DistributedSampler, TensorDataset
+from ddp.progress import Progress
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bundled  # noqa: E402
+from common import bundled, parse_args  # noqa: E402
 
 
 def main(argv=None):
@@ -35,7 +36,7 @@ def main(argv=None):
     p.add_argument("--accumulate", type=int, default=2, help="micro-batches per step")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--no-amp", action="store_true")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
 
     dist.init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -62,7 +63,8 @@ def main(argv=None):
               f"effective batch {world * args.accumulate * args.micro_batch}, "
               f"autocast {'off' if args.no_amp else amp_dtype}")
 
-    for epoch in range(1, args.epochs + 1):
+    bar = Progress(range(1, args.epochs + 1), desc="train", unit="epoch")  # rank 0 draws
+    for epoch in bar:
         sampler.set_epoch(epoch)
         model.train()
         for xb, yb in accumulator.micro_batches(loader):
@@ -70,12 +72,14 @@ def main(argv=None):
                 with ddp.autocast(device_type, dtype=amp_dtype, enabled=not args.no_amp):
                     loss = loss_fn(model(xb), yb)
                 accumulator.backward(loss)
+        bar.log(loss=loss, samples=len(train_set))  # the last micro-batch's loss on this rank
         if rank == 0 and (epoch % 5 == 0 or epoch == args.epochs):
             with ddp.no_grad():
                 model.eval()
                 acc = (model(ddp.tensor(x_test)).argmax(1) == ddp.tensor(y_test)).float().mean()
-            print(f"epoch {epoch:3d}  optimizer steps {accumulator.optimizer_steps}  "
-                  f"scale {scaler.get_scale():g}  test accuracy {acc.item():.4f}")
+            bar.write(f"epoch {epoch:3d}  optimizer steps {accumulator.optimizer_steps}  "
+                      f"scale {scaler.get_scale():g}  test accuracy {acc.item():.4f}")
+    bar.close()
     final = ddp.tensor([0.0])
     if rank == 0:
         with ddp.no_grad():

@@ -21,9 +21,10 @@ import ddp.nn as nn
 from ddp.metrics import ConfusionMatrix
 from ddp.nn.parallel import DistributedDataParallel as DDP
 from ddp.utils.data import DataLoader, DistributedSampler, TensorDataset
+from ddp.progress import Progress
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bundled  # noqa: E402
+from common import bundled, parse_args  # noqa: E402
 
 
 def main(argv=None):
@@ -32,7 +33,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="per rank")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--checkpoint", default="")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
 
     dist.init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -53,7 +54,8 @@ def main(argv=None):
         print(f"{world} rank(s), {len(train_set)} training samples, "
               f"{len(loader)} batches of {args.batch_size} per rank per epoch")
 
-    for epoch in range(1, args.epochs + 1):
+    bar = Progress(range(1, args.epochs + 1), desc="train", unit="epoch")  # rank 0 draws
+    for epoch in bar:
         sampler.set_epoch(epoch)       # a new shuffle every epoch, the same on every rank
         model.train()
         total = ddp.zeros(2, dtype=ddp.float64)
@@ -64,10 +66,12 @@ def main(argv=None):
             optimizer.step()
             total += ddp.tensor([loss.item() * len(xb), len(xb)], dtype=ddp.float64)
         dist.all_reduce(total)
+        bar.log(loss=(total[0] / total[1]).item(), samples=len(train_set))
         accuracy = evaluate(model, test_loader)
         if rank == 0 and (epoch % 5 == 0 or epoch == args.epochs):
-            print(f"epoch {epoch:3d}  train loss {(total[0] / total[1]).item():.4f}  "
-                  f"test accuracy {accuracy:.4f}")
+            bar.write(f"epoch {epoch:3d}  train loss {(total[0] / total[1]).item():.4f}  "
+                      f"test accuracy {accuracy:.4f}")
+    bar.close()
     if args.checkpoint:
         if rank == 0:
             ddp.save(model.module.state_dict(), args.checkpoint)

@@ -10,8 +10,9 @@ import argparse
 import ddp
 import ddp.nn as nn
 from ddp.metrics import accuracy
+from ddp.progress import Progress
 
-from common import bundled, loader, predict, train_epoch
+from common import bundled, loader, parse_args, predict, train_epoch
 
 
 def small_cnn():
@@ -26,7 +27,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
 
     ddp.manual_seed(args.seed)
     x_train, y_train, x_test, y_test = bundled("digits", seed=args.seed)
@@ -37,13 +38,16 @@ def main(argv=None):
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
     data = loader(x_train, y_train, batch_size=64, seed=args.seed)
 
-    for epoch in range(1, args.epochs + 1):
+    bar = Progress(range(1, args.epochs + 1), desc="train", unit="epoch")
+    for epoch in bar:
         loss = train_epoch(model, data, loss_fn, optimizer)
         scheduler.step()
+        bar.log(loss=loss, samples=len(x_train))
         if epoch % 5 == 0 or epoch == args.epochs:
             acc = accuracy(predict(model, x_test).argmax(1), ddp.tensor(y_test))
-            print(f"epoch {epoch:3d}  lr {scheduler.get_last_lr()[0]:.4f}  train loss {loss:.4f}  "
-                  f"test accuracy {acc:.4f}")
+            bar.write(f"epoch {epoch:3d}  lr {scheduler.get_last_lr()[0]:.4f}  train loss {loss:.4f}  "
+                      f"test accuracy {acc:.4f}")
+    bar.close()
     acc = accuracy(predict(model, x_test).argmax(1), ddp.tensor(y_test))
     print(f"final test accuracy {acc:.4f}")
     return acc

@@ -15,7 +15,7 @@ import os
 import ddp
 import ddp.nn as nn
 
-from common import bundled, loader, predict, train_epoch
+from common import bundled, loader, parse_args, predict, train_epoch
 
 
 def build(lr):
@@ -34,7 +34,7 @@ def main(argv=None):
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
 
     x_train, y_train, x_val, y_val = bundled("digits", seed=args.seed)
     ddp.manual_seed(args.seed)

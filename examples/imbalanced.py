@@ -15,7 +15,7 @@ import ddp.nn as nn
 from ddp.metrics import f1_score, precision, recall
 from ddp.utils.data import WeightedRandomSampler
 
-from common import bundled, loader, predict, train_epoch
+from common import bundled, loader, parse_args, predict, train_epoch
 
 
 def make_imbalanced(x, y, rare=0, fraction=0.1, seed=0):
@@ -54,7 +54,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     x_train, y_train, x_test, y_test = bundled("breast_cancer", seed=args.seed)
     x_train, y_train = make_imbalanced(x_train, y_train, seed=args.seed)
     y_test = (y_test == 0).astype(np.float32)

@@ -11,8 +11,9 @@ import numpy as np
 
 import ddp
 import ddp.nn as nn
+from ddp.progress import Progress
 
-from common import bundled, loader, predict, train_epoch
+from common import bundled, loader, parse_args, predict, train_epoch
 
 
 def main(argv=None):
@@ -20,7 +21,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
 
     ddp.manual_seed(args.seed)
     x_train, y_train, x_test, y_test = bundled("diabetes", seed=args.seed)
@@ -29,13 +30,16 @@ def main(argv=None):
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
     optimizer = ddp.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-2)
     data = loader(x_train, scale(y_train), batch_size=32, seed=args.seed)
-    for epoch in range(1, args.epochs + 1):
+    bar = Progress(range(1, args.epochs + 1), desc="train", unit="epoch")
+    for epoch in bar:
         loss = train_epoch(model, data, nn.MSELoss(), optimizer)
+        bar.log(loss=loss, samples=len(x_train))
         if epoch % 20 == 0 or epoch == args.epochs:
             pred = predict(model, x_test).numpy().ravel() * y_std + y_mean
             rmse = float(np.sqrt(np.mean((pred - y_test) ** 2)))
             r2 = 1 - np.sum((pred - y_test) ** 2) / np.sum((y_test - y_test.mean()) ** 2)
-            print(f"epoch {epoch:4d}  train loss {loss:.4f}  test RMSE {rmse:.2f}  R2 {r2:.3f}")
+            bar.write(f"epoch {epoch:4d}  train loss {loss:.4f}  test RMSE {rmse:.2f}  R2 {r2:.3f}")
+    bar.close()
     return r2
 
 

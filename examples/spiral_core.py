@@ -14,6 +14,9 @@ import math
 import numpy as np
 
 import ddp
+from ddp.progress import Progress
+
+from common import parse_args
 
 
 def spiral(n_per_class=200, classes=3, noise=0.2, seed=0):
@@ -34,7 +37,7 @@ def main(argv=None):
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--lr", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
 
     ddp.manual_seed(args.seed)
     x_np, y_np = spiral(seed=args.seed)
@@ -48,7 +51,8 @@ def main(argv=None):
     w2, b2 = param(args.hidden, classes, fan_in=args.hidden), ddp.zeros(classes, requires_grad=True)
     params = [w1, b1, w2, b2]
 
-    for step in range(args.steps + 1):
+    bar = Progress(range(args.steps + 1), desc="train", unit="step")
+    for step in bar:
         logits = (x @ w1 + b1).relu() @ w2 + b2
         log_probs = logits - logits.logsumexp(dim=1, keepdim=True)
         loss = -log_probs.gather(1, y.unsqueeze(1)).mean()
@@ -58,9 +62,11 @@ def main(argv=None):
         with ddp.no_grad():
             for p_ in params:
                 p_.sub_(args.lr * p_.grad)
+        bar.log(loss=loss, samples=n)
         if step % 50 == 0:
             acc = (logits.argmax(dim=1) == y).float().mean().item()
-            print(f"step {step:4d}  loss {loss.item():.4f}  train accuracy {acc:.3f}")
+            bar.write(f"step {step:4d}  loss {loss.item():.4f}  train accuracy {acc:.3f}")
+    bar.close()
     acc = ((x @ w1 + b1).relu() @ w2 + b2).argmax(dim=1).eq(y).float().mean().item()
     print(f"final train accuracy {acc:.3f} on {n} points")
     return acc

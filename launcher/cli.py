@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 
-from . import ranks
+from . import config, ranks
 
 DESCRIPTION = """\
 Run a ddp training script on every rank of an MPI job, with the rank environment, a fair
@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--monitor", type=float, metavar="SECONDS",
                       help="print each rank's GPU utilisation and memory every SECONDS "
                            "(needs nvidia-ml-py; nothing without a GPU)")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file of launcher options (n, hostfile, threads, seed, output, "
+                        "stall_seconds, ...); command-line options override it")
     p.add_argument("-m", "--module", action="store_true",
                    help="the script is a module name, run like python -m (e.g. pkg.train)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -278,7 +281,7 @@ def run_script(script: str, argv: list[str], module: bool = False) -> None:
 
 def main(argv=None) -> int:
     """Entry point of the ``launcher`` console script and of ``python -m launcher``."""
-    args = build_parser().parse_args(argv)
+    args = config.parse_args(build_parser(), argv)
     if args.worker:
         return run_worker(args)
     if args.nproc is not None or args.hostfile:

@@ -178,6 +178,7 @@ def setup_output(mode: str, info: RankInfo) -> None:
     """``prefix`` (default): every line of stdout/stderr starts with ``[rank N] ``; ``all``:
     unchanged but line-buffered; ``rank0``: only rank 0's stdout is kept (unprefixed), stderr of
     every rank stays, prefixed. A single process keeps plain output."""
+    os.environ["DDP_OUTPUT"] = mode  # progress bars stay off under "all" (ddp.progress)
     if info.size == 1:
         return
     prefix = f"[rank {info.rank}] "
