@@ -45,8 +45,8 @@ def main(argv=None):
         bar.log(loss=loss, samples=len(x_train))
         if epoch % 5 == 0 or epoch == args.epochs:
             acc = accuracy(predict(model, x_test).argmax(1), ddp.tensor(y_test))
-            bar.write(f"epoch {epoch:3d}  lr {scheduler.get_last_lr()[0]:.4f}  train loss {loss:.4f}  "
-                      f"test accuracy {acc:.4f}")
+            bar.write(f"epoch {epoch:3d}  lr {scheduler.get_last_lr()[0]:.4f}  "
+                      f"train loss {loss:.4f}  test accuracy {acc:.4f}")
     bar.close()
     acc = accuracy(predict(model, x_test).argmax(1), ddp.tensor(y_test))
     print(f"final test accuracy {acc:.4f}")

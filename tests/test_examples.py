@@ -67,7 +67,8 @@ def _run_ranks(n, script, *args):
     import sysconfig
     mpiexec = shutil.which("mpiexec", path=sysconfig.get_path("scripts") + os.pathsep +
                            os.environ.get("PATH", ""))
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               PYTHONPATH=os.path.abspath(os.path.join(EXAMPLES, os.pardir)))  # this ddp
     proc = subprocess.run([mpiexec, "-n", str(n), sys.executable, os.path.join(EXAMPLES, script),
                            *args], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -184,13 +184,21 @@ def cmd_scaling(args, parser):
            "rows": report.scaling_rows(results, args.model, ranks, args.batch, global_batch),
            "key": report.SCALING_KEY, "metrics": report.SCALING_METRICS}
     finish(doc, args, "results")
+    write_plot(doc, args.out)
+    return doc
+
+
+def write_plot(doc, out):
+    """``out/scaling.png``, or a note saying why not (matplotlib is an optional extra)."""
+    path = os.path.join(out, "scaling.png")
     try:
-        report.plot_scaling(doc, os.path.join(args.out, "scaling.png"))
-        print(f"plot: {os.path.join(args.out, 'scaling.png')}")
+        report.plot_scaling(doc, path)
     except ImportError:
         print("(no plot: matplotlib is not installed; pip install 'ddp[bench]' adds it — "
               "results.json is written)")
-    return doc
+        return None
+    print(f"plot: {path}")
+    return path
 
 
 def cmd_bandwidth(args, parser):
@@ -318,16 +326,24 @@ def predict_tables(workloads, ranks, algorithm, markdown):
             rows.append([work.name, f"{work.gradient_bytes / 1e6:.1f} MB",
                          work.compute_s * 1e3, link.name] + [report.pct(e) for e in eff] +
                         [f"{need * 1e3:.0f} ms"])
+    links = {id(link): link for _, ls in workloads for link in ls}.values()
     out = [f"predicted weak-scaling efficiency, {algorithm} allreduce, buckets of 25 MiB "
            f"(first 1 MiB) overlapping backward", report.table(headers, rows, markdown), "",
            "links: " + "; ".join(f"{link.name}: α = {link.alpha * 1e6:g} µs, β = "
-                                 f"{link.beta / 1e9:.3g} GB/s"
-                                 for link in {id(lk): lk for _, ls in workloads for lk in ls}.values()),
-           "", "published:",
-           report.table(["source", "ranks", "workload", "efficiency", "setup"],
-                        [[r["source"], r["ranks"], r["workload"], r["efficiency"], r["setup"]]
-                         for r in costmodel.PUBLISHED], markdown)]
+                                 f"{link.beta / 1e9:.3g} GB/s" for link in links),
+           "", "the model in the published settings (compute per step assumed, see "
+           "docs/scaling.md):",
+           report.table(["source", "ranks", "workload", "setup", "compute ms", "published",
+                         "model", "model, no overlap"],
+                        [published_row(r, algorithm) for r in costmodel.PUBLISHED], markdown)]
     return "\n".join(out)
+
+
+def published_row(ref, algorithm):
+    work, link = ref["workload"], costmodel.LINKS[ref["link"]]
+    pred = costmodel.predict(work, ref["ranks"], link, algorithm)
+    return [ref["source"], ref["ranks"], work.name, ref["setup"], work.compute_s * 1e3,
+            ref["efficiency"], report.pct(pred.efficiency), report.pct(pred.efficiency_serial)]
 
 
 def finish(doc, args, stem):

@@ -58,7 +58,8 @@ def ring_allreduce_time(nbytes: float, p: int, alpha: float, beta: float) -> flo
 
 
 def tree_allreduce_time(nbytes: float, p: int, alpha: float, beta: float) -> float:
-    """Seconds for a binomial-tree reduce + broadcast: ``2⌈log₂p⌉(α + n/β)`` (0 on one rank).
+    """Seconds for a binomial-tree reduce then broadcast: ``2⌈log₂p⌉(α + n/β)`` (0 on one
+    rank).
 
     Example:
         >>> tree_allreduce_time(1e6, 8, 1e-5, 1e9)    # 2·3·(1e-5 + 1e-3)
@@ -282,8 +283,8 @@ def scaled(work: Workload, compute_s: float) -> Workload:
 # link needs independently of them.
 RESNET50 = Workload("ResNet-50 (25.6 M parameters)", flat_buckets(25.6e6 * 4), 0.030, 0.060,
                     0.0, "assumed 90 ms of compute per step (batch 32 on a V100-class GPU, fp32)")
-BERT_BASE = Workload("BERT-base (110 M parameters)", flat_buckets(110e6 * 4), 0.100, 0.200, 0.0,
-                     "assumed 300 ms of compute per step (batch 32 × 128 tokens, V100-class, fp32)")
+BERT_BASE = Workload("BERT-base (110 M parameters)", flat_buckets(110e6 * 4), 0.100, 0.200,
+                     0.0, "assumed 300 ms per step (batch 32 × 128 tokens, V100-class, fp32)")
 
 LINKS = {
     "25GbE": Link("25 Gbit/s Ethernet (RoCE)", 10e-6, 25e9 / 8,
@@ -291,13 +292,27 @@ LINKS = {
     "100Gb": Link("100 Gbit/s InfiniBand", 5e-6, 100e9 / 8, "α assumed 5 µs"),
 }
 
+# The published figures, each with the model run in that setting. Gradient sizes are the
+# models' fp32 parameters; links and compute times per step are assumptions (P100 at batch 64
+# ≈ 0.45–0.5 s for these networks in fp32; V100 as for RESNET50/BERT_BASE above); Horovod's
+# tensor fusion packs gradients into 64 MiB buffers.
 PUBLISHED = [
     {"source": "Sergeev & Del Balso 2018 (Horovod, arXiv:1802.05799)", "ranks": 512,
-     "workload": "Inception V3, ResNet-101", "efficiency": "≈ 90 %",
-     "setup": "128 servers × 4 Pascal GPUs, 25 Gbit/s RoCE, NCCL ring, tensor fusion"},
-    {"source": "Sergeev & Del Balso 2018", "ranks": 512, "workload": "VGG-16 (138 M)",
-     "efficiency": "≈ 68 %", "setup": "same"},
+     "efficiency": "≈ 90 %", "setup": "128 servers × 4 Pascal GPUs, 25 Gbit/s RoCE",
+     "link": "25GbE",
+     "workload": Workload("Inception V3 (23.8 M)", flat_buckets(23.8e6 * 4, 64 * MIB), 0.15,
+                          0.30, 0.0, "assumed 450 ms per step")},
+    {"source": "Sergeev & Del Balso 2018", "ranks": 512, "efficiency": "≈ 90 %",
+     "setup": "same", "link": "25GbE",
+     "workload": Workload("ResNet-101 (44.5 M)", flat_buckets(44.5e6 * 4, 64 * MIB), 0.5 / 3,
+                          1.0 / 3, 0.0, "assumed 500 ms per step")},
+    {"source": "Sergeev & Del Balso 2018", "ranks": 512, "efficiency": "≈ 68 %",
+     "setup": "same", "link": "25GbE",
+     "workload": Workload("VGG-16 (138 M)", flat_buckets(138e6 * 4, 64 * MIB), 0.5 / 3, 1.0 / 3,
+                          0.0, "assumed 500 ms per step")},
     {"source": "Li et al., VLDB 2020 (PyTorch DDP, arXiv:2006.15704)", "ranks": 256,
-     "workload": "ResNet-50, BERT", "efficiency": "near-linear",
-     "setup": "32 servers × 8 V100, NCCL, bucketing + overlap"},
+     "efficiency": "near-linear", "setup": "32 servers × 8 V100, NCCL; link assumed 100 Gbit/s",
+     "link": "100Gb", "workload": RESNET50},
+    {"source": "Li et al., VLDB 2020", "ranks": 256, "efficiency": "near-linear",
+     "setup": "same", "link": "100Gb", "workload": BERT_BASE},
 ]

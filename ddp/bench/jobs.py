@@ -11,7 +11,7 @@ a quiet machine.
 Example:
     >>> cmd = job_command(2, ["--spec", "s.json", "--out", "o.json"], mpiexec="mpiexec")
     >>> cmd[cmd.index("-n") + 1], cmd[-6:-4]
-    ('2', ['-m', 'ddp.bench.worker'])
+    ('2', ['--module', 'ddp.bench.worker'])
 """
 from __future__ import annotations
 

@@ -46,7 +46,8 @@ def scaling_rows(jobs, model_names, ranks, batch, global_batch):
                     b = batch if mode == "weak" else global_batch // p
                     job = by_p[p]
                     configs = job["models"][name]["configs"]
-                    cfg, plain = configs[f"{'ddp' if p > 1 else 'plain'}/{b}"], configs[f"plain/{b}"]
+                    cfg = configs[f"{'ddp' if p > 1 else 'plain'}/{b}"]
+                    plain = configs[f"plain/{b}"]
                     sps = p * b / cfg["step_ms"] * 1e3
                     base = sps if p == 1 else base
                     row = {"framework": framework, "model": name, "mode": mode, "ranks": p,
@@ -139,8 +140,8 @@ def table(headers, rows, markdown=False) -> str:
     """A table as Markdown or as aligned text (numbers to two decimals)."""
     cells = [[fmt(v) for v in row] for row in rows]
     if markdown:
-        lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+        lines = [headers, ["---"] * len(headers)] + cells
+        return "\n".join("| " + " | ".join(r) + " |" for r in lines)
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
                                for i, (c, w) in enumerate(zip(r, widths)))
@@ -160,16 +161,13 @@ def scaling_table(doc, markdown=False) -> str:
         rows.append([doc["models"][r["model"]]["title"], r["framework"], r["mode"], r["ranks"],
                      r["batch_per_rank"], r["step_ms"], f"{r['samples_per_s']:,.0f}",
                      pct(r["efficiency"]), pct(r["comm_efficiency"]), r["exposed_comm_ms"],
-                     None if pr is None else
-                     f"{pr['exposed_comm_ms']:.2f} – {pr['exposed_comm_ms_serial']:.2f}",
-                     None if pr is None else
-                     f"{pct(pr['efficiency'])} – {pct(pr['efficiency_serial'])}"])
+                     _bounds(pr, "exposed_comm_ms", "{:.2f}"), _bounds(pr, "efficiency", pct)])
     out = [table(headers, rows, markdown)]
     links = []
     for fw, by_p in doc["links"].items():
         for p, link in by_p.items():
-            links.append(f"{fw} ({link['wire']}) on {p} ranks: α = {link['alpha_s'] * 1e6:.1f} µs, "
-                         f"β = {link['beta_Bps'] / 1e9:.2f} GB/s")
+            links.append(f"{fw} ({link['wire']}) on {p} ranks: "
+                         f"{_alpha_beta(link)}")
     if links:
         out.append("\nlinks fit in the same jobs (ring model): " + "; ".join(links))
     out.append("model: exposed communication with overlap – without; efficiency likewise "
@@ -190,13 +188,13 @@ def bandwidth_table(doc, markdown=False) -> str:
         out.append(f"allreduce of float32, {p} ranks (bus bandwidth = bytes/time × 2(p−1)/p)")
         out.append(table(headers, rows, markdown))
         fit = res["fit"]
-        out.append(f"ring fit to raw mpi4py: α = {fit['raw']['alpha_s'] * 1e6:.2f} µs, "
-                   f"β = {fit['raw']['beta_Bps'] / 1e9:.2f} GB/s; ddp Allreduce: "
-                   f"α = {fit['ddp']['alpha_s'] * 1e6:.2f} µs, β = {fit['ddp']['beta_Bps'] / 1e9:.2f} GB/s\n")
+        out.append(f"ring fit to raw mpi4py: {_alpha_beta(fit['raw'])}; ddp Allreduce: "
+                   f"{_alpha_beta(fit['ddp'])}\n")
         for name, m in res["models"].items():
             raw = m["seconds"]["raw mpi4py, one buffer"]
-            out.append(f"{models.TITLES[name]} gradient sync, {p} ranks: {m['bytes'] / 2**20:.2f} "
-                       f"MiB in {len(m['buckets'])} buckets ({', '.join(_size(b) for b in m['buckets'])})")
+            sizes = ", ".join(_size(b) for b in m["buckets"])
+            out.append(f"{models.TITLES[name]} gradient sync, {p} ranks: "
+                       f"{m['bytes'] / 2**20:.2f} MiB in {len(m['buckets'])} buckets ({sizes})")
             out.append(table(["variant", "ms", "GB/s", "vs raw one buffer"],
                              [[k, s * 1e3, m["bytes"] / s / 1e9, pct(raw / s)]
                               for k, s in m["seconds"].items()], markdown) + "\n")
@@ -207,8 +205,7 @@ def sweep_table(doc, markdown=False) -> str:
     headers = ["bucket_cap_mb", "buckets", "step ms", "efficiency", "exposed ms",
                "model: exposed ms"]
     rows = [[r["bucket_cap_mb"], r["buckets"], r["step_ms"], pct(r["efficiency"]),
-             r["exposed_comm_ms"], None if r["predicted"] is None else
-             f"{r['predicted']['exposed_comm_ms']:.2f} – {r['predicted']['exposed_comm_ms_serial']:.2f}"]
+             r["exposed_comm_ms"], _bounds(r["predicted"], "exposed_comm_ms", "{:.2f}")]
             for r in doc["rows"]]
     s = doc["settings"]
     return (f"bucket-size sweep, ddp, {models.TITLES[s['model']]}, {s['ranks']} ranks, batch "
@@ -219,6 +216,18 @@ def sweep_table(doc, markdown=False) -> str:
 def render(doc, markdown=False) -> str:
     return {"scaling": scaling_table, "bandwidth": bandwidth_table,
             "sweep": sweep_table}[doc["kind"]](doc, markdown)
+
+
+def _bounds(predicted, field, form):
+    """'with overlap – without' of a predicted figure."""
+    if predicted is None:
+        return None
+    show = form.format if isinstance(form, str) else form
+    return f"{show(predicted[field])} – {show(predicted[field + '_serial'])}"
+
+
+def _alpha_beta(link):
+    return f"α = {link['alpha_s'] * 1e6:.2f} µs, β = {link['beta_Bps'] / 1e9:.2f} GB/s"
 
 
 def _size(nbytes):
@@ -237,9 +246,9 @@ def compare(a, b, name_a="A", name_b="B", markdown=False) -> str:
         >>> a = {"kind": "k", "key": ["n"], "metrics": ["t"], "rows": [{"n": 1, "t": 2.0}]}
         >>> b = {"kind": "k", "key": ["n"], "metrics": ["t"], "rows": [{"n": 1, "t": 3.0}]}
         >>> print(compare(a, b))
-        n  t A  t B  t B/A
-        -  ---  ---  -----
-        1  2.00  3.00  1.50
+        n   t A   t B  t B/A
+        -  ----  ----  -----
+        1  2.00  3.00   1.50
     """
     if a.get("kind") != b.get("kind"):
         raise SystemExit(f"ddp-bench compare: a {a.get('kind')} run and a {b.get('kind')} run "
@@ -255,7 +264,8 @@ def compare(a, b, name_a="A", name_b="B", markdown=False) -> str:
         cells = [r[k] for k in key]
         for m in metrics:
             x, y = r.get(m), other.get(m)
-            ratio = y / x if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x else None
+            numbers = all(isinstance(v, (int, float)) for v in (x, y))
+            ratio = y / x if numbers and x else None
             cells += [x, y, ratio]
         rows.append(cells)
     if not rows:

@@ -213,8 +213,8 @@ def bucket_bandwidth(setup, comm, reps, warmup, barrier):
         "raw mpi4py, per bucket": lambda: [world.Allreduce(MPI.IN_PLACE, b.data, op=MPI.SUM)
                                            for b in buckets],
         "ddp comm.Allreduce, per bucket": lambda: [comm.Allreduce(b.data, "sum") for b in buckets],
-        "ddp Iallreduce, then wait all": lambda: [w.wait() for w in
-                                                  [comm.Iallreduce(b.data, "sum") for b in buckets]],
+        "ddp Iallreduce, then wait all": lambda: [
+            w.wait() for w in [comm.Iallreduce(b.data, "sum") for b in buckets]],
         "+ copy-in (scaled), copy-out": with_copies,
     }
     return {"bytes": int(nbytes), "buckets": [int(b.data.nbytes) for b in buckets],
