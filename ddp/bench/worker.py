@@ -123,9 +123,9 @@ def summary(medians, label):
 def gradient_buckets(setup, cap_mb=25.0):
     """Bytes of each gradient bucket: ddp's reducer's own (after its first-iteration rebuild),
     else (PyTorch, or no DDP) the reducer's rule applied to the parameters in reverse order."""
-    reducer = getattr(setup.model, "reducer", None)
-    if reducer is not None:
-        return [int(b.data.nbytes) for b in reducer.buckets]
+    buckets = getattr(getattr(setup.model, "reducer", None), "buckets", None)  # torch's: none
+    if buckets is not None:
+        return [int(b.data.nbytes) for b in buckets]
     params = [p for p in setup.model.parameters() if p.requires_grad]
     sizes = [p.numel() * p.element_size() for p in params][::-1]
     return costmodel.bucket_sizes(sizes, cap_mb * 2 ** 20)
