@@ -146,7 +146,8 @@ def timed_variants(variants, reps, warmup, barrier, reset=None):
             fn()
             if i >= warmup:
                 timer.add(name, time.perf_counter() - t0)
-    return {k: v / 1e3 for k, v in timer.medians().items()}
+    medians = timer.medians()
+    return {name: medians[name] / 1e3 for name in variants}  # in the order given
 
 
 def allreduce_sweep(variants_for, sizes, reps, warmup, barrier):
