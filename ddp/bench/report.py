@@ -298,10 +298,9 @@ def plot_scaling(doc, path) -> None:
                              color=line.get_color(), alpha=0.5)
                 bottom.plot(ranks, [100 * r["efficiency"] for r in rows], style,
                             color=line.get_color(), label=f"{fw} {mode}")
-                pred = [(r["ranks"], 100 * r["predicted"]["efficiency"]) for r in rows
-                        if r["predicted"]]
-                if pred:
-                    bottom.plot(*zip(*pred), "--", color=line.get_color(), alpha=0.6)
+                pred = [(r["ranks"], 100 * (r["predicted"]["efficiency"] if r["predicted"]
+                                            else r["efficiency"])) for r in rows]
+                bottom.plot(*zip(*pred), "--x", color=line.get_color(), alpha=0.6)
         top.set_title(doc["models"][name]["title"])
         top.set_ylabel("samples/s (dotted: linear)")
         bottom.set_ylabel("efficiency % (dashed: cost model)")
