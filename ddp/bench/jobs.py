@@ -61,8 +61,9 @@ def run(spec: dict, ranks: int, opts) -> dict:
             if wait and not wait_idle(wait):
                 print(f"(machine still busy after waiting {wait:g} s)", flush=True)
             shown = [("python" if c == sys.executable else c) for c in cmd[:-4]]
-            print(f"$ {shlex.join(shown)}  ({spec['framework']} {spec['task']})", end="",
-                  flush=True)
+            progress = env.get("DDP_PROGRESS") == "1"  # the worker's bar takes the next line
+            print(f"$ {shlex.join(shown)}  ({spec['framework']} {spec['task']})",
+                  end="\n" if progress else "", flush=True)
             t0, busy0 = time.time(), busy_cpu_s()
             mine0 = _children_cpu_s()
             proc = subprocess.run(cmd, env=env)
