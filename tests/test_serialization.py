@@ -251,7 +251,7 @@ class _ReadOnlyStream:
 
 
 def test_minimal_stream_with_short_reads(monkeypatch):
-    monkeypatch.setattr(serialization, "_CHUNK", 5)
+    monkeypatch.setattr(serialization.files, "CHUNK", 5)
     obj = {"w": ddp.randn(300), "x": ddp.arange(7)}
     buf = io.BytesIO()
     ddp.save(obj, buf)
@@ -261,7 +261,7 @@ def test_minimal_stream_with_short_reads(monkeypatch):
 
 
 def test_large_tensor_with_small_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(serialization, "_CHUNK", 4099)
+    monkeypatch.setattr(serialization.files, "CHUNK", 4099)
     t = ddp.randn(257, 129)
     ddp.save({"t": t}, tmp_path / "big.pt")
     _same(ddp.load(tmp_path / "big.pt")["t"], t)
@@ -331,7 +331,7 @@ def test_unsupported_objects_raise_before_creating_a_file(tmp_path):
 # --------------------------------------------------------------------------- atomic writes
 
 def _write_then_fail(exc):
-    real = serialization._write_bytes
+    real = serialization.files.write_bytes
     state = {"n": 0}
 
     def failing(fh, data):
@@ -352,7 +352,7 @@ def test_failed_save_keeps_previous_file_and_leaves_no_temp(tmp_path, monkeypatc
     old = {"epoch": 1, "w": ddp.randn(100)}
     ddp.save(old, path)
     old_bytes = path.read_bytes()
-    monkeypatch.setattr(serialization, "_write_bytes", _write_then_fail(exc))
+    monkeypatch.setattr(serialization.files, "write_bytes", _write_then_fail(exc))
     with pytest.raises(type(exc)):
         ddp.save({"epoch": 2, "w": ddp.randn(100)}, path)
     monkeypatch.undo()
@@ -364,7 +364,7 @@ def test_failed_save_keeps_previous_file_and_leaves_no_temp(tmp_path, monkeypatc
 
 
 def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(serialization, "_write_bytes",
+    monkeypatch.setattr(serialization.files, "write_bytes",
                         _write_then_fail(OSError(errno.ENOSPC, "No space left on device")))
     with pytest.raises(OSError):
         ddp.save({"w": ddp.randn(100)}, tmp_path / "new.pt")
@@ -659,7 +659,7 @@ def test_safetensors_roundtrip_and_layout(tmp_path):
     assert spans[-1][1] == len(raw) - 8 - n
     for v in header.values():   # every tensor starts aligned to its element size
         assert v["data_offsets"][0] % np.dtype(
-            serialization._NP_DTYPES[serialization._ST_TO_NAME[v["dtype"]]]).itemsize == 0
+            serialization.tensors.NP_DTYPES[serialization.safetensors_format.ST_TO_NAME[v["dtype"]]]).itemsize == 0
     out = serialization.load_safetensors(path)
     assert set(out) == set(tensors)
     for k, t in tensors.items():
