@@ -18,4 +18,5 @@ def _doctest_names(request):
     import ddp.nn as nn
     import ddp.nn.functional as F
     doctest_namespace.update(ddp=ddp, torch=ddp, np=np, nn=nn, F=F)
+    doctest_namespace["tmp_path"] = request.getfixturevalue("tmp_path")  # examples that write files
     ddp.manual_seed(0)

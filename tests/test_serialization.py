@@ -314,18 +314,36 @@ def test_detect_format_and_verify(tmp_path):
 def test_unsupported_objects_raise_before_creating_a_file(tmp_path):
     path = tmp_path / "m.pt"
     with pytest.raises(TypeError, match="state_dict"):
-        ddp.save({"model": ddp.nn.Linear(2, 2)}, path)
+        ddp.save({"model": ddp.nn.Linear(2, 2)}, path, format="ddp")
     with pytest.raises(TypeError, match=r"at obj\['x'\]\[1\]"):
-        ddp.save({"x": [1, object()]}, path)
+        ddp.save({"x": [1, object()]}, path, format="ddp")
     with pytest.raises(TypeError, match="complex|supported"):
-        ddp.save(1 + 2j, path)
+        ddp.save(1 + 2j, path, format="ddp")
     with pytest.raises(TypeError, match="NumPy array of dtype object"):
-        ddp.save(np.array([None]), path)
+        ddp.save(np.array([None]), path, format="ddp")
     cyc = []
     cyc.append(cyc)
     with pytest.raises(ValueError, match="cycle"):
-        ddp.save(cyc, path)
+        ddp.save(cyc, path, format="ddp")
+    with pytest.raises(ValueError, match="format must be one of"):
+        ddp.save([1], path, format="pickle")
+    # what not even pickle can store fails before a file appears (the default format pickles)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        ddp.save({"f": lambda x: x}, path)
     assert os.listdir(tmp_path) == []
+
+
+def test_objects_the_ddp_format_cannot_hold_are_pickled_as_torch_does(tmp_path):
+    """ddp.save(model) works as torch.save(model); loading it is an explicit opt-in."""
+    path = tmp_path / "whole.pt"
+    ddp.save({"x": [1, 2 + 3j], "cycle": None}, path)
+    assert serialization.detect_format(path) == "zip"
+    assert ddp.load(path) == {"x": [1, 2 + 3j], "cycle": None}   # complex is allow-listed
+    cyc = []
+    cyc.append(cyc)
+    ddp.save(cyc, path)
+    out = ddp.load(path)
+    assert out[0] is out
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -455,7 +473,7 @@ def test_empty_and_foreign_files(tmp_path):
         ddp.load(empty)
     text = tmp_path / "notes.txt"
     text.write_text("hello world, this is text")
-    with pytest.raises(RuntimeError, match="not a ddp.save or safetensors file"):
+    with pytest.raises(RuntimeError, match="not a ddp.save, torch.save or safetensors file"):
         ddp.load(text)
     npy = tmp_path / "a.npy"
     np.save(npy, np.arange(3))
@@ -534,30 +552,24 @@ class _Evil:
 @pytest.mark.parametrize("protocol", [0, 2, 4, 5])
 @pytest.mark.parametrize("weights_only", [True, False])
 def test_malicious_pickle_is_refused_without_running(tmp_path, protocol, weights_only):
+    """A bare pickle is no torch.save file: even weights_only=False runs nothing from it."""
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps({"w": _Evil(marker)}, protocol=protocol))
-    with pytest.raises(RuntimeError) as info:
+    if protocol == 0:
+        expected, match = RuntimeError, "not a ddp.save, torch.save or safetensors file"
+    elif weights_only:
+        expected, match = pickle.UnpicklingError, (r"(?s)Weights only load failed.*GLOBAL "
+                                                   r"posix.system whose module posix is blocked")
+    else:
+        expected, match = RuntimeError, "(?s)not a torch.save file.*never arbitrary pickles"
+    with pytest.raises(expected, match=match):
         ddp.load(path, weights_only=weights_only)
-    if protocol >= 2:
-        assert "pickle" in str(info.value) and "arbitrary code" in str(info.value)
-    with pytest.raises(RuntimeError):
-        ddp.load(io.BytesIO(path.read_bytes()))
+    with pytest.raises(expected):
+        ddp.load(io.BytesIO(path.read_bytes()), weights_only=weights_only)
     with pytest.raises(RuntimeError):
         serialization.load_safetensors(path)
     assert not marker.exists()
-
-
-def test_torch_save_file_is_refused_with_a_clear_message(tmp_path):
-    torch = pytest.importorskip("torch")
-    path = tmp_path / "torch.pt"
-    torch.save({"w": torch.ones(2)}, path)
-    with pytest.raises(RuntimeError, match="torch.save checkpoint.*never unpickles"):
-        ddp.load(path)
-    legacy = tmp_path / "legacy.pt"
-    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
-    with pytest.raises(RuntimeError, match="pickle"):
-        ddp.load(legacy)
 
 
 def test_pickle_module_argument_is_ignored(tmp_path):

@@ -24,6 +24,7 @@ writer killed mid-save is removed by the next save or load in that directory
 docs/checkpoints.md.
 
 Example:
+    >>> import io
     >>> buf = io.BytesIO()
     >>> ddp.save({"epoch": 3, "w": ddp.ones(2)}, buf)
     >>> _ = buf.seek(0)

@@ -97,6 +97,7 @@ def remove_stale_temporaries(directory):
     for the directory of the file they write or read; errors (a read-only directory) are ignored.
 
     Example:
+        >>> import os
         >>> dead = tmp_path / ".ckpt.pt.ddp-tmp.oldhost.12345.0badc0de"
         >>> _ = dead.write_bytes(b"half a checkpoint")
         >>> os.utime(dead, (0, 0))   # untouched since 1970

@@ -22,6 +22,7 @@ object is a tagged node ``{"$": tag, ...}``: ``float`` (inf/-inf/nan), ``tuple``
 ``frozenset``, ``size``, ``dtype``, ``device`` and ``ref`` (index into ``"arrays"``).
 
 Example:
+    >>> import io
     >>> buf = io.BytesIO(); ddp.save({"w": ddp.ones(2)}, buf, format="ddp")
     >>> buf.getvalue()[:8] == MAGIC
     True
@@ -62,6 +63,10 @@ def _align(n, a=_ALIGN):
 
 class Unsupported(TypeError):
     """An object the ddp format cannot hold (``ddp.save`` then pickles, as torch.save does)."""
+
+
+class ReferenceCycle(Unsupported, ValueError):
+    """A container that contains itself (the ddp format stores trees)."""
 
 
 class Encoder:
@@ -120,7 +125,7 @@ class Encoder:
             return {"$": "device", "v": str(obj)}
         if t in (list, tuple, Size, set, frozenset, dict, OrderedDict):
             if id(obj) in self._active:
-                raise Unsupported(f"ddp.save: the object contains a reference cycle (at {where})")
+                raise ReferenceCycle(f"ddp.save: the object contains a reference cycle (at {where})")
             self._active.add(id(obj))
             try:
                 return self._container(obj, t, where)

@@ -9,6 +9,7 @@ Writing produces what ``torch.save`` writes (protocol 2, storages 64-byte aligne
 uncompressed), so ``torch.load(f)`` reads it with its default ``weights_only=True``.
 
 Example:
+    >>> import io, zipfile
     >>> buf = io.BytesIO()
     >>> ddp.save({"w": ddp.arange(4.0)}, buf, format="torch")
     >>> sorted(zipfile.ZipFile(buf).namelist())[:3]

@@ -18,15 +18,15 @@ and out-of-band buffers are refused. A refusal raises :class:`pickle.UnpicklingE
 PyTorch's message ("Weights only load failed ... Unsupported global: GLOBAL posix.system ...").
 
 Example:
-    >>> import pickle, os
+    >>> import io, os, pickle
     >>> class Evil:
     ...     def __reduce__(self):
     ...         return (os.system, ("echo pwned",))
-    >>> buf = io.BytesIO(pickle.dumps(Evil(), protocol=2))
-    >>> TorchUnpickler(buf, None, weights_only=True).load()
-    Traceback (most recent call last):
-    ...
-    _pickle.UnpicklingError: Weights only load failed. ... GLOBAL posix.system whose module posix is blocked...
+    >>> try:
+    ...     ddp.load(io.BytesIO(pickle.dumps(Evil(), protocol=2)))
+    ... except pickle.UnpicklingError as e:
+    ...     print(str(e).splitlines()[-3])
+    Trying to load unsupported GLOBAL posix.system whose module posix is blocked.
 """
 from __future__ import annotations
 
