@@ -191,7 +191,8 @@ def write_pending():
     for path, flat in _pending.items():
         merged = dict(_load(path))
         prefixes = {k.split(_SEP, 2)[1] for k in flat}
-        merged = {k: v for k, v in merged.items() if k.split(_SEP, 2)[1] not in prefixes}
+        merged = {k: v for k, v in merged.items()   # the version key has no separator
+                  if k != TORCH_VERSION_KEY and k.split(_SEP, 2)[1] not in prefixes}
         merged.update(flat)
         merged[TORCH_VERSION_KEY] = np.array(torch.__version__ if torch else "?")
         DATA_DIR.mkdir(exist_ok=True)

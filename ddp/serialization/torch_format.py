@@ -186,7 +186,7 @@ def _unpickle(stream, storages, weights_only, depth_limit=True):
     except EOFError:
         raise Truncated("the pickle ends early") from None
     except Exception as exc:
-        if not weights_only and not isinstance(exc, (pickle.UnpicklingError, MemoryError)):
+        if not weights_only and not isinstance(exc, MemoryError):
             raise          # the file's own classes failed: their error, as torch shows it
         raise Corrupt(f"bad pickle ({type(exc).__name__}: {str(exc)[:200]})") from None
     if weights_only and depth_limit:
@@ -227,10 +227,9 @@ def read_zip(f, name, restore, weights_only, build=True):
         infos = {i.filename: i for i in zf.infolist()}
         for info in infos.values():
             _zip_bound(info, archive_size if archive_size is not None else 1 << 62)
-        if not build:
+        if not build:   # verify: every record's CRC, then everything load would check
             bad = zf.testzip()
             check(bad is None, f"zip entry {bad} fails its CRC-32 check")
-            return None
         byteorder = zf.read(prefix + "byteorder").decode() if prefix + "byteorder" in infos \
             else "little"
         check(byteorder in ("little", "big"), f"bad byteorder record {byteorder!r:.20}")
@@ -258,7 +257,7 @@ def read_zip(f, name, restore, weights_only, build=True):
 
         with zf.open(infos[pkls[0]]) as data_pkl:
             obj, _ = _unpickle(files.Reader(data_pkl), storage, weights_only)
-    return obj
+    return obj if build else None
 
 
 def _small_pickle(stream, name, weights_only):

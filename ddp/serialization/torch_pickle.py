@@ -309,15 +309,19 @@ class TorchUnpickler(pickle._Unpickler):
                       f"this global if you trust this class/function.", allowlist_hint=True)
 
     def _import(self, module, name):
-        """weights_only=False: any global; ``torch.x.y`` is ddp's ``ddp.x.y`` when ddp has it."""
-        if module == "torch" or module.startswith("torch."):
+        """weights_only=False: any global. ``torch.a.b.Name`` is read as ddp's ``Name`` from
+        ``ddp.a.b``, ``ddp.a`` or ``ddp`` (the first that has it: ``torch.nn.modules.linear.Linear``
+        is ``ddp.nn.Linear``), so a whole module pickled by torch.save loads into ddp."""
+        if module != "torch" and not module.startswith("torch."):
+            return super().find_class(module, name)
+        parts = ["ddp"] + module.split(".")[1:]
+        while parts:
             try:
-                return super().find_class("ddp" + module[len("torch"):], name)
+                return super().find_class(".".join(parts), name)
             except (ImportError, AttributeError):
-                raise pickle.UnpicklingError(
-                    f"ddp.load: the file needs {module}.{name}, which ddp does not have (a whole "
-                    f"torch object pickled by torch.save; load its state_dict instead)") from None
-        return super().find_class(module, name)
+                parts.pop()
+        raise pickle.UnpicklingError(f"ddp.load: the file needs {module}.{name}, which ddp does "
+                                     f"not have; load the object's state_dict instead")
 
     def persistent_load(self, pid):
         if self.weights_only and not (type(pid) is tuple and pid and pid[0] in ("storage",
@@ -363,6 +367,7 @@ class TorchUnpickler(pickle._Unpickler):
                 raise Refused(f"BUILD of {type(inst).__name__} with state {state!r:.100}")
             inst.__dict__.update(state)
         elif id(type(inst)) in self._user_types:
+            self.stack.append(state)
             pickle._Unpickler.load_build(self)      # the user trusts this class
         else:
             raise Refused(f"Can only build OrderedDict or types allowlisted via "
