@@ -5,8 +5,13 @@ import io
 import json
 import math
 import os
+import pathlib
 import pickle
 import struct
+import subprocess
+import sys
+import textwrap
+import tracemalloc
 import zlib
 import hashlib
 from collections import OrderedDict
@@ -412,6 +417,65 @@ def test_save_keeps_permissions_of_existing_file(tmp_path):
     assert ddp.load(path) == [2]
 
 
+_KILLED_WRITER = textwrap.dedent("""
+    import signal, sys
+    import ddp
+    from ddp.serialization import files
+    real = files.write_bytes
+
+    def write_then_hang(fh, data):   # once the payload is out: say so, then wait to be killed
+        real(fh, data)
+        if fh.tell() >= 1 << 20:
+            fh.flush()
+            print("mid-save", flush=True)
+            signal.pause()
+
+    files.write_bytes = write_then_hang
+    ddp.save({"w": ddp.zeros(1 << 18)}, sys.argv[1])
+""")
+
+
+def _kill_a_writer_mid_save(path):
+    """Run ddp.save(1 MiB, path) in a child and SIGKILL it once the payload is written."""
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path)],
+                             stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout.readline() == b"mid-save\n"
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    return child.pid
+
+
+def _temporaries(directory):
+    return sorted(n for n in os.listdir(directory) if ".ddp-tmp." in n)
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_save_or_load(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    ddp.save({"epoch": 1}, path)
+    pid = _kill_a_writer_mid_save(path)
+    (left,) = _temporaries(tmp_path)
+    host = serialization.files._host_tag()
+    assert left.startswith(f".ckpt.pt.ddp-tmp.{host}.{pid}.")
+    assert os.path.getsize(tmp_path / left) >= 1 << 20      # the size of the checkpoint
+    assert ddp.load(tmp_path / "ckpt.pt", map_location="cpu") == {"epoch": 1} \
+        and _temporaries(tmp_path) == []                    # the previous file survived; load cleans
+    _kill_a_writer_mid_save(path)
+    live = tmp_path / f".other.pt.ddp-tmp.{host}.{os.getpid()}.0123abcd"  # a live writer (us)
+    live.write_bytes(b"in progress")
+    remote = tmp_path / ".other.pt.ddp-tmp.otherhost.1.89abcdef"     # another host, fresh
+    remote.write_bytes(b"in progress elsewhere")
+    remote_old = tmp_path / ".old.pt.ddp-tmp.otherhost.2.fedcba98"    # another host, a day idle
+    remote_old.write_bytes(b"abandoned")
+    os.utime(remote_old, (0, 0))
+    ddp.save({"epoch": 2}, tmp_path / "next.pt")
+    assert _temporaries(tmp_path) == sorted([live.name, remote.name])
+    assert ddp.load(path) == {"epoch": 1}
+
+
 # --------------------------------------------------------------------------- damaged files
 
 def _saved_bytes(obj=None):
@@ -537,6 +601,59 @@ def test_inconsistent_headers_are_rejected(edit):
     raw = _rewrite_header(_saved_bytes(), edit)
     with pytest.raises(RuntimeError, match="corrupt or truncated"):
         ddp.load(io.BytesIO(raw))
+
+
+def _ddp_file_with_header(header_text, payload=b""):
+    """A ddp file around raw header JSON text, with valid crc32 and sha256."""
+    hb = header_text.encode()
+    out = bytearray(b"\x89DDP\r\n\x1a\n" + struct.pack("<IIQ", 1, zlib.crc32(hb), len(hb)) + hb)
+    out += b"\0" * ((-len(out)) % 64) + payload
+    return bytes(out + hashlib.sha256(bytes(out)).digest())
+
+
+def _safetensors_with_header(header_text, data=b""):
+    hb = header_text.encode()
+    return struct.pack("<Q", len(hb)) + hb + data
+
+
+DEEP = 200_000
+
+
+@pytest.mark.parametrize("nesting", ["[" * DEEP + "]" * DEEP,
+                                     '{"a":' * DEEP + "1" + "}" * DEEP],
+                         ids=["lists", "objects"])
+def test_headers_nested_200000_deep_are_corrupt_not_recursion_errors(nesting):
+    ddp_raw = _ddp_file_with_header('{"format":"ddp.save","version":1,"arrays":[],'
+                                    '"payload_nbytes":0,"root":' + nesting + "}")
+    st_raw = _safetensors_with_header('{"__metadata__":' + nesting + "}")
+    for raw in (ddp_raw, st_raw):
+        with pytest.raises(RuntimeError, match="corrupt or truncated.*nests too deeply"):
+            ddp.load(io.BytesIO(raw))
+    with pytest.raises(RuntimeError, match="nests too deeply"):
+        serialization.load_safetensors(io.BytesIO(st_raw))
+    with pytest.raises(RuntimeError, match="nests too deeply"):
+        serialization.verify(io.BytesIO(ddp_raw))
+
+
+def test_a_terabyte_tensor_announced_in_a_bytesio_is_corrupt_not_memory_error():
+    tib = 1 << 40
+    entry = {"kind": "tensor", "dtype": "float32", "shape": [tib // 4], "offset": 0,
+             "nbytes": tib, "device": "cpu", "requires_grad": False}
+    ddp_raw = _ddp_file_with_header(json.dumps(
+        {"format": "ddp.save", "version": 1, "arrays": [entry], "payload_nbytes": tib,
+         "root": {"$": "ref", "id": 0}}), b"\0" * 64)
+    st_raw = _safetensors_with_header(json.dumps(
+        {"w": {"dtype": "F32", "shape": [tib // 4], "data_offsets": [0, tib]}}), b"\0" * 64)
+    tracemalloc.start()
+    try:
+        for raw in (ddp_raw, st_raw):
+            for stream in (io.BytesIO(raw), _ReadOnlyStream(raw)):   # seekable, and not
+                with pytest.raises(RuntimeError, match="corrupt or truncated"):
+                    ddp.load(stream)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"peak {peak} bytes"
 
 
 # --------------------------------------------------------------------------- never unpickle
@@ -723,44 +840,60 @@ def test_safetensors_errors(tmp_path):
         serialization.load_safetensors(ddp_file)
 
 
+def safetensors_library_arrays():
+    """The arrays in tests/data/safetensors/numpy.safetensors (written by safetensors.numpy)."""
+    rng = np.random.default_rng(7)
+    return {"f32": rng.standard_normal((3, 4)).astype(np.float32),
+            "f16": rng.standard_normal(5).astype(np.float16),
+            "f64": rng.standard_normal((2, 2)),
+            "i64": np.arange(6, dtype=np.int64).reshape(2, 3),
+            "i32": np.arange(3, dtype=np.int32), "i16": np.arange(3, dtype=np.int16),
+            "i8": np.arange(-3, 3, dtype=np.int8), "u8": np.arange(4, dtype=np.uint8),
+            "bool": np.array([True, False]), "scalar": np.array(1.5, np.float32),
+            "empty": np.zeros((0, 2), np.float32)}
+
+
+def _check_library_arrays(out):
+    expected = safetensors_library_arrays()
+    assert set(out) == set(expected)
+    for k, v in expected.items():
+        assert out[k].dtype.name == v.dtype.name and list(out[k].shape) == list(v.shape), k
+        np.testing.assert_array_equal(out[k].numpy(), v, err_msg=k)
+
+
+def test_reads_a_file_the_safetensors_library_wrote():
+    path = pathlib.Path(__file__).parent / "data" / "safetensors" / "numpy.safetensors"
+    _check_library_arrays(serialization.load_safetensors(path))
+    _check_library_arrays(ddp.load(path))
+    assert serialization.safetensors_metadata(path) == {"source": "safetensors.numpy"}
+
+
 def test_safetensors_interop_with_the_safetensors_package(tmp_path):
-    st_torch = pytest.importorskip("safetensors.torch")
-    torch = pytest.importorskip("torch")
-    from safetensors import safe_open
+    """Live against the safetensors library (in the test extra, so CI runs it; numpy flavour,
+    no torch). Its numpy flavour has no bfloat16: that one is checked on the raw bytes."""
+    st_numpy = pytest.importorskip("safetensors.numpy")
+    import safetensors
     ours = tmp_path / "ours.safetensors"
     tensors = _st_tensors()
     serialization.save_safetensors(tensors, ours, metadata={"epoch": "3"})
-    theirs_view = st_torch.load_file(str(ours))
-    assert set(theirs_view) == set(tensors)
-    for k, t in tensors.items():
-        ref = torch.from_numpy(t.float().numpy() if t.dtype == ddp.bfloat16 else t.numpy(force=True))
+    no_bf16 = {k: v for k, v in tensors.items() if v.dtype != ddp.bfloat16}
+    plain = tmp_path / "plain.safetensors"
+    serialization.save_safetensors(no_bf16, plain)
+    theirs_view = st_numpy.load_file(str(plain))
+    assert set(theirs_view) == set(no_bf16)
+    for k, t in no_bf16.items():
         got = theirs_view[k]
-        assert list(got.shape) == list(t.shape)
-        if t.dtype == ddp.bfloat16:
-            assert got.dtype == torch.bfloat16
-            got = got.float()
-        assert torch.equal(got, ref), k
-    with safe_open(str(ours), framework="pt") as f:
+        assert got.dtype == t.detach().numpy().dtype and got.shape == tuple(t.shape), k
+        np.testing.assert_array_equal(got, t.detach().numpy(), err_msg=k)
+    raw = dict(safetensors.deserialize(ours.read_bytes()))
+    bf16 = raw["bfloat16.w"]
+    assert bf16["dtype"] == "BF16" and list(bf16["shape"]) == [3, 2]
+    assert bytes(bf16["data"]) == tensors["bfloat16.w"]._data.tobytes()
+    with safetensors.safe_open(str(ours), framework="numpy") as f:
         assert f.metadata() == {"epoch": "3"}
 
     theirs = tmp_path / "theirs.safetensors"
-    src = {"f32": torch.randn(3, 4), "bf16": torch.randn(5).to(torch.bfloat16),
-           "f16": torch.randn(2).half(), "f64": torch.randn(2, 2).double(),
-           "i64": torch.arange(6).reshape(2, 3), "i32": torch.arange(3, dtype=torch.int32),
-           "i16": torch.arange(3, dtype=torch.int16), "i8": torch.arange(-3, 3, dtype=torch.int8),
-           "u8": torch.arange(4, dtype=torch.uint8), "bool": torch.tensor([True, False]),
-           "scalar": torch.tensor(1.5), "empty": torch.zeros(0, 2)}
-    st_torch.save_file(src, str(theirs), metadata={"source": "torch"})
-    out = serialization.load_safetensors(theirs)
-    assert serialization.safetensors_metadata(theirs) == {"source": "torch"}
-    via_load = ddp.load(theirs)
-    for k, v in src.items():
-        got = out[k]
-        assert list(got.shape) == list(v.shape), k
-        if v.dtype == torch.bfloat16:
-            assert got.dtype == ddp.bfloat16
-            np.testing.assert_array_equal(got.float().numpy(), v.float().numpy())
-        else:
-            assert got.dtype.name == str(v.dtype).replace("torch.", ""), k
-            np.testing.assert_array_equal(got.numpy(), v.numpy())
-        _same(via_load[k], got)
+    st_numpy.save_file(safetensors_library_arrays(), str(theirs), metadata={"source": "np"})
+    _check_library_arrays(serialization.load_safetensors(theirs))
+    _check_library_arrays(ddp.load(theirs))
+    assert serialization.safetensors_metadata(theirs) == {"source": "np"}
