@@ -42,7 +42,7 @@ import numpy as np
 from .. import backend
 from ..tensor import Size, Tensor
 from . import files
-from .files import Corrupt, Truncated, check
+from .files import Corrupt, check
 from .tensors import NP_DTYPES, TENSOR_DTYPES, host_array, le_bytes
 
 MAGIC = b"\x89DDP\r\n\x1a\n"

@@ -31,9 +31,9 @@ from .. import backend
 from . import files
 from .files import Corrupt, Truncated, check
 from .tensors import host_array, le_bytes
-from .torch_pickle import (DTYPE_TO_STORAGE, STORAGE_DTYPES, Refused, Storage, TorchPickler,
-                           TorchUnpickler, check_depth, global_name, memory_base, storage_type,
-                           strided, strides_in_elements, weights_only_error)
+from .torch_pickle import (DTYPE_TO_STORAGE, Refused, Storage, TorchPickler, TorchUnpickler,
+                           check_depth, memory_base, storage_type, strided, strides_in_elements,
+                           weights_only_error)
 
 MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
 PROTOCOL_VERSION = 1001
@@ -275,14 +275,14 @@ def _small_pickle(stream, name, weights_only):
 
 def read_legacy(f, name, restore, weights_only, build=True):
     """Load a legacy (pre-1.6) torch.save file from the seekable binary file ``f``."""
-    magic = _small_pickle(f, name, weights_only)
+    magic = _small_pickle(files.Reader(f), name, weights_only)
     if magic != MAGIC_NUMBER:
         raise RuntimeError(f"ddp.load: {name}: Invalid magic number; corrupt file? (a pickle, "
                            f"but not a torch.save file)")
-    version = _small_pickle(f, name, weights_only)
+    version = _small_pickle(files.Reader(f), name, weights_only)
     if version != PROTOCOL_VERSION:
         raise RuntimeError(f"ddp.load: {name}: Invalid protocol version: {version!r:.40}")
-    sys_info = _small_pickle(f, name, weights_only)
+    sys_info = _small_pickle(files.Reader(f), name, weights_only)
     check(isinstance(sys_info, dict), "bad system info record")
     swap = (sys_info.get("little_endian", True) is not True) != (sys.byteorder == "big")
     storages, budget = {}, [files.remaining(f)]
@@ -312,8 +312,8 @@ def read_legacy(f, name, restore, weights_only, build=True):
             storages[view_key] = Storage(root.array[offset:offset + size], location)
         return storages[view_key]
 
-    obj, unpickler = _unpickle(f, storage, weights_only)
-    keys = _small_pickle(f, name, weights_only)
+    obj, unpickler = _unpickle(files.Reader(f), storage, weights_only)
+    keys = _small_pickle(files.Reader(f), name, weights_only)
     check(type(keys) is list and all(type(k) is str for k in keys), "bad storage key list")
     for key in keys:
         check(key in storages, f"storage {key} is not used by the object")
