@@ -12,8 +12,6 @@ Example:
 """
 from __future__ import annotations
 
-import numpy as _np
-
 from . import backend
 from .backend import (Generator, bfloat16, bool, default_generator, device, double, dtype, float,
                       float16, float32, float64, get_default_device, get_default_dtype,
@@ -33,9 +31,6 @@ from ._functions import (FUNCTIONS as _FUNCTIONS, broadcast_shapes, broadcast_te
 from . import cuda
 
 globals().update({k: v for k, v in _FUNCTIONS.items() if k not in globals()})
-
-# NumPy warns on log(0), 0/0 and overflow; tensors, like PyTorch's, return inf/nan silently.
-_np.seterr(divide="ignore", invalid="ignore", over="ignore", under="ignore")
 
 FloatTensor = LongTensor = None  # legacy type names are not provided; use ddp.tensor(..., dtype=)
 del FloatTensor, LongTensor

@@ -17,10 +17,10 @@ import numpy as np
 
 try:  # bfloat16 for NumPy; CuPy reuses the same dtype object.
     import ml_dtypes as _ml_dtypes
-    _BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a declared dependency
-    _ml_dtypes = None
-    _BFLOAT16 = None
+except ImportError as _exc:  # pragma: no cover - a declared dependency: a broken install
+    raise ImportError("ddp needs the 'ml_dtypes' package for bfloat16 (a dependency of ddp: "
+                      "reinstall with `pip install ddp` or `pip install ml_dtypes`)") from _exc
+_BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
 
 _cupy = None          # the cupy module once imported
 _cupy_error = None    # why it could not be imported
@@ -180,6 +180,28 @@ def is_cuda_array(array) -> bool:
     return type(array).__module__.startswith("cupy")
 
 
+def sum_to_shape(g, shape):
+    """Sum an array's broadcast dimensions away, or broadcast it up, to reach ``shape``.
+
+    Example:
+        >>> sum_to_shape(np.ones((2, 3)), (1, 3))
+        array([[2., 2., 2.]])
+    """
+    gshape = g.shape
+    if gshape == shape:
+        return g
+    lead = len(gshape) - len(shape)
+    if lead > 0:
+        g = g.sum(axis=tuple(range(lead)))
+        gshape = g.shape
+    axes = tuple(i for i, (gs, s) in enumerate(zip(gshape, shape)) if s == 1 and gs != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    if g.shape != shape:
+        g = get_array_module(g).broadcast_to(g, shape)
+    return g
+
+
 def index_add_at(out, index, values):
     """``out[index] += values`` where repeated positions add up (NumPy's ``add.at``)."""
     if isinstance(out, np.ndarray):
@@ -208,6 +230,42 @@ def _add_rows(out, index, values):
     idx = idx[order]
     starts = np.flatnonzero(np.concatenate(([True], idx[1:] != idx[:-1])))
     out[idx[starts]] += np.add.reduceat(rows[order], starts, axis=0)
+
+
+# --------------------------------------------------------------------------- FP exceptions
+# Inside ddp's ops, floating-point exceptions (log(0), 0/0, float16 overflow) give inf/nan
+# silently, as PyTorch's kernels do, while the process-wide NumPy error state that the user's
+# (and scikit-learn's) code sees stays untouched. ``np.errstate`` costs ~6 µs per use — more
+# than an op's whole overhead — so the ops set NumPy's error-state context variable to a
+# prebuilt "ignore" state directly (~0.1 µs), the mechanism ``np.errstate`` itself uses.
+try:
+    from numpy._core import _ufunc_config as _fpconfig
+    _FP_SILENT = _fpconfig._make_extobj(all="ignore")
+    _fp_state = _fpconfig._extobj_contextvar
+except (ImportError, AttributeError):  # pragma: no cover - a NumPy without these internals
+    _fp_state = None
+
+
+def silence_fp():
+    """Make floating-point exceptions silent in this thread; returns a token for
+    :func:`restore_fp`. The ops' forward and backward run between the two.
+
+    Example:
+        >>> token = silence_fp(); _ = np.log(np.zeros(1)); restore_fp(token)
+    """
+    if _fp_state is not None:
+        return _fp_state.set(_FP_SILENT)
+    quiet = np.errstate(all="ignore")
+    quiet.__enter__()
+    return quiet
+
+
+def restore_fp(token):
+    """Undo :func:`silence_fp`."""
+    if _fp_state is not None:
+        _fp_state.reset(token)
+    else:
+        token.__exit__(None, None, None)
 
 
 # --------------------------------------------------------------------------- dtypes
@@ -242,7 +300,7 @@ class dtype:
 float16 = half = dtype("float16", np.float16)
 float32 = float = dtype("float32", np.float32)
 float64 = double = dtype("float64", np.float64)
-bfloat16 = dtype("bfloat16", _BFLOAT16) if _BFLOAT16 is not None else None
+bfloat16 = dtype("bfloat16", _BFLOAT16)
 uint8 = dtype("uint8", np.uint8)
 int8 = dtype("int8", np.int8)
 int16 = short = dtype("int16", np.int16)
@@ -250,8 +308,7 @@ int32 = int = dtype("int32", np.int32)
 int64 = long = dtype("int64", np.int64)
 bool = dtype("bool", np.bool_)
 
-_ALL_DTYPES = [d for d in (float16, float32, float64, bfloat16, uint8, int8, int16, int32, int64, bool)
-               if d is not None]
+_ALL_DTYPES = [float16, float32, float64, bfloat16, uint8, int8, int16, int32, int64, bool]
 _FROM_NUMPY = {d.np: d for d in _ALL_DTYPES}
 _BY_NAME = {d.name: d for d in _ALL_DTYPES}
 
@@ -378,6 +435,11 @@ class Generator:
 
 
 default_generator = Generator()
+
+
+def numpy_generator(generator=None) -> np.random.Generator:
+    """The NumPy stream of ``generator`` (the default generator when None)."""
+    return (generator or default_generator).numpy
 
 
 def manual_seed(seed):

@@ -1,5 +1,9 @@
 """Functions that make tensors: from data, filled, ranges, and random.
 
+They build arrays and wrap them with ``Tensor._make`` (the class the tensor floor registers in
+:mod:`ddp.autograd.graph`), so this module sits below ``ddp.tensor``, whose own methods
+(``new_zeros``, ``uniform_``, ...) make tensors with these functions.
+
 Random tensors are drawn from a :class:`ddp.Generator` on the CPU and moved to their device, so a
 seed gives the same numbers everywhere.
 
@@ -15,7 +19,21 @@ import numbers
 import numpy as np
 
 from . import backend
-from .tensor import Tensor, _size_args
+from .autograd import graph
+
+
+def _size_args(args, name="size"):
+    """``f(2, 3)``, ``f((2, 3))``, ``f([2, 3])`` and ``f(Size)`` all give ``(2, 3)``."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = tuple(args[0])
+    out = []
+    for a in args:
+        if isinstance(a, graph.Tensor):
+            a = a.item()
+        if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
+            raise TypeError(f"{name}: expected a sequence of ints, but got {type(a).__name__} {a!r}")
+        out.append(int(a))
+    return tuple(out)
 
 
 def _dtype_np(dtype, default=None):
@@ -30,7 +48,7 @@ def _device(device):
 
 
 def _finish(arr, device, requires_grad):
-    t = Tensor._make(backend.to_device(arr, _device(device)))
+    t = graph.Tensor._make(backend.to_device(arr, _device(device)))
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -38,7 +56,7 @@ def _finish(arr, device, requires_grad):
 
 def _infer_array(data):
     """A NumPy array from Python data with PyTorch's dtype inference (floats → default dtype)."""
-    if isinstance(data, (list, tuple)) and any(isinstance(x, Tensor) for x in _flat(data)):
+    if isinstance(data, (list, tuple)) and any(isinstance(x, graph.Tensor) for x in _flat(data)):
         data = _untensor(data)
     arr = np.asarray(data)
     if arr.dtype == np.float64 and not _has_numpy_float64(data):
@@ -62,7 +80,7 @@ def _flat(data):
 
 def _untensor(data):
     return [(_untensor(x) if isinstance(x, (list, tuple)) else
-             (x._host() if isinstance(x, Tensor) else x)) for x in data]
+             (x._host() if isinstance(x, graph.Tensor) else x)) for x in data]
 
 
 def _has_numpy_float64(data):
@@ -86,7 +104,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
         >>> ddp.tensor([[1, 2], [3, 4]]).dtype
         ddp.int64
     """
-    if isinstance(data, Tensor):
+    if isinstance(data, graph.Tensor):
         arr = data._data.copy()
         dev = device if device is not None else data.device
     else:
@@ -108,10 +126,10 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
 
 def as_tensor(data, dtype=None, device=None):
     """A tensor sharing ``data``'s memory when it already has the dtype and device asked for."""
-    if isinstance(data, Tensor):
+    if isinstance(data, graph.Tensor):
         return data.to(device=device, dtype=dtype) if (device or dtype) else data
     if isinstance(data, np.ndarray) or backend.is_cuda_array(data):
-        t = from_numpy(data) if isinstance(data, np.ndarray) else Tensor._make(data)
+        t = from_numpy(data) if isinstance(data, np.ndarray) else graph.Tensor._make(data)
         return t.to(device=device, dtype=dtype) if (device or dtype) else t
     return tensor(data, dtype=dtype, device=device)
 
@@ -131,7 +149,7 @@ def from_numpy(array):
     if not isinstance(array, np.ndarray):
         raise TypeError(f"expected np.ndarray (got {type(array).__name__})")
     backend.from_numpy_dtype(array.dtype)
-    return Tensor._make(array)
+    return graph.Tensor._make(array)
 
 
 def _filled(fill, size, dtype, device, requires_grad, default):
@@ -144,7 +162,7 @@ def _filled(fill, size, dtype, device, requires_grad, default):
             arr = xp.full(shape, fill, dtype=npd)
     else:
         arr = np.full(shape, fill, dtype=npd)
-    t = Tensor._make(arr)
+    t = graph.Tensor._make(arr)
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -167,7 +185,7 @@ def empty(*size, dtype=None, device=None, requires_grad=False, memory_format=Non
 
 def full(size, fill_value, dtype=None, device=None, requires_grad=False):
     """A tensor filled with ``fill_value``; its dtype follows the value (float → default dtype)."""
-    if isinstance(fill_value, Tensor):
+    if isinstance(fill_value, graph.Tensor):
         fill_value = fill_value.item()
     if dtype is None:
         default = np.dtype(np.bool_) if isinstance(fill_value, bool) else \
@@ -211,7 +229,7 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
     """
     if end is None:
         start, end = 0, start
-    vals = [v.item() if isinstance(v, Tensor) else v for v in (start, end, step)]
+    vals = [v.item() if isinstance(v, graph.Tensor) else v for v in (start, end, step)]
     if step == 0:
         raise RuntimeError("arange: step must be nonzero")
     integral = all(isinstance(v, numbers.Integral) for v in vals)
@@ -242,8 +260,7 @@ def eye(n, m=None, dtype=None, device=None, requires_grad=False):
 
 # ---------------------------------------------------------------------- random
 
-def _rng(generator):
-    return (generator or backend.default_generator).numpy
+_rng = backend.numpy_generator
 
 
 def rand(*size, generator=None, dtype=None, device=None, requires_grad=False):
@@ -299,10 +316,10 @@ def randint_like(input, low=0, high=None, dtype=None, device=None, generator=Non
 def normal(mean=0.0, std=1.0, size=None, generator=None, dtype=None, device=None,
            requires_grad=False):
     """Normal samples: ``normal(mean, std, size)``, or elementwise from tensor ``mean``/``std``."""
-    if isinstance(mean, Tensor) or isinstance(std, Tensor):
-        m = mean._host() if isinstance(mean, Tensor) else mean
-        s = std._host() if isinstance(std, Tensor) else std
-        ref = mean if isinstance(mean, Tensor) else std
+    if isinstance(mean, graph.Tensor) or isinstance(std, graph.Tensor):
+        m = mean._host() if isinstance(mean, graph.Tensor) else mean
+        s = std._host() if isinstance(std, graph.Tensor) else std
+        ref = mean if isinstance(mean, graph.Tensor) else std
         arr = _rng(generator).normal(m, s).astype(ref._data.dtype)
         return _finish(np.asarray(arr), ref.device, requires_grad)
     if size is None:

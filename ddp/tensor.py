@@ -13,17 +13,24 @@ Example:
 from __future__ import annotations
 
 import numbers
+import weakref
 from collections import namedtuple
 
 import numpy as np
 
 from . import backend
+from . import creation as C
+from ._format import tensor_repr
+from .autograd import graph as _graph
 from .autograd.grad_mode import state as _mode
-from .autograd.graph import Op
-from .amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
+from .autograd.gradients import backward as _backward
+from .creation import _size_args
 from .ops import elementwise as E
 from .ops import reduction as R
 from .ops import shape as S
+from .ops import tnp
+from .ops.autocast import autocast_op
+from .ops.elementwise import where
 
 _new = object.__new__
 _float_kinds = "f"
@@ -40,20 +47,6 @@ class Size(tuple):
         for s in self:
             n *= s
         return n
-
-
-def _size_args(args, name="size"):
-    """``f(2, 3)``, ``f((2, 3))``, ``f([2, 3])`` and ``f(Size)`` all give ``(2, 3)``."""
-    if len(args) == 1 and isinstance(args[0], (tuple, list, Size)):
-        args = tuple(args[0])
-    out = []
-    for a in args:
-        if isinstance(a, Tensor):
-            a = a.item()
-        if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
-            raise TypeError(f"{name}: expected a sequence of ints, but got {type(a).__name__} {a!r}")
-        out.append(int(a))
-    return tuple(out)
 
 
 def _index_array(x):
@@ -275,7 +268,7 @@ class Tensor:
             if npd != self._data.dtype:
                 out = E.Cast.apply(out, dtype=npd)
         if dev is not None and dev != out.device:
-            out = ToDevice.apply(out, device=backend.as_device(dev))
+            out = S.ToDevice.apply(out, device=backend.as_device(dev))
         if copy and out is self:
             out = self.clone()
         return out
@@ -355,7 +348,6 @@ class Tensor:
     __hash__ = object.__hash__
 
     def __repr__(self):
-        from ._format import tensor_repr
         return tensor_repr(self)
 
     def __format__(self, spec):
@@ -374,8 +366,7 @@ class Tensor:
             >>> x = ddp.tensor(3.0, requires_grad=True); (x * x).backward(); x.grad
             tensor(6.)
         """
-        from .autograd import backward
-        backward(self, gradient, retain_graph, create_graph, inputs=inputs)
+        _backward(self, gradient, retain_graph, create_graph, inputs=inputs)
 
     def detach(self):
         """A tensor sharing this one's data (and version counter), outside the graph."""
@@ -395,7 +386,6 @@ class Tensor:
             return
         if getattr(self, "_retains", False):
             return
-        import weakref
         ref = weakref.ref(self)
 
         def keep(g):  # a copy: the same gradient array may flow to several tensors
@@ -615,8 +605,7 @@ class Tensor:
     def copy_(self, src, non_blocking=False):
         """Copy ``src`` (broadcast, cast, moved to this device) into this tensor; returns self."""
         if not isinstance(src, Tensor):
-            from .creation import tensor
-            src = tensor(src)
+            src = C.tensor(src)
         if _mode.grad_enabled and (self._requires_grad or src._requires_grad):
             return self._inplace(lambda s, o: s * 0 + o.to(s.device, s.dtype), src)
         data = backend.to_device(src._data, self.device)
@@ -641,26 +630,21 @@ class Tensor:
         return self._inplace(lambda s, o: s.scatter_add(dim, index, o), src)
 
     def uniform_(self, a=0.0, b=1.0, generator=None):
-        from .creation import _rng
-        return self._fill_random(_rng(generator).uniform(a, b, self._data.shape))
+        return self._fill_random(backend.numpy_generator(generator).uniform(a, b, self._data.shape))
 
     def normal_(self, mean=0.0, std=1.0, generator=None):
-        from .creation import _rng
-        return self._fill_random(_rng(generator).normal(mean, std, self._data.shape))
+        return self._fill_random(backend.numpy_generator(generator).normal(mean, std, self._data.shape))
 
     def bernoulli_(self, p=0.5, generator=None):
-        from .creation import _rng
-        return self._fill_random(_rng(generator).random(self._data.shape) < p)
+        return self._fill_random(backend.numpy_generator(generator).random(self._data.shape) < p)
 
     def random_(self, low=0, high=None, generator=None):
-        from .creation import _rng
         if high is None:
             low, high = 0, low
-        return self._fill_random(_rng(generator).integers(low, high, self._data.shape))
+        return self._fill_random(backend.numpy_generator(generator).integers(low, high, self._data.shape))
 
     def exponential_(self, lambd=1.0, generator=None):
-        from .creation import _rng
-        return self._fill_random(_rng(generator).exponential(1.0 / lambd, self._data.shape))
+        return self._fill_random(backend.numpy_generator(generator).exponential(1.0 / lambd, self._data.shape))
 
     def _fill_random(self, values):
         if _mode.grad_enabled and self._requires_grad and self.grad_fn is None:
@@ -721,9 +705,8 @@ class Tensor:
     def __truediv__(self, other):
         return _true_divide(self, other)
 
+    @autocast_op("rtruediv")
     def __rtruediv__(self, other):
-        if _autocast.on:
-            return _autocast_call("rtruediv", Tensor.__rtruediv__, self, other)
         return _true_divide(other, self)
 
     def __floordiv__(self, other):
@@ -738,14 +721,12 @@ class Tensor:
     def __rmod__(self, other):
         return E.binary(E.Remainder, "remainder", other, self)
 
+    @autocast_op("pow")
     def __pow__(self, other):
-        if _autocast.on:
-            return _autocast_call("pow", Tensor.__pow__, self, other)
         return E.binary(E.Pow, "pow", self, other)
 
+    @autocast_op("rpow")
     def __rpow__(self, other):
-        if _autocast.on:
-            return _autocast_call("rpow", Tensor.__rpow__, self, other)
         return E.binary(E.Pow, "pow", other, self)
 
     def __matmul__(self, other):
@@ -892,11 +873,10 @@ class Tensor:
     def bmm(self, other):
         return bmm(self, other)
 
+    @autocast_op("dot")
     def dot(self, other):
         if self.ndim != 1 or other.ndim != 1:
             raise RuntimeError(f"1D tensors expected, but got {self.ndim}D and {other.ndim}D tensors")
-        if _autocast.on:
-            return _autocast_call("dot", Tensor.dot, self, other)
         return matmul(self, other)
 
     def maximum(self, other):
@@ -919,14 +899,12 @@ class Tensor:
         """Integer tensors are promoted to the default float dtype by math functions."""
         return self if backend.is_float_np(self._data.dtype) else self.to(backend.get_default_dtype())
 
+    @autocast_op("exp")
     def exp(self):
-        if _autocast.on:
-            return _autocast_call("exp", Tensor.exp, self)
         return E.Exp.apply(self._float_input("exp"))
 
+    @autocast_op("log")
     def log(self):
-        if _autocast.on:
-            return _autocast_call("log", Tensor.log, self)
         return E.Log.apply(self._float_input("log"))
 
     def log2(self):
@@ -935,27 +913,23 @@ class Tensor:
     def log10(self):
         return self.log() / float(np.log(10.0))
 
+    @autocast_op("log1p")
     def log1p(self):
-        if _autocast.on:
-            return _autocast_call("log1p", Tensor.log1p, self)
         return E.Log1p.apply(self._float_input("log1p"))
 
+    @autocast_op("expm1")
     def expm1(self):
-        if _autocast.on:
-            return _autocast_call("expm1", Tensor.expm1, self)
         return E.Expm1.apply(self._float_input("expm1"))
 
     def sqrt(self):
         return E.Sqrt.apply(self._float_input("sqrt"))
 
+    @autocast_op("rsqrt")
     def rsqrt(self):
-        if _autocast.on:
-            return _autocast_call("rsqrt", Tensor.rsqrt, self)
         return E.Rsqrt.apply(self._float_input("rsqrt"))
 
+    @autocast_op("reciprocal")
     def reciprocal(self):
-        if _autocast.on:
-            return _autocast_call("reciprocal", Tensor.reciprocal, self)
         return E.Reciprocal.apply(self._float_input("reciprocal"))
 
     def square(self):
@@ -977,9 +951,8 @@ class Tensor:
     def cos(self):
         return E.Cos.apply(self._float_input("cos"))
 
+    @autocast_op("tan")
     def tan(self):
-        if _autocast.on:
-            return _autocast_call("tan", Tensor.tan, self)
         return self.sin() / self.cos()
 
     def tanh(self):
@@ -1042,10 +1015,9 @@ class Tensor:
     def _axes(self, dim):
         return R.normalize_axis(dim, self._data.ndim)
 
+    @autocast_op("sum", dtype_at=3)
     def sum(self, dim=None, keepdim=False, dtype=None, axis=None, keepdims=None):
         """Sum over ``dim`` (int, tuple, or all); integer and bool tensors sum as int64."""
-        if _autocast.on and dtype is None:
-            return _autocast_call("sum", Tensor.sum, self, dim, keepdim, None, axis, keepdims)
         dim, keepdim = _np_aliases(dim, keepdim, axis, keepdims)
         x = self if dtype is None else self.to(dtype)
         out_dtype = np.int64 if x._data.dtype.kind in "biu" else None
@@ -1113,19 +1085,17 @@ class Tensor:
     def argmin(self, dim=None, keepdim=False):
         return _arg_reduce(self, "argmin", dim, keepdim)
 
+    @autocast_op("prod", dtype_at=3)
     def prod(self, dim=None, keepdim=False, dtype=None):
-        if _autocast.on and dtype is None:
-            return _autocast_call("prod", Tensor.prod, self, dim, keepdim)
         x = self if dtype is None else self.to(dtype)
         if dim is None:
             return R.Prod.apply(x.reshape(-1), axis=0, keepdims=False).reshape(
                 (1,) * self.ndim if keepdim else ())
         return R.Prod.apply(x, axis=self._axes(dim)[0], keepdims=keepdim)
 
+    @autocast_op("norm", dtype_at=4)
     def norm(self, p="fro", dim=None, keepdim=False, dtype=None):
         """Vector p-norm over ``dim`` (all elements by default); ``p`` may be 'fro', inf, -inf."""
-        if _autocast.on and dtype is None:
-            return _autocast_call("norm", Tensor.norm, self, p, dim, keepdim)
         x = self if dtype is None else self.to(dtype)
         axes = self._axes(dim)
         if p in ("fro", 2, 2.0):
@@ -1142,25 +1112,22 @@ class Tensor:
         nz = s != 0  # at the zero vector the gradient is 0 (as PyTorch's), not inf * 0 = NaN
         return (s.where(nz, 1.0) ** (1.0 / p)).where(nz, 0.0)
 
+    @autocast_op("logsumexp")
     def logsumexp(self, dim, keepdim=False):
         """``log(sum(exp(x)))`` over ``dim`` without overflow."""
-        if _autocast.on:
-            return _autocast_call("logsumexp", Tensor.logsumexp, self, dim, keepdim)
         axes = self._axes(dim)
         m = self.detach().amax(dim=axes, keepdim=True)
         m = m.where(m.isfinite(), 0.0)
         out = (self - m).exp().sum(dim=axes, keepdim=True).log() + m
         return out if keepdim else out.squeeze(axes)
 
+    @autocast_op("softmax", dtype_at=2)
     def softmax(self, dim, dtype=None):
-        if _autocast.on and dtype is None:
-            return _autocast_call("softmax", Tensor.softmax, self, dim)
         x = self._float_input("softmax") if dtype is None else self.to(dtype)
         return R.Softmax.apply(x, dim=self._axes(dim)[0])
 
+    @autocast_op("log_softmax", dtype_at=2)
     def log_softmax(self, dim, dtype=None):
-        if _autocast.on and dtype is None:
-            return _autocast_call("log_softmax", Tensor.log_softmax, self, dim)
         x = self._float_input("log_softmax") if dtype is None else self.to(dtype)
         return R.LogSoftmax.apply(x, dim=self._axes(dim)[0])
 
@@ -1173,11 +1140,10 @@ class Tensor:
     def count_nonzero(self, dim=None):
         return (self != 0).sum(dim)
 
+    @autocast_op("cumsum", dtype_at=2)
     def cumsum(self, dim, dtype=None):
-        if _autocast.on and dtype is None:
-            return _autocast_call("cumsum", Tensor.cumsum, self, dim)
         x = self if dtype is None else self.to(dtype)
-        return CumSum.apply(x, axis=self._axes(dim)[0])
+        return R.CumSum.apply(x, axis=self._axes(dim)[0])
 
     # ------------------------------------------------------------------ shape
     def reshape(self, *shape):
@@ -1464,23 +1430,19 @@ class Tensor:
 
     # ------------------------------------------------------------------ new_* constructors
     def new_tensor(self, data, dtype=None, device=None, requires_grad=False):
-        from .creation import tensor
-        return tensor(data, dtype=dtype or self.dtype, device=device or self.device,
+        return C.tensor(data, dtype=dtype or self.dtype, device=device or self.device,
                       requires_grad=requires_grad)
 
     def new_zeros(self, *size, dtype=None, device=None, requires_grad=False):
-        from .creation import zeros
-        return zeros(*size, dtype=dtype or self.dtype, device=device or self.device,
+        return C.zeros(*size, dtype=dtype or self.dtype, device=device or self.device,
                      requires_grad=requires_grad)
 
     def new_ones(self, *size, dtype=None, device=None, requires_grad=False):
-        from .creation import ones
-        return ones(*size, dtype=dtype or self.dtype, device=device or self.device,
+        return C.ones(*size, dtype=dtype or self.dtype, device=device or self.device,
                     requires_grad=requires_grad)
 
     def new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False):
-        from .creation import full
-        return full(size, fill_value, dtype=dtype or self.dtype, device=device or self.device,
+        return C.full(size, fill_value, dtype=dtype or self.dtype, device=device or self.device,
                     requires_grad=requires_grad)
 
     def new_empty(self, *size, dtype=None, device=None, requires_grad=False):
@@ -1574,6 +1536,7 @@ def _true_divide(a, b):
     return E.binary(E.Div, "div", a, b)
 
 
+@autocast_op("matmul")
 def matmul(a, b):
     """Matrix product with NumPy's broadcasting rules; names the shapes when they don't fit.
 
@@ -1581,8 +1544,6 @@ def matmul(a, b):
         >>> ddp.matmul(ddp.ones(2, 3), ddp.ones(3)).shape
         ddp.Size([2])
     """
-    if _autocast.on:  # autocast (ddp.amp): one thread-local flag read when off
-        return _autocast_call("matmul", matmul, a, b)
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         raise TypeError(f"matmul(): argument 'other' must be Tensor, not "
                         f"{type(b if isinstance(a, Tensor) else a).__name__}")
@@ -1627,61 +1588,4 @@ def bmm(a, b):
     return matmul(a, b)
 
 
-def where(condition, input=None, other=None):
-    """``input`` where ``condition`` is True, ``other`` elsewhere (either may be a number).
-
-    Example:
-        >>> ddp.where(ddp.tensor([True, False]), 1.0, ddp.zeros(2))
-        tensor([1., 0.])
-    """
-    if input is None and other is None:
-        return condition.nonzero(as_tuple=True)
-    cond = condition._data if isinstance(condition, Tensor) else condition
-    if not hasattr(cond, "dtype"):
-        cond = np.asarray(cond)
-    if cond.dtype != np.bool_:
-        cond = cond.astype(bool)
-    if not isinstance(input, Tensor) and not isinstance(other, Tensor):
-        from .creation import tensor  # two numbers: a 0-dim tensor of the number's default dtype
-        input = tensor(input, device=backend.device_of(cond))
-    a, b = E.promote("where", input, other)
-    try:
-        return E.Where.apply(a, b, cond=cond)
-    except ValueError:
-        shapes = [tuple(getattr(x, "shape", ())) for x in (condition, input, other)]
-        raise RuntimeError(f"where: the shapes of condition {shapes[0]}, input {shapes[1]} and "
-                           f"other {shapes[2]} cannot be broadcast together") from None
-
-
-from .autograd import graph as _graph  # noqa: E402
-_graph.Tensor = Tensor
-
-
-class ToDevice(Op):
-    """A copy between devices; the gradient is copied back."""
-
-    @staticmethod
-    def forward(ctx, a, device=None):
-        ctx.src = backend.device_of(a)
-        return backend.to_device(a, device)
-
-    @staticmethod
-    def backward(ctx, g):
-        if isinstance(g, Tensor):
-            return g.to(ctx.src)
-        return backend.to_device(g, ctx.src)
-
-
-class CumSum(Op):
-    @staticmethod
-    def forward(ctx, a, axis=0):
-        ctx.axis = axis
-        return backend.get_array_module(a).cumsum(a, axis=axis)
-
-    @staticmethod
-    def backward(ctx, g):
-        # the adjoint of a running sum is a running sum from the other end
-        if isinstance(g, Tensor):
-            return g.flip(ctx.axis).cumsum(ctx.axis).flip(ctx.axis)
-        xp = backend.get_array_module(g)
-        return xp.flip(xp.cumsum(xp.flip(g, ctx.axis), axis=ctx.axis), ctx.axis)
+_graph.bind_tensor(Tensor, tnp)  # the one seam: the floors below hand back Tensors through it

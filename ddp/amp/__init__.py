@@ -18,7 +18,8 @@ import sys
 import types
 
 from .. import backend
-from .autocast_mode import (POLICIES, autocast, autocast_call, autocast_inputs, custom_bwd,
+from ..ops.autocast import POLICIES, autocast_call, autocast_inputs
+from .autocast_mode import (autocast, custom_bwd,
                             custom_fwd, get_autocast_dtype, is_autocast_available,
                             is_autocast_enabled)
 from .grad_scaler import GradScaler, OptState

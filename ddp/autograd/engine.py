@@ -48,29 +48,12 @@ def queue_callback(callback):
     stack[-1].append(callback)
 
 
-def sum_to_shape(g, shape):
-    """Sum an array's broadcast dimensions away, or broadcast it up, to reach ``shape``."""
-    gshape = g.shape
-    if gshape == shape:
-        return g
-    lead = len(gshape) - len(shape)
-    if lead > 0:
-        g = g.sum(axis=tuple(range(lead)))
-        gshape = g.shape
-    axes = tuple(i for i, (gs, s) in enumerate(zip(gshape, shape)) if s == 1 and gs != 1)
-    if axes:
-        g = g.sum(axis=axes, keepdims=True)
-    if g.shape != shape:
-        g = backend.get_array_module(g).broadcast_to(g, shape)
-    return g
-
-
 def _fit(g, shape, dtype):
     """A gradient in the input's shape and dtype (Tensors under create_graph, arrays otherwise)."""
     if g.shape != shape:
-        g = g.sum_to_size(shape) if hasattr(g, "sum_to_size") else sum_to_shape(g, shape)
+        g = g.sum_to_size(shape) if isinstance(g, graph.Tensor) else backend.sum_to_shape(g, shape)
     if g.dtype != dtype:
-        g = g.to(_np_to_dtype(dtype)) if hasattr(g, "sum_to_size") else g.astype(dtype)
+        g = g.to(_np_to_dtype(dtype)) if isinstance(g, graph.Tensor) else g.astype(dtype)
     return g
 
 
@@ -109,6 +92,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
     deps: dict = {}
     buffers: dict = {}
     leaf_grads: dict = {}
+    owned: dict = {}   # leaf -> its gradient is an array no one else holds (see _accumulate)
     ready: list = []
 
     # 1. count incoming edges of everything reachable from the roots
@@ -190,11 +174,15 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                 deps[target] = left
                 if nr < 0:  # a leaf
                     if g is not None:
-                        prev = leaf_grads.get(target)
-                        leaf_grads[target] = g if prev is None else prev + g
+                        if create_graph:
+                            prev = leaf_grads.get(target)
+                            leaf_grads[target] = g if prev is None else prev + g
+                        else:
+                            _accumulate(leaf_grads, owned, target, g, node, results)
                     if left == 0 and target in leaf_grads:
                         _finish_leaf(target, leaf_grads.pop(target), accumulate, create_graph,
-                                     captures, captured if captures is not None else None)
+                                     captures, captured if captures is not None else None,
+                                     owned.pop(target, False))
                 else:
                     buf = buffers.get(target)
                     if buf is None:
@@ -236,13 +224,16 @@ def _call_backward(node, grads, create_graph, retain_graph, anomaly):
         if node.op.once_differentiable:
             raise RuntimeError(f"{node.name()} does not support double backward: its backward is "
                                f"not differentiable (create_graph=True)")
-        from ..ops import tnp
-        node.xp = tnp
+        node.xp = graph.tensor_xp
         grads = [None if g is None else _wrap(g) for g in grads]
     else:
         node.xp = np if g.__class__ is np.ndarray else backend.get_array_module(g)
     node._create_graph = create_graph
-    results = node.op.backward(node, *grads)
+    token = backend.silence_fp()
+    try:
+        results = node.op.backward(node, *grads)
+    finally:
+        backend.restore_fp(token)
     if type(results) is not tuple:
         results = (results,)
     if len(results) != len(node.next_edges):
@@ -274,9 +265,8 @@ def _materialize(node, grads, ref):
     for i, g in enumerate(out):
         if g is None and shapes is not None and shapes[i] is not None:
             shape, dtype = shapes[i]
-            if hasattr(ref, "sum_to_size"):
-                from .. import zeros
-                out[i] = zeros(shape, dtype=_np_to_dtype(dtype), device=ref.device)
+            if isinstance(ref, graph.Tensor):
+                out[i] = graph.Tensor._make(backend.get_array_module(ref._data).zeros(shape, dtype))
             else:
                 out[i] = backend.get_array_module(ref).zeros(shape, dtype)
     return out
@@ -298,28 +288,37 @@ def _check_anomaly(node, results):
                                    f"{trace}")
 
 
-def _accumulate(prev, g, owned):
-    """``prev + g``; a sum created by this pass (listed in ``owned``) is added into in place."""
+def _accumulate(leaf_grads, owned, leaf, g, node, results):
+    """Add ``g`` to the gradient gathered so far for ``leaf``, tracking whether the total is an
+    array that nothing else holds — which ``.grad`` may then adopt without a copy. It is when
+    the op that made ``g`` declares ``fresh_grads`` (its backward returns new arrays, one per
+    input) and ``g`` is neither a view nor returned twice, or when the total is a sum this pass
+    made; later contributions are then added into it in place."""
+    prev = leaf_grads.get(leaf)
     if prev is None:
-        return g
-    if owned is not None and id(prev) in owned:
+        leaf_grads[leaf] = g
+        if g.base is None and not isinstance(g, np.generic):  # a NumPy scalar can't be added into
+            returned = sum(r is g for r in results)  # 0: _fit made it (a sum or a cast)
+            if returned == 0 or returned == 1 and node.op.fresh_grads:
+                owned[leaf] = True
+    elif owned.get(leaf):
         prev += g
-        return prev
-    total = prev + g
-    if owned is not None:
-        owned.add(id(total))
-    return total
+    else:
+        total = leaf_grads[leaf] = prev + g
+        if not isinstance(total, np.generic):
+            owned[leaf] = True
 
 
 def _finish_leaf(t, g, accumulate, create_graph, captures, captured, fresh=False):
     """A leaf's gradient is complete: hooks, capture, accumulation, post-accumulate hooks.
-    ``fresh``: ``g`` is a sum this pass made and nothing else holds, so ``.grad`` may adopt it."""
+    ``fresh``: nothing else holds ``g`` (see :func:`_accumulate`), so ``.grad`` may adopt it —
+    unless a hook or ``autograd.grad`` has been handed it, and may keep it."""
     if t._hooks:
-        hooked = _run_tensor_hooks(t._hooks, g, create_graph)
-        fresh = fresh and hooked is g
-        g = hooked
+        fresh = False
+        g = _run_tensor_hooks(t._hooks, g, create_graph)
     if captures is not None:
         for k in captures.get((t, -1), ()):
+            fresh = False
             captured[k] = g if create_graph else _wrap(g)
     if not accumulate:
         return

@@ -20,8 +20,9 @@ from __future__ import annotations
 import functools
 
 from ..backend import is_float_np
+from . import graph
 from .grad_mode import set_grad_enabled, state as _mode
-from .graph import Node, Op
+from .graph import _FREED, _FREED_MESSAGE, Node, Op
 
 
 class FunctionCtx(Node):
@@ -36,8 +37,8 @@ class FunctionCtx(Node):
     @property
     def saved_tensors(self):
         saved = self.saved
-        if saved is _freed():
-            raise RuntimeError(_freed_message().format(self.name()))
+        if saved is _FREED:
+            raise RuntimeError(_FREED_MESSAGE.format(self.name()))
         if self._saved_versions:
             self._check_versions()
         if self._create_graph and self._saved_src:
@@ -47,7 +48,7 @@ class FunctionCtx(Node):
     def _saved_outputs_on_graph(self, saved):
         """Saved outputs as outputs of this node, so a double backward differentiates through
         them (forward made them under no_grad, off the graph)."""
-        from ..tensor import Tensor
+        Tensor = graph.Tensor
         out = []
         for t, src in zip(saved, self._saved_src):
             if src is not None:
@@ -65,22 +66,12 @@ class FunctionCtx(Node):
         return f"{self._fn_cls.__name__}Backward"
 
 
-def _freed():
-    from .graph import _FREED
-    return _FREED
-
-
-def _freed_message():
-    from .graph import _FREED_MESSAGE
-    return _FREED_MESSAGE
-
-
 class _CallUserBackward(Op):
     """The op a custom Function's node runs: the user's backward, on Tensors."""
 
     @staticmethod
     def backward(ctx, *grads):
-        from ..tensor import Tensor
+        Tensor = graph.Tensor
         gs = [g if g is None or isinstance(g, Tensor) else Tensor._make(g) for g in grads]
         with set_grad_enabled(ctx._create_graph):
             res = ctx._fn_cls.backward(ctx, *gs)
@@ -119,7 +110,7 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        from ..tensor import Tensor
+        Tensor = graph.Tensor
         record = _mode.grad_enabled and any(isinstance(a, Tensor) and a._requires_grad
                                             for a in args)
         ctx = FunctionCtx(_CallUserBackward)

@@ -7,7 +7,13 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+from .. import backend
+from . import graph
+from .gradients import grad
 
 
 class GradcheckError(RuntimeError):
@@ -15,14 +21,13 @@ class GradcheckError(RuntimeError):
 
 
 def _tensors(x):
-    from ..tensor import Tensor
-    if isinstance(x, Tensor):
+    if isinstance(x, graph.Tensor):
         return (x,)
     return tuple(x)
 
 
 def _outputs(fn, inputs):
-    from ..tensor import Tensor
+    Tensor = graph.Tensor
     out = fn(*inputs)
     outs = (out,) if isinstance(out, Tensor) else tuple(o for o in out if isinstance(o, Tensor))
     return outs
@@ -51,8 +56,6 @@ def _numerical_jacobian(fn, inputs, wrt, eps):
 
 
 def _analytical_jacobian(fn, inputs, wrt):
-    from . import grad
-    from ..creation import zeros_like
     outs = _outputs(fn, inputs)
     n_out = sum(o.numel() for o in outs)
     jac = [np.zeros((inputs[k].numel(), n_out)) for k in wrt]
@@ -64,7 +67,8 @@ def _analytical_jacobian(fn, inputs, wrt):
                 continue
             grads_out = []
             for jj, oo in enumerate(outs):
-                g = zeros_like(oo)
+                xp = backend.get_array_module(oo._data)
+                g = graph.Tensor._make(xp.zeros(oo._data.shape, oo._data.dtype))
                 if jj == j:
                     g._data.reshape(-1)[e] = 1
                 grads_out.append(g)
@@ -84,14 +88,13 @@ def gradcheck(func, inputs, *, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=T
 
     Only inputs that require grad are checked; they should be float64.
     """
-    from ..tensor import Tensor
+    Tensor = graph.Tensor
     inputs = _tensors(inputs)
     wrt = [k for k, x in enumerate(inputs) if isinstance(x, Tensor) and x.requires_grad]
     if not wrt:
         raise ValueError("gradcheck expects at least one input tensor to require gradient")
     for k in wrt:
         if inputs[k].dtype.name != "float64":
-            import warnings
             warnings.warn(f"gradcheck: input {k} is {inputs[k].dtype.name}, not float64; the "
                           f"check is likely to fail from rounding", stacklevel=2)
     numerical = _numerical_jacobian(func, inputs, wrt, eps)
@@ -113,16 +116,14 @@ def gradgradcheck(func, inputs, grad_outputs=None, *, eps=1e-6, atol=1e-5, rtol=
                   gen_non_contig_grad_outputs=False, raise_exception=True, seed=0):
     """True when second derivatives of ``func`` (through create_graph) match finite differences
     of its first derivatives."""
-    from . import grad
-    from ..creation import tensor
-    from ..tensor import Tensor
+    Tensor = graph.Tensor
     inputs = _tensors(inputs)
     wrt = [k for k, x in enumerate(inputs) if isinstance(x, Tensor) and x.requires_grad]
     outs = _outputs(func, inputs)
     rng = np.random.default_rng(seed)
     if grad_outputs is None:
-        grad_outputs = [tensor(rng.standard_normal(tuple(o.shape)), dtype=o.dtype,
-                               requires_grad=True) for o in outs]
+        grad_outputs = [Tensor._make(backend.to_device(rng.standard_normal(tuple(o.shape)).astype(
+            o._data.dtype), o.device), requires_grad=True) for o in outs]
     else:
         grad_outputs = list(_tensors(grad_outputs))
     n_in = len(inputs)

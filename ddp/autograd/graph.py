@@ -24,6 +24,7 @@ import itertools
 import threading
 import traceback
 
+from .. import backend
 from .grad_mode import state as _mode
 
 _sequence = itertools.count()
@@ -177,6 +178,10 @@ class Op:
     """
     once_differentiable = False
     non_differentiable_outputs = ()   # output positions that never carry a gradient
+    # True when backward returns newly made arrays, a distinct one per input (never an incoming
+    # gradient, a saved array or a view of one): the engine may then hand them to a leaf's
+    # ``.grad`` without a copy. tests/core/test_ops_grad.py checks every op that says so.
+    fresh_grads = False
 
     @staticmethod
     def forward(ctx, *args, **kwargs):
@@ -188,10 +193,36 @@ class Op:
 
     @classmethod
     def apply(cls, *args, **kwargs):
+        """Run the op on Tensors (and other arguments); returns Tensors, recorded for backward
+        when grad mode is on and an input requires grad."""
         return apply(cls, args, kwargs)
 
+    @classmethod
+    def run(cls, *args, **kwargs):
+        """The op inside another op's backward formula, in either mode: on arrays (a plain
+        backward) it computes and returns arrays; on Tensors (a backward recorded under
+        ``create_graph``) it is :meth:`apply`, so the formula is written once."""
+        for a in args:
+            if isinstance(a, Tensor):
+                return apply(cls, args, kwargs)
+        token = backend.silence_fp()
+        try:
+            return cls.forward(_NO_RECORD, *args, **kwargs)
+        finally:
+            backend.restore_fp(token)
 
-Tensor = None  # ddp.tensor.Tensor, bound when that module loads (no import on the hot path)
+
+# The seam between the floors: the autograd floor works on arrays, and where it must hand back a
+# Tensor (outputs of ops, gradients under create_graph) it uses the class that ``ddp.tensor``
+# registers here once, at import, through :func:`bind_tensor` — never an import upward.
+Tensor = None      # ddp.tensor.Tensor
+tensor_xp = None   # ddp.ops.tnp: NumPy's names over Tensors, the ``xp`` of recorded backwards
+
+
+def bind_tensor(tensor_cls, tensor_namespace):
+    """Register the Tensor class and the Tensor namespace (called once, by ``ddp.tensor``)."""
+    global Tensor, tensor_xp
+    Tensor, tensor_xp = tensor_cls, tensor_namespace
 
 
 def apply(op, args, kwargs):
@@ -205,7 +236,11 @@ def apply(op, args, kwargs):
                 break
     make = Tensor._make
     if not record:
-        out = op.forward(_NO_RECORD, *arrays, **kwargs)
+        token = backend.silence_fp()
+        try:
+            out = op.forward(_NO_RECORD, *arrays, **kwargs)
+        finally:
+            backend.restore_fp(token)
         if type(out) is tuple:
             return tuple(make(o) for o in out)
         return make(out)
@@ -225,7 +260,11 @@ def apply(op, args, kwargs):
     node.next_edges = tuple(edges)
     node.in_meta = tuple(meta)
     node.needs_input_grad = tuple(needs)
-    out = op.forward(node, *arrays, **kwargs)
+    token = backend.silence_fp()
+    try:
+        out = op.forward(node, *arrays, **kwargs)
+    finally:
+        backend.restore_fp(token)
     if type(out) is not tuple:  # the common case: one output
         node.n_outputs = 1
         node.non_differentiable = ()

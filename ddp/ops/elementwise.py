@@ -10,23 +10,19 @@ import numbers
 import numpy as np
 
 from .. import backend
+from .. import creation
 from ..autograd import graph
 from ..autograd.graph import Op
 
 
 # --------------------------------------------------------------------------- operand handling
 
-def _tensor_cls():
-    return graph.Tensor
-
-
 def as_operand(x, like):
     """A Tensor for array-likes, and Python numbers unchanged (NumPy treats them as weak)."""
-    Tensor = _tensor_cls()
+    Tensor = graph.Tensor
     if isinstance(x, Tensor) or isinstance(x, (bool, numbers.Number)) and not isinstance(x, np.generic):
         return x
-    from ..creation import tensor
-    return tensor(x, device=like.device)
+    return creation.tensor(x, device=like.device)
 
 
 def promote(name, a, b):
@@ -36,7 +32,7 @@ def promote(name, a, b):
     a float number with an integer tensor gives the default float dtype; a 0-dim tensor yields to
     a dimensioned one of the same category.
     """
-    Tensor = _tensor_cls()
+    Tensor = graph.Tensor
     a_t, b_t = isinstance(a, Tensor), isinstance(b, Tensor)
     if not a_t:
         a = as_operand(a, b)
@@ -103,7 +99,7 @@ def binary(op, name, a, b):
 def compare(ufunc, name, a, b):
     """A comparison or logical operator: no gradient, a bool (or integer) result."""
     a, b = promote(name, a, b)
-    Tensor = _tensor_cls()
+    Tensor = graph.Tensor
     xa = a._data if isinstance(a, Tensor) else a
     xb = b._data if isinstance(b, Tensor) else b
     xp = backend.get_array_module(xa, xb)
@@ -476,6 +472,32 @@ class Where(Op):
         xp, cond = ctx.xp, ctx.cond
         need_a, need_b = ctx.needs_input_grad
         return (xp.where(cond, g, 0.0) if need_a else None), (xp.where(cond, 0.0, g) if need_b else None)
+
+
+def where(condition, input=None, other=None):
+    """``input`` where ``condition`` is True, ``other`` elsewhere (either may be a number).
+
+    Example:
+        >>> ddp.where(ddp.tensor([True, False]), 1.0, ddp.zeros(2))
+        tensor([1., 0.])
+    """
+    if input is None and other is None:
+        return condition.nonzero(as_tuple=True)
+    cond = condition._data if isinstance(condition, graph.Tensor) else condition
+    if not hasattr(cond, "dtype"):
+        cond = np.asarray(cond)
+    if cond.dtype != np.bool_:
+        cond = cond.astype(bool)
+    if not isinstance(input, graph.Tensor) and not isinstance(other, graph.Tensor):
+        # two numbers: a 0-dim tensor of the number's default dtype
+        input = creation.tensor(input, device=backend.device_of(cond))
+    a, b = promote("where", input, other)
+    try:
+        return Where.apply(a, b, cond=cond)
+    except ValueError:
+        shapes = [tuple(getattr(x, "shape", ())) for x in (condition, input, other)]
+        raise RuntimeError(f"where: the shapes of condition {shapes[0]}, input {shapes[1]} and "
+                           f"other {shapes[2]} cannot be broadcast together") from None
 
 
 class Cast(Op):

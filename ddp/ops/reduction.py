@@ -199,3 +199,18 @@ class LogSoftmax(Op):
     def backward(ctx, g):
         out, = ctx.saved_tensors
         return g - ctx.xp.exp(out) * g.sum(axis=ctx.dim, keepdims=True)
+
+
+class CumSum(Op):
+    """A running sum along ``axis``."""
+
+    @staticmethod
+    def forward(ctx, a, axis=0):
+        ctx.axis = axis
+        return backend.get_array_module(a).cumsum(a, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        # the adjoint of a running sum is a running sum from the other end
+        xp, axis = ctx.xp, ctx.axis
+        return xp.flip(xp.cumsum(xp.flip(g, axis), axis=axis), axis)

@@ -48,9 +48,8 @@ class SumToSize(Op):
 
     @staticmethod
     def forward(ctx, a, shape=None):
-        from ..autograd.engine import sum_to_shape
         ctx.in_shape = a.shape
-        return sum_to_shape(a, tuple(shape))
+        return backend.sum_to_shape(a, tuple(shape))
 
     @staticmethod
     def backward(ctx, g):
@@ -133,11 +132,9 @@ class Split(Op):
 # --------------------------------------------------------------------------- indexing
 
 def scatter_into_zeros(g, shape, index):
-    """Zeros of ``shape`` with ``g`` added at ``index`` (repeats add up): Getitem's adjoint."""
-    from ..tensor import Tensor
-    if isinstance(g, Tensor):
-        return IndexScatter.apply(g, shape=shape, index=index)
-    return _scatter_array(g, shape, index)
+    """Zeros of ``shape`` with ``g`` added at ``index`` (repeats add up): Getitem's adjoint, on
+    arrays or (under create_graph) Tensors."""
+    return IndexScatter.run(g, shape=shape, index=index)
 
 
 def _scatter_array(g, shape, index):
@@ -227,10 +224,7 @@ class Gather(Op):
 
     @staticmethod
     def backward(ctx, g):
-        from ..tensor import Tensor
-        if isinstance(g, Tensor):
-            return GatherScatter.apply(g, shape=ctx.in_shape, axis=ctx.axis, index=ctx.index)
-        return _gather_scatter_array(g, ctx.in_shape, ctx.axis, ctx.index)
+        return GatherScatter.run(g, shape=ctx.in_shape, axis=ctx.axis, index=ctx.index)
 
 
 def _along_axis_index(index, axis):
@@ -325,3 +319,16 @@ class Matmul(Op):
             if b.ndim == 1:
                 gb = gb.reshape(gb.shape[:-1])
         return ga, gb
+
+
+class ToDevice(Op):
+    """A copy between devices; the gradient is copied back."""
+
+    @staticmethod
+    def forward(ctx, a, device=None):
+        ctx.src = backend.device_of(a)
+        return backend.to_device(a, device)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ToDevice.run(g, device=ctx.src)

@@ -6,10 +6,12 @@ is this module and the same formulas build a differentiable graph.
 """
 from __future__ import annotations
 
+from .elementwise import where
+from .reduction import normalize_axis
+from .shape import Concat, Stack
 
-def where(cond, a, b):
-    from ..tensor import where as _where
-    return _where(cond, a, b)
+__all__ = ["where", "log", "exp", "sqrt", "sin", "cos", "sign", "floor", "transpose", "swapaxes",
+           "expand_dims", "matmul", "concatenate", "stack", "flip", "cumsum"]
 
 
 def log(x):
@@ -57,10 +59,16 @@ def matmul(a, b):
 
 
 def concatenate(xs, axis=0):
-    from .._functions import cat
-    return cat(xs, axis)
+    return Concat.apply(*xs, axis=normalize_axis(axis, xs[0].ndim)[0])
 
 
 def stack(xs, axis=0):
-    from .._functions import stack as _stack
-    return _stack(xs, axis)
+    return Stack.apply(*xs, axis=normalize_axis(axis, xs[0].ndim + 1)[0])
+
+
+def flip(x, axis):
+    return x.flip(axis)
+
+
+def cumsum(x, axis):
+    return x.cumsum(axis)

@@ -10,6 +10,7 @@ import pytest
 import ddp
 import ddp.nn.functional as F
 from ddp.amp import autocast_mode
+from ddp.ops import autocast as autocast_hook
 
 try:
     import torch
@@ -466,7 +467,7 @@ def test_custom_fwd_and_bwd():
 @pytest.fixture
 def cuda_policy(monkeypatch):
     """CPU arrays follow the CUDA op table (float16, computed natively), as on a GPU."""
-    monkeypatch.setattr(autocast_mode, "_on_cuda", lambda array: True)
+    monkeypatch.setattr(autocast_hook, "_on_cuda", lambda array: True)
     ddp.set_autocast_enabled("cuda", True)
     yield
     ddp.set_autocast_enabled("cuda", False)

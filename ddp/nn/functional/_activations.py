@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 from ... import backend
-from ...amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
+from ...ops.autocast import autocast_op
 from ...autograd.graph import _NO_RECORD, Op
 from ...ops import elementwise as E
 from ...ops.reduction import LogSoftmax, Softmax, normalize_axis
@@ -380,6 +380,7 @@ def tanh(input):
     return input.tanh()
 
 
+@autocast_op("softplus")
 def softplus(input, beta=1.0, threshold=20.0):
     """``log(1 + exp(beta * x)) / beta``, and ``x`` where ``beta * x > threshold``.
 
@@ -387,8 +388,6 @@ def softplus(input, beta=1.0, threshold=20.0):
         >>> softplus(ddp.tensor([0.0, 1e4]))
         tensor([6.9315e-01, 1.0000e+04])
     """
-    if _autocast.on:
-        return _autocast_call("softplus", softplus, input, beta, threshold)
     return Softplus.apply(input._float_input("softplus"), beta=beta, threshold=threshold)
 
 
@@ -461,6 +460,7 @@ def hardswish(input, inplace=False):
     return _inplace_or_not(Hardswish.apply, input, inplace)
 
 
+@autocast_op("prelu")
 def prelu(input, weight):
     """``x if x > 0 else weight * x``, ``weight`` one value or one per channel (dim 1).
 
@@ -468,8 +468,6 @@ def prelu(input, weight):
         >>> prelu(ddp.tensor([[-1.0, 2.0]]), ddp.tensor([0.25]))
         tensor([[-0.2500,  2.0000]])
     """
-    if _autocast.on:
-        return _autocast_call("prelu", prelu, input, weight)
     if weight.ndim != 1:
         raise RuntimeError(f"prelu: weight must be 1-D (got shape {tuple(weight.shape)})")
     n = weight.shape[0]
@@ -556,11 +554,13 @@ def _softmax_dim(name, input, dim, dtype, stacklevel):
     input = input._float_input(name)
     if dim is None:
         warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call "
-                      f"to include dim=X as an argument.", stacklevel=stacklevel)
+                      f"to include dim=X as an argument.",
+                      stacklevel=stacklevel + 1)  # + the frame of the autocast_op entry
         dim = 0 if input.ndim in (0, 1, 3) else 1
     return input, normalize_axis(dim, input.ndim)[0] if input.ndim else None
 
 
+@autocast_op("softmax", dtype_at=3)
 def softmax(input, dim=None, _stacklevel=3, dtype=None):
     """``exp(x) / sum(exp(x))`` along ``dim``, computed without overflow.
 
@@ -568,12 +568,11 @@ def softmax(input, dim=None, _stacklevel=3, dtype=None):
         >>> softmax(ddp.tensor([1e4, 0.0]), dim=0)
         tensor([1., 0.])
     """
-    if _autocast.on and dtype is None:
-        return _autocast_call("softmax", softmax, input, dim, _stacklevel + 2)
     input, d = _softmax_dim("softmax", input, dim, dtype, _stacklevel)
     return Softmax.apply(input, dim=d)
 
 
+@autocast_op("softmin", dtype_at=3)
 def softmin(input, dim=None, _stacklevel=3, dtype=None):
     """``softmax(-x)`` along ``dim``.
 
@@ -581,12 +580,11 @@ def softmin(input, dim=None, _stacklevel=3, dtype=None):
         >>> softmin(ddp.tensor([0.0, 1e4]), dim=0)
         tensor([1., 0.])
     """
-    if _autocast.on and dtype is None:
-        return _autocast_call("softmin", softmin, input, dim, _stacklevel + 2)
     input, d = _softmax_dim("softmin", input, dim, dtype, _stacklevel)
     return Softmax.apply(-input, dim=d)
 
 
+@autocast_op("log_softmax", dtype_at=3)
 def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
     """``x - logsumexp(x)`` along ``dim``, computed without overflow.
 
@@ -594,7 +592,5 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
         >>> log_softmax(ddp.tensor([1e4, 0.0]), dim=0)
         tensor([     0., -10000.])
     """
-    if _autocast.on and dtype is None:
-        return _autocast_call("log_softmax", log_softmax, input, dim, _stacklevel + 2)
     input, d = _softmax_dim("log_softmax", input, dim, dtype, _stacklevel)
     return LogSoftmax.apply(input, dim=d)

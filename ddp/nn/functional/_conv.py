@@ -8,7 +8,7 @@ convolution ops differentiate into one another, so higher-order gradients work.
 from __future__ import annotations
 
 from ... import backend
-from ...amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
+from ...ops.autocast import autocast_op
 from ...autograd.graph import Op
 from ...tensor import Tensor
 from ._helpers import _batched, _col2im, _crop_hw, _ntuple, _out_size, _pad_hw, _same_dtype, _shape
@@ -203,11 +203,9 @@ def _conv_padding(name, padding, kernel, dilation, stride):
     return tuple((p, p) for p in _ntuple(padding, 2, "padding"))
 
 
+@autocast_op("conv2d")
 def _conv2d(name, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """conv2d with errors naming ``name`` (the functional or the layer)."""
-    if _autocast.on:
-        return _autocast_call("conv2d", _conv2d, name, input, weight, bias, stride, padding,
-                              dilation, groups)
     x, unbatched = _batched(name, input, 4, "H, W")
     if weight.ndim != 4:
         raise RuntimeError(f"{name}: expected a 4-D weight (out_channels, in_channels/groups, kH, "
@@ -243,11 +241,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _conv2d("conv2d", input, weight, bias, stride, padding, dilation, groups)
 
 
+@autocast_op("conv1d")
 def _conv1d(name, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """conv1d as conv2d over a unit height."""
-    if _autocast.on:
-        return _autocast_call("conv1d", _conv1d, name, input, weight, bias, stride, padding,
-                              dilation, groups)
     x, unbatched = _batched(name, input, 3, "L")
     if weight.ndim != 3:
         raise RuntimeError(f"{name}: expected a 3-D weight (out_channels, in_channels/groups, kL), "
@@ -274,11 +270,9 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _conv1d("conv1d", input, weight, bias, stride, padding, dilation, groups)
 
 
+@autocast_op("conv_transpose2d")
 def _conv_transpose2d(name, input, weight, bias=None, stride=1, padding=0, output_padding=0,
                       groups=1, dilation=1, output_size=None):
-    if _autocast.on:
-        return _autocast_call("conv_transpose2d", _conv_transpose2d, name, input, weight, bias,
-                              stride, padding, output_padding, groups, dilation, output_size)
     x, unbatched = _batched(name, input, 4, "H, W")
     if weight.ndim != 4:
         raise RuntimeError(f"{name}: expected a 4-D weight (in_channels, out_channels/groups, kH, "

@@ -6,7 +6,7 @@ import math
 import numbers
 import numpy as np
 from ... import backend
-from ...amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
+from ...ops.autocast import autocast_op
 from ...tensor import Tensor
 from ._helpers import _ntuple, _shape
 
@@ -38,6 +38,7 @@ def _linear_matrix(src, size, like):
 _INTERP_DIMS = {"linear": 1, "bilinear": 2}
 
 
+@autocast_op("interpolate")
 def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
                 recompute_scale_factor=None, antialias=False):
     """Resize the spatial dimensions of (N, C, *spatial): ``mode`` 'nearest', 'nearest-exact',
@@ -47,9 +48,6 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
         >>> F.interpolate(ddp.tensor([[[1., 2.]]]), scale_factor=2)
         tensor([[[1., 1., 2., 2.]]])
     """
-    if _autocast.on:
-        return _autocast_call("interpolate", interpolate, input, size, scale_factor, mode,
-                              align_corners, recompute_scale_factor, antialias)
     nd = input.ndim - 2
     if nd < 1:
         raise ValueError(f"interpolate: expected (N, C, *spatial) input, got shape "

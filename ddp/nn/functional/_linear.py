@@ -2,11 +2,12 @@
 """
 from __future__ import annotations
 
-from ...amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
+from ...ops.autocast import autocast_op
 from ...autograd.graph import Op
 
 
 
+@autocast_op("linear")
 def linear(input, weight, bias=None):
     """``input @ weight.T + bias``; ``weight`` is (out_features, in_features).
 
@@ -14,8 +15,6 @@ def linear(input, weight, bias=None):
         >>> F.linear(ddp.ones(2, 3), ddp.ones(4, 3)).shape
         ddp.Size([2, 4])
     """
-    if _autocast.on:  # autocast (ddp.amp): one thread-local flag read when off
-        return _autocast_call("linear", linear, input, weight, bias)
     if input.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
         raise RuntimeError(f"linear: expected input, weight and bias of one dtype, got input "
                            f"{input.dtype.name}, weight {weight.dtype.name}"

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from ... import backend
-from ...amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
+from ...ops.autocast import autocast_op
 from ...autograd.graph import Op
 from ...ops.shape import _along_axis_index
 from ...tensor import Tensor, where
@@ -84,6 +84,7 @@ def _weighted(name, loss, input, weight, reduction, mean="weights"):
 
 # --------------------------------------------------------------------------- regression losses
 
+@autocast_op("mse_loss")
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
     """Squared error ``(x - y)^2``, reduced.
 
@@ -91,15 +92,13 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
         >>> mse_loss(ddp.tensor([1.0, 2.0]), ddp.tensor([0.0, 0.0]))
         tensor(2.5000)
     """
-    if _autocast.on:
-        return _autocast_call("mse_loss", mse_loss, input, target, size_average, reduce, reduction,
-                              weight)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     x, y = _broadcast_pair("mse_loss", input, target)
     d = x - y
     return _weighted("mse_loss", d * d, input, weight, reduction)
 
 
+@autocast_op("l1_loss")
 def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
     """Absolute error ``|x - y|``, reduced.
 
@@ -107,9 +106,6 @@ def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", wei
         >>> l1_loss(ddp.tensor([1.0, -2.0]), ddp.tensor([0.0, 0.0]))
         tensor(1.5000)
     """
-    if _autocast.on:
-        return _autocast_call("l1_loss", l1_loss, input, target, size_average, reduce, reduction,
-                              weight)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     x, y = _broadcast_pair("l1_loss", input, target)
     return _weighted("l1_loss", (x - y).abs(), input, weight, reduction)
@@ -121,6 +117,7 @@ def _huber(d, delta):
     return where(a < delta, 0.5 * d * d, delta * (a - 0.5 * delta))
 
 
+@autocast_op("smooth_l1_loss")
 def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean", beta=1.0):
     """``0.5 (x - y)^2 / beta`` where ``|x - y| < beta``, ``|x - y| - 0.5 beta`` beyond
     (``beta=0``: the L1 loss).
@@ -129,9 +126,6 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
         >>> smooth_l1_loss(ddp.tensor([0.5, 3.0]), ddp.tensor([0.0, 0.0]))
         tensor(1.3125)
     """
-    if _autocast.on:
-        return _autocast_call("smooth_l1_loss", smooth_l1_loss, input, target, size_average, reduce,
-                              reduction, beta)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if beta < 0:
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
@@ -141,6 +135,7 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
     return _reduce(loss, reduction)
 
 
+@autocast_op("huber_loss")
 def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
     """``0.5 (x - y)^2`` where ``|x - y| < delta``, ``delta (|x - y| - 0.5 delta)`` beyond.
 
@@ -148,8 +143,6 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
         >>> huber_loss(ddp.tensor([0.5, 3.0]), ddp.tensor([0.0, 0.0]))
         tensor(1.3125)
     """
-    if _autocast.on:
-        return _autocast_call("huber_loss", huber_loss, input, target, reduction, delta, weight)
     if delta <= 0:
         raise RuntimeError("huber_loss does not support non-positive values for delta.")
     x, y = _broadcast_pair("huber_loss", input, target)
@@ -185,6 +178,7 @@ class BinaryCrossEntropy(Op):
         return gx, gt
 
 
+@autocast_op("binary_cross_entropy")
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
                          reduction="mean"):
     """``-w (t log x + (1 - t) log(1 - x))`` for probabilities ``x`` in [0, 1] (logs clamped to
@@ -194,9 +188,6 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
         >>> binary_cross_entropy(ddp.tensor([0.5]), ddp.tensor([1.0]))
         tensor(0.6931)
     """
-    if _autocast.on:
-        return _autocast_call("binary_cross_entropy", binary_cross_entropy, input, target, weight,
-                              size_average, reduce, reduction)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if target.shape != input.shape:
         raise ValueError(f"binary_cross_entropy: Using a target size ({target.shape}) that is "
@@ -211,6 +202,7 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
     return _reduce(loss, reduction)
 
 
+@autocast_op("binary_cross_entropy_with_logits")
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
                                      reduction="mean", pos_weight=None):
     """Binary cross entropy of ``sigmoid(x)``, computed from the logits without overflow:
@@ -220,9 +212,6 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
         >>> binary_cross_entropy_with_logits(ddp.tensor([1e4, -1e4]), ddp.tensor([1.0, 0.0]))
         tensor(0.)
     """
-    if _autocast.on:
-        return _autocast_call("binary_cross_entropy_with_logits", binary_cross_entropy_with_logits,
-                              input, target, weight, size_average, reduce, reduction, pos_weight)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if target.shape != input.shape:
         raise ValueError(f"binary_cross_entropy_with_logits: Target size ({target.shape}) must be "
@@ -236,6 +225,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     return _reduce(loss, reduction)
 
 
+@autocast_op("kl_div")
 def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_target=False):
     """Pointwise KL divergence ``t (log t - x)`` for log-probabilities ``x`` (``log_target``:
     ``t`` given as log-probabilities too); ``'batchmean'`` divides the sum by the batch size.
@@ -244,9 +234,6 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_
         >>> kl_div(ddp.tensor([0.5, 0.5]).log(), ddp.tensor([0.5, 0.5]), reduction="batchmean")
         tensor(0.)
     """
-    if _autocast.on:
-        return _autocast_call("kl_div", kl_div, input, target, size_average, reduce, reduction,
-                              log_target)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
     elif reduction == "mean":
@@ -343,6 +330,7 @@ def _class_distribution(name, input, target, weight, ignore_index, label_smoothi
     return dist, dim, Tensor._make(w_y.sum())
 
 
+@autocast_op("nll_loss")
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
              reduction="mean"):
     """Negative log likelihood ``-w[y] * input[y]`` for log-probabilities ``input`` ``(N, C)``,
@@ -353,9 +341,6 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         >>> nll_loss(ddp.tensor([[-1.0, -2.0]]), ddp.tensor([1]))
         tensor(2.)
     """
-    if _autocast.on:
-        return _autocast_call("nll_loss", nll_loss, input, target, weight, size_average,
-                              ignore_index, reduce, reduction)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     dist, dim, weight_sum = _class_distribution("nll_loss", input, target, weight, ignore_index,
                                                 0.0)
@@ -363,6 +348,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     return _reduce(loss, reduction, weight_sum)
 
 
+@autocast_op("cross_entropy")
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
     """Cross entropy of the logits ``input`` (``(N, C)``, ``(C,)`` or ``(N, C, d1, ...)``)
@@ -375,9 +361,6 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         >>> cross_entropy(ddp.tensor([[1e4, 0.0]]), ddp.tensor([0]))
         tensor(0.)
     """
-    if _autocast.on:
-        return _autocast_call("cross_entropy", cross_entropy, input, target, weight, size_average,
-                              ignore_index, reduce, reduction, label_smoothing)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be between 0.0 and 1.0. Got: "

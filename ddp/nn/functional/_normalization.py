@@ -6,7 +6,7 @@ from __future__ import annotations
 import numbers
 import numpy as np
 from ... import backend
-from ...amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
+from ...ops.autocast import autocast_op
 from ...autograd.grad_mode import no_grad
 from ...autograd.graph import Op
 from ...tensor import Tensor
@@ -104,11 +104,9 @@ def _normalize(op, x, weight, bias, eps, group_shape, axes, affine_shape, stats=
     return out, mean, var
 
 
+@autocast_op("batch_norm")
 def _batch_norm(name, input, running_mean, running_var, weight=None, bias=None, training=False,
                 momentum=0.1, eps=1e-5):
-    if _autocast.on:
-        return _autocast_call("batch_norm", _batch_norm, name, input, running_mean, running_var,
-                              weight, bias, training, momentum, eps)
     if input.ndim < 2:
         raise ValueError(f"{name}: expected at least 2-D input (N, C, *), got input of shape "
                          f"{_shape(input)}")
@@ -162,10 +160,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                        momentum, eps)
 
 
+@autocast_op("layer_norm")
 def _layer_norm(name, input, normalized_shape, weight=None, bias=None, eps=1e-5):
-    if _autocast.on:
-        return _autocast_call("layer_norm", _layer_norm, name, input, normalized_shape, weight,
-                              bias, eps)
     normalized_shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) \
         else tuple(normalized_shape)
     k = len(normalized_shape)
@@ -189,10 +185,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     return _layer_norm("layer_norm", input, normalized_shape, weight, bias, eps)
 
 
+@autocast_op("group_norm")
 def _group_norm(name, input, num_groups, weight=None, bias=None, eps=1e-5):
-    if _autocast.on:
-        return _autocast_call("group_norm", _group_norm, name, input, num_groups, weight, bias,
-                              eps)
     if input.ndim < 2:
         raise RuntimeError(f"{name}: expected at least 2-D input (N, C, *), got input of shape "
                            f"{_shape(input)}")

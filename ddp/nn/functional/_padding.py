@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from ... import backend
-from ...amp.autocast_mode import autocast_call as _autocast_call, state as _autocast
+from ...ops.autocast import autocast_op
 from ...autograd.graph import Op
 from ...ops.shape import scatter_into_zeros
 from ._helpers import _shape
@@ -82,8 +82,10 @@ def pad(input, pad, mode="constant", value=None):
         >>> F.pad(ddp.tensor([[[1., 2., 3.]]]), (2, 1), mode="reflect")
         tensor([[[3., 2., 1., 2., 3., 2.]]])
     """
-    if _autocast.on and mode in ("reflect", "replicate"):  # PyTorch's reflection/replication_pad
-        return _autocast_call(mode + "_pad", _pad, input, pad, mode, value)
+    return _PAD_BY_MODE.get(mode, _pad)(input, pad, mode, value)
+
+
+def _pad(input, pad, mode, value):
     pad = tuple(int(p) for p in pad)
     if len(pad) % 2 or len(pad) // 2 > input.ndim:
         raise ValueError(f"pad: padding length must be even and at most twice the number of "
@@ -114,4 +116,6 @@ def pad(input, pad, mode="constant", value=None):
     return IndexPad.apply(input, indices=tuple(indices))
 
 
-_pad = pad  # pad() under a name its argument does not shadow
+# PyTorch's reflection_pad / replication_pad have autocast entries of their own (float32)
+_PAD_BY_MODE = {"reflect": autocast_op("reflect_pad")(_pad),
+                "replicate": autocast_op("replicate_pad")(_pad)}

@@ -21,6 +21,8 @@ import copy
 import numpy as np
 
 from ... import backend
+from ..._functions import stack
+from ...creation import as_tensor, from_numpy, tensor
 from ...tensor import Tensor
 
 __all__ = ["collate", "default_collate", "default_convert", "default_collate_fn_map"]
@@ -41,7 +43,6 @@ def default_convert(data):
         >>> default_convert([np.array([0, 1]), 3])
         [tensor([0, 1]), 3]
     """
-    from ... import as_tensor
     if isinstance(data, Tensor):
         return data
     elem_type = type(data)
@@ -130,12 +131,10 @@ def collate(batch, *, collate_fn_map=None):
 
 
 def _collate_tensor(batch, *, collate_fn_map=None):
-    from ... import stack
     return stack(batch, 0)
 
 
 def _collate_ndarray(batch, *, collate_fn_map=None):
-    from ... import from_numpy
     if _is_str_or_object(batch[0].dtype):
         raise TypeError(_ERR.format(batch[0].dtype))
     try:
@@ -148,17 +147,14 @@ def _collate_ndarray(batch, *, collate_fn_map=None):
 
 
 def _collate_np_scalar(batch, *, collate_fn_map=None):
-    from ... import as_tensor
     return as_tensor(batch)
 
 
 def _collate_float(batch, *, collate_fn_map=None):
-    from ... import tensor
     return tensor(batch, dtype=backend.float64)
 
 
 def _collate_int(batch, *, collate_fn_map=None):
-    from ... import tensor
     return tensor(batch)  # int64; bools give a bool tensor
 
 

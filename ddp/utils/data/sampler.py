@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import backend
+from ...creation import as_tensor, multinomial
 
 __all__ = ["Sampler", "SequentialSampler", "RandomSampler", "SubsetRandomSampler",
            "WeightedRandomSampler", "BatchSampler"]
@@ -158,8 +159,7 @@ class WeightedRandomSampler(Sampler):
         if not isinstance(replacement, bool):
             raise ValueError("replacement should be a boolean value, but got "
                              f"replacement={replacement}")
-        from ... import as_tensor, float64
-        self.weights = as_tensor(weights, dtype=float64)
+        self.weights = as_tensor(weights, dtype=backend.float64)
         if self.weights.ndim != 1:
             raise ValueError("weights should be a 1d sequence but given "
                              f"weights have shape {tuple(self.weights.shape)}")
@@ -168,7 +168,6 @@ class WeightedRandomSampler(Sampler):
         self.generator = generator
 
     def __iter__(self):
-        from ...creation import multinomial
         yield from multinomial(self.weights, self.num_samples, self.replacement,
                                generator=self.generator).tolist()
 
