@@ -120,6 +120,15 @@ def test_imports_go_down(path):
                         f"floors:\n" + "\n".join(upward))
 
 
+# Circles still standing, each with the change that removes it. A listed circle that is gone
+# fails the test below, so the list only shrinks.
+KNOWN_CIRCLES = {
+    # helpers imports the process-group state that distributed/__init__ defines; it goes once
+    # that state lives in a module of its own and __init__ only hands names on
+    ("ddp.distributed", "ddp.distributed.helpers"),
+}
+
+
 def test_no_circles():
     """No files import each other in a loop (package faces only hand names on: an import of
     ``ddp.nn.module`` is an edge to that file, not to ``ddp.nn``)."""
@@ -159,8 +168,10 @@ def test_no_circles():
     for v in sorted(graph):
         if v not in index:
             visit(v)
-    assert not circles, "files that import each other in a circle:\n" + "\n".join(
-        " <-> ".join(c) for c in circles)
+    found = {tuple(c) for c in circles}
+    assert not found - KNOWN_CIRCLES, "files that import each other in a circle:\n" + "\n".join(
+        " <-> ".join(c) for c in sorted(found - KNOWN_CIRCLES))
+    assert not KNOWN_CIRCLES - found, f"gone, remove from KNOWN_CIRCLES: {KNOWN_CIRCLES - found}"
 
 
 def test_the_check_can_fail():

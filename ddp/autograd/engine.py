@@ -53,7 +53,13 @@ def _fit(g, shape, dtype):
     if g.shape != shape:
         g = g.sum_to_size(shape) if isinstance(g, graph.Tensor) else backend.sum_to_shape(g, shape)
     if g.dtype != dtype:
-        g = g.to(_np_to_dtype(dtype)) if isinstance(g, graph.Tensor) else g.astype(dtype)
+        if isinstance(g, graph.Tensor):
+            return g.to(_np_to_dtype(dtype))
+        token = backend.silence_fp()  # a float32 gradient of a float16 input may overflow: inf
+        try:
+            g = g.astype(dtype)
+        finally:
+            backend.restore_fp(token)
     return g
 
 

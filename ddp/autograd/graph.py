@@ -80,6 +80,13 @@ class Node:
         """Whether backward sees zeros (True, default) or None for outputs that got no gradient."""
         self.materialize_grads = bool(value)
 
+    @property
+    def create_graph(self) -> bool:
+        """True while this node's backward is itself recorded (``create_graph=True``): saved
+        intermediates are then constants, and a formula that differentiates through them must
+        rebuild them from the inputs with recorded ops."""
+        return self._create_graph
+
     # ----------------------------------------------------------------- graph API
     def name(self) -> str:
         return f"{self.op.__name__}Backward0"

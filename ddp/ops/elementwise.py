@@ -132,6 +132,8 @@ class Sub(Op):
 
 
 class Mul(Op):
+    fresh_grads = True
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)

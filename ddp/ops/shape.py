@@ -287,6 +287,7 @@ class Scatter(Op):
 
 class Matmul(Op):
     """``a @ b`` with NumPy's rules for 1-D operands and batch broadcasting."""
+    fresh_grads = True
 
     @staticmethod
     def forward(ctx, a, b):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ... import backend
 from ...ops.autocast import autocast_op
-from ...autograd.graph import _NO_RECORD, Op
+from ...autograd.graph import Op
 from ...ops import elementwise as E
 from ...ops.reduction import LogSoftmax, Softmax, normalize_axis
 from ...tensor import Tensor, where
@@ -31,14 +31,6 @@ __all__ = ["relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_",
            "logsigmoid", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid", "prelu",
            "threshold", "threshold_", "softshrink", "hardshrink", "tanhshrink", "glu", "softmax",
            "softmin", "log_softmax"]
-
-
-def _primitive(op, a, **kwargs):
-    """``op`` on a Tensor (recorded, so a backward formula using it stays differentiable under
-    create_graph) or straight on an array (a plain backward, nothing to record)."""
-    if isinstance(a, Tensor):
-        return op.apply(a, **kwargs)
-    return op.forward(_NO_RECORD, a, **kwargs)
 
 
 def _inplace_or_not(fn, input, inplace):
@@ -146,10 +138,10 @@ class Gelu(Op):
     def backward(ctx, g):
         a, = ctx.saved_tensors
         if ctx.approximate == "tanh":
-            t = _primitive(E.Tanh, _TANH_BETA * (a + _TANH_KAPPA * a * a * a))
+            t = E.Tanh.run(_TANH_BETA * (a + _TANH_KAPPA * a * a * a))
             d_inner = _TANH_BETA * (1 + 3 * _TANH_KAPPA * a * a)
             return g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * d_inner)
-        cdf = 0.5 * (1 + _primitive(Erf, a * _SQRT_HALF))
+        cdf = 0.5 * (1 + Erf.run(a * _SQRT_HALF))
         pdf = _INV_SQRT_2PI * ctx.xp.exp(-0.5 * a * a)
         return g * (cdf + a * pdf)
 
@@ -235,7 +227,7 @@ class Softplus(Op):
     def backward(ctx, g):
         a, = ctx.saved_tensors
         z = a * ctx.beta
-        slope = _primitive(E.Sigmoid, z)
+        slope = E.Sigmoid.run(z)
         if ctx.threshold is not None:
             slope = ctx.xp.where(z > ctx.threshold, 1.0, slope)
         return g * slope

@@ -10,7 +10,6 @@ from __future__ import annotations
 from ... import backend
 from ...ops.autocast import autocast_op
 from ...autograd.graph import Op
-from ...tensor import Tensor
 from ._helpers import _batched, _col2im, _crop_hw, _ntuple, _out_size, _pad_hw, _same_dtype, _shape
 
 
@@ -104,37 +103,15 @@ def _conv_matmul_adjoint(g, w, geom, size):
     return xp.ascontiguousarray(x)
 
 
-def _conv(x, w, geom, out):
-    """Convolution of ``x`` with ``w``; ``out`` is the output's (OH, OW)."""
-    if isinstance(x, Tensor) or isinstance(w, Tensor):
-        return Convolution.apply(x, w, None, geom=geom, out=out)
-    return _conv_matmul(x, w, geom, out)
-
-
-def _conv_t(y, w, geom, out):
-    """Adjoint of :func:`_conv` in ``x``: ``y`` (N, O, OH, OW) spread back into an input of
-    spatial size ``out``."""
-    if isinstance(y, Tensor) or isinstance(w, Tensor):
-        return ConvolutionTranspose.apply(y, w, None, geom=geom, out=out)
-    return _conv_matmul_adjoint(y, w, geom, out)
-
-
-def _conv_w(y, x, geom, kernel):
-    """Adjoint of :func:`_conv` in ``w``: the weight gradient for output gradient ``y``."""
-    if isinstance(y, Tensor) or isinstance(x, Tensor):
-        return ConvolutionWeight.apply(y, x, geom=geom, kernel=kernel)
-    w_shape = (y.shape[1], x.shape[1] // geom[3]) + tuple(kernel)
-    return _conv_weight_grad(y, x, w_shape, geom)
-
-
 class Convolution(Op):
     """2-d convolution (cross-correlation) ``x ⋆ w + b``."""
+    fresh_grads = True
 
     @staticmethod
     def forward(ctx, x, w, b, geom=None, out=None):
         ctx.save_for_backward(x, w)
         ctx.geom = geom
-        y = _conv(x, w, geom, out)
+        y = _conv_matmul(x, w, geom, out)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
@@ -143,20 +120,23 @@ class Convolution(Op):
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        return (_conv_t(g, w, ctx.geom, tuple(x.shape[2:])) if need_x else None,
-                _conv_w(g, x, ctx.geom, tuple(w.shape[2:])) if need_w else None,
+        return (ConvolutionTranspose.run(g, w, None, geom=ctx.geom, out=tuple(x.shape[2:]))
+                if need_x else None,
+                ConvolutionWeight.run(g, x, geom=ctx.geom, kernel=tuple(w.shape[2:]))
+                if need_w else None,
                 g.sum(axis=(0, 2, 3)) if need_b else None)
 
 
 class ConvolutionTranspose(Op):
     """Transposed convolution (the adjoint of :class:`Convolution` in its input) plus ``b``;
     ``w`` is (C_in, C_out/groups, kh, kw) and ``out`` the output's spatial size."""
+    fresh_grads = True
 
     @staticmethod
     def forward(ctx, y, w, b, geom=None, out=None):
         ctx.save_for_backward(y, w)
         ctx.geom = geom
-        x = _conv_t(y, w, geom, out)
+        x = _conv_matmul_adjoint(y, w, geom, out)
         if b is not None:
             x += b.reshape(1, -1, 1, 1)
         return x
@@ -165,26 +145,32 @@ class ConvolutionTranspose(Op):
     def backward(ctx, g):
         y, w = ctx.saved_tensors
         need_y, need_w, need_b = ctx.needs_input_grad
-        return (_conv(g, w, ctx.geom, tuple(y.shape[2:])) if need_y else None,
-                _conv_w(y, g, ctx.geom, tuple(w.shape[2:])) if need_w else None,
+        return (Convolution.run(g, w, None, geom=ctx.geom, out=tuple(y.shape[2:]))
+                if need_y else None,
+                ConvolutionWeight.run(y, g, geom=ctx.geom, kernel=tuple(w.shape[2:]))
+                if need_w else None,
                 g.sum(axis=(0, 2, 3)) if need_b else None)
 
 
 class ConvolutionWeight(Op):
     """The weight gradient of a convolution as an op (recorded only under create_graph)."""
+    fresh_grads = True
 
     @staticmethod
     def forward(ctx, y, x, geom=None, kernel=None):
         ctx.save_for_backward(y, x)
         ctx.geom = geom
-        return _conv_w(y, x, geom, kernel)
+        w_shape = (y.shape[1], x.shape[1] // geom[3]) + tuple(kernel)
+        return _conv_weight_grad(y, x, w_shape, geom)
 
     @staticmethod
     def backward(ctx, g):
         y, x = ctx.saved_tensors
         need_y, need_x = ctx.needs_input_grad
-        return (_conv(x, g, ctx.geom, tuple(y.shape[2:])) if need_y else None,
-                _conv_t(y, g, ctx.geom, tuple(x.shape[2:])) if need_x else None)
+        return (Convolution.run(x, g, None, geom=ctx.geom, out=tuple(y.shape[2:]))
+                if need_y else None,
+                ConvolutionTranspose.run(y, g, None, geom=ctx.geom, out=tuple(x.shape[2:]))
+                if need_x else None)
 
 
 def _conv_padding(name, padding, kernel, dilation, stride):

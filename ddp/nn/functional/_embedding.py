@@ -13,6 +13,7 @@ from ...tensor import Tensor
 class Embedding(Op):
     """The lookup op of :func:`embedding`: rows of ``weight`` at ``indices``; the gradient of
     row ``padding_idx`` is zero."""
+    fresh_grads = True
 
     @staticmethod
     def forward(ctx, weight, indices=None, padding_idx=None, scale_grad_by_freq=False):

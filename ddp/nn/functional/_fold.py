@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ... import backend
 from ...autograd.graph import Op
-from ...tensor import Tensor
 from ._helpers import _batched, _col2im, _crop_hw, _ntuple, _out_size, _pad_hw, _shape, _windows
 
 
@@ -32,11 +31,9 @@ class Im2Col(Op):
 
     @staticmethod
     def backward(ctx, g):
-        if isinstance(g, Tensor):  # create_graph: the adjoint as a recorded op
-            kernel, stride, dilation, pads, out = ctx.args
-            return Col2Im.apply(g, kernel=kernel, stride=stride, dilation=dilation, pads=pads,
-                                out=out, shape=ctx.shape)
-        return _fold_array(g, *ctx.args, ctx.shape)
+        kernel, stride, dilation, pads, out = ctx.args
+        return Col2Im.run(g, kernel=kernel, stride=stride, dilation=dilation, pads=pads, out=out,
+                          shape=ctx.shape)
 
 
 class Col2Im(Op):
@@ -50,11 +47,8 @@ class Col2Im(Op):
 
     @staticmethod
     def backward(ctx, g):
-        if isinstance(g, Tensor):
-            kernel, stride, dilation, pads, out = ctx.args
-            return Im2Col.apply(g, kernel=kernel, stride=stride, dilation=dilation, pads=pads,
-                                  out=out)
-        return _unfold_array(g, *ctx.args)
+        kernel, stride, dilation, pads, out = ctx.args
+        return Im2Col.run(g, kernel=kernel, stride=stride, dilation=dilation, pads=pads, out=out)
 
 
 def _fold_geometry(kernel_size, dilation, padding, stride, size):

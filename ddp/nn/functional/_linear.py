@@ -29,6 +29,7 @@ class LinearOp(Op):
     """``x @ w.T + b`` as one node. The weight's gradient is computed as ``g.T @ x``, directly in
     the weight's (out, in) layout: through ``matmul(x, w.t())`` it would arrive transposed and
     cost a strided copy of the whole weight every step (6 ms of a 20 ms MLP step)."""
+    fresh_grads = True
 
     @staticmethod
     def forward(ctx, x, w, b=None):

@@ -266,7 +266,7 @@ class CrossEntropy(Op):
     @staticmethod
     def backward(ctx, g):
         x, t, logp = ctx.saved_tensors
-        if isinstance(x, Tensor):  # create_graph: the saved logp is a constant, rebuild it
+        if ctx.create_graph:  # the saved logp is a constant: rebuild it on the graph
             logp = LogSoftmax.apply(x, dim=ctx.dim)
         xp = ctx.xp
         g = xp.expand_dims(g, ctx.dim)

@@ -9,7 +9,6 @@ from ... import backend
 from ...ops.autocast import autocast_op
 from ...autograd.grad_mode import no_grad
 from ...autograd.graph import Op
-from ...tensor import Tensor
 from ._helpers import _shape
 
 
@@ -45,7 +44,7 @@ class _Normalize(Op):
         xhat, weight, x = ctx.saved_tensors
         mean, invstd, group_shape, axes, affine_shape, batch_stats, eps = ctx.params
         need_x, need_w, need_b = ctx.needs_input_grad
-        if isinstance(g, Tensor):  # create_graph: xhat (and batch statistics) as ops on x
+        if ctx.create_graph:  # xhat (and batch statistics) as recorded ops on x
             xr = x.reshape(group_shape)
             if batch_stats:
                 mean = xr.mean(axis=axes, keepdims=True)

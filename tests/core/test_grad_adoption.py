@@ -1,0 +1,163 @@
+"""``.grad`` adopts a gradient array without a copy exactly when nothing else can hold it.
+
+An op that declares ``fresh_grads`` promises that its backward returns newly made arrays, a
+distinct one per input; the engine then hands such an array to a leaf's ``.grad`` as it is. Sums
+the engine makes itself are adopted too, and later contributions are added into them in place.
+Everywhere else (an incoming gradient passed through, the caller's gradient, a hook or
+``autograd.grad`` that has seen the array) ``.grad`` gets a copy.
+"""
+import numpy as np
+import pytest
+
+import ddp
+import ddp.nn.functional as F
+from ddp.autograd import graph
+from ddp.nn.functional import _conv, _embedding, _linear
+from ddp.ops import elementwise, shape
+
+
+def _rand(*s):
+    return np.random.default_rng(sum(s)).standard_normal(s)
+
+
+# every op that declares fresh_grads, with inputs that exercise its backward
+FRESH_CASES = {
+    elementwise.Mul: lambda: ((_rand(3, 4), _rand(3, 4)), {}),
+    shape.Matmul: lambda: ((_rand(2, 3, 4), _rand(4, 5)), {}),
+    _linear.LinearOp: lambda: ((_rand(6, 4), _rand(3, 4), _rand(3)), {}),
+    _conv.Convolution: lambda: ((_rand(2, 3, 6, 6), _rand(4, 3, 3, 3), _rand(4)),
+                                dict(geom=((1, 1), ((1, 1), (1, 1)), (1, 1), 1), out=(6, 6))),
+    _conv.ConvolutionTranspose: lambda: ((_rand(2, 4, 6, 6), _rand(4, 3, 3, 3), _rand(3)),
+                                         dict(geom=((1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+                                              out=(6, 6))),
+    _conv.ConvolutionWeight: lambda: ((_rand(2, 4, 6, 6), _rand(2, 3, 6, 6)),
+                                      dict(geom=((1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+                                           kernel=(3, 3))),
+    _embedding.Embedding: lambda: ((_rand(7, 3),), dict(indices=np.array([[1, 2, 1], [6, 0, 2]]),
+                                                         padding_idx=0, scale_grad_by_freq=True)),
+}
+
+
+def _all_ops(cls=graph.Op):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_ops(sub)
+
+
+def test_every_fresh_op_is_checked():
+    declared = {op for op in _all_ops() if op.__dict__.get("fresh_grads")}
+    assert declared == set(FRESH_CASES), "ops declaring fresh_grads need a case in FRESH_CASES"
+
+
+@pytest.mark.parametrize("op", list(FRESH_CASES), ids=lambda op: op.__name__)
+def test_fresh_ops_return_new_distinct_arrays(op):
+    arrays, kwargs = FRESH_CASES[op]()
+    inputs = [ddp.tensor(a, requires_grad=True) for a in arrays]
+    out = op.apply(*inputs, **kwargs)
+    node = out.grad_fn
+    g = np.random.default_rng(0).standard_normal(out.shape)
+    node.xp = np
+    grads = [r for r in node.op.backward(node, g) if r is not None]
+    assert grads
+    held = [g, *arrays, *(s for s in node.saved if isinstance(s, np.ndarray))]
+    for i, r in enumerate(grads):
+        for other in held + grads[:i]:
+            assert not np.shares_memory(r, other), f"{op.__name__} returned an array it shares"
+
+
+def _spy_backward(monkeypatch, op):
+    """Record the arrays ``op``'s backward returns."""
+    returned = []
+    original = op.backward
+
+    def spy(ctx, *grads):
+        out = original(ctx, *grads)
+        returned.extend(r for r in (out if isinstance(out, tuple) else (out,)) if r is not None)
+        return out
+    monkeypatch.setattr(op, "backward", staticmethod(spy))
+    return returned
+
+
+def test_grad_adopts_a_fresh_gradient(monkeypatch):
+    returned = _spy_backward(monkeypatch, _linear.LinearOp)
+    lin = ddp.nn.Linear(4, 3)
+    lin(ddp.randn(5, 4)).sum().backward()
+    assert any(lin.weight.grad._data is r for r in returned)
+    assert any(lin.bias.grad._data is r for r in returned)
+
+
+def test_sums_are_adopted_and_added_into():
+    w = ddp.randn(3, 3, requires_grad=True)
+    x = ddp.randn(2, 3)
+    ((x @ w).sum() + (x @ w).pow(2).sum() + (x @ w).exp().sum()).backward()
+    expected = sum(x._data.T @ g for g in (
+        np.ones((2, 3)), 2 * (x._data @ w._data), np.exp(x._data @ w._data)))
+    np.testing.assert_allclose(w.grad._data, expected, rtol=1e-5)
+
+
+def test_a_gradient_reaching_two_leaves_is_copied():
+    a, b = ddp.ones(3, requires_grad=True), ddp.ones(3, requires_grad=True)
+    (a + b).sum().backward()
+    assert not np.shares_memory(a.grad._data, b.grad._data)
+    a.grad += 1
+    assert b.grad.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_the_callers_gradient_is_copied():
+    x = ddp.ones(3, requires_grad=True)
+    g = ddp.tensor([1.0, 2.0, 3.0])
+    x.backward(g)
+    y = x * 2
+    y.backward(g)
+    assert not np.shares_memory(x.grad._data, g._data)
+    assert g.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_gradient_a_hook_has_seen_is_copied():
+    w = ddp.randn(3, 2, requires_grad=True)
+    seen = []
+    w.register_hook(lambda g: seen.append(g))
+    (ddp.randn(4, 3) @ w).sum().backward()
+    kept = seen[0].clone()
+    (ddp.randn(4, 3) @ w).sum().backward()  # accumulates into w.grad in place
+    np.testing.assert_array_equal(seen[0]._data, kept._data)
+
+
+def test_a_gradient_autograd_grad_returned_is_copied():
+    w = ddp.randn(3, 2, requires_grad=True)
+    x = ddp.randn(4, 3)
+    (g,) = ddp.autograd.grad((x @ w).sum(), w, retain_graph=True)
+    kept = g.clone()
+    (x @ w).sum().backward()
+    w.grad += 1
+    np.testing.assert_array_equal(g._data, kept._data)
+
+
+def test_a_custom_function_returning_its_saved_tensor_is_copied():
+    class PassSaved(ddp.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, k):
+            ctx.save_for_backward(k)
+            return x * 1
+
+        @staticmethod
+        def backward(ctx, g):
+            (k,) = ctx.saved_tensors
+            return k, None
+
+    k = ddp.ones(3)
+    x = ddp.zeros(3, requires_grad=True)
+    PassSaved.apply(x, k).sum().backward()
+    x.grad += 5
+    assert k.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_conv_weight_gradient_is_right_after_adoption():
+    conv = ddp.nn.Conv2d(2, 3, 3, padding=1)
+    x = ddp.randn(2, 2, 5, 5)
+    for _ in range(2):  # the second backward adds into the adopted array
+        F.relu(conv(x)).sum().backward()
+    ref = conv.weight.grad.clone()
+    conv.zero_grad()
+    F.relu(conv(x)).sum().backward()
+    np.testing.assert_allclose(ref._data, 2 * conv.weight.grad._data, rtol=1e-5)
