@@ -14,9 +14,10 @@ The floors, lowest first (docs/architecture.md draws them):
 5. ``functional``: ``ddp.cat``/``ddp.exp``/..., ``ddp.nn.functional``.
 6. ``nn, optim, data``: modules, optimizers, datasets, checkpoints, metrics.
 7. ``distributed``: communicators, collectives, DDP, SyncBatchNorm, DistributedSampler.
-8. ``amp``: autocast regions, GradScaler, gradient accumulation (rank-aware wrappers).
+8. ``amp``: autocast regions, GradScaler, gradient accumulation, progress bars (rank-aware
+   wrappers).
 9. ``package``: ``import ddp``'s face and the namespaces programs import.
-10. ``launcher``.
+10. ``launcher``: the launcher and ``ddp-bench``, which starts jobs through it.
 """
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ FLOORS = [
                      "ddp.nn.parallel.*", "ddp.nn.sync_batchnorm", "ddp.utils.data.distributed",
                      # package faces that hand on names from this floor
                      "ddp.nn", "ddp.utils", "ddp.utils.data"]),
-    ("amp", ["ddp.amp", "ddp.amp.*", "ddp.accumulation"]),
+    ("amp", ["ddp.amp", "ddp.amp.*", "ddp.accumulation", "ddp.progress"]),
     ("package", ["ddp", "ddp.cuda"]),
-    ("launcher", ["launcher", "launcher.*"]),
+    ("launcher", ["launcher", "launcher.*", "ddp.bench", "ddp.bench.*"]),
 ]
 
 

@@ -38,9 +38,9 @@ import os
 
 from . import files, native, torch_format
 from .files import Corrupt, Truncated, atomic_write, remove_stale_temporaries
+from .formats import refuse, sniff
 from .native import FORMAT_VERSION, MAGIC
-from .safetensors_format import (load_safetensors, looks_like_safetensors, safetensors_metadata,
-                                 save_safetensors)
+from .safetensors_format import load_safetensors, safetensors_metadata, save_safetensors
 from .tensors import Restorer
 from .torch_pickle import add_safe_globals, clear_safe_globals, get_safe_globals, safe_globals
 
@@ -170,34 +170,6 @@ def detect_format(f):
     """
     with files.opened(f) as fh:
         return sniff(files.read_upto(fh, 9))
-
-
-def sniff(head):
-    """The format named by a file's first 9 bytes (see :func:`detect_format`)."""
-    if not head:
-        return "empty"
-    if head[:8] == MAGIC:
-        return "ddp"
-    if len(head) < 9 and MAGIC.startswith(head):
-        return "ddp"  # a truncated ddp file
-    if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
-        return "zip"
-    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
-        return "pickle"
-    if looks_like_safetensors(head):
-        return "safetensors"
-    return "unknown"
-
-
-def refuse(kind, name, head, who="ddp.load"):
-    """The error for a file ``who`` cannot read."""
-    if kind == "empty":
-        return RuntimeError(f"{who}: {name} is empty (0 bytes)")
-    if kind in ("zip", "pickle"):
-        return RuntimeError(f"{who}: {name} is a torch.save checkpoint or another pickle, not a "
-                            f"safetensors file; read it with ddp.load")
-    return RuntimeError(f"{who}: {name} is not a ddp.save, torch.save or safetensors file (it "
-                        f"starts with {bytes(head[:9])!r})")
 
 
 def _rewound(fh, head):

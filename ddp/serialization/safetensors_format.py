@@ -18,25 +18,19 @@ import numpy as np
 from .. import backend
 from ..tensor import Tensor
 from . import files
+from .formats import MAX_HEADER, refuse, sniff
 from .files import Truncated, Corrupt, check
 from .native import check_shape, parse_json
 from .tensors import NP_DTYPES, Restorer, host_array, le_bytes
 
 __all__ = ["save_safetensors", "load_safetensors", "safetensors_metadata"]
 
-MAX_HEADER = 100_000_000  # the limit the safetensors library enforces
 
 # safetensors dtype codes <-> ddp dtype names
 ST_TO_NAME = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
               "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
               "BOOL": "bool"}
 NAME_TO_ST = {v: k for k, v in ST_TO_NAME.items()}
-
-
-def looks_like_safetensors(head):
-    """Whether the first 9 bytes of a file are a safetensors header start."""
-    return len(head) == 9 and head[8:9] == b"{" and \
-        struct.unpack("<Q", head[:8])[0] <= MAX_HEADER
 
 
 def read(f, head, name, restore, device_name="cpu"):
@@ -163,7 +157,6 @@ def safetensors_metadata(path):
 
 
 def _load(path, device):
-    from . import refuse, sniff   # the format names and their refusals live in the package
     name = files.name_of(path)
     restore = Restorer(device, name)
     with files.opened(path) as fh:
