@@ -61,3 +61,4 @@ from . import distributed  # noqa: E402
 from .accumulation import GradientAccumulator  # noqa: E402
 from . import amp  # noqa: E402  (ddp.amp.autocast, ddp.amp.GradScaler)
 from .amp.autocast_mode import *  # noqa: E402,F401,F403  ddp.autocast, ddp.is_autocast_enabled, ...
+from . import onnx  # noqa: E402  (ddp.onnx.export; the onnx package is imported on first use)
