@@ -53,7 +53,7 @@ class GraphBuilder:
 
     def initializer(self, array, hint="const"):
         name = self.fresh(hint)
-        self.initializers[name] = self.numpy_helper.from_array(np.ascontiguousarray(array), name)
+        self.initializers[name] = self.numpy_helper.from_array(np.asarray(array, order="C"), name)
         return name
 
     def ints(self, values):
@@ -76,7 +76,7 @@ class GraphBuilder:
             self.param_inputs.append(v)
         else:
             self.initializers[v.name] = self.numpy_helper.from_array(
-                np.ascontiguousarray(v.array), v.name)
+                np.asarray(v.array, order="C"), v.name)
         return v.name
 
     def _dynamic_constant(self, v):

@@ -527,6 +527,7 @@ def _avg_pool(g, ev):
                strides=list(g.static("stride")), count_include_pad=1,
                pads=[int(p[0]) for p in pads] + [int(p[1]) for p in pads])
     area = kernel[0] * kernel[1]
+    divisor = divisor.array if isinstance(divisor, Value) else divisor
     factor = area / np.asarray(divisor, dtype=np.float64)
     if np.all(factor == 1):
         g.node("Identity", [y], [_out(ev)])
@@ -613,7 +614,7 @@ def _rnn(g, ev):
     module = ev.target
     if module.proj_size:
         raise g.unsupported("LSTM with proj_size (ONNX's LSTM has no projection)")
-    (args, kwargs), = ev.inputs
+    args, kwargs = ev.inputs
     x = args[0] if args else kwargs["input"]
     hx = args[1] if len(args) > 1 else kwargs.get("hx")
     mode, hidden, dirs = module.mode, module.hidden_size, 2 if module.bidirectional else 1

@@ -17,6 +17,8 @@ or buffer of the model (an initializer named by its state_dict key) or a constan
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import sys
 
@@ -83,6 +85,12 @@ def _is_array(x):
 
 def _host(arr):
     return backend.to_device(arr, backend.CPU)
+
+
+@functools.lru_cache(maxsize=None)
+def _keyword_defaults(op):
+    return {p.name: p.default for p in inspect.signature(op.forward).parameters.values()
+            if p.default is not p.empty}
 
 
 _active = None  # the Tracer recording now, if any
@@ -167,6 +175,8 @@ class Tracer:
     def record(self, kind, target, args, kwargs, run):
         """Resolve the inputs, run ``run()`` untraced, record its outputs."""
         inputs = [self.resolve(a) for a in args]
+        if kind == "op":  # converters read every keyword, so fill in forward's defaults
+            kwargs = {**_keyword_defaults(target), **kwargs}
         kw = {k: self.resolve(v) for k, v in kwargs.items()}
         self._paused += 1
         try:
