@@ -62,3 +62,6 @@ from .accumulation import GradientAccumulator  # noqa: E402
 from . import amp  # noqa: E402  (ddp.amp.autocast, ddp.amp.GradScaler)
 from .amp.autocast_mode import *  # noqa: E402,F401,F403  ddp.autocast, ddp.is_autocast_enabled, ...
 from . import onnx  # noqa: E402  (ddp.onnx.export; the onnx package is imported on first use)
+from .qtensor import (dequantize, per_channel_affine, per_channel_symmetric,  # noqa: E402
+                      per_tensor_affine, per_tensor_symmetric, qint8, qint32, qscheme,
+                      quantize_per_channel, quantize_per_tensor, quint8)

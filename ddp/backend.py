@@ -278,6 +278,7 @@ class dtype:
         (True, 2)
     """
     __slots__ = ("name", "np", "is_floating_point", "is_signed", "itemsize")
+    is_quantized = False
 
     def __init__(self, name, np_dtype):
         self.name = name
@@ -308,9 +309,22 @@ int32 = int = dtype("int32", np.int32)
 int64 = long = dtype("int64", np.int64)
 bool = dtype("bool", np.bool_)
 
+
+class _QuantizedDtype(dtype):
+    """A quantized element type: integers (``np``) that mean ``(q - zero_point) * scale``.
+    Only quantized tensors (``ddp.quantize_per_tensor``) hold it; no array has it."""
+    __slots__ = ()
+    is_quantized = True
+
+
+qint8 = _QuantizedDtype("qint8", np.int8)
+quint8 = _QuantizedDtype("quint8", np.uint8)
+qint32 = _QuantizedDtype("qint32", np.int32)
+
 _ALL_DTYPES = [float16, float32, float64, bfloat16, uint8, int8, int16, int32, int64, bool]
 _FROM_NUMPY = {d.np: d for d in _ALL_DTYPES}
 _BY_NAME = {d.name: d for d in _ALL_DTYPES}
+_BY_NAME.update((d.name, d) for d in (qint8, quint8, qint32))  # by name (files, pickles) only
 
 
 def _dtype_by_name(name):
@@ -331,6 +345,9 @@ def from_numpy_dtype(np_dtype) -> dtype:
 def to_numpy_dtype(dt):
     """The NumPy dtype for a ddp dtype, NumPy dtype, Python type or name."""
     if isinstance(dt, dtype):
+        if dt.is_quantized:
+            raise RuntimeError(f"{dt} is a quantized dtype: tensors of it are made by "
+                               f"ddp.quantize_per_tensor or ddp.quantize_per_channel")
         return dt.np
     if dt is builtins_float:  # Python's float is a double, as in PyTorch
         return np.dtype(np.float64)

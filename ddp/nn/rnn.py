@@ -52,12 +52,13 @@ def _input_gates(mode, x, w_ih, b_ih, b_hh):
     return gates
 
 
-def _step(mode, gates_in, state, w_hh_t, b_hh, w_hr_t):
+def _step(mode, gates_in, state, hidden, w_hr_t):
     """One time step from the input gates ``gates_in`` (..., G) and the previous state (``h``,
-    or ``(h, c)`` for LSTM); returns ``(h, state)``. ``b_hh`` is only given for GRU."""
+    or ``(h, c)`` for LSTM); returns ``(h, state)``. ``hidden(h)`` is the state's contribution
+    to the gates, with the bias ``gates_in`` does not hold (GRU's ``b_hh``: ``r`` scales it)."""
     if mode == "LSTM":
         h, c = state
-        i, f, g, o = _chunk(gates_in + h @ w_hh_t, 4)
+        i, f, g, o = _chunk(gates_in + hidden(h), 4)
         c = f.sigmoid() * c + i.sigmoid() * g.tanh()
         h = o.sigmoid() * c.tanh()
         if w_hr_t is not None:
@@ -65,32 +66,40 @@ def _step(mode, gates_in, state, w_hh_t, b_hh, w_hr_t):
         return h, (h, c)
     h = state
     if mode == "GRU":
-        hidden = h @ w_hh_t
-        if b_hh is not None:
-            hidden = hidden + b_hh
         r_i, z_i, n_i = _chunk(gates_in, 3)
-        r_h, z_h, n_h = _chunk(hidden, 3)
+        r_h, z_h, n_h = _chunk(hidden(h), 3)
         r = (r_i + r_h).sigmoid()
         z = (z_i + z_h).sigmoid()
         n = (n_i + r * n_h).tanh()
         h = n + z * (h - n)  # (1 - z) * n + z * h
         return h, h
-    pre = gates_in + h @ w_hh_t
+    pre = gates_in + hidden(h)
     h = pre.tanh() if mode == "RNN_TANH" else pre.relu()
     return h, h
+
+
+def _hidden_projection(mode, w_hh, b_hh):
+    """``h -> h @ w_hh^T`` (plus ``b_hh`` for GRU; the others add it to the input gates)."""
+    w_hh_t = w_hh.t()
+    if mode == "GRU" and b_hh is not None:
+        return lambda h: h @ w_hh_t + b_hh
+    return lambda h: h @ w_hh_t
+
+
+def recur(mode, steps, state, hidden, w_hr_t, reverse):
+    """The time loop over the input gates of each step: (outputs (L, N, H), last state)."""
+    outputs = [None] * len(steps)
+    for t in (range(len(steps) - 1, -1, -1) if reverse else range(len(steps))):
+        outputs[t], state = _step(mode, steps[t], state, hidden, w_hr_t)
+    return stack(outputs), state
 
 
 def _run_direction(mode, x, state, weights, reverse):
     """One layer in one direction over ``x`` (L, N, I): returns (outputs (L, N, H), last state)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     steps = _unbind(_input_gates(mode, x, w_ih, b_ih, b_hh))
-    w_hh_t = w_hh.t()
-    w_hr_t = None if w_hr is None else w_hr.t()
-    b_step = b_hh if mode == "GRU" else None
-    outputs = [None] * len(steps)
-    for t in (range(len(steps) - 1, -1, -1) if reverse else range(len(steps))):
-        outputs[t], state = _step(mode, steps[t], state, w_hh_t, b_step, w_hr_t)
-    return stack(outputs), state
+    return recur(mode, steps, state, _hidden_projection(mode, w_hh, b_hh),
+                 None if w_hr is None else w_hr.t(), reverse)
 
 
 def _as_states(name, hx, lstm):
@@ -204,6 +213,11 @@ class RNNBase(Module):
         return tuple(getattr(self, f"{p}{suffix}", None)
                      for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
 
+    def _run_direction(self, x, state, layer, direction):
+        """One layer in one direction (a quantized RNN runs its own)."""
+        return _run_direction(self.mode, x, state, self._weights(layer, direction),
+                              reverse=direction == 1)
+
     def _state_shapes(self, batch):
         layers = self.num_layers * (2 if self.bidirectional else 1)
         h_shape = (layers, batch, self.proj_size or self.hidden_size)
@@ -255,8 +269,7 @@ class RNNBase(Module):
             for direction in range(directions):
                 k = layer * directions + direction
                 state = (initial[0][k], initial[1][k]) if lstm else initial[0][k]
-                out, state = _run_direction(self.mode, x, state, self._weights(layer, direction),
-                                            reverse=direction == 1)
+                out, state = self._run_direction(x, state, layer, direction)
                 outputs.append(out)
                 finals.append(state)
             x = outputs[0] if directions == 1 else cat(outputs, 2)
@@ -394,8 +407,8 @@ class RNNCellBase(Module):
                     raise RuntimeError(f"{name}: Expected hidden size {shape}, got "
                                        f"{list(s.shape)}")
         gates = _input_gates(self.mode, input, self.weight_ih, self.bias_ih, self.bias_hh)
-        _, state = _step(self.mode, gates, states if lstm else states[0], self.weight_hh.t(),
-                         self.bias_hh if self.mode == "GRU" else None, None)
+        _, state = _step(self.mode, gates, states if lstm else states[0],
+                         _hidden_projection(self.mode, self.weight_hh, self.bias_hh), None)
         return state
 
     def extra_repr(self):
