@@ -65,3 +65,4 @@ from . import onnx  # noqa: E402  (ddp.onnx.export; the onnx package is imported
 from .qtensor import (dequantize, per_channel_affine, per_channel_symmetric,  # noqa: E402
                       per_tensor_affine, per_tensor_symmetric, qint8, qint32, qscheme,
                       quantize_per_channel, quantize_per_tensor, quint8)
+from . import ao, quantization  # noqa: E402  (ddp.ao.quantization.quantize_dynamic)

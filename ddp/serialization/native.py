@@ -12,8 +12,10 @@ sets of them with plain Python values (int, float incl. inf/nan, str, bool, None
                  "root": tree}; zero padding up to a multiple of 64 bytes
         payload  raw little-endian C-order bytes of each array, each at a 64-byte aligned
                  "offset" (relative to the payload start) given in its "arrays" entry, which
-                 also holds "kind" (tensor, parameter, ndarray, npscalar, bytes, bytearray),
-                 "dtype", "shape", "nbytes", and for tensors "device" and "requires_grad"
+                 also holds "kind" (tensor, parameter, ndarray, npscalar, bytes, bytearray,
+                 qtensor), "dtype", "shape", "nbytes", for tensors "device" and
+                 "requires_grad", for quantized tensors (their integers) "qdtype" and "scale"
+                 and "zero_point" or "scales", "zero_points" and "axis"
     end 32 bytes sha256 of every byte before it
 
 The JSON tree stores str, int, bool, null, finite floats and lists as themselves; every JSON
@@ -40,6 +42,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import backend
+from ..qtensor import QTensor, file_meta, from_file_entry
 from ..tensor import Size, Tensor
 from . import files
 from .files import Corrupt, check
@@ -52,7 +55,8 @@ _PREAMBLE_SIZE = len(MAGIC) + _PREAMBLE.size  # 24
 _ALIGN = 64
 _DIGEST_SIZE = 32
 _MAX_HEADER = 1 << 31               # sanity bound before allocating a header buffer
-_KINDS = ("tensor", "parameter", "ndarray", "npscalar", "bytes", "bytearray")
+_KINDS = ("tensor", "parameter", "ndarray", "npscalar", "bytes", "bytearray", "qtensor")
+_QTENSOR_STORAGE = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
 
 
 def _align(n, a=_ALIGN):
@@ -105,6 +109,8 @@ class Encoder:
             if math.isfinite(obj):
                 return obj
             return {"$": "float", "v": "nan" if obj != obj else ("inf" if obj > 0 else "-inf")}
+        if isinstance(obj, QTensor):  # its integers, and the scales as JSON numbers
+            return self._add(obj, "qtensor", host_array(obj._int), file_meta(obj))
         if isinstance(obj, Tensor):
             from ..nn.parameter import Parameter
             kind = "parameter" if isinstance(obj, Parameter) else "tensor"
@@ -230,6 +236,23 @@ def _make_tensor(entry, arr, restore):
     return t
 
 
+def _make_qtensor(entry, arr):
+    qdtype = entry.get("qdtype")
+    check(qdtype in _QTENSOR_STORAGE and entry["dtype"] == _QTENSOR_STORAGE[qdtype],
+          f"bad quantized tensor entry {str(entry)[:80]}")
+    if "scales" in entry:
+        scales, zps, axis = entry.get("scales"), entry.get("zero_points"), entry.get("axis")
+        n = arr.shape[axis] if type(axis) is int and 0 <= axis < arr.ndim else -1
+        check(isinstance(scales, list) and isinstance(zps, list) and len(scales) == len(zps) == n
+              and all(type(v) in (int, float) and v > 0 for v in scales)
+              and all(type(v) is int for v in zps), "bad per-channel quantization parameters")
+    else:
+        scale, zp = entry.get("scale"), entry.get("zero_point")
+        check(type(scale) in (int, float) and scale > 0 and type(zp) is int,
+              "bad quantization parameters")
+    return from_file_entry(arr, qdtype, entry)
+
+
 def _decode(node, objs):
     if node is None or type(node) in (bool, int, float, str):
         return node
@@ -319,6 +342,8 @@ def read(f, name, restore, build=True):
         kind = e["kind"]
         if kind in ("tensor", "parameter"):
             objs.append(_make_tensor(e, arr, restore))
+        elif kind == "qtensor":
+            objs.append(_make_qtensor(e, arr))
         elif kind == "ndarray":
             objs.append(arr)
         elif kind == "npscalar":

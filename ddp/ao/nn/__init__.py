@@ -1,0 +1,2 @@
+"""Quantized modules (``ddp.ao.nn.quantized.dynamic``)."""
+from . import quantized  # noqa: F401
