@@ -87,3 +87,49 @@ def test_amp_accumulation_example_keeps_ranks_identical():
     last = out.strip().splitlines()[-1]
     assert last.endswith("parameters identical on all ranks: True"), out
     assert float(last.split()[3].rstrip(";")) > 0.9, out
+
+
+def test_transfer_learning_reuses_the_frozen_checkpointed_backbone(tmp_path):
+    import transfer_learning
+    checkpoint = tmp_path / "pretrained.ddp"
+    results = transfer_learning.main(["--pretrain-epochs", "3", "--epochs", "20",
+                                      "--checkpoint", str(checkpoint)])
+    saved = ddp.load(checkpoint)
+    assert saved["classes"] == [0, 1, 2, 3, 4] and "0.weight" in saved["backbone"]
+    assert results["pretrain"] > 0.95
+    assert results["transfer"] > 0.9 and results["transfer"] > results["random_backbone"] + 0.05
+
+
+def test_hyperparameter_search_gives_the_same_trials_on_two_ranks():
+    import hyperparameter_search
+    args = ["--epochs", "3", "--lrs", "0.1,0.01", "--hidden", "16,64"]
+    best, results = hyperparameter_search.main(args)
+    assert len(results) == 4 and best["val"] == max(r["val"] for r in results) > 0.9
+    out = _run_ranks(2, "hyperparameter_search.py", *args)
+    rows = [line.split() for line in out.splitlines() if line[:6].strip().isdigit()]
+    assert [int(r[5]) for r in rows] == [0, 1, 0, 1], out      # trial i ran on rank i % 2
+    for row, ours in zip(rows, results):                        # the same numbers as one process
+        assert (float(row[3]), float(row[4])) == (round(ours["val"], 4), round(ours["test"], 4))
+
+
+def test_explainability_attributions_are_complete_and_informative():
+    import explainability
+    out = explainability.main(["--epochs", "6", "--images", "60", "--steps", "32"])
+    assert out["completeness"] < 0.01
+    assert out["integrated gradients"] > 3 * out["random pixels"]
+    assert out["saliency"] > 2 * out["random pixels"]
+
+
+def test_profiling_times_every_op_of_the_scheduled_steps(tmp_path):
+    import json
+    import profiling
+    trace = tmp_path / "trace.json"
+    out = profiling.main(["--wait", "1", "--warmup", "1", "--active", "2", "--batch-size", "32",
+                          "--trace", str(trace)])
+    averages = out["averages"]
+    for region in ("data", "forward", "backward", "optimizer.step"):
+        assert averages[region].count == 2              # the two active steps only
+    assert averages["ddp::Convolution"].count == 4      # two convolutions per step
+    assert averages["autograd::ConvolutionBackward0"].count == 4
+    assert "Self CPU time total" in out["table"] and len(out["step_ms"]) == 4
+    assert {e["name"] for e in json.loads(trace.read_text())["traceEvents"]} >= {"forward"}
