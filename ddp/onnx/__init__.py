@@ -10,8 +10,9 @@ x.size(0), -1)``) follow the axis in the exported graph instead of being frozen.
 
 Covered: Linear, Conv1d/2d, ConvTranspose2d, max/avg/adaptive pooling, BatchNorm (running
 statistics), LayerNorm, GroupNorm, activations, Dropout (eval), Flatten, Embedding, RNN/LSTM/GRU
-(one ONNX node per layer), and the elementwise, comparison, reduction, indexing and shape
-operations used in forward; layers made of these (attention) export through them. An op with no
+(one ONNX node per layer), the fused attention op (MultiheadAttention, Transformer layers), and
+the elementwise, comparison, reduction, indexing and shape operations used in forward; layers
+made of these export through them. An op with no
 conversion raises :class:`~ddp.onnx.errors.UnsupportedOperatorError` naming it. Needs the
 ``onnx`` package (``pip install 'ddp[onnx]'``); running the file needs ``onnxruntime``.
 

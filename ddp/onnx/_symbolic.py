@@ -674,11 +674,56 @@ def _rnn(g, ev):
         g.node("Identity", [name], [value.name])
 
 
+# --------------------------------------------------------------------------- attention
+
+def _attention(g, ev):
+    """The fused ``softmax(q kᵀ · scale + bias) v`` op (F.scaled_dot_product_attention, and
+    through it nn.MultiheadAttention and the Transformer layers), written out: MatMul, Mul, Add,
+    the causal mask, a softmax whose fully masked rows give zeros (PyTorch's), MatMul."""
+    q, k, v, bias = ev.inputs[:4]
+    if ev.kwargs.get("keep") is not None:
+        raise g.unsupported("attention dropout in training mode; export in eval mode")
+    scale, causal, safe = float(g.static("scale")), g.static("causal"), g.static("safe")
+    dtype = ev.outputs[0].dtype
+    rank = len(k.shape)
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    s = g.node("MatMul", [g.name(q), g.node("Transpose", [g.name(k)], perm=perm)])
+    s = g.node("Mul", [s, g.scalar(scale, dtype)])
+    masked = causal or bias is not None
+    if bias is not None:
+        s = g.node("Add", [s, g.operand(bias, dtype)])
+    if causal:
+        L, S = q.shape[-2], k.shape[-2]
+        g.same_scalar(L, q.twin.shape[-2])
+        g.same_scalar(S, k.twin.shape[-2])
+        upper = g.initializer(np.triu(np.ones((L, S), bool), 1), "causal_mask")
+        s = g.node("Where", [upper, g.scalar(-np.inf, dtype), s])
+    if masked and safe:  # rows masked everywhere: weights 0, not NaN
+        m = g.reduce("ReduceMax", s, [-1], True)
+        m = g.node("Where", [g.node("IsInf", [m], detect_positive=0), g.scalar(0, dtype), m])
+        e = g.node("Exp", [g.node("Sub", [s, m])])
+        d = g.reduce("ReduceSum", e, [-1], True)
+        d = g.node("Where", [g.node("Equal", [d, g.scalar(0, dtype)]), g.scalar(1, dtype), d])
+        p = g.node("Div", [e, d])
+    else:
+        p = g.node("Softmax", [s], axis=-1)
+    g.node("MatMul", [p, g.name(v)], [_out(ev)])
+    if len(ev.outputs) > 1:  # need_weights
+        g.node("Identity", [p], [_out(ev, 1)])
+
+
+# ops of layers that may not be in this build yet, by their qualified class name
+NAMED_OP_CONVERTERS = {
+    "ddp.nn.functional._attention.ScaledDotProductAttention": _attention,
+}
+
+
 def convert(g, ev):
     """Add the nodes of one event."""
     g.event = ev
     if ev.kind == "op":
-        fn = OP_CONVERTERS.get(ev.target)
+        fn = OP_CONVERTERS.get(ev.target) or NAMED_OP_CONVERTERS.get(
+            f"{ev.target.__module__}.{ev.target.__qualname__}")
     elif ev.kind == "module":
         fn = MODULE_CONVERTERS.get(type(ev.target))
     else:

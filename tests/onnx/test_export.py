@@ -264,6 +264,57 @@ def test_projected_lstm_is_refused():
         ddp.onnx.export(nn.LSTM(3, 4, proj_size=2), randn(5, 2, 3), io.BytesIO())
 
 
+# --------------------------------------------------------------------------- attention
+
+needs_attention = pytest.mark.skipif(not hasattr(nn, "MultiheadAttention"),
+                                     reason="attention layers are not in this build")
+
+
+@needs_attention
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_self_attention_with_weights(batch_first):
+    ddp.manual_seed(12)
+
+    class SelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first)
+
+        def forward(self, x):
+            return self.attn(x, x, x)            # (output, head-averaged weights)
+
+    roundtrip(SelfAttention(), lambda b: randn(b, 5, 8) if batch_first else randn(5, b, 8),
+              axis=0 if batch_first else 1)
+
+
+@needs_attention
+def test_attention_with_a_causal_float_mask_and_sdpa():
+    ddp.manual_seed(13)
+    mask = ddp.tensor(np.triu(np.full((5, 5), -np.inf, np.float32), 1))
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x, y):
+            out = self.attn(x, y, y, attn_mask=mask, need_weights=False)[0]
+            q = out.view(x.size(0), 5, 2, 4).transpose(1, 2)
+            return F.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+    roundtrip(Masked(), lambda b: (randn(b, 5, 8), randn(b, 5, 8, seed=1)))
+
+
+@needs_attention
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_encoder(norm_first):
+    ddp.manual_seed(14)
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True,
+                                       norm_first=norm_first)
+    p = roundtrip(nn.TransformerEncoder(layer, 2), lambda b: randn(b, 6, 8))
+    assert "LayerNormalization" in ops(p)
+
+
 # --------------------------------------------------------------------------- forward code
 
 class Elementwise(nn.Module):
