@@ -46,7 +46,7 @@ from ..tensor import Tensor
 from . import errors
 from ._builder import GraphBuilder, dims_differ
 from ._symbolic import MODULE_CONVERTERS, convert
-from ._tracer import Tracer, Value, flatten_tensors, is_tracing
+from ._tracer import Tracer, Value, flatten_tensors, is_tracing, map_tensors
 from .errors import OnnxExporterError, UnsupportedOperatorError
 
 __all__ = ["export", "ONNXProgram", "TrainingMode", "OperatorExportTypes", "is_in_onnx_export",
@@ -192,22 +192,16 @@ def _trace(model, args, kwargs, names):
     tracer = Tracer(model, MODULE_CONVERTERS)
     leaves = iter(names)
 
-    def as_input(obj):
-        if isinstance(obj, Tensor):
-            leaf = obj.detach()
-            if leaf.is_floating_point():
-                # recorded, in-place writes move the written tensor onto the new node
-                leaf.requires_grad_(True)
-            tracer.add_input(leaf, next(leaves))
-            return leaf
-        if isinstance(obj, (tuple, list)):
-            return type(obj)(as_input(o) for o in obj)
-        if isinstance(obj, dict):
-            return {k: as_input(o) for k, o in obj.items()}
-        return obj
+    def as_input(t):
+        leaf = t.detach()
+        if leaf.is_floating_point():
+            # recorded, in-place writes move the written tensor onto the new node
+            leaf.requires_grad_(True)
+        tracer.add_input(leaf, next(leaves))
+        return leaf
 
     with tracer, enable_grad():
-        traced_args, traced_kwargs = as_input(args), as_input(kwargs)
+        traced_args, traced_kwargs = map_tensors(as_input, args), map_tensors(as_input, kwargs)
         out = model(*traced_args, **traced_kwargs)
         values = [tracer.resolve(t) for t in flatten_tensors(out)]
     if not values:
@@ -220,18 +214,11 @@ def _grow(args, kwargs, names, input_axes):
     from .._functions import cat
     it = iter(names)
 
-    def grow(obj):
-        if isinstance(obj, Tensor):
-            name = next(it)
-            for axis in sorted(input_axes.get(name, {})):
-                obj = cat([obj, obj.narrow(axis, 0, 1)], axis)
-            return obj
-        if isinstance(obj, (tuple, list)):
-            return type(obj)(grow(o) for o in obj)
-        if isinstance(obj, dict):
-            return {k: grow(o) for k, o in obj.items()}
-        return obj
-    return grow(args), grow(kwargs)
+    def grow(t):
+        for axis in sorted(input_axes.get(next(it), {})):
+            t = cat([t, t.narrow(axis, 0, 1)], axis)
+        return t
+    return map_tensors(grow, args), map_tensors(grow, kwargs)
 
 
 def _pair(first, second):

@@ -79,6 +79,17 @@ def flatten_tensors(obj):
     return []
 
 
+def map_tensors(fn, obj):
+    """``obj`` with every tensor of its nested tuples/lists/dicts replaced by ``fn(tensor)``."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(map_tensors(fn, o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(fn, o) for k, o in obj.items()}
+    return obj
+
+
 def _is_array(x):
     return isinstance(x, np.ndarray) or backend.is_cuda_array(x)
 
