@@ -283,6 +283,7 @@ def _build(onnx, trace, opset, input_names, output_names, axes, export_params,
     for v, name in aliases:
         g.node("Identity", [g.name(v)], [name])
     _prune(g, names)
+    _check_outputs_depend_on_inputs(g, names, [v.name for v in tracer.inputs])
 
     dim_names = {}
     for v in tracer.inputs:
@@ -326,6 +327,23 @@ def _prune(g, outputs):
     g.nodes = kept[::-1]
     g.initializers = {k: v for k, v in g.initializers.items() if k in needed}
     g.param_inputs = [v for v in g.param_inputs if v.name in needed]
+
+
+def _check_outputs_depend_on_inputs(g, outputs, inputs):
+    """Refuse a graph output that no input reaches: the forward made it outside ddp's ops (a
+    tensor rebuilt from NumPy, a custom kernel), and exporting it would freeze its value."""
+    if not inputs:
+        return
+    reached = set(inputs)
+    for node in g.nodes:
+        if any(i in reached for i in node.input):
+            reached.update(node.output)
+    for name in outputs:
+        if name not in reached:
+            raise OnnxExporterError(
+                f"ddp.onnx.export: output {name!r} does not depend on the inputs: the forward "
+                f"computed it (or a value it depends on) outside ddp's traced operations, e.g. "
+                f"through .numpy() or a raw array, so its example value would be frozen")
 
 
 # --------------------------------------------------------------------------- arguments

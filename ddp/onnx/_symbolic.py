@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from ..ao.nn.quantized import dynamic as nnqd
 from ..autograd.function import _CallUserBackward
 from ..nn import functional as _F
 from ..nn.functional import _activations as A
@@ -716,6 +717,16 @@ def _attention(g, ev):
 NAMED_OP_CONVERTERS = {
     "ddp.nn.functional._attention.ScaledDotProductAttention": _attention,
 }
+
+
+def _quantized(g, ev):
+    raise g.unsupported("dynamically quantized layers compute outside ddp's ops; export the "
+                        "float model (onnxruntime.quantization.quantize_dynamic quantizes the "
+                        "exported file)")
+
+
+for _cls in (nnqd.Linear, nnqd.LSTM, nnqd.GRU):
+    MODULE_CONVERTERS[_cls] = _quantized
 
 
 def convert(g, ev):

@@ -494,3 +494,17 @@ def test_bad_opset_and_training_mode():
         ddp.onnx.export(nn.Linear(2, 2), (randn(1, 2),), opset_version=9)
     with pytest.raises(ddp.onnx.OnnxExporterError, match="training mode"):
         ddp.onnx.export(nn.Linear(2, 2), (randn(1, 2),), training=ddp.onnx.TrainingMode.TRAINING)
+
+
+def test_outputs_computed_outside_traced_ops_are_refused():
+    class Detour(nn.Module):
+        def forward(self, x):
+            return ddp.tensor(np.tanh(x.detach().numpy())) * 2    # through NumPy: invisible to tracing
+    with pytest.raises(ddp.onnx.OnnxExporterError, match="does not depend on the inputs"):
+        ddp.onnx.export(Detour(), (randn(2, 3),))
+
+
+def test_quantized_layers_are_refused():
+    q = ddp.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(3, 3), nn.ReLU()))
+    with pytest.raises(UnsupportedOperatorError, match="DynamicQuantized|Linear.*float model"):
+        ddp.onnx.export(q, (randn(2, 3),))
