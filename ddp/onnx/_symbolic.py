@@ -14,7 +14,6 @@ import numpy as np
 
 from ..ao.nn.quantized import dynamic as nnqd
 from ..autograd.function import _CallUserBackward
-from ..nn import functional as _F
 from ..nn.functional import _activations as A
 from ..nn.functional import _conv as C
 from ..nn.functional import _embedding as EMB
@@ -748,6 +747,3 @@ def _hint(ev):
     if ev.kind == "op" and ev.target.__module__.startswith("ddp.nn.functional._losses"):
         return "losses are not part of an exported inference graph; export the model alone"
     return "no ONNX conversion is registered for it"
-
-
-_F  # noqa: B018 - the functional package must be loaded for its ops to exist

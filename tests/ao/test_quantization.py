@@ -12,7 +12,6 @@ from ddp.ao.nn.quantized import dynamic as nnqd
 from ddp.ao.quantization import (MinMaxObserver, PerChannelMinMaxObserver,
                                  per_channel_dynamic_qconfig, quantize_dynamic)
 
-RNG = np.random.default_rng(1234)
 
 
 def floats(*shape, scale=1.0, offset=0.0, seed=0):
