@@ -15,7 +15,7 @@ import ddp
 import ddp.nn as nn
 from ddp.metrics import accuracy
 
-from common import bundled, loader, predict, train_epoch
+from common import bundled, loader, parse_args, predict, train_epoch
 
 
 def saliency(model, x, target):
@@ -66,7 +66,7 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--k", type=int, default=8, help="pixels blanked by the deletion check")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     ddp.manual_seed(args.seed)
     x_train, y_train, x_test, y_test = bundled("digits", seed=args.seed)
     model = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 10))

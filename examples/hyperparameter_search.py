@@ -17,7 +17,7 @@ import ddp.distributed as dist
 import ddp.nn as nn
 from ddp.metrics import accuracy
 
-from common import bundled, loader, predict, train_epoch
+from common import bundled, loader, parse_args, predict, train_epoch
 
 
 def run_trial(index, lr, hidden, epochs, data):
@@ -41,7 +41,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lrs", default="0.3,0.1,0.03,0.003")
     p.add_argument("--hidden", default="16,128")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     dist.init_process_group()                  # MPI under the launcher; one rank otherwise
     rank, world = dist.get_rank(), dist.get_world_size()
 

@@ -15,7 +15,7 @@ import ddp
 import ddp.nn as nn
 from ddp.profiler import ProfilerActivity, profile, record_function, schedule
 
-from common import bundled, loader
+from common import bundled, loader, parse_args
 from digits_cnn import small_cnn
 
 
@@ -27,7 +27,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rows", type=int, default=12)
     p.add_argument("--trace", default=None, help="write a Chrome trace (chrome://tracing)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     ddp.manual_seed(0)
     x_train, y_train, _, _ = bundled("digits")
     data = iter(loader(x_train.reshape(-1, 1, 8, 8), y_train, batch_size=args.batch_size))

@@ -19,7 +19,7 @@ import ddp
 import ddp.nn as nn
 from ddp.metrics import accuracy
 
-from common import bundled, loader, predict
+from common import bundled, loader, parse_args, predict
 
 
 def backbone():
@@ -65,7 +65,7 @@ def main(argv=None):
                         "where transfer helps)")
     p.add_argument("--checkpoint", default=None, help="where the pretrained backbone is saved")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     ddp.manual_seed(args.seed)
     checkpoint = args.checkpoint or os.path.join(tempfile.mkdtemp(), "pretrained.ddp")
 
