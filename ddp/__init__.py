@@ -35,7 +35,7 @@ globals().update({k: v for k, v in _FUNCTIONS.items() if k not in globals()})
 FloatTensor = LongTensor = None  # legacy type names are not provided; use ddp.tensor(..., dtype=)
 del FloatTensor, LongTensor
 
-__version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
+from ._version import __version__  # noqa: E402
 
 
 def is_floating_point(input):

@@ -11,12 +11,13 @@ The floors, lowest first (docs/architecture.md draws them):
 3. ``ops``: the differentiable primitives (forward and backward side by side), the autocast
    hook the entry points wear, and ``creation`` (arrays wrapped as Tensors).
 4. ``tensor``: the Tensor class, PyTorch's calling conventions mapped onto ops.
-5. ``functional``: ``ddp.cat``/``ddp.exp``/..., ``ddp.nn.functional``.
+5. ``functional``: ``ddp.cat``/``ddp.exp``/..., ``ddp.nn.functional``, quantized tensors.
 6. ``nn, optim, data``: modules, optimizers, datasets, checkpoints, metrics.
 7. ``distributed``: communicators, collectives, DDP, SyncBatchNorm, DistributedSampler.
 8. ``amp``: autocast regions, GradScaler, gradient accumulation, progress bars (rank-aware
-   wrappers).
-9. ``package``: ``import ddp``'s face and the namespaces programs import.
+   wrappers), dynamic quantization (``ddp.ao``: it swaps a model's modules).
+9. ``package``: ``import ddp``'s face, the namespaces programs import, ONNX export and the
+   profiler (both trace whatever runs).
 10. ``launcher``: the launcher and ``ddp-bench``, which starts jobs through it.
 """
 from __future__ import annotations
@@ -30,19 +31,20 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # (floor name, module patterns): "a.b" is that module; "a.b.*" are the modules inside package a.b.
 FLOORS = [
-    ("backend", ["ddp.backend", "ddp._format"]),
+    ("backend", ["ddp.backend", "ddp._format", "ddp._version"]),
     ("autograd", ["ddp.autograd", "ddp.autograd.*"]),
     ("ops", ["ddp.ops", "ddp.ops.*", "ddp.creation"]),
     ("tensor", ["ddp.tensor"]),
-    ("functional", ["ddp._functions", "ddp.nn.functional", "ddp.nn.functional.*"]),
+    ("functional", ["ddp._functions", "ddp.nn.functional", "ddp.nn.functional.*", "ddp.qtensor"]),
     ("nn, optim, data", ["ddp.nn.*", "ddp.optim", "ddp.optim.*", "ddp.utils.data.*",
                          "ddp.serialization", "ddp.serialization.*", "ddp.metrics"]),
     ("distributed", ["ddp.distributed", "ddp.distributed.*", "ddp.nn.parallel",
                      "ddp.nn.parallel.*", "ddp.nn.sync_batchnorm", "ddp.utils.data.distributed",
                      # package faces that hand on names from this floor
                      "ddp.nn", "ddp.utils", "ddp.utils.data"]),
-    ("amp", ["ddp.amp", "ddp.amp.*", "ddp.accumulation", "ddp.progress"]),
-    ("package", ["ddp", "ddp.cuda"]),
+    ("amp", ["ddp.amp", "ddp.amp.*", "ddp.accumulation", "ddp.progress", "ddp.ao", "ddp.ao.*",
+             "ddp.quantization"]),
+    ("package", ["ddp", "ddp.cuda", "ddp.onnx", "ddp.onnx.*", "ddp.profiler"]),
     ("launcher", ["launcher", "launcher.*", "ddp.bench", "ddp.bench.*"]),
 ]
 

@@ -41,7 +41,10 @@ import os
 import numpy as np
 
 from .. import backend
+from .._functions import cat
+from .._version import __version__
 from ..autograd.grad_mode import enable_grad
+from ..creation import from_numpy
 from ..tensor import Tensor
 from . import errors
 from ._builder import GraphBuilder, dims_differ
@@ -92,7 +95,6 @@ class ONNXProgram:
                 self.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
         tensors = flatten_tensors((args, kwargs))
         feeds = {i.name: _host(t) for i, t in zip(self._session.get_inputs(), tensors)}
-        from ..creation import from_numpy
         return [from_numpy(np.asarray(o)) for o in self._session.run(None, feeds)]
 
     def __repr__(self):
@@ -211,7 +213,6 @@ def _trace(model, args, kwargs, names):
 
 def _grow(args, kwargs, names, input_axes):
     """The example inputs with every dynamic axis one longer (its first slice repeated)."""
-    from .._functions import cat
     it = iter(names)
 
     def grow(t):
@@ -309,7 +310,6 @@ def _build(onnx, trace, opset, input_names, output_names, axes, export_params,
     graph = helper.make_graph([n for n in g.nodes], "main_graph", graph_inputs, graph_outputs,
                               initializer=list(g.initializers.values()))
     opsets = [helper.make_opsetid("", opset)]
-    from .. import __version__
     model = helper.make_model(graph, opset_imports=opsets, producer_name="ddp",
                               producer_version=__version__)
     model.ir_version = helper.find_min_ir_version_for(opsets)

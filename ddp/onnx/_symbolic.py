@@ -25,7 +25,6 @@ from ..nn.rnn import GRU, LSTM, RNN
 from ..ops import elementwise as E
 from ..ops import reduction as R
 from ..ops import shape as S
-from ..tensor import CumSum, ToDevice
 from ._tracer import Value
 
 OP_CONVERTERS: dict = {}
@@ -92,7 +91,7 @@ def _floor_divide(g, ev):
 _UNARY = {E.Neg: "Neg", E.Exp: "Exp", E.Log: "Log", E.Sqrt: "Sqrt", E.Reciprocal: "Reciprocal",
           E.Abs: "Abs", E.Sin: "Sin", E.Cos: "Cos", E.Tanh: "Tanh", E.Sigmoid: "Sigmoid",
           E.Relu: "Relu", A.Erf: "Erf", A.Hardswish: "HardSwish", E.Clone: "Identity",
-          ToDevice: "Identity"}
+          S.ToDevice: "Identity"}
 
 
 @converts(*_UNARY)
@@ -225,7 +224,7 @@ def _cast(g, ev):
            to=g.helper.np_dtype_to_tensor_dtype(ev.outputs[0].dtype))
 
 
-@converts(CumSum)
+@converts(R.CumSum)
 def _cumsum(g, ev):
     g.node("CumSum", [_x(g, ev), g.scalar(g.static("axis"), np.int64)], [_out(ev)])
 
