@@ -27,3 +27,5 @@ from .rnn import *  # noqa: F401,F403
 from .loss import *  # noqa: F401,F403
 from .flatten import *  # noqa: F401,F403
 from .sync_batchnorm import *  # noqa: F401,F403
+from .attention import *  # noqa: F401,F403
+from .transformer import *  # noqa: F401,F403

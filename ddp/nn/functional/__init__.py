@@ -26,3 +26,5 @@ from ._fold import unfold, fold
 from ._interpolate import interpolate
 from ._activations import *  # noqa: F401,F403  relu, gelu, softmax, ... (their __all__)
 from ._losses import *  # noqa: F401,F403  cross_entropy, mse_loss, ... (their __all__)
+from ._attention import (scaled_dot_product_attention, multi_head_attention_forward,
+                         _canonical_mask, _none_or_dtype)

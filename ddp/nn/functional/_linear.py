@@ -34,7 +34,11 @@ class LinearOp(Op):
     @staticmethod
     def forward(ctx, x, w, b=None):
         ctx.save_for_backward(x, w)
-        out = x @ w.T
+        if x.ndim > 2:  # one 2-D product over all rows: NumPy runs a 3-D operand as one small
+            # product per leading index (1.3x slower at (32, 128, 256) @ (256, 2048))
+            out = (x.reshape((-1, x.shape[-1])) @ w.T).reshape(x.shape[:-1] + (w.shape[0],))
+        else:
+            out = x @ w.T
         if out.dtype != x.dtype:  # bfloat16 products come back as float32: round them
             out = out.astype(x.dtype)
         if b is not None:
@@ -47,7 +51,7 @@ class LinearOp(Op):
         xp = ctx.xp
         need_x, need_w, need_b = ctx.needs_input_grad
         rows = g.reshape((-1, g.shape[-1]))
-        gx = xp.matmul(g, w) if need_x else None
+        gx = xp.matmul(rows, w).reshape(x.shape) if need_x else None
         gw = xp.matmul(xp.swapaxes(rows, 0, 1), x.reshape((-1, x.shape[-1]))) if need_w else None
         gb = rows.sum(axis=0) if need_b else None
         return gx, gw, gb
