@@ -66,16 +66,6 @@ def attention_step(lib, fn, dropout_p):
     return step
 
 
-def median_ms(step, repeats):
-    step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def interleaved(steps, repeats):
     """Medians of steps timed in turn (each repeat runs every step once), so the machine's load
     changes touch all of them alike."""

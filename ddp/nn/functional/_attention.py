@@ -206,12 +206,12 @@ def _check_sdpa(query, key, value, attn_mask, enable_gqa):
     if k[-2] != v[-2]:
         raise RuntimeError(f"{name}: key and value must have the same sequence length, got key "
                            f"{k} and value {v}")
-    if enable_gqa and len(q) >= 3 and q[-3] != k[-3]:
+    if enable_gqa and min(len(q), len(k), len(v)) >= 3 and q[-3] != k[-3]:
         if k[-3] != v[-3] or q[-3] % k[-3]:
             raise RuntimeError(f"{name}: Number of heads in key and value must divide the number "
                                f"of heads in query (enable_gqa=True): query {q}, key {k}, value "
                                f"{v}")
-        return
+        k, v = (s[:-3] + (q[-3],) + s[-2:] for s in (k, v))  # their heads once repeated
     try:
         batch = np.broadcast_shapes(q[:-2], k[:-2], v[:-2])
     except ValueError:
@@ -252,7 +252,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                            "when is_causal=True")
     if dropout_p > 1:
         raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {dropout_p}")
-    if enable_gqa and query.ndim >= 3 and query.shape[-3] != key.shape[-3]:
+    if enable_gqa and min(query.ndim, key.ndim, value.ndim) >= 3 \
+            and query.shape[-3] != key.shape[-3]:
         groups = query.shape[-3] // key.shape[-3]
         key = key.repeat_interleave(groups, -3)
         value = value.repeat_interleave(groups, -3)
