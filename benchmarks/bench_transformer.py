@@ -4,7 +4,10 @@ d_model 256, 4 heads, dim_feedforward 2048 (PyTorch's default), dropout 0.1, seq
 itself, softmax(q kᵀ/√d) v forward + backward at the same shape, as ddp's fused op, as the same
 step composed of ddp's existing ops, and as PyTorch's scaled_dot_product_attention.
 
-    python benchmarks/bench_transformer.py [--repeats 7] [--only step|attention]
+    python benchmarks/bench_transformer.py [--repeats 7] [--only step|attention] [--clock cpu]
+
+``--clock cpu`` times with the process's CPU time instead of the wall clock: steadier on a
+machine that other work shares (both sides run one thread).
 """
 from __future__ import annotations
 
@@ -66,7 +69,7 @@ def attention_step(lib, fn, dropout_p):
     return step
 
 
-def interleaved(steps, repeats):
+def interleaved(steps, repeats, clock=time.perf_counter):
     """Medians of steps timed in turn (each repeat runs every step once), so the machine's load
     changes touch all of them alike."""
     for step in steps.values():
@@ -74,9 +77,9 @@ def interleaved(steps, repeats):
     times = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             step()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
@@ -92,7 +95,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--only", choices=["step", "attention"])
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = p.parse_args(argv)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     try:
         import torch
         torch.set_num_threads(1)
@@ -111,7 +116,7 @@ def main(argv=None):
                 steps["torch"] = attention_step(
                     torch, lambda q, k, v, p: torch.nn.functional.scaled_dot_product_attention(
                         q, k, v, dropout_p=p), dropout_p)
-            row = interleaved(steps, args.repeats * 3)
+            row = interleaved(steps, args.repeats * 3, clock)
             report(f"attention forward+backward, (batch {BATCH}, heads {HEADS}, L=S={SEQ}, "
                    f"E={D_MODEL // HEADS}), dropout {dropout_p}, ms, median", row)
             print(f"  fused vs composed: {row['ddp fused op'] / row['ddp composed of existing ops']:.2f}x")
@@ -122,7 +127,7 @@ def main(argv=None):
                 steps["torch"] = encoder_step(torch, batch_first)
             report(f"TransformerEncoder training step (2 layers, d_model {D_MODEL}, {HEADS} heads, "
                    f"ff 2048, seq {SEQ}, batch {BATCH}, batch_first={batch_first}, dropout 0.1, "
-                   f"Adam), ms, median", interleaved(steps, args.repeats))
+                   f"Adam), ms, median", interleaved(steps, args.repeats, clock))
 
 
 if __name__ == "__main__":

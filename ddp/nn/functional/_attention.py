@@ -67,7 +67,8 @@ class ScaledDotProductAttention(Op):
     broadcasts to the weights (…, L, S). ``causal`` masks key j > query i. ``keep`` (or None) is a
     dropout mask of 0 and 1/(1-p) of the weights' shape. ``safe``: fully masked rows give zero
     weights, not NaN. ``weights``: also return the (dropped-out) weights, themselves
-    differentiable. Backward recomputes nothing: it uses the saved weights ``P``.
+    differentiable. Backward recomputes nothing: it uses the saved weights ``P`` (and ``P`` with
+    dropout applied), and works on one (…, L, S) buffer in place.
     """
 
     @staticmethod
@@ -86,8 +87,8 @@ class ScaledDotProductAttention(Op):
         p = _softmax_rows_(s, safe)
         pd = p if keep is None else p * keep
         out = xp.matmul(pd, v)
-        ctx.save_for_backward(q, k, v, p, bias)
-        ctx.options = (scale, causal, keep, safe)
+        ctx.save_for_backward(q, k, v, p, bias, keep, pd)
+        ctx.options = (scale, causal, safe)
         if not weights:
             return out
         ctx.set_materialize_grads(False)  # unused weights get no (…, L, S) zeros
@@ -95,36 +96,45 @@ class ScaledDotProductAttention(Op):
 
     @staticmethod
     def backward(ctx, g, g_weights=None):
-        q, k, v, p, bias = ctx.saved_tensors
-        scale, causal, keep, safe = ctx.options
+        q, k, v, p, bias, keep, pd = ctx.saved_tensors
+        scale, causal, safe = ctx.options
         xp = ctx.xp
         need_q, need_k, need_v, need_bias = ctx.needs_input_grad[:4]
         graph = isinstance(q, Tensor)  # create_graph: the weights are rebuilt from q, k, bias
         if graph:
             p = _weights_as_tensors(q, k, bias, scale, causal, safe)
-        pd = p if keep is None else p * keep
+            pd = p if keep is None else p * keep
         gv = None
         if g is None:  # only the weights were used
-            dp = g_weights
+            dp, fresh = g_weights, False
         else:
             if need_v:
                 gv = xp.matmul(xp.swapaxes(pd, -1, -2), g)
-            dp = xp.matmul(g, xp.swapaxes(v, -1, -2))
+            dp, fresh = xp.matmul(g, xp.swapaxes(v, -1, -2)), not graph
             if g_weights is not None:
                 dp = dp + g_weights
-        if keep is not None:
-            dp = dp * keep
+        # dS = P ∘ (dP' − rowsum(dP' ∘ P)) with dP' = dP ∘ keep; rowsum(dP' ∘ P) = rowsum(dP ∘ Pd)
         if graph:
+            if keep is not None:
+                dp = dp * keep
             ds = p * (dp - (dp * p).sum(-1, keepdim=True))
-        else:  # dp is a fresh array: work in place on the (…, L, S) buffer
-            row = (dp * p).sum(axis=-1, keepdims=True)
+        else:  # on the (…, L, S) buffer in place: 3 passes, no temporary
+            row = xp.einsum("...j,...j->...", dp, pd)[..., None]
+            if keep is not None:
+                dp = dp * keep if not fresh else xp.multiply(dp, keep, out=dp)
+            elif not fresh:
+                dp = dp.copy()
             dp -= row
             dp *= p
             ds = dp
         gbias = ds if need_bias else None
-        ds_scaled = ds * scale
-        gq = xp.matmul(ds_scaled, k) if need_q else None
-        gk = xp.matmul(xp.swapaxes(ds_scaled, -1, -2), q) if need_k else None
+        gq = gk = None
+        if need_q:
+            gq = xp.matmul(ds, k)
+            gq = gq * scale if graph else xp.multiply(gq, scale, out=gq)
+        if need_k:
+            gk = xp.matmul(xp.swapaxes(ds, -1, -2), q)
+            gk = gk * scale if graph else xp.multiply(gk, scale, out=gk)
         return gq, gk, gv, gbias
 
 
