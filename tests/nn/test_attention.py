@@ -683,3 +683,36 @@ def test_sdpa_bad_dtypes():
         F.scaled_dot_product_attention(*(ddp.zeros(2, 3, 4, dtype=ddp.int64),) * 3)
     with pytest.raises(TypeError, match="positional arguments"):
         F.scaled_dot_product_attention(q, q, q, None, 0.0, False, 0.5)  # scale is keyword-only
+
+
+# --------------------------------------------------------------------------- signatures
+
+def signature_of(fn):
+    """[name, default, kind] per parameter, defaults as text (functions by name)."""
+    import inspect
+    out = []
+    for name, p in inspect.signature(fn).parameters.items():
+        d = p.default
+        text = "<required>" if d is inspect.Parameter.empty else \
+            (d.__name__ if callable(d) else repr(d))
+        out.append([name, text, p.kind.name])
+    return out
+
+
+def test_signatures_match_torch(oracle):
+    def answer(torch):
+        doc = torch.nn.functional.scaled_dot_product_attention.__doc__
+        head = " ".join(doc.split("->")[0].split())  # "scaled_dot_product_attention(query, ...)"
+        return {"mha_init": signature_of(torch.nn.MultiheadAttention.__init__),
+                "mha_forward": signature_of(torch.nn.MultiheadAttention.forward),
+                "mhaf": signature_of(torch.nn.functional.multi_head_attention_forward),
+                "sdpa": head}
+
+    ref = oracle(answer)
+    assert signature_of(nn.MultiheadAttention.__init__) == [list(p) for p in ref["mha_init"]]
+    assert signature_of(nn.MultiheadAttention.forward) == [list(p) for p in ref["mha_forward"]]
+    assert signature_of(F.multi_head_attention_forward) == [list(p) for p in ref["mhaf"]]
+    ours = signature_of(F.scaled_dot_product_attention)
+    text = ", ".join(n if d == "<required>" else f"{n}={d}" for n, d, _ in ours)
+    assert ref["sdpa"].replace("( ", "(") == f"scaled_dot_product_attention({text})"
+    assert [k for n, _, k in ours if n in ("scale", "enable_gqa")] == ["KEYWORD_ONLY"] * 2

@@ -380,3 +380,21 @@ def test_bad_input():
                                          "src_mask is deprecated"):
         layer(ddp.randn(S, N, D), src_mask=ddp.zeros(S, S),
               src_key_padding_mask=ddp.zeros(N, S, dtype=ddp.bool))
+
+
+def test_signatures_match_torch(oracle):
+    from tests.nn.test_attention import signature_of
+    names = {"Transformer": ["__init__", "forward", "generate_square_subsequent_mask"],
+             "TransformerEncoder": ["__init__", "forward"],
+             "TransformerDecoder": ["__init__", "forward"],
+             "TransformerEncoderLayer": ["__init__", "forward"],
+             "TransformerDecoderLayer": ["__init__", "forward"]}
+
+    def answer(torch):
+        return {f"{c}.{m}": signature_of(getattr(getattr(torch.nn, c), m))
+                for c, ms in names.items() for m in ms}
+
+    ref = oracle(answer)
+    for key, want in ref.items():
+        cls, method = key.split(".")
+        assert signature_of(getattr(getattr(nn, cls), method)) == [list(p) for p in want], key
