@@ -27,6 +27,7 @@ import numpy as np
 
 from ... import backend
 from ...autograd.graph import Op
+from ...ops.elementwise import where
 from ...tensor import Tensor
 from ._dropout import _dropout_mask
 from ._linear import linear
@@ -184,8 +185,8 @@ def _float_bias(name, mask, query):
     if mask is None:
         return None
     if mask.dtype.np == np.bool_:
-        xp = backend.get_array_module(mask._data)
-        return Tensor._make(xp.where(mask._data, 0.0, -math.inf).astype(query.dtype.np))
+        # through where (an op), so a trace (ONNX export) sees the mask become the bias
+        return where(mask, 0.0, -math.inf).to(query.dtype)
     if mask.dtype.np != query.dtype.np and mask.dtype.np != np.float32:
         raise RuntimeError(f"{name}: Expected attn_mask dtype to be bool or float or to match "
                            f"query dtype, but got attn_mask.dtype: {mask.dtype.name} and "
@@ -300,8 +301,7 @@ def _canonical_mask(mask, mask_name, other_type, other_name, target_type, check_
                       f"same type for both instead.", stacklevel=3)
     if mask.is_floating_point():
         return mask
-    xp = backend.get_array_module(mask._data)
-    return Tensor._make(xp.where(mask._data, -math.inf, 0.0).astype(target_type.np))
+    return where(mask, -math.inf, 0.0).to(target_type)
 
 
 def _mha_shape_check(query, key, value, key_padding_mask, attn_mask, num_heads):
