@@ -489,20 +489,39 @@ def test_unbatched_pooling():
 
 # ============================================================== PyTorch parity
 
-def _torch_pair(np_array, torch):
-    return (ddp.tensor(np_array, requires_grad=True),
-            torch.tensor(np_array, requires_grad=True))
+def torch_run(torch, module, x, seed=5):
+    """PyTorch's side of a parity case: the module's state and repr, its output (and indices)
+    for input ``x``, and the gradients of ``x`` and of every parameter for a random upstream
+    gradient drawn from NumPy's generator (the same one ``check_against`` draws)."""
+    xt = torch.tensor(x, requires_grad=True)
+    y = module(xt)
+    idx = None
+    if isinstance(y, tuple):
+        y, idx = y[0], y[1].numpy()
+    g = np.random.default_rng(seed).standard_normal(tuple(y.shape)).astype(np.float32)
+    y.backward(torch.tensor(g))
+    return {"state": {k: v.detach().numpy() for k, v in module.state_dict().items()},
+            "repr": repr(module), "y": y.detach().numpy(), "idx": idx, "gx": xt.grad.numpy(),
+            "grads": {k: p.grad.numpy() for k, p in module.named_parameters()}}
 
 
-def _check_parity(ddp_out, torch_out, pairs, seed=5, rtol=1e-4, atol=1e-5):
-    """Outputs equal, and gradients equal for the same random upstream gradient."""
-    import torch
-    np.testing.assert_allclose(arr(ddp_out), torch_out.detach().numpy(), rtol=rtol, atol=atol)
-    g = np.random.default_rng(seed).standard_normal(tuple(torch_out.shape)).astype(np.float32)
-    ddp_out.backward(ddp.tensor(g))
-    torch_out.backward(torch.tensor(g))
-    for ours, theirs in pairs:
-        np.testing.assert_allclose(arr(ours.grad), theirs.grad.numpy(), rtol=rtol, atol=atol)
+def check_against(ref, ours, x, seed=5, rtol=1e-4, atol=1e-5):
+    """Ours, loaded with PyTorch's weights, gives its output and gradients for the same
+    upstream gradient."""
+    ours.load_state_dict({k: ddp.tensor(v) for k, v in ref["state"].items()})
+    a = ddp.tensor(x, requires_grad=True)
+    y = ours(a)
+    if ref["idx"] is not None:
+        np.testing.assert_array_equal(arr(y[1]), ref["idx"])
+        y = y[0]
+    np.testing.assert_allclose(arr(y), ref["y"], rtol=rtol, atol=atol)
+    g = np.random.default_rng(seed).standard_normal(tuple(y.shape)).astype(np.float32)
+    y.backward(ddp.tensor(g))
+    np.testing.assert_allclose(arr(a.grad), ref["gx"], rtol=rtol, atol=atol)
+    grads = {k: arr(p.grad) for k, p in ours.named_parameters()}
+    assert sorted(grads) == sorted(ref["grads"])
+    for k, want in ref["grads"].items():
+        np.testing.assert_allclose(grads[k], want, rtol=rtol, atol=atol, err_msg=k)
 
 
 CONV_PARITY = [  # module kwargs for Conv2d(4, 6, ...)
@@ -521,29 +540,18 @@ CONV_PARITY = [  # module kwargs for Conv2d(4, 6, ...)
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")  # torch's note on even kernels
 @pytest.mark.parametrize("kw", CONV_PARITY)
-def test_conv2d_torch_parity(kw):
-    torch = pytest.importorskip("torch")
-    ours = nn.Conv2d(4, 6, **kw)
-    theirs = torch.nn.Conv2d(4, 6, **kw)
-    ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
-                          theirs.state_dict().items()})
-    a, b = _torch_pair(np.random.default_rng(0).standard_normal((2, 4, 9, 8)).astype(np.float32),
-                       torch)
-    _check_parity(ours(a), theirs(b), [(a, b), (ours.weight, theirs.weight)]
-                  + ([(ours.bias, theirs.bias)] if ours.bias is not None else []))
+def test_conv2d_torch_parity(oracle, kw):
+    x = np.random.default_rng(0).standard_normal((2, 4, 9, 8)).astype(np.float32)
+    ref = oracle(lambda torch: torch_run(torch, torch.nn.Conv2d(4, 6, **kw), x))
+    check_against(ref, nn.Conv2d(4, 6, **kw), x)
 
 
 @pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=2, padding=1),
                                 dict(kernel_size=5, padding="same", dilation=2, groups=2)])
-def test_conv1d_torch_parity(kw):
-    torch = pytest.importorskip("torch")
-    ours, theirs = nn.Conv1d(4, 6, **kw), torch.nn.Conv1d(4, 6, **kw)
-    ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
-                          theirs.state_dict().items()})
-    a, b = _torch_pair(np.random.default_rng(0).standard_normal((2, 4, 11)).astype(np.float32),
-                       torch)
-    _check_parity(ours(a), theirs(b), [(a, b), (ours.weight, theirs.weight),
-                                       (ours.bias, theirs.bias)])
+def test_conv1d_torch_parity(oracle, kw):
+    x = np.random.default_rng(0).standard_normal((2, 4, 11)).astype(np.float32)
+    ref = oracle(lambda torch: torch_run(torch, torch.nn.Conv1d(4, 6, **kw), x))
+    check_against(ref, nn.Conv1d(4, 6, **kw), x)
 
 
 @pytest.mark.parametrize("kw", [dict(kernel_size=3),
@@ -552,26 +560,23 @@ def test_conv1d_torch_parity(kw):
                                 dict(kernel_size=(3, 2), stride=(3, 2), output_padding=(2, 1),
                                      groups=2, bias=False),
                                 dict(kernel_size=3, dilation=2, stride=2, padding=2)])
-def test_conv_transpose2d_torch_parity(kw):
-    torch = pytest.importorskip("torch")
-    ours, theirs = nn.ConvTranspose2d(4, 6, **kw), torch.nn.ConvTranspose2d(4, 6, **kw)
-    ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
-                          theirs.state_dict().items()})
-    assert repr(ours) == repr(theirs)
-    a, b = _torch_pair(np.random.default_rng(0).standard_normal((2, 4, 5, 4)).astype(np.float32),
-                       torch)
-    _check_parity(ours(a), theirs(b), [(a, b), (ours.weight, theirs.weight)]
-                  + ([(ours.bias, theirs.bias)] if ours.bias is not None else []))
+def test_conv_transpose2d_torch_parity(oracle, kw):
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 4)).astype(np.float32)
+    ref = oracle(lambda torch: torch_run(torch, torch.nn.ConvTranspose2d(4, 6, **kw), x))
+    ours = nn.ConvTranspose2d(4, 6, **kw)
+    assert repr(ours) == ref["repr"]
+    check_against(ref, ours, x)
 
 
-def test_conv_reprs_match_torch():
-    torch = pytest.importorskip("torch")
-    for args, kw in [((3, 16, 3), dict(padding=1)), ((4, 8, (3, 5)), dict(stride=(2, 1))),
-                     ((4, 4, 3), dict(padding="same", groups=4, bias=False)),
-                     ((2, 2, 3), dict(dilation=2, padding_mode="replicate"))]:
-        assert repr(nn.Conv2d(*args, **kw)) == repr(torch.nn.Conv2d(*args, **kw))
-    assert repr(nn.Conv1d(2, 3, 3, padding="valid")) == repr(torch.nn.Conv1d(2, 3, 3,
-                                                                             padding="valid"))
+def test_conv_reprs_match_torch(oracle):
+    cases = [((3, 16, 3), dict(padding=1)), ((4, 8, (3, 5)), dict(stride=(2, 1))),
+             ((4, 4, 3), dict(padding="same", groups=4, bias=False)),
+             ((2, 2, 3), dict(dilation=2, padding_mode="replicate"))]
+    want = oracle(lambda torch: [repr(torch.nn.Conv2d(*a, **kw)) for a, kw in cases]
+                  + [repr(torch.nn.Conv1d(2, 3, 3, padding="valid"))])
+    got = [repr(nn.Conv2d(*a, **kw)) for a, kw in cases] + [repr(nn.Conv1d(2, 3, 3,
+                                                                           padding="valid"))]
+    assert got == want
 
 
 POOL_PARITY = [
@@ -594,17 +599,12 @@ POOL_PARITY = [
 
 
 @pytest.mark.parametrize("name,kw", POOL_PARITY)
-def test_pool2d_torch_parity(name, kw):
-    torch = pytest.importorskip("torch")
-    ours, theirs = getattr(nn, name)(**kw), getattr(torch.nn, name)(**kw)
-    assert repr(ours) == repr(theirs)
-    a, b = _torch_pair(np.random.default_rng(0).standard_normal((2, 3, 9, 7)).astype(np.float32),
-                       torch)
-    y, yt = ours(a), theirs(b)
-    if kw.get("return_indices"):
-        np.testing.assert_array_equal(arr(y[1]), yt[1].numpy())
-        y, yt = y[0], yt[0]
-    _check_parity(y, yt, [(a, b)])
+def test_pool2d_torch_parity(oracle, name, kw):
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 7)).astype(np.float32)
+    ref = oracle(lambda torch: torch_run(torch, getattr(torch.nn, name)(**kw), x))
+    ours = getattr(nn, name)(**kw)
+    assert repr(ours) == ref["repr"]
+    check_against(ref, ours, x)
 
 
 @pytest.mark.parametrize("name,kw", [
@@ -614,35 +614,25 @@ def test_pool2d_torch_parity(name, kw):
                        ceil_mode=True)),
     ("AdaptiveAvgPool1d", dict(output_size=4)),
 ])
-def test_pool1d_torch_parity(name, kw):
-    torch = pytest.importorskip("torch")
-    ours, theirs = getattr(nn, name)(**kw), getattr(torch.nn, name)(**kw)
-    assert repr(ours) == repr(theirs)
-    a, b = _torch_pair(np.random.default_rng(0).standard_normal((2, 3, 11)).astype(np.float32),
-                       torch)
-    y, yt = ours(a), theirs(b)
-    if kw.get("return_indices"):
-        np.testing.assert_array_equal(arr(y[1]), yt[1].numpy())
-        y, yt = y[0], yt[0]
-    _check_parity(y, yt, [(a, b)])
+def test_pool1d_torch_parity(oracle, name, kw):
+    x = np.random.default_rng(0).standard_normal((2, 3, 11)).astype(np.float32)
+    ref = oracle(lambda torch: torch_run(torch, getattr(torch.nn, name)(**kw), x))
+    ours = getattr(nn, name)(**kw)
+    assert repr(ours) == ref["repr"]
+    check_against(ref, ours, x)
 
 
-def test_small_cnn_torch_parity():
+def test_small_cnn_torch_parity(oracle):
     """A conv / pool / linear stack with the same weights gives the same loss and gradients."""
-    torch = pytest.importorskip("torch")
 
     def build(lib):
         n = lib.nn
         return n.Sequential(n.Conv2d(1, 4, 3, padding=1), n.ReLU(), n.MaxPool2d(2),
                             n.Conv2d(4, 8, 3, stride=2), n.ReLU(), n.AdaptiveAvgPool2d(2),
                             n.Flatten(), n.Linear(32, 3))
-    ours, theirs = build(ddp), build(torch)
-    ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
-                          theirs.state_dict().items()})
     x = np.random.default_rng(0).standard_normal((4, 1, 12, 12)).astype(np.float32)
-    a, b = _torch_pair(x, torch)
-    _check_parity(ours(a), theirs(b), [(a, b)] + list(zip(ours.parameters(),
-                                                           theirs.parameters())))
+    ref = oracle(lambda torch: torch_run(torch, build(torch), x))
+    check_against(ref, build(ddp), x)
 
 
 # ============================================================== higher-order gradients
@@ -664,10 +654,9 @@ def test_pool_double_backward_gradgradcheck():
     assert gradgradcheck(lambda t: F.avg_pool2d(t, 3, 2, 1, count_include_pad=False), (x,))
 
 
-def test_gradient_penalty_torch_parity():
+def test_gradient_penalty_torch_parity(oracle):
     """d/dweights of ||d out / d x||^2 through conv, pooling and transposed conv (the gradient
     penalty of WGAN-GP) matches PyTorch."""
-    torch = pytest.importorskip("torch")
 
     def penalty(lib, conv, up, x):
         fn = lib.nn.functional
@@ -676,17 +665,27 @@ def test_gradient_penalty_torch_parity():
         grad, = lib.autograd.grad(out, x, create_graph=True)
         return (grad ** 2).sum()
 
-    convs = [(nn.Conv2d(2, 4, 3, padding=1), torch.nn.Conv2d(2, 4, 3, padding=1)),
-             (nn.ConvTranspose2d(4, 3, 2, stride=2), torch.nn.ConvTranspose2d(4, 3, 2, stride=2))]
-    for ours, theirs in convs:
-        ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
-                              theirs.state_dict().items()})
+    def convs(lib):
+        return [lib.nn.Conv2d(2, 4, 3, padding=1), lib.nn.ConvTranspose2d(4, 3, 2, stride=2)]
     x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)
-    a, b = _torch_pair(x, torch)
-    p, pt = penalty(ddp, *[c[0] for c in convs], a), penalty(torch, *[c[1] for c in convs], b)
-    np.testing.assert_allclose(float(p), float(pt.detach()), rtol=1e-4)
+
+    def reference(torch):
+        mods = convs(torch)
+        pt = penalty(torch, *mods, torch.tensor(x, requires_grad=True))
+        pt.backward()
+        return {"p": float(pt.detach()),
+                "state": [{k: v.detach().numpy() for k, v in m.state_dict().items()}
+                          for m in mods],
+                "grads": [[q.grad.numpy() for q in m.parameters()] for m in mods]}
+    ref = oracle(reference)
+    ours = convs(ddp)
+    for m, state in zip(ours, ref["state"]):
+        m.load_state_dict({k: ddp.tensor(v) for k, v in state.items()})
+    p = penalty(ddp, *ours, ddp.tensor(x, requires_grad=True))
+    np.testing.assert_allclose(float(p), float(ref["p"]), rtol=1e-4)
     p.backward()
-    pt.backward()
-    for ours, theirs in convs:
-        for q, r in zip(ours.parameters(), theirs.parameters()):
-            np.testing.assert_allclose(arr(q.grad), r.grad.numpy(), rtol=1e-3, atol=1e-5)
+    for m, grads in zip(ours, ref["grads"]):
+        params = list(m.parameters())
+        assert len(params) == len(grads)
+        for q, r in zip(params, grads):
+            np.testing.assert_allclose(arr(q.grad), r, rtol=1e-3, atol=1e-5)
