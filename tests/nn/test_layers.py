@@ -23,9 +23,13 @@ def rand(*shape, seed=0, requires_grad=True):
     return ddp.tensor(data, requires_grad=requires_grad)
 
 
-def from_torch(ours, theirs):
-    ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
-                          theirs.state_dict().items()})
+def state_of(module):
+    """A torch module's state as NumPy arrays (what an oracle answer holds)."""
+    return {k: v.detach().numpy() for k, v in module.state_dict().items()}
+
+
+def load_state(ours, state):
+    ours.load_state_dict({k: ddp.tensor(v) for k, v in state.items()})
 
 
 # ============================================================== Linear, Identity
@@ -75,18 +79,25 @@ def test_identity():
     assert m(x) is x and repr(m) == "Identity()"
 
 
-def test_linear_torch_parity():
-    torch = pytest.importorskip("torch")
-    ours, theirs = nn.Linear(6, 3), torch.nn.Linear(6, 3)
-    from_torch(ours, theirs)
+def test_linear_torch_parity(oracle):
     x = np.random.default_rng(0).standard_normal((2, 5, 6)).astype(np.float32)
-    a, b = ddp.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
-    y, yt = ours(a), theirs(b)
-    np.testing.assert_allclose(arr(y), yt.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+    def reference(torch):
+        theirs = torch.nn.Linear(6, 3)
+        b = torch.tensor(x, requires_grad=True)
+        yt = theirs(b)
+        (yt * yt).sum().backward()
+        return {"state": state_of(theirs), "y": yt.detach().numpy(),
+                "grads": [q.grad.numpy() for q in (b, theirs.weight, theirs.bias)]}
+    ref = oracle(reference)
+    ours = nn.Linear(6, 3)
+    load_state(ours, ref["state"])
+    a = ddp.tensor(x, requires_grad=True)
+    y = ours(a)
+    np.testing.assert_allclose(arr(y), ref["y"], rtol=1e-5, atol=1e-6)
     (y * y).sum().backward()
-    (yt * yt).sum().backward()
-    for p, q in ((a, b), (ours.weight, theirs.weight), (ours.bias, theirs.bias)):
-        np.testing.assert_allclose(arr(p.grad), q.grad.numpy(), rtol=1e-5, atol=1e-5)
+    for p, q in zip((a, ours.weight, ours.bias), ref["grads"]):
+        np.testing.assert_allclose(arr(p.grad), q, rtol=1e-5, atol=1e-5)
 
 
 # ============================================================== Flatten, Unflatten
@@ -220,18 +231,24 @@ def test_embedding_from_pretrained_and_errors():
         nn.Embedding(3, 2, padding_idx=3)
 
 
-def test_embedding_torch_parity():
-    torch = pytest.importorskip("torch")
-    ours, theirs = nn.Embedding(7, 4, padding_idx=1), torch.nn.Embedding(7, 4, padding_idx=1)
-    from_torch(ours, theirs)
-    assert repr(ours) == repr(theirs)
+def test_embedding_torch_parity(oracle):
     idx = np.array([[1, 3, 3, 6], [0, 1, 2, 3]])
-    y, yt = ours(ddp.tensor(idx)), theirs(torch.tensor(idx))
-    np.testing.assert_array_equal(arr(y), yt.detach().numpy())
     g = np.random.default_rng(0).standard_normal((2, 4, 4)).astype(np.float32)
+
+    def reference(torch):
+        theirs = torch.nn.Embedding(7, 4, padding_idx=1)
+        yt = theirs(torch.tensor(idx))
+        yt.backward(torch.tensor(g))
+        return {"state": state_of(theirs), "repr": repr(theirs), "y": yt.detach().numpy(),
+                "gw": theirs.weight.grad.numpy()}
+    ref = oracle(reference)
+    ours = nn.Embedding(7, 4, padding_idx=1)
+    load_state(ours, ref["state"])
+    assert repr(ours) == ref["repr"]
+    y = ours(ddp.tensor(idx))
+    np.testing.assert_array_equal(arr(y), ref["y"])
     y.backward(ddp.tensor(g))
-    yt.backward(torch.tensor(g))
-    np.testing.assert_allclose(arr(ours.weight.grad), theirs.weight.grad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(arr(ours.weight.grad), ref["gw"], rtol=1e-6)
 
 
 # ============================================================== one_hot, pad, normalize
@@ -310,13 +327,12 @@ def test_unfold_matches_numpy_and_fold_is_its_adjoint():
     assert gradgradcheck(lambda t: F.unfold(t, 2) ** 2, (rand(1, 1, 3, 3),))
 
 
-def test_fold_torch_parity():
-    torch = pytest.importorskip("torch")
+def test_fold_torch_parity(oracle):
     x = np.random.default_rng(0).standard_normal((2, 12, 10)).astype(np.float32)
     ours = F.fold(ddp.tensor(x), (4, 5), (2, 3), padding=(1, 0), stride=(1, 2))
-    theirs = torch.nn.functional.fold(torch.tensor(x), (4, 5), (2, 3), padding=(1, 0),
-                                      stride=(1, 2))
-    np.testing.assert_allclose(arr(ours), theirs.numpy(), rtol=1e-6, atol=1e-6)
+    theirs = oracle(lambda torch: torch.nn.functional.fold(
+        torch.tensor(x), (4, 5), (2, 3), padding=(1, 0), stride=(1, 2)).numpy())
+    np.testing.assert_allclose(arr(ours), theirs, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kw", [dict(scale_factor=2), dict(size=(5, 3)),
@@ -324,16 +340,23 @@ def test_fold_torch_parity():
                                 dict(size=(7, 4), mode="bilinear", align_corners=True),
                                 dict(scale_factor=1.5, mode="bilinear"),
                                 dict(size=(3, 2), mode="nearest-exact")])
-def test_interpolate_torch_parity(kw):
-    torch = pytest.importorskip("torch")
+def test_interpolate_torch_parity(oracle, kw):
     x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
-    a, b = ddp.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
-    y, yt = F.interpolate(a, **kw), torch.nn.functional.interpolate(b, **kw)
-    np.testing.assert_allclose(arr(y), yt.detach().numpy(), rtol=1e-5, atol=1e-6)
-    g = np.random.default_rng(1).standard_normal(tuple(yt.shape)).astype(np.float32)
-    y.backward(ddp.tensor(g))
-    yt.backward(torch.tensor(g))
-    np.testing.assert_allclose(arr(a.grad), b.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+    def upstream(shape):
+        return np.random.default_rng(1).standard_normal(tuple(shape)).astype(np.float32)
+
+    def reference(torch):
+        b = torch.tensor(x, requires_grad=True)
+        yt = torch.nn.functional.interpolate(b, **kw)
+        yt.backward(torch.tensor(upstream(yt.shape)))
+        return {"y": yt.detach().numpy(), "gx": b.grad.numpy()}
+    ref = oracle(reference)
+    a = ddp.tensor(x, requires_grad=True)
+    y = F.interpolate(a, **kw)
+    np.testing.assert_allclose(arr(y), ref["y"], rtol=1e-5, atol=1e-6)
+    y.backward(ddp.tensor(upstream(y.shape)))
+    np.testing.assert_allclose(arr(a.grad), ref["gx"], rtol=1e-5, atol=1e-5)
 
 
 def test_interpolate_formulas_and_gradcheck():
