@@ -333,9 +333,12 @@ def test_float32_default_and_double():
 
 # --------------------------------------------------------------------------- torch parity
 
-def _load_from_torch(ours, theirs):
-    ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
-                          theirs.state_dict().items()})
+def _state_of(module):
+    return {k: v.detach().numpy() for k, v in module.state_dict().items()}
+
+
+def _load_state(ours, state):
+    ours.load_state_dict({k: ddp.tensor(v) for k, v in state.items()})
 
 
 TORCH_CONFIGS = [
@@ -353,80 +356,106 @@ TORCH_CONFIGS = [
 @pytest.mark.parametrize("cls,kwargs", TORCH_CONFIGS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("batched", [True, False])
-def test_matches_torch_after_loading_its_state_dict(cls, kwargs, dtype, batched):
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    theirs = getattr(torch.nn, cls)(I, H, **kwargs).to(getattr(torch, dtype))
-    ours = getattr(nn, cls)(I, H, **kwargs).to(getattr(ddp, dtype))
-    _load_from_torch(ours, theirs)
+def test_matches_torch_after_loading_its_state_dict(oracle, cls, kwargs, dtype, batched):
+    rng = np.random.default_rng(2)  # inputs of this case alone (the oracle records them)
     lstm = cls == "LSTM"
     layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
     h_size = kwargs.get("proj_size") or H
-    x = RNG.standard_normal((N, L, I) if kwargs.get("batch_first") else (L, N, I))
-    h0, c0 = RNG.standard_normal((layers, N, h_size)), RNG.standard_normal((layers, N, H))
+    x = rng.standard_normal((N, L, I) if kwargs.get("batch_first") else (L, N, I))
+    h0, c0 = rng.standard_normal((layers, N, h_size)), rng.standard_normal((layers, N, H))
     if not batched:
         x, h0, c0 = x[0] if kwargs.get("batch_first") else x[:, 0], h0[:, 0], c0[:, 0]
     values = [v.astype(dtype) for v in (x, h0, c0)]
+    n_out = 3 if lstm else 2
+    # upstream gradients for every output, drawn before either side runs
+    out_shape = ((N, L) if kwargs.get("batch_first") else (L, N)) if batched else (L,)
+    out_shape = out_shape + ((2 if kwargs.get("bidirectional") else 1) * h_size,)
+    grads = [rng.standard_normal(s).astype(dtype) for s in
+             [out_shape] + [v.shape for v in values[1:n_out]]]
+
+    def reference(torch):
+        theirs = getattr(torch.nn, cls)(I, H, **kwargs).to(getattr(torch, dtype))
+        tx, th, tc = (torch.tensor(v, requires_grad=True) for v in values)
+        ref, ref_hidden = theirs(tx, (th, tc) if lstm else th)
+        ref_hidden = ref_hidden if lstm else (ref_hidden,)
+        outs = (ref,) + tuple(ref_hidden)
+        sum(((o * torch.tensor(g)).sum() for o, g in zip(outs, grads))).backward()
+        return {"state": _state_of(theirs), "outs": [o.detach().numpy() for o in outs],
+                "input_grads": [t.grad.numpy() for t in (tx, th, tc)[:n_out]],
+                "param_grads": {n: p.grad.numpy() for n, p in theirs.named_parameters()}}
+    want = oracle(reference)
+    ours = getattr(nn, cls)(I, H, **kwargs).to(getattr(ddp, dtype))
+    _load_state(ours, want["state"])
     ox, oh, oc = (ddp.tensor(v, requires_grad=True) for v in values)
-    tx, th, tc = (torch.tensor(v, requires_grad=True) for v in values)
     out, hidden = ours(ox, (oh, oc) if lstm else oh)
-    ref, ref_hidden = theirs(tx, (th, tc) if lstm else th)
     hidden = hidden if lstm else (hidden,)
-    ref_hidden = ref_hidden if lstm else (ref_hidden,)
+    outs = (out,) + tuple(hidden)
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(arr(out), ref.detach().numpy(), **tol)
-    for a, b in zip(hidden, ref_hidden):
-        np.testing.assert_allclose(arr(a), b.detach().numpy(), **tol)
+    assert len(outs) == len(want["outs"])
+    for a, b in zip(outs, want["outs"]):
+        np.testing.assert_allclose(arr(a), b, **tol)
     # backward from every output with random weights
-    grads = [RNG.standard_normal(tuple(t.shape)).astype(dtype) for t in (ref,) + tuple(ref_hidden)]
-    sum(((o * ddp.tensor(g)).sum() for o, g in zip((out,) + tuple(hidden), grads))).backward()
-    sum(((o * torch.tensor(g)).sum() for o, g in zip((ref,) + tuple(ref_hidden), grads))).backward()
-    pairs = [(ox, tx), (oh, th)] + ([(oc, tc)] if lstm else [])
+    sum(((o * ddp.tensor(g)).sum() for o, g in zip(outs, grads))).backward()
+    for a, b in zip((ox, oh, oc)[:n_out], want["input_grads"]):
+        np.testing.assert_allclose(arr(a.grad), b, **tol)
     ours_params = dict(ours.named_parameters())
-    pairs += [(ours_params[n], p) for n, p in theirs.named_parameters()]
-    for a, b in pairs:
-        np.testing.assert_allclose(arr(a.grad), b.grad.numpy(), **tol)
+    assert sorted(ours_params) == sorted(want["param_grads"])
+    for n, g in want["param_grads"].items():
+        np.testing.assert_allclose(arr(ours_params[n].grad), g, err_msg=n, **tol)
 
 
 @pytest.mark.parametrize("cls", ["RNNCell", "LSTMCell", "GRUCell"])
-def test_cells_match_torch(cls):
-    torch = pytest.importorskip("torch")
-    theirs = getattr(torch.nn, cls)(I, H).double()
+def test_cells_match_torch(oracle, cls):
+    x = np.random.default_rng(2).standard_normal((N, I))
+
+    def combine(out):
+        return out[0] * out[1] if cls == "LSTMCell" else out
+
+    def reference(torch):
+        theirs = getattr(torch.nn, cls)(I, H).double()
+        tx = torch.tensor(x, requires_grad=True)
+        ref = combine(theirs(tx))
+        ref.sum().backward()
+        return {"state": _state_of(theirs), "y": ref.detach().numpy(), "gx": tx.grad.numpy(),
+                "g_hh": theirs.weight_hh.grad.numpy()}
+    want = oracle(reference)
     ours = getattr(nn, cls)(I, H, dtype=ddp.float64)
-    _load_from_torch(ours, theirs)
-    x = RNG.standard_normal((N, I))
-    ox, tx = ddp.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
-    out, ref = ours(ox), theirs(tx)
-    if cls == "LSTMCell":
-        out, ref = out[0] * out[1], ref[0] * ref[1]
-    np.testing.assert_allclose(arr(out), ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    _load_state(ours, want["state"])
+    ox = ddp.tensor(x, requires_grad=True)
+    out = combine(ours(ox))
+    np.testing.assert_allclose(arr(out), want["y"], rtol=1e-10, atol=1e-12)
     out.sum().backward()
-    ref.sum().backward()
-    np.testing.assert_allclose(arr(ox.grad), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(arr(ours.weight_hh.grad), theirs.weight_hh.grad.numpy(),
-                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(arr(ox.grad), want["gx"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(arr(ours.weight_hh.grad), want["g_hh"], rtol=1e-10, atol=1e-12)
 
 
-def test_state_dict_loads_into_torch():
-    torch = pytest.importorskip("torch")
+def test_state_dict_loads_into_torch(oracle):
+    ddp.manual_seed(0)  # our initial weights are the oracle's input
     ours = nn.LSTM(I, H, num_layers=2, bidirectional=True, dtype=ddp.float64)
-    theirs = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True).double()
-    theirs.load_state_dict({k: torch.tensor(arr(v)) for k, v in ours.state_dict().items()})
-    x = RNG.standard_normal((L, N, I))
-    np.testing.assert_allclose(arr(ours(ddp.tensor(x))[0]),
-                               theirs(torch.tensor(x))[0].detach().numpy(), rtol=1e-10)
+    state = {k: arr(v) for k, v in ours.state_dict().items()}
+    x = np.random.default_rng(2).standard_normal((L, N, I))
+
+    def reference(torch):
+        theirs = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True).double()
+        theirs.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+        return theirs(torch.tensor(x))[0].detach().numpy()
+    np.testing.assert_allclose(arr(ours(ddp.tensor(x))[0]), oracle(reference), rtol=1e-10)
 
 
-def test_long_sequence_matches_torch():
-    torch = pytest.importorskip("torch")
-    theirs = torch.nn.GRU(2, 3).double()
+def test_long_sequence_matches_torch(oracle):
+    x = np.random.default_rng(2).standard_normal((300, 1, 2))
+
+    def reference(torch):
+        theirs = torch.nn.GRU(2, 3).double()
+        tx = torch.tensor(x, requires_grad=True)
+        theirs(tx)[0].sum().backward()
+        return {"state": _state_of(theirs), "gx": tx.grad.numpy()}
+    want = oracle(reference)
     ours = nn.GRU(2, 3, dtype=ddp.float64)
-    _load_from_torch(ours, theirs)
-    x = RNG.standard_normal((300, 1, 2))
-    ox, tx = ddp.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    _load_state(ours, want["state"])
+    ox = ddp.tensor(x, requires_grad=True)
     ours(ox)[0].sum().backward()
-    theirs(tx)[0].sum().backward()
-    np.testing.assert_allclose(arr(ox.grad), tx.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(arr(ox.grad), want["gx"], rtol=1e-9, atol=1e-12)
 
 
 def test_no_warnings_on_normal_use():
