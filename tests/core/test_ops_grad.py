@@ -519,20 +519,21 @@ def test_maximum_minimum_ties_split_half():
     (lambda a: a.amax((0, 1), keepdim=True).sum(), [[0, 1 / 3, 0], [1 / 3, 0, 1 / 3]]),
     (lambda a: a.norm(float("inf")), [[0, 1 / 3, 0], [1 / 3, 0, 1 / 3]]),
 ], ids=["max", "amax", "min", "amin", "amax_dim", "amin_dim", "amax_tuple", "norm_inf"])
-def test_full_reductions_share_ties_evenly(fn, expected):
+def test_full_reductions_share_ties_evenly(oracle, fn, expected):
     x = leaf([[-1.0, 3.0, 2.0], [3.0, -1.0, 3.0]])
     (g,) = grad_of(fn, x)
     np.testing.assert_allclose(g, expected, rtol=0, atol=1e-15)
-    torch = _torch()
-    if torch is not None:
+
+    def reference(torch):
         tx = torch.tensor(x.detach().numpy(), requires_grad=True)
         fn(tx).backward()
-        np.testing.assert_allclose(g, tx.grad.numpy(), atol=1e-15)
+        return tx.grad.numpy()
+    np.testing.assert_allclose(g, oracle(reference), atol=1e-15)
 
 
 @pytest.mark.parametrize("smallest", [False, True])
 @pytest.mark.parametrize("dim,keepdim", [(0, False), (1, True), (-1, False)])
-def test_max_min_with_dim_gradient_goes_to_the_returned_index(smallest, dim, keepdim):
+def test_max_min_with_dim_gradient_goes_to_the_returned_index(oracle, smallest, dim, keepdim):
     x = leaf([[2.0, 7.0, 7.0, 1.0], [5.0, 5.0, 0.0, 0.0], [2.0, 7.0, 3.0, 3.0]])
     values, indices = (x.min if smallest else x.max)(dim, keepdim)
     (g,) = ddp.autograd.grad(values.sum(), x)
@@ -541,13 +542,15 @@ def test_max_min_with_dim_gradient_goes_to_the_returned_index(smallest, dim, kee
     np.put_along_axis(expected, idx, 1.0, axis=dim)
     np.testing.assert_array_equal(g.numpy(), expected)
     assert expected.sum() == values.numel()
-    torch = _torch()
-    if torch is not None:
+
+    def reference(torch):
         tx = torch.tensor(x.detach().numpy(), requires_grad=True)
         tv, ti = (tx.min if smallest else tx.max)(dim, keepdim)
         tv.sum().backward()
-        np.testing.assert_array_equal(indices.numpy(), ti.numpy())
-        np.testing.assert_array_equal(g.numpy(), tx.grad.numpy())
+        return {"indices": ti.numpy(), "grad": tx.grad.numpy()}
+    want = oracle(reference)
+    np.testing.assert_array_equal(indices.numpy(), want["indices"])
+    np.testing.assert_array_equal(g.numpy(), want["grad"])
 
 
 def test_clamp_gradient_passes_at_the_bounds():
@@ -597,7 +600,7 @@ def test_abs_relu_sign_at_zero():
 # --------------------------------------------------------------------------- norm at zero
 
 @pytest.mark.parametrize("p", [2, "fro", 1, float("inf"), 3, 1.5])
-def test_norm_at_zero_vector_has_zero_gradient(p):
+def test_norm_at_zero_vector_has_zero_gradient(oracle, p):
     x = leaf(np.zeros((2, 3)))
     (g,) = grad_of(lambda x: x.norm(p), x)
     assert not np.isnan(g).any(), g
@@ -607,11 +610,12 @@ def test_norm_at_zero_vector_has_zero_gradient(p):
     (g,) = grad_of(lambda y: y.norm(p, dim=1).sum(), y)
     assert not np.isnan(g).any(), g
     np.testing.assert_array_equal(g[0], 0)
-    torch = _torch()
-    if torch is not None:
+
+    def reference(torch):
         ty = torch.tensor(y.detach().numpy(), requires_grad=True)
         ty.norm(p, dim=1).sum().backward()
-        np.testing.assert_allclose(g, ty.grad.numpy(), atol=1e-12)
+        return ty.grad.numpy()
+    np.testing.assert_allclose(g, oracle(reference), atol=1e-12)
 
 
 @pytest.mark.parametrize("p", [2, 1, 3])
@@ -632,7 +636,7 @@ def test_norm_at_zero_vector_under_create_graph(p):
     [[0.0, 0.0, 0.0], [-2.0, 0.5, 0.0]],
 ], ids=["no_zero", "one_zero", "two_zeros", "all_zero_row"])
 @pytest.mark.parametrize("dim", [None, 0, 1, -1])
-def test_prod_gradient_with_zeros(values, dim):
+def test_prod_gradient_with_zeros(oracle, values, dim):
     v = np.asarray(values)
     x = leaf(v)
     out = x.prod() if dim is None else x.prod(dim)
@@ -648,11 +652,12 @@ def test_prod_gradient_with_zeros(values, dim):
             expected[i] = np.prod(np.delete(line, i[d]))
     np.testing.assert_array_equal(g.numpy(), expected)
     assert np.isfinite(g.numpy()).all()
-    torch = _torch()
-    if torch is not None:
+
+    def reference(torch):
         tx = torch.tensor(v, requires_grad=True)
         (tx.prod() if dim is None else tx.prod(dim)).sum().backward()
-        np.testing.assert_array_equal(g.numpy(), tx.grad.numpy())
+        return tx.grad.numpy()
+    np.testing.assert_array_equal(g.numpy(), oracle(reference))
 
 
 def test_prod_with_zero_gradcheck():
@@ -801,14 +806,6 @@ def test_matmul_broadcast_batch_gradient_values():
 
 # --------------------------------------------------------------------------- torch oracle
 
-def _torch():
-    try:
-        import torch
-    except Exception:
-        return None
-    return torch
-
-
 ORACLE = [  # (name, fn(module, *inputs) that runs on ddp and torch alike, shapes, dom)
     ("div_bcast", lambda m, a, b: a / b, [(3, 4), (4,)], "pos"),
     ("pow_tensor", lambda m, a, b: a ** b, [(3, 4), (3, 1)], "pos"),
@@ -847,19 +844,22 @@ ORACLE = [  # (name, fn(module, *inputs) that runs on ddp and torch alike, shape
 
 
 @pytest.mark.parametrize("name,fn,shapes,dom", ORACLE, ids=[o[0] for o in ORACLE])
-def test_gradients_match_torch(name, fn, shapes, dom):
-    torch = pytest.importorskip("torch")
+def test_gradients_match_torch(oracle, name, fn, shapes, dom):
     inputs = make_inputs(name, shapes, dom)
     out = fn(ddp, *inputs)
     gout = np.random.default_rng(1).standard_normal(tuple(out.shape))
     grads = ddp.autograd.grad(out, inputs, ddp.tensor(gout, dtype=F64))
-    t_inputs = [torch.tensor(x.detach().numpy(), requires_grad=True) for x in inputs]
-    t_out = fn(torch, *t_inputs)
-    t_grads = torch.autograd.grad(t_out, t_inputs, torch.tensor(gout))
-    np.testing.assert_allclose(out.detach().numpy(), t_out.detach().numpy(), rtol=1e-12,
-                               atol=1e-12)
-    for g, tg in zip(grads, t_grads):
-        np.testing.assert_allclose(g.numpy(), tg.numpy(), rtol=1e-10, atol=1e-12)
+
+    def reference(torch):
+        t_inputs = [torch.tensor(x.detach().numpy(), requires_grad=True) for x in inputs]
+        t_out = fn(torch, *t_inputs)
+        t_grads = torch.autograd.grad(t_out, t_inputs, torch.tensor(gout))
+        return {"out": t_out.detach().numpy(), "grads": [tg.numpy() for tg in t_grads]}
+    want = oracle(reference)
+    np.testing.assert_allclose(out.detach().numpy(), want["out"], rtol=1e-12, atol=1e-12)
+    assert len(grads) == len(want["grads"])
+    for g, tg in zip(grads, want["grads"]):
+        np.testing.assert_allclose(g.numpy(), tg, rtol=1e-10, atol=1e-12)
 
 
 # The same table on CuPy when a GPU is present (skipped cleanly otherwise): every tensor the
