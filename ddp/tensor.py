@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numbers
 import weakref
-from collections import namedtuple
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from ._format import tensor_repr
 from .autograd import graph as _graph
 from .autograd.grad_mode import state as _mode
 from .autograd.gradients import backward as _backward
+from .autograd.hooks import RemovableHandle
 from .creation import _size_args
 from .ops import elementwise as E
 from .ops import reduction as R
@@ -412,12 +413,12 @@ class Tensor:
             raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
         if self.grad_fn is None:
             if self._hooks is None:
-                self._hooks = []
-            return _Handle(self._hooks, hook)
+                self._hooks = OrderedDict()
+            return _add_hook(self._hooks, hook)
         fn = self.grad_fn
         if fn.pre_hooks is None:
             fn.pre_hooks = {}
-        return _Handle(fn.pre_hooks.setdefault(self._output_nr, []), hook)
+        return _add_hook(fn.pre_hooks.setdefault(self._output_nr, OrderedDict()), hook)
 
     def register_post_accumulate_grad_hook(self, hook):
         """Call ``hook(tensor)`` after this leaf's ``.grad`` has been accumulated in a backward
@@ -432,8 +433,8 @@ class Tensor:
         if not self._requires_grad:
             raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
         if self._post_acc_hooks is None:
-            self._post_acc_hooks = []
-        return _Handle(self._post_acc_hooks, hook)
+            self._post_acc_hooks = OrderedDict()
+        return _add_hook(self._post_acc_hooks, hook)
 
     # ------------------------------------------------------------------ in-place machinery
     def _adopt(self, result, recording):
@@ -1484,16 +1485,12 @@ def _rebuild(arr, device, requires_grad):
     return t
 
 
-class _Handle:
-    """What ``register_hook`` returns: ``handle.remove()`` unregisters the hook."""
-
-    def __init__(self, hooks, hook):
-        self._hooks, self._hook = hooks, hook
-        hooks.append(hook)
-
-    def remove(self):
-        if self._hook in self._hooks:
-            self._hooks.remove(self._hook)
+def _add_hook(hooks, hook):
+    """Store ``hook`` in ``hooks`` (an OrderedDict: a plain dict cannot be weakly referenced)
+    under a new handle's id."""
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = hook
+    return handle
 
 
 def _np_aliases(dim, keepdim, axis, keepdims):

@@ -34,14 +34,15 @@ FLOORS = [
     ("backend", ["ddp.backend", "ddp._format", "ddp._version"]),
     ("autograd", ["ddp.autograd", "ddp.autograd.*"]),
     ("ops", ["ddp.ops", "ddp.ops.*", "ddp.creation"]),
-    ("tensor", ["ddp.tensor"]),
+    ("tensor", ["ddp.tensor", "ddp._grads"]),
     ("functional", ["ddp._functions", "ddp.nn.functional", "ddp.nn.functional.*", "ddp.qtensor"]),
     ("nn, optim, data", ["ddp.nn.*", "ddp.optim", "ddp.optim.*", "ddp.utils.data.*",
                          "ddp.serialization", "ddp.serialization.*", "ddp.metrics"]),
     ("distributed", ["ddp.distributed", "ddp.distributed.*", "ddp.nn.parallel",
                      "ddp.nn.parallel.*", "ddp.nn.sync_batchnorm", "ddp.utils.data.distributed",
                      # package faces that hand on names from this floor
-                     "ddp.nn", "ddp.utils", "ddp.utils.data"]),
+                     "ddp.nn", "ddp.utils", "ddp.utils.data",
+                     "ddp.utils.hooks"]),  # the public name of ddp.autograd.hooks' handle
     ("amp", ["ddp.amp", "ddp.amp.*", "ddp.accumulation", "ddp.progress", "ddp.ao", "ddp.ao.*",
              "ddp.quantization"]),
     ("package", ["ddp", "ddp.cuda", "ddp.onnx", "ddp.onnx.*", "ddp.profiler"]),

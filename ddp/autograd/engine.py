@@ -76,7 +76,7 @@ def _run_tensor_hooks(hooks, g, create_graph):
     ``retain_grad``'s hook runs last whenever it was registered, so ``.grad`` shows the final
     gradient."""
     retain = None
-    for hook in hooks:
+    for hook in tuple(hooks.values()):  # a hook may remove itself
         if getattr(hook, "_retains_grad", False):
             retain = hook
             continue
@@ -335,5 +335,5 @@ def _finish_leaf(t, g, accumulate, create_graph, captures, captured, fresh=False
     else:
         t.grad._data += g
     if t._post_acc_hooks:
-        for hook in t._post_acc_hooks:
+        for hook in tuple(t._post_acc_hooks.values()):
             hook(t)

@@ -24,7 +24,9 @@ import weakref
 from collections import OrderedDict, namedtuple
 
 from .. import backend
+from .._grads import zero_grad as _zero_grad
 from ..autograd import no_grad
+from ..autograd.hooks import RemovableHandle
 from ..tensor import Tensor
 from .parameter import Buffer, Parameter
 
@@ -48,51 +50,6 @@ class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpec
         return super().__repr__()
 
     __str__ = __repr__
-
-
-class RemovableHandle:
-    """What the ``register_*_hook`` methods return: ``handle.remove()`` unregisters the hook
-    (it is also a context manager that removes the hook on exit).
-
-    Example:
-        >>> m = ddp.nn.Module()
-        >>> h = m.register_forward_pre_hook(lambda mod, args: None)
-        >>> h.remove(); len(m._forward_pre_hooks)
-        0
-    """
-    next_id = 0
-
-    def __init__(self, hooks_dict, *, extra_dict=None):
-        self.hooks_dict_ref = weakref.ref(hooks_dict)
-        self.id = RemovableHandle.next_id
-        RemovableHandle.next_id += 1
-        if extra_dict is None:
-            extra_dict = []
-        elif isinstance(extra_dict, dict):
-            extra_dict = [extra_dict]
-        self.extra_dict_ref = tuple(weakref.ref(d) for d in extra_dict)
-
-    def remove(self):
-        for ref in (self.hooks_dict_ref,) + self.extra_dict_ref:
-            d = ref()
-            if d is not None and self.id in d:
-                del d[self.id]
-
-    def __getstate__(self):
-        return (self.hooks_dict_ref(), self.id, tuple(ref() for ref in self.extra_dict_ref))
-
-    def __setstate__(self, state):
-        self.hooks_dict_ref = weakref.ref(state[0] if state[0] is not None else OrderedDict())
-        self.id = state[1]
-        RemovableHandle.next_id = max(RemovableHandle.next_id, self.id + 1)
-        self.extra_dict_ref = tuple(weakref.ref(d) for d in (state[2] if len(state) > 2 else ())
-                                    if d is not None)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.remove()
 
 
 def register_module_forward_pre_hook(hook):
@@ -1162,16 +1119,7 @@ class Module:
             >>> (m.w * 2).sum().backward(); m.zero_grad(); m.w.grad is None
             True
         """
-        for p in self.parameters():
-            if p.grad is not None:
-                if set_to_none:
-                    p.grad = None
-                else:
-                    if p.grad.grad_fn is not None:
-                        p.grad.detach_()
-                    else:
-                        p.grad.requires_grad_(False)
-                    p.grad.zero_()
+        _zero_grad(self.parameters(), set_to_none)
 
     # ------------------------------------------------------------------ printing
     def _get_name(self):

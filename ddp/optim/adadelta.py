@@ -10,8 +10,8 @@ Example:
 from __future__ import annotations
 
 from .. import backend
-from .optimizer import (Optimizer, advance_step, check_lr, check_not_differentiable,
-                        grad_for_update, step_counter, zeros_state)
+from .optimizer import (Optimizer, advance_step, check_hyperparameters, grad_for_update,
+                        step_counter, zeros_state)
 
 __all__ = ["Adadelta", "adadelta_update"]
 
@@ -77,14 +77,8 @@ class Adadelta(Optimizer):
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *,
                  capturable=False, maximize=False, differentiable=False):
-        check_lr(lr)
-        if not 0.0 <= rho <= 1.0:
-            raise ValueError(f"Invalid rho value: {rho}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        check_not_differentiable(differentiable)
+        check_hyperparameters(lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                              differentiable=differentiable)
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
                         capturable=capturable, foreach=foreach, differentiable=differentiable)
         super().__init__(params, defaults)

@@ -10,8 +10,8 @@ Example:
 from __future__ import annotations
 
 from .. import backend
-from .optimizer import (Optimizer, advance_step, check_lr, check_not_differentiable,
-                        grad_for_update, step_counter, zeros_state)
+from .optimizer import (Optimizer, advance_step, check_hyperparameters, grad_for_update,
+                        step_counter, zeros_state)
 
 __all__ = ["Adagrad", "adagrad_update"]
 
@@ -70,17 +70,9 @@ class Adagrad(Optimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
                  eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None):
-        check_lr(lr)
-        if not 0.0 <= lr_decay:
-            raise ValueError(f"Invalid lr_decay value: {lr_decay}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not 0.0 <= initial_accumulator_value:
-            raise ValueError("Invalid initial_accumulator_value value: "
-                             f"{initial_accumulator_value}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        check_not_differentiable(differentiable)
+        check_hyperparameters(lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                              initial_accumulator_value=initial_accumulator_value, eps=eps,
+                              differentiable=differentiable)
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach,
                         maximize=maximize, differentiable=differentiable, fused=fused)

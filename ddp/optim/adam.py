@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from .. import backend
 from ..tensor import Tensor
-from .optimizer import (Optimizer, advance_step, check_lr, check_not_differentiable,
-                        grad_for_update, lerp_, step_counter, zeros_state)
+from .optimizer import (Optimizer, advance_step, check_hyperparameters, grad_for_update, lerp_,
+                        step_counter, zeros_state)
 
 __all__ = ["Adam", "AdamW", "adam_update"]
 
@@ -93,19 +93,11 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False):
-        check_lr(lr)
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_hyperparameters(lr, eps=eps, betas=betas, weight_decay=weight_decay,
+                              differentiable=differentiable)
         if not (all(isinstance(b, float) for b in betas)
                 or all(isinstance(b, Tensor) for b in betas)):
             raise ValueError("betas must be either both floats or both Tensors")
-        check_not_differentiable(differentiable)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize, foreach=foreach,
                         capturable=capturable, differentiable=differentiable, fused=fused,

@@ -25,9 +25,11 @@ from itertools import chain
 import numpy as np
 
 from .. import backend
+from .._grads import zero_grad as _zero_grad
 from ..autograd.grad_mode import enable_grad
+from ..autograd.hooks import RemovableHandle
 from ..nn.container import _tensor_typename
-from ..nn.module import RemovableHandle, _typename
+from ..nn.module import _typename
 from ..tensor import Tensor
 
 __all__ = ["Optimizer", "required", "register_optimizer_step_pre_hook",
@@ -55,9 +57,7 @@ def register_optimizer_step_pre_hook(hook):
         >>> h = ddp.optim.optimizer.register_optimizer_step_pre_hook(lambda o, a, k: None)
         >>> h.remove()
     """
-    handle = RemovableHandle(_global_step_pre_hooks)
-    _global_step_pre_hooks[handle.id] = hook
-    return handle
+    return _register(_global_step_pre_hooks, hook)
 
 
 def register_optimizer_step_post_hook(hook):
@@ -67,8 +67,15 @@ def register_optimizer_step_post_hook(hook):
         >>> h = ddp.optim.optimizer.register_optimizer_step_post_hook(lambda o, a, k: None)
         >>> h.remove()
     """
-    handle = RemovableHandle(_global_step_post_hooks)
-    _global_step_post_hooks[handle.id] = hook
+    return _register(_global_step_post_hooks, hook)
+
+
+def _register(hooks, hook, prepend=False):
+    """Store ``hook`` in the OrderedDict ``hooks`` (first, with ``prepend``); return its handle."""
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = hook
+    if prepend:
+        hooks.move_to_end(handle.id, last=False)
     return handle
 
 
@@ -180,6 +187,10 @@ class Optimizer:
         """Hooks and scratch buffers: per instance, not part of the pickled state (as PyTorch)."""
         self._optimizer_step_pre_hooks = OrderedDict()
         self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
         self._workspace = {}  # scratch arrays per (device, dtype): see _scratch
 
     # ------------------------------------------------------------------ pickling and printing
@@ -273,18 +284,7 @@ class Optimizer:
             >>> opt.zero_grad(); w.grad is None
             True
         """
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                else:
-                    if p.grad.grad_fn is not None:
-                        p.grad.detach_()
-                    else:
-                        p.grad.requires_grad_(False)
-                    p.grad.zero_()
+        _zero_grad(chain.from_iterable(g["params"] for g in self.param_groups), set_to_none)
 
     # ------------------------------------------------------------------ the step
     @_with_step_hooks
@@ -350,9 +350,7 @@ class Optimizer:
             stepping
             >>> h.remove()
         """
-        handle = RemovableHandle(self._optimizer_step_pre_hooks)
-        self._optimizer_step_pre_hooks[handle.id] = hook
-        return handle
+        return _register(self._optimizer_step_pre_hooks, hook)
 
     def register_step_post_hook(self, hook):
         """Run ``hook(optimizer, args, kwargs)`` after each ``step()``. Returns a handle.
@@ -363,9 +361,56 @@ class Optimizer:
             >>> opt.step()
             stepped
         """
-        handle = RemovableHandle(self._optimizer_step_post_hooks)
-        self._optimizer_step_post_hooks[handle.id] = hook
-        return handle
+        return _register(self._optimizer_step_post_hooks, hook)
+
+    def register_state_dict_pre_hook(self, hook, prepend=False):
+        """Run ``hook(optimizer)`` before :meth:`state_dict` builds the dict (before the hooks
+        already registered, with ``prepend=True``). Returns a handle.
+
+        Example:
+            >>> w = ddp.nn.Parameter(ddp.ones(1)); opt = ddp.optim.SGD([w], lr=0.1)
+            >>> h = opt.register_state_dict_pre_hook(lambda o: print("saving"))
+            >>> _ = opt.state_dict()
+            saving
+        """
+        return _register(self._optimizer_state_dict_pre_hooks, hook, prepend)
+
+    def register_state_dict_post_hook(self, hook, prepend=False):
+        """Run ``hook(optimizer, state_dict)`` on the dict :meth:`state_dict` built; it may edit
+        it in place or return a new one. Returns a handle.
+
+        Example:
+            >>> w = ddp.nn.Parameter(ddp.ones(1)); opt = ddp.optim.SGD([w], lr=0.1)
+            >>> h = opt.register_state_dict_post_hook(lambda o, sd: {**sd, "epoch": 3})
+            >>> opt.state_dict()["epoch"]
+            3
+        """
+        return _register(self._optimizer_state_dict_post_hooks, hook, prepend)
+
+    def register_load_state_dict_pre_hook(self, hook, prepend=False):
+        """Run ``hook(optimizer, state_dict)`` on a shallow copy of the dict given to
+        :meth:`load_state_dict`, before it is loaded; it may return a replacement. Returns a
+        handle.
+
+        Example:
+            >>> w = ddp.nn.Parameter(ddp.ones(1)); opt = ddp.optim.SGD([w], lr=0.1)
+            >>> def drop_epoch(o, sd):
+            ...     sd.pop("epoch", None)
+            >>> h = opt.register_load_state_dict_pre_hook(drop_epoch)
+            >>> opt.load_state_dict({**opt.state_dict(), "epoch": 3})
+        """
+        return _register(self._optimizer_load_state_dict_pre_hooks, hook, prepend)
+
+    def register_load_state_dict_post_hook(self, hook, prepend=False):
+        """Run ``hook(optimizer)`` after :meth:`load_state_dict` has loaded. Returns a handle.
+
+        Example:
+            >>> w = ddp.nn.Parameter(ddp.ones(1)); opt = ddp.optim.SGD([w], lr=0.1)
+            >>> h = opt.register_load_state_dict_post_hook(lambda o: print("loaded"))
+            >>> opt.load_state_dict(opt.state_dict())
+            loaded
+        """
+        return _register(self._optimizer_load_state_dict_post_hooks, hook, prepend)
 
     # ------------------------------------------------------------------ state dict
     def state_dict(self):
@@ -383,6 +428,8 @@ class Optimizer:
             >>> opt.state_dict()["param_groups"][0]["params"]
             [0]
         """
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         index = {}
         packed_groups = []
         for group in self.param_groups:
@@ -393,7 +440,12 @@ class Optimizer:
             packed_groups.append(packed)
         packed_state = {(index[id(k)] if isinstance(k, Tensor) else k): v
                         for k, v in self.state.items()}
-        return {"state": packed_state, "param_groups": packed_groups}
+        state_dict = {"state": packed_state, "param_groups": packed_groups}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
 
     def load_state_dict(self, state_dict):
         """Load a state from :meth:`state_dict` (this optimizer's, or PyTorch's with its tensors
@@ -407,6 +459,11 @@ class Optimizer:
             >>> fresh.state[w]["step"]
             tensor(1.)
         """
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         groups = self.param_groups
         saved_groups = deepcopy(state_dict["param_groups"])
         if len(groups) != len(saved_groups):
@@ -434,6 +491,8 @@ class Optimizer:
         self.state = state
         self.param_groups = saved_groups
         self.defaults.setdefault("differentiable", False)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
 
 def _cast_state(param, value, key=None):
@@ -457,18 +516,53 @@ def _cast_state(param, value, key=None):
 
 # ---------------------------------------------------------------------- shared update pieces
 
-def check_lr(lr):
-    """PyTorch's checks of a learning rate: non-negative; a tensor ``lr`` has one element."""
+# Each checked hyperparameter: (accepts the value, the word PyTorch's message uses for it).
+_RULES = {
+    "eps": (lambda v: 0.0 <= v, "epsilon"),
+    "weight_decay": (lambda v: 0.0 <= v, "weight_decay"),
+    "momentum": (lambda v: 0.0 <= v, "momentum"),
+    "alpha": (lambda v: 0.0 <= v, "alpha"),
+    "rho": (lambda v: 0.0 <= v <= 1.0, "rho"),
+    "lr_decay": (lambda v: 0.0 <= v, "lr_decay"),
+    "initial_accumulator_value": (lambda v: 0.0 <= v, "initial_accumulator_value"),
+    "momentum_decay": (lambda v: 0.0 <= v, "momentum_decay"),
+}
+
+
+def check_hyperparameters(lr, *, differentiable=False, strict=False, **values):
+    """PyTorch's checks of an optimizer's arguments, with its messages, written once: ``lr``
+    (non-negative; a tensor ``lr`` has one element), then each keyword in the order given
+    (``eps``, ``betas``, ``weight_decay``, ``momentum``, ``etas``, ...), then
+    ``differentiable``. ``strict``: ``lr`` and ``eps`` must be positive (SparseAdam).
+
+    Example:
+        >>> check_hyperparameters(0.1, eps=1e-8, betas=(0.9, 0.999), weight_decay=0)
+        >>> check_hyperparameters(0.1, betas=(0.9, 1.0))
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid beta parameter at index 1: 1.0
+    """
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise ValueError("Tensor lr must be 1-element")
-    if not 0.0 <= lr:
+    if not (0.0 < lr if strict else 0.0 <= lr):
         raise ValueError(f"Invalid learning rate: {lr}")
-
-
-def check_not_differentiable(differentiable):
-    """Refuse ``differentiable=True``: ddp optimizers update the arrays in place, outside
-    autograd, so the update cannot be differentiated through."""
+    for name, value in values.items():
+        if name == "betas":
+            for i, beta in enumerate(value[:2]):
+                if not 0.0 <= beta < 1.0:
+                    raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+        elif name == "etas":
+            if not 0.0 < value[0] < 1.0 < value[1]:
+                raise ValueError(f"Invalid eta values: {value[0]}, {value[1]}")
+        elif name == "eps" and strict:
+            if not 0.0 < value:
+                raise ValueError(f"Invalid epsilon value: {value}")
+        else:
+            accepts, word = _RULES[name]
+            if not accepts(value):
+                raise ValueError(f"Invalid {word} value: {value}")
     if differentiable:
+        # ddp optimizers update the arrays in place, outside autograd
         raise NotImplementedError("differentiable=True is not supported: ddp optimizers update "
                                   "the parameter arrays in place, outside autograd")
 

@@ -10,8 +10,8 @@ Example:
 from __future__ import annotations
 
 from .. import backend
-from .optimizer import (Optimizer, advance_step, check_lr, check_not_differentiable,
-                        grad_for_update, lerp_, step_counter, zeros_state)
+from .optimizer import (Optimizer, advance_step, check_hyperparameters, grad_for_update, lerp_,
+                        step_counter, zeros_state)
 
 __all__ = ["RMSprop", "rmsprop_update"]
 
@@ -89,16 +89,8 @@ class RMSprop(Optimizer):
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
                  differentiable=False):
-        check_lr(lr)
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= momentum:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not 0.0 <= alpha:
-            raise ValueError(f"Invalid alpha value: {alpha}")
-        check_not_differentiable(differentiable)
+        check_hyperparameters(lr, eps=eps, momentum=momentum, weight_decay=weight_decay,
+                              alpha=alpha, differentiable=differentiable)
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach,
                         maximize=maximize, differentiable=differentiable)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .. import backend
 from ..tensor import Tensor
-from .optimizer import Optimizer, check_lr, check_not_differentiable, grad_for_update
+from .optimizer import Optimizer, check_hyperparameters, grad_for_update
 
 __all__ = ["SGD", "sgd_update"]
 
@@ -83,14 +83,10 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False,
                  *, maximize=False, foreach=None, differentiable=False, fused=None):
-        check_lr(lr)
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_hyperparameters(lr, momentum=momentum, weight_decay=weight_decay,
+                              differentiable=differentiable)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        check_not_differentiable(differentiable)
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach,
                         differentiable=differentiable, fused=fused)

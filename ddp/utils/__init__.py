@@ -1,4 +1,5 @@
-"""Utilities, as ``torch.utils``: :mod:`ddp.utils.data` (datasets, samplers, DataLoader).
+"""Utilities, as ``torch.utils``: :mod:`ddp.utils.data` (datasets, samplers, DataLoader) and
+:mod:`ddp.utils.hooks` (``RemovableHandle``).
 
 Example:
     >>> import ddp
@@ -6,6 +7,6 @@ Example:
     >>> len(DataLoader(range(10), batch_size=4))
     3
 """
-from . import data
+from . import data, hooks
 
-__all__ = ["data"]
+__all__ = ["data", "hooks"]

@@ -623,3 +623,68 @@ def test_repr():
     text = repr(optim.SGD([a], lr=0.1, momentum=0.9))
     assert text.startswith("SGD (\nParameter Group 0\n    dampening: 0\n")
     assert "    momentum: 0.9\n" in text and text.endswith("weight_decay: 0\n)")
+
+
+def test_state_dict_hooks_run_in_order_and_may_replace_the_dict():
+    a, _ = make_params(ddp, np.float32)
+    opt = optim.SGD([a], lr=0.1, momentum=0.9)
+    calls = []
+    opt.register_state_dict_pre_hook(lambda o: calls.append("pre"))
+    opt.register_state_dict_pre_hook(lambda o: calls.append("pre-first"), prepend=True)
+    opt.register_state_dict_post_hook(lambda o, sd: calls.append("post"))
+    handle = opt.register_state_dict_post_hook(lambda o, sd: {**sd, "epoch": 7})
+    sd = opt.state_dict()
+    assert calls == ["pre-first", "pre", "post"] and sd["epoch"] == 7
+    handle.remove()
+    assert "epoch" not in opt.state_dict()
+
+    loaded = []
+    opt.register_load_state_dict_pre_hook(lambda o, d: {**d, "param_groups": [
+        {**d["param_groups"][0], "lr": 0.25}]})
+    opt.register_load_state_dict_post_hook(lambda o: loaded.append(o.param_groups[0]["lr"]))
+    given = opt.state_dict()
+    opt.load_state_dict(given)
+    assert loaded == [0.25] and given["param_groups"][0]["lr"] == 0.1  # the caller's dict intact
+
+
+def test_one_handle_class_for_tensors_modules_and_optimizers():
+    from ddp.utils.hooks import RemovableHandle
+    w = ddp.nn.Parameter(ddp.ones(2))
+    opt = optim.SGD([w], lr=0.1)
+    handles = [w.register_hook(lambda g: None), (w * 2).register_hook(lambda g: None),
+               w.register_post_accumulate_grad_hook(lambda p: None),
+               ddp.nn.Linear(1, 1).register_forward_hook(lambda *args: None),
+               opt.register_step_pre_hook(lambda *args: None),
+               opt.register_load_state_dict_post_hook(lambda o: None)]
+    assert all(type(h) is RemovableHandle for h in handles)
+    assert len({h.id for h in handles}) == len(handles)
+
+
+def test_a_tensor_hook_may_remove_itself_during_backward():
+    w = ddp.nn.Parameter(ddp.ones(2))
+    seen = []
+
+    def once(g):
+        seen.append(g.sum().item())
+        handle.remove()
+
+    handle = w.register_hook(once)
+    second = w.register_hook(lambda g: g * 3)  # still runs after the first removed itself
+    (w * 2).sum().backward()
+    (w * 2).sum().backward()
+    assert seen == [4.0]
+    np.testing.assert_array_equal(w.grad.numpy(), [12.0, 12.0])
+    second.remove()
+
+
+def test_module_and_optimizer_zero_grad_agree():
+    model = ddp.nn.Linear(2, 1)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    for reset in (model.zero_grad, opt.zero_grad):
+        model(ddp.ones(1, 2)).sum().backward(create_graph=True)
+        grads = [p.grad for p in model.parameters()]
+        reset(set_to_none=False)
+        assert all(p.grad is g and g.grad_fn is None and not g.requires_grad
+                   and float(g.abs().sum()) == 0.0 for p, g in zip(model.parameters(), grads))
+        reset()
+        assert all(p.grad is None for p in model.parameters())
