@@ -126,11 +126,7 @@ def test_imports_go_down(path):
 
 # Circles still standing, each with the change that removes it. A listed circle that is gone
 # fails the test below, so the list only shrinks.
-KNOWN_CIRCLES = {
-    # helpers imports the process-group state that distributed/__init__ defines; it goes once
-    # that state lives in a module of its own and __init__ only hands names on
-    ("ddp.distributed", "ddp.distributed.helpers"),
-}
+KNOWN_CIRCLES = set()
 
 
 def test_no_circles():

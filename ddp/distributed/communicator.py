@@ -17,6 +17,8 @@ Example:
 """
 from __future__ import annotations
 
+import abc
+import importlib
 import pickle
 import threading
 
@@ -95,59 +97,100 @@ class Work:
         return self
 
 
-class Communicator:
-    """What a collective backend provides. Arrays are reduced in place where MPI does.
+class Communicator(abc.ABC):
+    """What a collective backend provides: everything ``ddp.distributed``, the DDP reducer and
+    DistributedDataParallel call on a communicator, and nothing else. Arrays (NumPy, or the
+    backend's device arrays) are reduced in place.
 
-    ``rank``/``size`` are this process's place in the group; ``local_rank``/``local_size`` its
-    place among the ranks of the same machine.
+    Attributes every communicator sets (through ``Communicator.__init__``): ``rank``/``size``,
+    this process's place in the group, and ``local_rank``/``local_size``, its place among the
+    ranks of the same machine (the reducer reads ``local_size`` to decide whether a core is
+    free for a communication thread). ``name`` is the backend's name.
+
+    Abstract: the blocking collectives, the object collectives and ``split``. With defaults
+    that a backend may override: ``submit`` (runs at once), ``Iallreduce`` (through
+    ``submit``), ``Iallreduce_nonblocking``/``progress`` (the backend's own non-blocking
+    allreduce, advanced by ``progress()``; ``has_nonblocking`` says whether it is a real one),
+    ``dup``, ``abort`` and ``free``.
+
+    Example:
+        >>> class Loopback(SingleCommunicator):
+        ...     name = "loopback"
+        >>> Loopback().dup().size
+        1
     """
     name = "abstract"
-    rank = 0
-    size = 1
-    local_rank = 0
-    local_size = 1
+    has_nonblocking = False   # True: Iallreduce_nonblocking overlaps without a thread
+    rank: int                 # set by __init__
+    size: int
+    local_rank: int
+    local_size: int
+
+    def __init__(self, rank=0, size=1, local_rank=None, local_size=None):
+        self.rank, self.size = rank, size
+        self.local_rank = rank if local_rank is None else local_rank
+        self.local_size = size if local_size is None else local_size
 
     # -- array collectives (blocking) --------------------------------------------------------
+    @abc.abstractmethod
     def Allreduce(self, array, op="sum"):
-        raise NotImplementedError
+        """Reduce ``array`` over the ranks in place (``op`` one of :data:`REDUCE_OPS`)."""
 
+    @abc.abstractmethod
     def Bcast(self, array, root=0):
-        raise NotImplementedError
+        """Overwrite ``array`` with rank ``root``'s."""
 
+    @abc.abstractmethod
     def Allgather(self, send, recv):
         """``recv`` (size, *send.shape) receives every rank's ``send``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def Reduce_scatter(self, send, recv, op="sum"):
         """``send`` (size * n, ...) reduced across ranks; rank r keeps block r in ``recv``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def Gather(self, send, recv, root=0):
-        raise NotImplementedError
+        """Rank ``root``'s ``recv`` (size, *send.shape) receives every rank's ``send``."""
 
+    @abc.abstractmethod
     def Scatter(self, send, recv, root=0):
-        raise NotImplementedError
+        """Rank r's ``recv`` receives block r of rank ``root``'s ``send``."""
 
+    @abc.abstractmethod
     def Reduce(self, array, op="sum", root=0):
-        raise NotImplementedError
+        """Reduce ``array`` over the ranks; only rank ``root``'s is overwritten."""
 
+    @abc.abstractmethod
     def Barrier(self):
-        raise NotImplementedError
+        """Return once every rank has called it."""
 
     # -- Python objects ----------------------------------------------------------------------
+    @abc.abstractmethod
     def bcast_obj(self, obj, root=0):
-        raise NotImplementedError
+        """Rank ``root``'s picklable ``obj``, on every rank."""
 
+    @abc.abstractmethod
     def allgather_obj(self, obj):
-        raise NotImplementedError
+        """Every rank's ``obj``, in rank order, on every rank."""
 
+    @abc.abstractmethod
     def gather_obj(self, obj, root=0):
-        raise NotImplementedError
+        """Every rank's ``obj`` in rank order on rank ``root`` (None elsewhere)."""
+
+    # -- groups ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def split(self, ranks):
+        """A communicator over ``ranks`` (all ranks must call it); None on ranks outside it."""
+
+    def dup(self):
+        """A new communicator over the same ranks whose collectives never match this one's
+        (DistributedDataParallel keeps its gradient traffic on one). Every rank calls it."""
+        return self.split(list(range(self.size)))
 
     # -- asynchronous ------------------------------------------------------------------------
     def submit(self, fn, *args):
         """Run ``fn(*args)`` (a collective on this communicator) after those already submitted;
-        returns a :class:`Work`."""
+        returns a :class:`Work`. This default runs it at once."""
         w = Work()
         try:
             w._set(fn(*args), None)
@@ -156,22 +199,32 @@ class Communicator:
         return w
 
     def Iallreduce(self, array, op="sum"):
+        """An allreduce in submission order, returning a :class:`Work` (the reducer's
+        "thread" mode)."""
         return self.submit(self.Allreduce, array, op)
 
-    def split(self, ranks):
-        """A communicator over ``ranks`` (all ranks must call it); None on ranks outside it."""
-        raise NotImplementedError
+    def Iallreduce_nonblocking(self, array, op="sum"):
+        """The backend's own non-blocking allreduce (the reducer's "nonblocking" mode), advanced
+        by :meth:`progress`. Without one (``has_nonblocking`` False) it is :meth:`Iallreduce`."""
+        return self.Iallreduce(array, op)
+
+    def progress(self):
+        """Let outstanding non-blocking operations move forward (called from gradient hooks)."""
 
     def abort(self, code=1):
+        """End the whole job with ``code``."""
         raise SystemExit(code)
 
     def free(self):
-        pass
+        """Release the communicator (after its pending work)."""
 
 
 class SingleCommunicator(Communicator):
     """One process: every collective leaves its data as it is (the debug mode's backend)."""
     name = "single"
+
+    def __init__(self):
+        super().__init__(0, 1)
 
     def Allreduce(self, array, op="sum"):
         _check_op(op)
@@ -215,3 +268,69 @@ def _check_op(op):
     if op not in REDUCE_OPS:
         raise ValueError(f"unknown reduce op {op!r}; expected one of {', '.join(REDUCE_OPS)}")
 
+
+# ---------------------------------------------------------------------- backends by name
+
+# name -> "module:Class". A backend's module is imported only when it is asked for, so a
+# missing optional dependency (mpi4py, CuPy's NCCL) costs nothing until then.
+_BACKENDS = {
+    "single": "ddp.distributed.communicator:SingleCommunicator",
+    "mpi": "ddp.distributed.mpi:MPICommunicator",
+    "nccl": "ddp.distributed.nccl:NCCLCommunicator",
+}
+
+
+def register_backend(name, target):
+    """Make ``init_process_group(backend=name)`` build ``target``: a :class:`Communicator`
+    subclass or a ``"module:Class"`` string (imported on first use).
+
+    Example:
+        >>> register_backend("loopback", SingleCommunicator)
+        >>> type(new_communicator("loopback")).__name__
+        'SingleCommunicator'
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_backend: the name must be a non-empty string, got {name!r}")
+    _BACKENDS[name.lower()] = target
+
+
+def backend_names():
+    """The registered backend names.
+
+    Example:
+        >>> {"mpi", "nccl", "single"} <= set(backend_names())
+        True
+    """
+    return sorted(_BACKENDS)
+
+
+def communicator_class(name):
+    """The :class:`Communicator` subclass registered as ``name`` (importing its module).
+
+    Example:
+        >>> communicator_class("single").__name__
+        'SingleCommunicator'
+    """
+    target = _BACKENDS.get(str(name).lower())
+    if target is None:
+        raise ValueError(f"unknown backend {name!r}; registered: {', '.join(backend_names())}")
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        try:
+            target = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise RuntimeError(f"the {name!r} backend ({module}:{attr}) is not available: "
+                               f"{exc}") from exc
+    if not (isinstance(target, type) and issubclass(target, Communicator)):
+        raise TypeError(f"backend {name!r} is {target!r}, not a Communicator subclass")
+    return target
+
+
+def new_communicator(name, *args, **kwargs):
+    """A new communicator of the backend ``name`` (collective: every rank calls it).
+
+    Example:
+        >>> new_communicator("single").size
+        1
+    """
+    return communicator_class(name)(*args, **kwargs)

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import backend
 from ..tensor import Tensor
-from . import get_communicator, get_rank, is_initialized
+from .process_group import get_communicator, get_rank, is_initialized
 
 __all__ = ["is_main_process", "rank_zero_only", "print0", "RankFilter", "setup_rank_logging",
            "all_reduce_metric", "reduce_confusion_matrix", "save_on_rank0", "load_on_every_rank",

@@ -91,14 +91,14 @@ def _mpi_op(op):
 class MPICommunicator(Communicator):
     """A communicator over an ``mpi4py`` intracommunicator (``COMM_WORLD`` by default)."""
     name = "mpi"
+    has_nonblocking = True    # MPI_Iallreduce, advanced by progress()
 
     def __init__(self, comm=None):
         MPI = mpi()
         self.comm = comm if comm is not None else MPI.COMM_WORLD
-        self.rank = self.comm.Get_rank()
-        self.size = self.comm.Get_size()
-        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        rank = self.comm.Get_rank()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+        super().__init__(rank, self.comm.Get_size(), node.Get_rank(), node.Get_size())
         node.Free()
         self._stall = maybe_inspector(self.comm)  # None unless DDP_STALL_CHECK_SECONDS is set
         self._queue = None

@@ -46,10 +46,10 @@ def _choose_comm_mode(comm):
     """
     mode = os.environ.get("DDP_COMM_MODE", "auto")
     if mode == "auto":
-        spare_core = (os.cpu_count() or 1) > getattr(comm, "local_size", 1)
+        spare_core = (os.cpu_count() or 1) > comm.local_size
         mode = "thread" if spare_core else "nonblocking"
-    if mode == "nonblocking" and not hasattr(comm, "Iallreduce_nonblocking"):
-        mode = "thread"  # the single-rank communicator: nothing to overlap anyway
+    if mode == "nonblocking" and not comm.has_nonblocking:
+        mode = "thread"  # e.g. the single-rank communicator: nothing to overlap anyway
     if mode not in ("thread", "nonblocking"):
         raise ValueError(f"DDP_COMM_MODE must be 'auto', 'thread' or 'nonblocking', got {mode!r}")
     return mode
@@ -162,8 +162,12 @@ class Reducer:
 
     def rebuild_from_arrivals(self):
         """Rebuild the buckets once, in the order gradients arrived in the first iteration
-        (rank 0's order, broadcast so every rank builds the same layout)."""
-        if self._rebuilt or not self._arrivals:
+        (rank 0's order, broadcast so every rank builds the same layout).
+
+        Every rank enters the broadcast, also one that saw no gradient at all: whether to
+        rebuild depends only on state that is the same everywhere (``_rebuilt``), never on
+        this rank's arrivals, so no rank waits in a collective the others skipped."""
+        if self._rebuilt:
             return
         seen = dict.fromkeys(self._arrivals)
         order = list(seen) + [i for i in range(len(self.params))[::-1] if i not in seen]

@@ -247,3 +247,58 @@ def test_checkpoints_move_between_wrapped_and_unwrapped(tmp_path_factory):
     other.load_state_dict(make_model(seed=5).state_dict())   # and back, without the prefix
     for a, b in zip(params_np(other.module), params_np(wrapped.module)):
         np.testing.assert_array_equal(a, b)
+
+
+class Gated(nn.Module):
+    """Its output reaches the parameters only where ``use`` is true (else it is ``2 x``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 4), nn.Linear(4, 3)
+
+    def forward(self, x, use):
+        return self.b(self.a(x).tanh()) if use else (x[:, :3] * 2.0)
+
+
+def replay_mean_grads(model, x, y, uses):
+    """In one process: each rank's loss on its shard, gradients summed and divided by the world
+    size (what DDP gives every rank)."""
+    world = len(uses)
+    total = [np.zeros(p.shape) for p in model.parameters()]
+    for r, use in enumerate(uses):
+        if not use:
+            continue
+        for p in model.parameters():
+            p.grad = None
+        xr, yr = x[r * 4:(r + 1) * 4], y[r * 4:(r + 1) * 4]
+        nn.CrossEntropyLoss()(model(xr, True), yr).backward()
+        for t, p in zip(total, model.parameters()):
+            t += p.grad.numpy()
+    return [t / world for t in total]
+
+
+@pytest.mark.parametrize("idle_rank", [0, 1])
+def test_a_rank_without_gradients_in_the_first_step_takes_part_in_the_rebuild(idle_rank):
+    # the layout rebuild after step 1 is a broadcast: a rank that saw no gradient in step 1
+    # must enter it too (it used to return early and leave the others waiting)
+    rank, world = rank_world()
+    x, y = global_batch()
+    ddp.manual_seed(9)
+    model = DDP(Gated().double(), find_unused_parameters=True)
+    ddp.manual_seed(9)
+    reference = Gated().double()
+    opt = ddp.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(3):
+        uses = [not (step == 0 and r == idle_rank) for r in range(world)]
+        xs = shard(x).detach().requires_grad_(True)
+        opt.zero_grad()
+        nn.CrossEntropyLoss()(model(xs, uses[rank]), shard(y)).backward()
+        opt.step()
+        want = replay_mean_grads(reference, x, y, uses)
+        with ddp.no_grad():
+            for p, g in zip(reference.parameters(), want):
+                p -= 0.1 * ddp.tensor(g)
+    assert model.reducer._rebuilt
+    for got, want in zip(params_np(model.module), params_np(reference)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert_same_on_every_rank(params_np(model.module))

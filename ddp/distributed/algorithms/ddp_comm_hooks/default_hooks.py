@@ -11,7 +11,8 @@ Example:
 """
 from __future__ import annotations
 
-from ... import all_reduce, get_world_size
+from ...collectives import all_reduce
+from ...process_group import get_world_size
 from ....autograd.grad_mode import no_grad
 from ....backend import bfloat16, float16
 

@@ -1,0 +1,209 @@
+"""The process groups: the default group (``init_process_group``), sub-groups, ranks.
+
+The state of ``ddp.distributed`` lives here, in one module: the collectives
+(``collectives.py``) and the rank-aware helpers (``helpers.py``) read it through
+:func:`get_communicator`/:func:`is_initialized`, and ``ddp.distributed`` hands the names on.
+
+Example:
+    >>> from ddp.distributed import process_group
+    >>> process_group.get_world_size() >= 1
+    True
+"""
+from __future__ import annotations
+
+import warnings
+
+from .communicator import Communicator, new_communicator
+
+__all__ = ["ReduceOp", "ProcessGroup", "GroupMember", "init_process_group", "is_initialized",
+           "is_available", "is_mpi_available", "is_nccl_available", "destroy_process_group",
+           "get_rank", "get_world_size", "get_local_rank", "get_local_world_size", "get_backend",
+           "get_global_rank", "get_group_rank", "new_group", "get_communicator"]
+
+
+class ReduceOp:
+    """Reduction operations for :func:`all_reduce` and friends (PyTorch's names)."""
+    SUM = "sum"
+    AVG = "avg"
+    PRODUCT = "product"
+    MIN = "min"
+    MAX = "max"
+    BAND = "band"
+    BOR = "bor"
+    BXOR = "bxor"
+
+
+class ProcessGroup:
+    """A set of ranks with its communicator; ``ranks`` are global ranks in group order."""
+
+    def __init__(self, comm: Communicator, ranks, backend_name):
+        self.comm = comm
+        self.ranks = list(ranks)
+        self.backend = backend_name
+
+    def rank(self):
+        return self.comm.rank
+
+    def size(self):
+        return self.comm.size
+
+    def __repr__(self):
+        return f"ProcessGroup(backend={self.backend!r}, ranks={self.ranks})"
+
+
+class GroupMember:
+    WORLD = None                      # means "the default group" where a group is expected
+    NON_GROUP_MEMBER = object()       # what new_group returns on ranks outside the group
+
+
+_world: ProcessGroup | None = None
+
+
+def is_available() -> bool:
+    return True
+
+
+def is_mpi_available() -> bool:
+    try:
+        import mpi4py  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def is_nccl_available() -> bool:
+    return False
+
+
+def _mpi_already_running():
+    import sys
+    MPI = sys.modules.get("mpi4py.MPI")
+    return MPI is not None and MPI.Is_initialized() and not MPI.Is_finalized() \
+        and MPI.COMM_WORLD.Get_size() > 1
+
+
+def init_process_group(backend=None, init_method=None, timeout=None, world_size=-1, rank=-1,
+                       store=None, group_name="", pg_options=None, device_id=None):
+    """Create the default process group.
+
+    ``backend``: None or 'auto' (MPI when launched by an MPI launcher with several ranks, else a
+    single-rank group), 'mpi', or 'single'. PyTorch's 'gloo' means MPI here; 'nccl' uses MPI
+    with host staging until the NCCL communicator lands (with a warning).
+
+    Example:
+        >>> dist.init_process_group()          # same line under mpirun and under plain python
+    """
+    global _world
+    if _world is not None:
+        raise RuntimeError("trying to initialize the default process group twice!")
+    name = (backend or "auto").lower()
+    if name == "nccl":
+        warnings.warn("the NCCL backend is not available yet; using MPI with host staging",
+                      stacklevel=2)
+        name = "mpi"
+    if name == "gloo":
+        name = "mpi"
+    if name == "auto":
+        from .mpi import launched_by_mpi
+        name = "mpi" if (launched_by_mpi() or _mpi_already_running()) else "single"
+    try:
+        comm = new_communicator(name)   # the backend registry (communicator.register_backend)
+    except ValueError:
+        raise ValueError(f"init_process_group: unknown backend {backend!r}; expected 'mpi', "
+                         f"'single', 'gloo', 'nccl' or None") from None
+    if world_size not in (-1, comm.size):
+        raise ValueError(f"init_process_group: world_size={world_size} but the launcher started "
+                         f"{comm.size} ranks")
+    if rank not in (-1, comm.rank):
+        raise ValueError(f"init_process_group: rank={rank} but MPI gave this process rank "
+                         f"{comm.rank}")
+    _world = ProcessGroup(comm, range(comm.size), name)
+    return _world
+
+
+def is_initialized() -> bool:
+    """True once :func:`init_process_group` has run (and before ``destroy_process_group``)."""
+    return _world is not None
+
+
+def _group(group) -> ProcessGroup:
+    if _world is None:
+        raise RuntimeError("Default process group has not been initialized, please make sure to "
+                           "call init_process_group.")
+    if group is None or group is GroupMember.WORLD:
+        return _world
+    if group is GroupMember.NON_GROUP_MEMBER:
+        raise RuntimeError("this rank is not a member of the group")
+    return group
+
+
+def get_communicator(group=None) -> Communicator:
+    """The communicator behind a group (for the DDP reducer and advanced use)."""
+    return _group(group).comm
+
+
+def destroy_process_group(group=None):
+    """Release a group (the default group and everything else when ``group`` is None)."""
+    global _world
+    if group is None or group is _world:
+        if _world is not None:
+            _world.comm.free()
+        _world = None
+    elif group is not GroupMember.NON_GROUP_MEMBER:
+        group.comm.free()
+
+
+def get_rank(group=None) -> int:
+    """This process's rank in ``group`` (0 when no group was initialised, as a single rank)."""
+    if _world is None and group is None:
+        return 0
+    if group is GroupMember.NON_GROUP_MEMBER:
+        return -1
+    return _group(group).comm.rank
+
+
+def get_world_size(group=None) -> int:
+    if _world is None and group is None:
+        return 1
+    if group is GroupMember.NON_GROUP_MEMBER:
+        return -1
+    return _group(group).comm.size
+
+
+def get_local_rank() -> int:
+    """This process's rank among the ranks on its machine (from MPI's shared-memory split)."""
+    return 0 if _world is None else _world.comm.local_rank
+
+
+def get_local_world_size() -> int:
+    return 1 if _world is None else _world.comm.local_size
+
+
+def get_backend(group=None) -> str:
+    return _group(group).backend
+
+
+def get_global_rank(group, group_rank) -> int:
+    return _group(group).ranks[group_rank]
+
+
+def get_group_rank(group, global_rank) -> int:
+    return _group(group).ranks.index(global_rank)
+
+
+def new_group(ranks=None, timeout=None, backend=None, pg_options=None, use_local_synchronization=False):
+    """A sub-group of the default group; every rank must call it with the same ``ranks``.
+    Ranks outside it get ``GroupMember.NON_GROUP_MEMBER``.
+
+    Example:
+        >>> evens = dist.new_group([r for r in range(dist.get_world_size()) if r % 2 == 0])
+    """
+    world = _group(None)
+    ranks = sorted(set(range(world.comm.size) if ranks is None else ranks))
+    for r in ranks:
+        if not 0 <= r < world.comm.size:
+            raise ValueError(f"new_group: rank {r} is not in the world of size {world.comm.size}")
+    comm = world.comm.split(ranks)
+    if comm is None:
+        return GroupMember.NON_GROUP_MEMBER
+    return ProcessGroup(comm, ranks, world.backend)
