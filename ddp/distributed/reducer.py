@@ -264,10 +264,15 @@ class Reducer:
                 bucket.work.wait()
                 if self.comm_hook is not None:
                     self._take_hook_result(bucket, bucket.work.result())
-        if not self.find_unused:
+        unused_everywhere = set()
+        if self.find_unused:
+            unused_everywhere = self._unused_on_every_rank(missing)
+        else:
             self._check_everyone_had_gradients(missing)
         for bucket in self.buckets:
             for p, view in zip(bucket.params, bucket.views):
+                if id(p) in unused_everywhere:
+                    continue  # PyTorch: no rank produced a gradient, so .grad stays untouched
                 if self.as_view:
                     if p.grad is None or p.grad._data is not view:
                         p.grad = Tensor._make(view)
@@ -283,6 +288,16 @@ class Reducer:
             data = out._data if isinstance(out, Tensor) else out
             if data is not bucket.data:
                 bucket.data[...] = data
+
+    def _unused_on_every_rank(self, missing):
+        """With ``find_unused_parameters``: the parameters (by id) that got no gradient on any
+        rank, from one allreduce of the per-parameter use counts. Their ``.grad`` is left as it
+        is (None in the first iteration), so optimizers skip them, as in PyTorch."""
+        used = np.ones(len(self.params))
+        used[list(missing) + list(self._unused)] = 0.0  # unused: known at forward
+        if self.world > 1:
+            self.comm.Allreduce(used, "sum")
+        return {id(self.params[i]) for i in np.flatnonzero(used == 0)}
 
     def _check_everyone_had_gradients(self, missing):
         """One small allreduce: did any rank finish backward with parameters lacking a

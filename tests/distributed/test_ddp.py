@@ -302,3 +302,32 @@ def test_a_rank_without_gradients_in_the_first_step_takes_part_in_the_rebuild(id
     for got, want in zip(params_np(model.module), params_np(reference)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     assert_same_on_every_rank(params_np(model.module))
+
+
+def test_a_parameter_frozen_on_one_rank_only_is_refused_on_every_rank():
+    rank, world = rank_world()
+    model = make_model()
+    if rank == world - 1:
+        model[2].bias.requires_grad_(False)
+    with pytest.raises(RuntimeError, match=rf"parameter '2.bias' requires grad on rank 0 but is "
+                                           rf"frozen on rank {world - 1}"):
+        DDP(model)
+    t = ddp.ones(1)     # no collective left half done
+    dist.all_reduce(t)
+    assert t.item() == world
+
+
+def test_a_parameter_unused_on_every_rank_keeps_grad_none():
+    x, y = global_batch()
+    ddp.manual_seed(4)
+    model = DDP(MaybeUnused().double(), find_unused_parameters=True)
+    before = model.module.extra.weight.detach().numpy().copy()
+    opt = ddp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        nn.CrossEntropyLoss()(model(shard(x), use_extra=False), shard(y)).backward()
+        assert model.module.extra.weight.grad is None and model.module.extra.bias.grad is None
+        assert model.module.main.weight.grad is not None
+        opt.step()
+    np.testing.assert_array_equal(model.module.extra.weight.detach().numpy(), before)
+    assert_same_on_every_rank(params_np(model.module))

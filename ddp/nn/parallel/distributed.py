@@ -68,9 +68,10 @@ class DistributedDataParallel(Module):
     # ---------------------------------------------------------------- construction checks
     def _check_same_model_everywhere(self):
         """Every rank must hold the same parameters and buffers: compare with rank 0's."""
-        mine = [(n, tuple(t.shape), t.dtype.name, "parameter") for n, t in
+        mine = [(n, tuple(t.shape), t.dtype.name, "parameter", t.requires_grad) for n, t in
                 self.module.named_parameters()] + \
-               [(n, tuple(t.shape), t.dtype.name, "buffer") for n, t in self.module.named_buffers()]
+               [(n, tuple(t.shape), t.dtype.name, "buffer", False)
+                for n, t in self.module.named_buffers()]
         if self.comm.size == 1:
             return
         everyone = self.comm.allgather_obj(mine)
@@ -81,6 +82,12 @@ class DistributedDataParallel(Module):
             for k in range(max(len(theirs), len(reference))):
                 a = reference[k] if k < len(reference) else None
                 b = theirs[k] if k < len(theirs) else None
+                if a != b and a is not None and b is not None and a[:4] == b[:4]:
+                    state = lambda e: "requires grad" if e[4] else "is frozen"  # noqa: E731
+                    raise RuntimeError(
+                        f"DistributedDataParallel: the model differs between ranks: parameter "
+                        f"'{a[0]}' {state(a)} on rank 0 but {state(b)} on rank {rank}. Every "
+                        f"rank must freeze the same parameters before wrapping the model.")
                 if a != b:
                     describe = lambda e: "nothing" if e is None else \
                         f"{e[3]} '{e[0]}' of shape {e[1]} and dtype {e[2]}"  # noqa: E731
