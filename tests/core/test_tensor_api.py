@@ -626,7 +626,8 @@ class TestRepr:
     @pytest.mark.parametrize("name,args,kwargs", REPR_CASES,
                              ids=[f"{c[0]}{c[1]}{c[2]}"[:60] for c in REPR_CASES])
     def test_matches_torch(self, oracle, name, args, kwargs):
-        want = oracle(lambda torch: repr(_make(torch, name, args, kwargs)).replace("torch.", "ddp."))
+        want = oracle(lambda torch: repr(_make(torch, name, args, kwargs))
+                      .replace("torch.", "ddp."))
         assert repr(_make(ddp, name, args, kwargs)) == want
 
     def test_matches_torch_random_shapes(self, oracle):
