@@ -217,11 +217,11 @@ def np_cross_entropy(x, y, weight=None, ignore_index=-100, label_smoothing=0.0,
     return loss.reshape(()) if squeeze else loss.reshape(y.shape)
 
 
-def class_problem(shape, classes=4, ignore=None):
+def class_problem(shape, classes=4, ignore=None, rng=RNG):
     """Logits of ``shape`` (classes at dim 1, or (C,)) and a matching int64 target."""
-    x = RNG.standard_normal(shape)
+    x = rng.standard_normal(shape)
     tshape = () if len(shape) == 1 else (shape[0],) + tuple(shape[2:])
-    y = RNG.integers(0, classes, tshape)
+    y = rng.integers(0, classes, tshape)
     if ignore is not None and y.ndim:
         y.reshape(-1)[::3] = ignore
     return x, y
@@ -232,8 +232,8 @@ CE_OPTIONS = [dict(), dict(weight=True), dict(ignore_index=1), dict(label_smooth
 SHAPES = [(5, 4), (2, 4, 3), (2, 4, 3, 2), (4,)]
 
 
-def _weight(opts, classes=4):
-    return RNG.random(classes) + 0.1 if opts.get("weight") else None
+def _weight(opts, classes=4, rng=RNG):
+    return rng.random(classes) + 0.1 if opts.get("weight") else None
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -385,100 +385,100 @@ def test_loss_module_moves_weight_with_dtype():
 
 # --------------------------------------------------------------------------- torch parity
 
-def _torch_pair(torch, values, grads):
-    return ([ddp.tensor(v, requires_grad=g) for v, g in zip(values, grads)],
-            [torch.tensor(v, requires_grad=g) for v, g in zip(values, grads)])
+def _run_case(lib, fn, values, grads, seed):
+    """One loss case on ``lib`` (ddp or torch): its value, and the gradients of the inputs that
+    need them for a random upstream gradient drawn from NumPy (seeded per case)."""
+    ins = [lib.tensor(v, requires_grad=g) for v, g in zip(values, grads)]
+    out = fn(lib, *ins)
+    out.backward(lib.tensor(np.random.default_rng(seed).standard_normal(tuple(out.shape))))
+    return {"out": out.detach().numpy(),
+            "grads": [t.grad.numpy() for t, need in zip(ins, grads) if need]}
 
 
-def _compare(torch, ours_fn, theirs_fn, values, grads):
-    ours, theirs = _torch_pair(torch, values, grads)
-    a, b = ours_fn(*ours), theirs_fn(*theirs)
-    np.testing.assert_allclose(arr(a), b.detach().numpy(), rtol=1e-10, atol=1e-12)
-    g = RNG.standard_normal(tuple(b.shape))
-    a.backward(ddp.tensor(g))
-    b.backward(torch.tensor(g))
-    for o, t, need in zip(ours, theirs, grads):
-        if need:
-            np.testing.assert_allclose(arr(o.grad), t.grad.numpy(), rtol=1e-9, atol=1e-12)
+def _compare(oracle, cases):
+    """``cases``: (fn(lib, *inputs), input values, which inputs need gradients) each; ddp's
+    values and gradients equal PyTorch's recorded ones."""
+    want = oracle(lambda torch: [_run_case(torch, *c, seed=i) for i, c in enumerate(cases)])
+    assert len(want) == len(cases)
+    for i, (case, ref) in enumerate(zip(cases, want)):
+        got = _run_case(ddp, *case, seed=i)
+        np.testing.assert_allclose(got["out"], ref["out"], rtol=1e-10, atol=1e-12, err_msg=i)
+        assert len(got["grads"]) == len(ref["grads"])
+        for a, b in zip(got["grads"], ref["grads"]):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=i)
+
+
+def _F(lib):
+    return lib.nn.functional
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_regression_and_binary_losses_match_torch(reduction):
-    torch = pytest.importorskip("torch")
-    TF = torch.nn.functional
-    w = RNG.random((3, 4))
+def test_regression_and_binary_losses_match_torch(oracle, reduction):
+    rng = np.random.default_rng(1)
+    w = rng.random((3, 4))
+    cases = []
     for name, kw in [("mse_loss", {}), ("l1_loss", {}), ("smooth_l1_loss", {"beta": 0.5}),
                      ("smooth_l1_loss", {"beta": 0.0}), ("huber_loss", {"delta": 1.5})]:
-        _compare(torch, lambda a, b: getattr(F, name)(a, b, reduction=reduction, **kw),
-                 lambda a, b: getattr(TF, name)(a, b, reduction=reduction, **kw),
-                 [X, Y], [True, True])
+        cases.append((lambda lib, a, b, name=name, kw=kw:
+                      getattr(_F(lib), name)(a, b, reduction=reduction, **kw),
+                      [X, Y], [True, True]))
     for name in ("mse_loss", "l1_loss", "huber_loss"):
-        _compare(torch, lambda a, b: getattr(F, name)(a, b, reduction=reduction,
-                                                      weight=ddp.tensor(w)),
-                 lambda a, b: getattr(TF, name)(a, b, reduction=reduction,
-                                                weight=torch.tensor(w)), [X, Y], [True, True])
-    wb, pw = RNG.random(4), RNG.random(4) * 3
-    _compare(torch, lambda a, b: F.binary_cross_entropy(a, b, ddp.tensor(wb), reduction=reduction),
-             lambda a, b: TF.binary_cross_entropy(a, b, torch.tensor(wb), reduction=reduction),
-             [P, T], [True, True])
-    _compare(torch, lambda a, b: F.binary_cross_entropy_with_logits(
-        a, b, ddp.tensor(w), reduction=reduction, pos_weight=ddp.tensor(pw)),
-        lambda a, b: TF.binary_cross_entropy_with_logits(
-            a, b, torch.tensor(w), reduction=reduction, pos_weight=torch.tensor(pw)),
-        [X * 10, T], [True, True])
+        cases.append((lambda lib, a, b, name=name: getattr(_F(lib), name)(
+            a, b, reduction=reduction, weight=lib.tensor(w)), [X, Y], [True, True]))
+    wb, pw = rng.random(4), rng.random(4) * 3
+    cases.append((lambda lib, a, b: _F(lib).binary_cross_entropy(a, b, lib.tensor(wb),
+                                                                 reduction=reduction),
+                  [P, T], [True, True]))
+    cases.append((lambda lib, a, b: _F(lib).binary_cross_entropy_with_logits(
+        a, b, lib.tensor(w), reduction=reduction, pos_weight=lib.tensor(pw)),
+        [X * 10, T], [True, True]))
     for log_target in (False, True):
         red = "batchmean" if reduction == "mean" else reduction
-        _compare(torch, lambda a, b: F.kl_div(a, b, reduction=red, log_target=log_target),
-                 lambda a, b: TF.kl_div(a, b, reduction=red, log_target=log_target),
-                 [np_log_softmax(X, 1), np_log_softmax(Y, 1) if log_target else T],
-                 [True, True])
+        cases.append((lambda lib, a, b, log_target=log_target: _F(lib).kl_div(
+            a, b, reduction=red, log_target=log_target),
+            [np_log_softmax(X, 1), np_log_softmax(Y, 1) if log_target else T], [True, True]))
+    _compare(oracle, cases)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("opts", CE_OPTIONS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_class_losses_match_torch(shape, opts, reduction):
-    torch = pytest.importorskip("torch")
-    TF = torch.nn.functional
+def test_class_losses_match_torch(oracle, shape, opts, reduction):
+    rng = np.random.default_rng(1)
     ignore = opts.get("ignore_index", -100)
-    x, y = class_problem(shape, ignore=ignore if "ignore_index" in opts else None)
-    w = _weight(opts)
+    x, y = class_problem(shape, ignore=ignore if "ignore_index" in opts else None, rng=rng)
+    w = _weight(opts, rng=rng)
     eps = opts.get("label_smoothing", 0.0)
 
-    def ours(kind):
-        return lambda a: getattr(F, kind)(a, ddp.tensor(y), weight=None if w is None else
-                                          ddp.tensor(w), ignore_index=ignore, reduction=reduction,
-                                          **({"label_smoothing": eps} if kind[0] == "c" else {}))
-
-    def theirs(kind):
-        return lambda a: getattr(TF, kind)(a, torch.tensor(y), weight=None if w is None else
-                                           torch.tensor(w), ignore_index=ignore,
-                                           reduction=reduction,
-                                           **({"label_smoothing": eps} if kind[0] == "c" else {}))
-    _compare(torch, ours("cross_entropy"), theirs("cross_entropy"), [x], [True])
-    _compare(torch, ours("nll_loss"), theirs("nll_loss"), [x], [True])
-    # probability targets of the input's shape
-    p = RNG.random(shape)
-    _compare(torch, lambda a, b: F.cross_entropy(a, b, weight=None if w is None else ddp.tensor(w),
+    def loss(kind):
+        return lambda lib, a: getattr(_F(lib), kind)(
+            a, lib.tensor(y), weight=None if w is None else lib.tensor(w), ignore_index=ignore,
+            reduction=reduction, **({"label_smoothing": eps} if kind[0] == "c" else {}))
+    # and probability targets of the input's shape
+    p = rng.random(shape)
+    _compare(oracle, [
+        (loss("cross_entropy"), [x], [True]),
+        (loss("nll_loss"), [x], [True]),
+        (lambda lib, a, b: _F(lib).cross_entropy(a, b, weight=None if w is None else lib.tensor(w),
                                                  reduction=reduction, label_smoothing=eps),
-             lambda a, b: TF.cross_entropy(a, b, weight=None if w is None else torch.tensor(w),
-                                           reduction=reduction, label_smoothing=eps),
-             [x, p], [True, True])
+         [x, p], [True, True])])
 
 
-def test_float32_losses_match_torch():
-    torch = pytest.importorskip("torch")
-    x = RNG.standard_normal((8, 10)).astype(np.float32) * 5
-    y = RNG.integers(0, 10, 8)
-    a = ddp.tensor(x, requires_grad=True)
-    t = torch.tensor(x, requires_grad=True)
-    out = F.cross_entropy(a, ddp.tensor(y), label_smoothing=0.1)
-    ref = torch.nn.functional.cross_entropy(t, torch.tensor(y), label_smoothing=0.1)
-    assert out.dtype == ddp.float32
-    out.backward()
-    ref.backward()
-    np.testing.assert_allclose(float(out), ref.item(), rtol=1e-5)
-    np.testing.assert_allclose(arr(a.grad), t.grad.numpy(), rtol=1e-4, atol=1e-6)
+def test_float32_losses_match_torch(oracle):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 10)).astype(np.float32) * 5
+    y = rng.integers(0, 10, 8)
+
+    def run(lib):
+        a = lib.tensor(x, requires_grad=True)
+        out = _F(lib).cross_entropy(a, lib.tensor(y), label_smoothing=0.1)
+        out.backward()
+        return {"dtype": str(out.dtype).split(".")[-1], "loss": out.item(),
+                "grad": a.grad.numpy()}
+    ours, ref = run(ddp), oracle(run)
+    assert ours["dtype"] == "float32"
+    np.testing.assert_allclose(ours["loss"], ref["loss"], rtol=1e-5)
+    np.testing.assert_allclose(ours["grad"], ref["grad"], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.gpu
