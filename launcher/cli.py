@@ -234,6 +234,12 @@ def run_worker(args) -> int:
 
     numpy_early = "numpy" in sys.modules
     info = ranks.discover(use_mpi=args.worker or ranks.in_mpi_job())
+    try:  # torchrun's WORLD_SIZE without MPI, or sizes that disagree: never train alone
+        ranks.environment().check(mpi_size=info.size if info.comm is not None else None,
+                                  what="launcher")
+    except RuntimeError as exc:
+        ranks.say(str(exc).partition(": ")[2])
+        return 2
     threads = ranks.thread_share(args.threads, info.local_size)
     ranks.set_rank_env(info, threads, seed=args.seed, debug=args.debug,
                        stall_seconds=args.stall_seconds)

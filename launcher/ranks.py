@@ -22,13 +22,6 @@ from dataclasses import dataclass
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
-# Variables that MPI launchers (MPICH/Intel hydra, Open MPI, MVAPICH, Slurm's srun) set to the
-# number of ranks in the job. Slurm's batch step has SLURM_NTASKS but no SLURM_STEP_NUM_TASKS,
-# so a ``launcher -n 4`` inside an sbatch script is not mistaken for a rank.
-_MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS",
-                  "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
-
-
 @dataclass
 class RankInfo:
     """This process's place in the job (``size == 1`` and ``comm is None`` without MPI)."""
@@ -39,15 +32,28 @@ class RankInfo:
     comm: object = None  # mpi4py COMM_WORLD when running under MPI
 
 
+def environment():
+    """``ddp.distributed.environment``, the one reader of the launchers' variables, loaded from
+    its file without importing ``ddp`` (which would load NumPy before the thread variables are
+    set). It registers under its own name, so ``ddp.distributed`` later uses the same module."""
+    name = "ddp.distributed.environment"
+    if name not in sys.modules:
+        import importlib.util
+        package = importlib.util.find_spec("ddp")  # finds the package without importing it
+        path = os.path.join(package.submodule_search_locations[0], "distributed",
+                            "environment.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def in_mpi_job(env=None) -> bool:
     """True when an MPI launcher (mpirun/mpiexec/srun) started this process as one of several
-    ranks. Only the launchers' own variables count: a stray ``WORLD_SIZE`` does not."""
-    env = os.environ if env is None else env
-    for var in _MPI_SIZE_VARS:
-        value = env.get(var, "")
-        if value.isdigit() and int(value) > 1:
-            return True
-    return False
+    ranks. Only the launchers' own variables count: a stray ``WORLD_SIZE`` does not (see
+    ``ddp.distributed.environment``)."""
+    return environment().in_mpi_job(env)
 
 
 def discover(use_mpi: bool) -> RankInfo:

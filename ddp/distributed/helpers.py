@@ -5,8 +5,8 @@ Every helper works in a single process too (no ``init_process_group``, or the si
 backend): there they are identities (``print0`` prints, ``all_reduce_metric`` returns the value,
 ``gather_for_eval`` returns the predictions...), so a script needs no ``if distributed:``.
 
-Before ``init_process_group`` the rank comes from the launcher's environment (``RANK``,
-``PMI_RANK``, ``OMPI_COMM_WORLD_RANK``, ``PMIX_RANK``), so ``print0`` is already quiet on the
+Before ``init_process_group`` the rank comes from the launcher's environment
+(``ddp.distributed.environment``: MPI's rank variables, else ``RANK``), so ``print0`` is already quiet on the
 other ranks at start-up.
 
 Exact evaluation (padding would count some samples twice): shard the test set with
@@ -26,30 +26,24 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import numpy as np
 
 from .. import backend
 from ..tensor import Tensor
+from . import environment
 from .process_group import get_communicator, get_rank, is_initialized
 
 __all__ = ["is_main_process", "rank_zero_only", "print0", "RankFilter", "setup_rank_logging",
            "all_reduce_metric", "reduce_confusion_matrix", "save_on_rank0", "load_on_every_rank",
            "gather_for_eval"]
 
-_RANK_ENV = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
-
 
 def _rank():
     """This process's global rank: from the process group, else from the launcher's env."""
     if is_initialized():
         return get_rank()
-    for var in _RANK_ENV:
-        value = os.environ.get(var, "")
-        if value.isdigit():
-            return int(value)
-    return 0
+    return environment.detect().rank
 
 
 def _comm(group=None):

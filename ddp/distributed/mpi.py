@@ -32,17 +32,6 @@ def mpi():
     return _MPI
 
 
-def launched_by_mpi() -> bool:
-    """True when this process was started by an MPI launcher with more than one rank."""
-    import os
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS",
-                "MV2_COMM_WORLD_SIZE", "WORLD_SIZE"):
-        value = os.environ.get(var)
-        if value and value.isdigit() and int(value) > 1:
-            return True
-    return False
-
-
 _HALF_OPS = {}
 
 

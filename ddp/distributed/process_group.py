@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import warnings
 
-from .communicator import Communicator, new_communicator
+from . import environment
+from .communicator import Communicator, backend_names, communicator_class, new_communicator
 
 __all__ = ["ReduceOp", "ProcessGroup", "GroupMember", "init_process_group", "is_initialized",
            "is_available", "is_mpi_available", "is_nccl_available", "destroy_process_group",
@@ -82,13 +83,34 @@ def _mpi_already_running():
         and MPI.COMM_WORLD.Get_size() > 1
 
 
+def _nccl_communicator(device_id=None) -> Communicator:
+    """The communicator of ``backend="nccl"`` (the registry's "nccl" entry). Refuses a process
+    without a GPU: NCCL moves CUDA memory only."""
+    from .. import backend
+    if not backend.cuda_is_available():
+        raise RuntimeError("init_process_group(backend='nccl'): NCCL needs a CUDA GPU and this "
+                           "process sees none (ddp.cuda.is_available() is False); on CPU use "
+                           "backend='gloo' or 'mpi', or leave backend unset")
+    try:
+        cls = communicator_class("nccl")
+    except RuntimeError:  # until the NCCL communicator lands: MPI with CUDA staged through host
+        warnings.warn("the NCCL backend is not available yet; using MPI with host staging",
+                      stacklevel=3)
+        return new_communicator("mpi")
+    return cls()
+
+
 def init_process_group(backend=None, init_method=None, timeout=None, world_size=-1, rank=-1,
                        store=None, group_name="", pg_options=None, device_id=None):
     """Create the default process group.
 
     ``backend``: None or 'auto' (MPI when launched by an MPI launcher with several ranks, else a
-    single-rank group), 'mpi', or 'single'. PyTorch's 'gloo' means MPI here; 'nccl' uses MPI
-    with host staging until the NCCL communicator lands (with a warning).
+    single-rank group), 'mpi', 'gloo' (PyTorch's CPU backend: MPI here, no warning), 'nccl'
+    (needs a GPU; an error without one), 'single', or a name given to
+    ``communicator.register_backend``. A process that the environment describes as one of
+    several ranks outside an MPI job (started by ``torchrun``: ``WORLD_SIZE=2``, no MPI), or
+    whose ``WORLD_SIZE`` differs from MPI's, is refused with an error that says to use
+    ``launcher`` (``ddp.distributed.environment.check``): it would otherwise train alone.
 
     Example:
         >>> dist.init_process_group()          # same line under mpirun and under plain python
@@ -97,27 +119,24 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
     if _world is not None:
         raise RuntimeError("trying to initialize the default process group twice!")
     name = (backend or "auto").lower()
-    if name == "nccl":
-        warnings.warn("the NCCL backend is not available yet; using MPI with host staging",
-                      stacklevel=2)
-        name = "mpi"
     if name == "gloo":
         name = "mpi"
-    if name == "auto":
-        from .mpi import launched_by_mpi
-        name = "mpi" if (launched_by_mpi() or _mpi_already_running()) else "single"
-    try:
-        comm = new_communicator(name)   # the backend registry (communicator.register_backend)
-    except ValueError:
+    if name not in ("auto", *backend_names()):
         raise ValueError(f"init_process_group: unknown backend {backend!r}; expected 'mpi', "
-                         f"'single', 'gloo', 'nccl' or None") from None
+                         f"'single', 'gloo', 'nccl' or None")
+    job = environment.check()
+    if name == "auto":
+        name = "mpi" if (job.in_mpi_job or _mpi_already_running()) else "single"
+    comm = _nccl_communicator(device_id) if name == "nccl" else new_communicator(name)
+    environment.check(mpi_size=comm.size)
     if world_size not in (-1, comm.size):
         raise ValueError(f"init_process_group: world_size={world_size} but the launcher started "
                          f"{comm.size} ranks")
     if rank not in (-1, comm.rank):
         raise ValueError(f"init_process_group: rank={rank} but MPI gave this process rank "
                          f"{comm.rank}")
-    _world = ProcessGroup(comm, range(comm.size), name)
+    _world = ProcessGroup(comm, range(comm.size),
+                          "gloo" if (backend or "").lower() == "gloo" else name)
     return _world
 
 
