@@ -110,6 +110,7 @@ class Reducer:
                  gradient_as_bucket_view=False):
         self.comm = comm
         self.world = comm.size
+        self.divisor = comm.size     # gradients are averaged over this many ranks (see join)
         self.names = [n for n, _ in named_params]
         self.params = [p for _, p in named_params]
         self.cap_bytes = int(bucket_cap_mb * 1024 * 1024)
@@ -222,7 +223,7 @@ class Reducer:
         view = bucket.views[slot]
         # averaging is folded into the copy (same cost as a plain copy, one pass fewer);
         # communication hooks average themselves
-        scale = 1.0 if self.comm_hook is not None or self.world == 1 else 1.0 / self.world
+        scale = 1.0 if self.comm_hook is not None or self.divisor == 1 else 1.0 / self.divisor
         if grad is None:
             view[...] = 0
         elif grad._data is view:          # accumulated straight into the bucket
@@ -281,6 +282,23 @@ class Reducer:
                 else:
                     p.grad._data[...] = view
 
+    def shadow_backward(self):
+        """A rank that has joined (``DDP.join``): enter the collectives of one backward of the
+        ranks still training, in the same order, contributing zero gradients and no missing or
+        used parameters; this rank's ``.grad`` are left alone."""
+        for bucket in self.buckets:
+            bucket.reset()
+            bucket.data[...] = 0
+        for bucket in self.buckets:
+            self._launch(bucket)
+        for bucket in self.buckets:
+            if bucket.work is not None:
+                bucket.work.wait()
+        if self.find_unused:
+            self._unused_on_every_rank(range(len(self.params)))
+        else:
+            self._check_everyone_had_gradients([])
+
     @staticmethod
     def _take_hook_result(bucket, result):
         out = result[0] if isinstance(result, (list, tuple)) else result
@@ -301,7 +319,8 @@ class Reducer:
 
     def _check_everyone_had_gradients(self, missing):
         """One small allreduce: did any rank finish backward with parameters lacking a
-        gradient? Then every rank raises, naming the first such parameter."""
+        gradient? Then every rank raises (a joined one too), naming the first such
+        parameter."""
         status = np.array([1.0 if missing else 0.0, float(missing[0] + 1) if missing else 0.0])
         if self.world > 1:
             self.comm.Allreduce(status, "sum")

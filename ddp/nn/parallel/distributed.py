@@ -6,13 +6,17 @@ from contextlib import contextmanager
 
 
 from ... import backend
-from ...autograd.grad_mode import no_grad
+from ...autograd.grad_mode import is_grad_enabled, no_grad
+from ...creation import tensor as _tensor
+from ...distributed.algorithms.join import Join, JoinHook, Joinable
+from ...distributed.collectives import all_reduce
+from ...distributed.process_group import ProcessGroup, ReduceOp, _group, is_initialized
 from ...distributed.reducer import Reducer
 from ...tensor import Tensor
 from ..module import Module
 
 
-class DistributedDataParallel(Module):
+class DistributedDataParallel(Module, Joinable):
     """Wraps ``module`` so that every rank trains the same model on its own shard of the data.
 
     The contract, as PyTorch's:
@@ -32,6 +36,11 @@ class DistributedDataParallel(Module):
       when ``broadcast_buffers``.
     - ``state_dict()`` has PyTorch's ``module.`` prefix, and loading accepts checkpoints with
       or without it (and the unwrapped module accepts both too).
+    - Uneven inputs: inside ``with model.join():`` ranks that run out of batches shadow the
+      collectives of the others until all are done (see :meth:`join`).
+    - Its collectives travel on a private duplicate of the group's communicator, so a
+      collective of the user's can never be matched with a gradient bucket's allreduce (a
+      rank in one and a rank in the other wait, and the stall inspector names both).
 
     Example:
         >>> dist.init_process_group()
@@ -43,17 +52,21 @@ class DistributedDataParallel(Module):
                  process_group=None, bucket_cap_mb=25.0, find_unused_parameters=False,
                  check_reduction=False, gradient_as_bucket_view=False, static_graph=False):
         super().__init__()
-        from ... import distributed as dist
-        if not dist.is_initialized():
+        Joinable.__init__(self)
+        if not is_initialized():
             raise RuntimeError("DistributedDataParallel: the default process group has not been "
                                "initialized; call ddp.distributed.init_process_group() first")
         self.module = module
         self.process_group = process_group
-        self.comm = dist.get_communicator(process_group)
+        group = _group(process_group)
+        # a communicator of its own: its collectives never match a user's (every rank dups)
+        self._pg = ProcessGroup(group.comm.dup(), group.ranks, group.backend)
+        self.comm = self._pg.comm
         self.broadcast_buffers = broadcast_buffers
         self.find_unused_parameters = find_unused_parameters
         self.gradient_as_bucket_view = gradient_as_bucket_view
         self.static_graph = static_graph
+        self._divide_by_initial_world_size = True
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if not named:
             raise RuntimeError("DistributedDataParallel is not needed when a module doesn't have "
@@ -96,8 +109,8 @@ class DistributedDataParallel(Module):
                         f"{k}, rank 0 has {describe(a)} but rank {rank} has {describe(b)}. Every "
                         f"rank must build the same model.")
 
-    def _sync_from_rank0(self, tensors):
-        """Broadcast tensors from rank 0, packed into one buffer per dtype."""
+    def _sync_from_rank0(self, tensors, src=0):
+        """Broadcast tensors from rank ``src`` (0), packed into one buffer per dtype."""
         if self.comm.size == 1 or not tensors:
             return
         by_dtype = OrderedDict()
@@ -106,7 +119,7 @@ class DistributedDataParallel(Module):
         for group in by_dtype.values():
             xp = backend.get_array_module(group[0]._data)
             flat = xp.concatenate([t._data.reshape(-1) for t in group])
-            self.comm.Bcast(flat, 0)
+            self.comm.Bcast(flat, src)
             start = 0
             with no_grad():
                 for t in group:
@@ -116,13 +129,15 @@ class DistributedDataParallel(Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, *inputs, **kwargs):
-        if self._iteration == 1 and self.reducer.require_sync and not self.static_graph:
-            self.reducer.rebuild_from_arrivals()
-        if self.broadcast_buffers and self.comm.size > 1:
-            self._sync_from_rank0([b for _, b in self.module.named_buffers()])
+        will_sync = is_grad_enabled() and self.reducer.require_sync
+        if self._join_config.enable:
+            work = Join.notify_join_context(self)
+            if work is not None and not self._divide_by_initial_world_size:
+                self.reducer.divisor = int(work.result()[0].item())  # ranks still training
+            self._join_flag(will_sync)
+        self._pre_forward_collectives(will_sync, joined=False)
         output = self.module(*inputs, **kwargs)
-        from ...autograd.grad_mode import is_grad_enabled
-        if is_grad_enabled() and self.reducer.require_sync:
+        if will_sync:
             tensors = [t for t in _tensors_in(output) if t.requires_grad]
             unused = self._unused_parameters(tensors) if self.find_unused_parameters else ()
             self.reducer.prepare_for_backward(unused)
@@ -133,6 +148,73 @@ class DistributedDataParallel(Module):
                     t.register_hook(self._start_backward)
             self._iteration += 1
         return output
+
+    def _pre_forward_collectives(self, will_sync, joined):
+        """The collectives of a forward, entered alike by the ranks that train and (under
+        :meth:`join`) by the joined ones: the one-time layout rebuild, then the buffers from
+        rank 0 (under join: from the highest rank still training, whose buffers are current)."""
+        if will_sync and self._iteration == 1 and not self.static_graph:
+            self.reducer.rebuild_from_arrivals()
+        buffers = [b for _, b in self.module.named_buffers()]
+        if self.broadcast_buffers and self.comm.size > 1 and buffers:
+            src = self._find_common_rank(not joined) if self._join_config.enable else 0
+            self._sync_from_rank0(buffers, src)
+
+    # ---------------------------------------------------------------- uneven inputs
+    def join(self, divide_by_initial_world_size=True, enable=True,
+             throw_on_early_termination=False):
+        """A context manager for training with uneven inputs (PyTorch's ``DDP.join``): a rank
+        that leaves its loop early keeps entering the collectives of every forward and backward
+        of the others (its gradients count as zeros) until all ranks are done; then the model
+        of a rank that finished last is copied to every rank, so all end identical.
+
+        ``divide_by_initial_world_size``: average gradients over the initial world size (every
+        sample weighs the same) or, if False, over the ranks still training.
+        ``throw_on_early_termination``: raise on every rank as soon as one runs out instead
+        (for loops with collectives DDP does not know about, such as SyncBatchNorm's).
+
+        Example:
+            >>> with model.join():
+            ...     for x, y in batches:            # ranks may hold different numbers
+            ...         loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
+        """
+        return Join([self], enable, throw_on_early_termination,
+                    divide_by_initial_world_size=divide_by_initial_world_size)
+
+    def join_hook(self, **kwargs):
+        """The hook a joined rank runs (keyword: ``divide_by_initial_world_size``)."""
+        return _DDPJoinHook(self, kwargs.get("divide_by_initial_world_size", True))
+
+    @property
+    def join_device(self):
+        for p in self.module.parameters():
+            return p.device
+        return None
+
+    @property
+    def join_process_group(self):
+        return self._pg
+
+    def _join_flag(self, will_sync):
+        """Under join, tell the joined ranks whether a synchronised backward follows this
+        forward; returns whether any rank will run one."""
+        flag = _tensor([1.0 if will_sync else 0.0], device=self.join_device)
+        all_reduce(flag, group=self._pg)
+        return flag.item() > 0
+
+    def _find_common_rank(self, candidate):
+        """The highest rank among those for which ``candidate`` is true (one MAX allreduce)."""
+        rank = _tensor([float(self.comm.rank) if candidate else -1.0])
+        all_reduce(rank, op=ReduceOp.MAX, group=self._pg)
+        if rank.item() < 0:
+            raise RuntimeError("DistributedDataParallel: no rank qualified as the source of the "
+                               "model under join (a bug)")
+        return int(rank.item())
+
+    def _sync_final_model(self, is_last_joiner):
+        src = self._find_common_rank(is_last_joiner)
+        self._sync_from_rank0([p for _, p in self.module.named_parameters()] +
+                              [b for _, b in self.module.named_buffers()], src)
 
     def _start_backward(self, grad):
         self.reducer.begin_backward()
@@ -192,6 +274,28 @@ class DistributedDataParallel(Module):
         if state_dict and not any(k.startswith("module.") for k in state_dict):
             state_dict = OrderedDict(("module." + k, v) for k, v in state_dict.items())
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+class _DDPJoinHook(JoinHook):
+    """What a joined rank does for DDP in each iteration of the ranks still training."""
+
+    def __init__(self, ddp, divide_by_initial_world_size):
+        self.ddp = ddp
+        ddp._divide_by_initial_world_size = divide_by_initial_world_size
+
+    def main_hook(self):
+        """Enter the collectives of one forward and backward of the others, in their order."""
+        ddp = self.ddp
+        should_sync = ddp._join_flag(False)
+        ddp._pre_forward_collectives(should_sync, joined=True)
+        if should_sync:
+            ddp.reducer.shadow_backward()
+            ddp._iteration += 1
+
+    def post_hook(self, is_last_joiner):
+        """Every rank takes the model of a rank that joined last."""
+        self.ddp._sync_final_model(is_last_joiner)
+        self.ddp.reducer.divisor = self.ddp.reducer.world
 
 
 def _tensors_in(obj):
