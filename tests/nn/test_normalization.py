@@ -246,9 +246,12 @@ def test_groupnorm_module_and_errors():
 
 # ============================================================== PyTorch parity
 
-def _load_from_torch(ours, theirs):
-    ours.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
-                          theirs.state_dict().items()})
+def _state_of(module):
+    return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def _load_state(ours, state):
+    ours.load_state_dict({k: ddp.tensor(v) for k, v in state.items()})
 
 
 @pytest.mark.parametrize("cls,shape,kw", [
@@ -259,32 +262,48 @@ def _load_from_torch(ours, theirs):
     ("BatchNorm2d", (4, 3, 2, 2), dict(track_running_stats=False)),
     ("BatchNorm1d", (5, 3), dict(bias=False)),
 ])
-def test_batchnorm_torch_parity_train_then_eval(cls, shape, kw):
-    torch = pytest.importorskip("torch")
-    ours, theirs = getattr(nn, cls)(3, **kw), getattr(torch.nn, cls)(3, **kw)
-    assert repr(ours) == repr(theirs)
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.uniform_(0.5, 1.5)
-    _load_from_torch(ours, theirs)
+def test_batchnorm_torch_parity_train_then_eval(oracle, cls, shape, kw):
     rng = np.random.default_rng(0)
+    steps = []  # (input, upstream gradient) of each step; the last runs in eval mode
     for step in range(4):
+        x = (rng.standard_normal(shape) * (step + 1) + step).astype(np.float32)
+        steps.append((x, rng.standard_normal(shape).astype(np.float32)))
+
+    def reference(torch):
+        theirs = getattr(torch.nn, cls)(3, **kw)
+        with torch.no_grad():
+            for p in theirs.parameters():
+                p.uniform_(0.5, 1.5)
+        out = {"repr": repr(theirs), "state": _state_of(theirs), "steps": []}
+        for step, (x, g) in enumerate(steps):
+            if step == 3:
+                theirs.eval()
+            b = torch.tensor(x, requires_grad=True)
+            yt = theirs(b)
+            yt.backward(torch.tensor(g))
+            out["steps"].append({"y": yt.detach().numpy(), "gx": b.grad.numpy(),
+                                 "grads": [q.grad.numpy().copy() for q in theirs.parameters()],
+                                 "buffers": [(n, buf.numpy().copy())
+                                             for n, buf in theirs.named_buffers()]})
+        return out
+    want = oracle(reference)
+    ours = getattr(nn, cls)(3, **kw)
+    assert repr(ours) == want["repr"]
+    _load_state(ours, want["state"])
+    for step, ((x, g), ref) in enumerate(zip(steps, want["steps"])):
         if step == 3:
             ours.eval()
-            theirs.eval()
-        x = (rng.standard_normal(shape) * (step + 1) + step).astype(np.float32)
-        a, b = ddp.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
-        y, yt = ours(a), theirs(b)
-        np.testing.assert_allclose(arr(y), yt.detach().numpy(), rtol=1e-4, atol=1e-4)
-        g = rng.standard_normal(shape).astype(np.float32)
+        a = ddp.tensor(x, requires_grad=True)
+        y = ours(a)
+        np.testing.assert_allclose(arr(y), ref["y"], rtol=1e-4, atol=1e-4)
         y.backward(ddp.tensor(g))
-        yt.backward(torch.tensor(g))
-        np.testing.assert_allclose(arr(a.grad), b.grad.numpy(), rtol=1e-4, atol=1e-4)
-        for p, q in zip(ours.parameters(), theirs.parameters()):
-            np.testing.assert_allclose(arr(p.grad), q.grad.numpy(), rtol=1e-4, atol=1e-4)
-        for name, buf in theirs.named_buffers():
-            np.testing.assert_allclose(arr(getattr(ours, name)), buf.numpy(), rtol=1e-5,
-                                       atol=1e-6)
+        np.testing.assert_allclose(arr(a.grad), ref["gx"], rtol=1e-4, atol=1e-4)
+        params = list(ours.parameters())
+        assert len(params) == len(ref["grads"])
+        for p, q in zip(params, ref["grads"]):
+            np.testing.assert_allclose(arr(p.grad), q, rtol=1e-4, atol=1e-4)
+        for name, buf in ref["buffers"]:
+            np.testing.assert_allclose(arr(getattr(ours, name)), buf, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("cls,args,shape", [
@@ -294,25 +313,35 @@ def test_batchnorm_torch_parity_train_then_eval(cls, shape, kw):
     ("GroupNorm", (1, 6), (2, 6, 5)),
     ("LayerNorm", ((5,), 1e-5, True, False), (4, 5)),
 ])
-def test_layer_and_group_norm_torch_parity(cls, args, shape):
-    torch = pytest.importorskip("torch")
-    ours, theirs = getattr(nn, cls)(*args), getattr(torch.nn, cls)(*args)
-    assert repr(ours) == repr(theirs)
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.uniform_(-1.5, 1.5)
-    _load_from_torch(ours, theirs)
+def test_layer_and_group_norm_torch_parity(oracle, cls, args, shape):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
-    a, b = ddp.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
-    y, yt = ours(a), theirs(b)
-    np.testing.assert_allclose(arr(y), yt.detach().numpy(), rtol=1e-4, atol=1e-5)
     g = rng.standard_normal(shape).astype(np.float32)
+
+    def reference(torch):
+        theirs = getattr(torch.nn, cls)(*args)
+        with torch.no_grad():
+            for p in theirs.parameters():
+                p.uniform_(-1.5, 1.5)
+        state = _state_of(theirs)
+        b = torch.tensor(x, requires_grad=True)
+        yt = theirs(b)
+        yt.backward(torch.tensor(g))
+        return {"repr": repr(theirs), "state": state, "y": yt.detach().numpy(),
+                "gx": b.grad.numpy(), "grads": [q.grad.numpy() for q in theirs.parameters()]}
+    want = oracle(reference)
+    ours = getattr(nn, cls)(*args)
+    assert repr(ours) == want["repr"]
+    _load_state(ours, want["state"])
+    a = ddp.tensor(x, requires_grad=True)
+    y = ours(a)
+    np.testing.assert_allclose(arr(y), want["y"], rtol=1e-4, atol=1e-5)
     y.backward(ddp.tensor(g))
-    yt.backward(torch.tensor(g))
-    np.testing.assert_allclose(arr(a.grad), b.grad.numpy(), rtol=1e-4, atol=1e-4)
-    for p, q in zip(ours.parameters(), theirs.parameters()):
-        np.testing.assert_allclose(arr(p.grad), q.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(arr(a.grad), want["gx"], rtol=1e-4, atol=1e-4)
+    params = list(ours.parameters())
+    assert len(params) == len(want["grads"])
+    for p, q in zip(params, want["grads"]):
+        np.testing.assert_allclose(arr(p.grad), q, rtol=1e-4, atol=1e-4)
 
 
 # ============================================================== higher-order gradients
@@ -331,20 +360,23 @@ def test_norm_double_backward_gradgradcheck(which):
     assert gradgradcheck(fns[which], (x, w, b))
 
 
-def test_layer_norm_gradient_penalty_torch_parity():
-    torch = pytest.importorskip("torch")
-    ours, theirs = nn.LayerNorm(5), torch.nn.LayerNorm(5)
-    with torch.no_grad():
-        theirs.weight.uniform_(0.5, 1.5)
-        theirs.bias.uniform_(-0.5, 0.5)
-    _load_from_torch(ours, theirs)
+def test_layer_norm_gradient_penalty_torch_parity(oracle):
     x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
-    results = []
-    for lib, m in ((ddp, ours), (torch, theirs)):
+
+    def penalty_grads(lib, m):
         t = lib.tensor(x, requires_grad=True)
         grad, = lib.autograd.grad((m(t).tanh() * lib.arange(5.0)).sum(), t, create_graph=True)
         (grad ** 2).sum().backward()
-        results.append([arr(m.weight.grad) if lib is ddp else m.weight.grad.numpy(),
-                        arr(t.grad) if lib is ddp else t.grad.numpy()])
-    for a, b in zip(*results):
+        return [m.weight.grad.detach().numpy(), t.grad.detach().numpy()]
+
+    def reference(torch):
+        theirs = torch.nn.LayerNorm(5)
+        with torch.no_grad():
+            theirs.weight.uniform_(0.5, 1.5)
+            theirs.bias.uniform_(-0.5, 0.5)
+        return {"state": _state_of(theirs), "grads": penalty_grads(torch, theirs)}
+    want = oracle(reference)
+    ours = nn.LayerNorm(5)
+    _load_state(ours, want["state"])
+    for a, b in zip(penalty_grads(ddp, ours), want["grads"]):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
