@@ -88,9 +88,9 @@ FUSED = {"leaky_relu", "elu", "selu", "celu", "gelu", "softplus", "logsigmoid", 
          "hardswish", "softmax", "softmin", "log_softmax", "mish"}
 
 
-def sample(shape=(2, 4), scale=3.0):
+def sample(shape=(2, 4), scale=3.0, rng=RNG):
     """Values away from the kinks (0, +-1, +-3, 6, the thresholds) so finite differences hold."""
-    x = RNG.uniform(-scale, scale, shape)
+    x = rng.uniform(-scale, scale, shape)
     return np.where(np.abs(x - np.round(x)) < 0.05, x + 0.1, x)
 
 
@@ -115,20 +115,20 @@ def test_gradcheck(name, kwargs, ref):
 
 
 @pytest.mark.parametrize("name,kwargs,ref", CASES, ids=IDS)
-def test_matches_torch(name, kwargs, ref):
-    torch = pytest.importorskip("torch")
-    x = sample((4, 4), scale=8.0)
+def test_matches_torch(oracle, name, kwargs, ref):
+    rng = np.random.default_rng(0)
+    x = sample((4, 4), scale=8.0, rng=rng)
     x[0, :] = [0.0, -3.0, 3.0, 1.0]  # the kinks: PyTorch's subgradient choices
-    a = ddp.tensor(x, requires_grad=True)
-    t = torch.tensor(x, requires_grad=True)
-    out = getattr(F, name)(a, **kwargs)
-    ref_out = getattr(torch.nn.functional, name)(t, **kwargs)
-    g = RNG.standard_normal(tuple(ref_out.shape))
-    out.backward(ddp.tensor(g))
-    ref_out.backward(torch.tensor(g))
-    np.testing.assert_allclose(arr(out), ref_out.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+    def run(lib):
+        t = lib.tensor(x, requires_grad=True)
+        out = getattr(lib.nn.functional, name)(t, **kwargs)
+        out.backward(lib.tensor(np.random.default_rng(1).standard_normal(tuple(out.shape))))
+        return {"out": out.detach().numpy(), "grad": t.grad.numpy()}
+    ours, want = run(ddp), oracle(run)
+    np.testing.assert_allclose(ours["out"], want["out"], rtol=1e-12, atol=1e-14)
     # torch's hardsigmoid scales its gradient by a float32 1/6: 1e-8 relative
-    np.testing.assert_allclose(arr(a.grad), t.grad.numpy(), rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(ours["grad"], want["grad"], rtol=1e-7, atol=1e-12)
 
 
 @pytest.mark.parametrize("name,kwargs", [("relu", {}), ("leaky_relu", {}), ("elu", {}),
@@ -311,24 +311,33 @@ def test_prelu_parameter_and_gradients():
         F.prelu(ddp.randn(2, 4), ddp.ones(3))
 
 
-def test_prelu_matches_torch():
-    torch = pytest.importorskip("torch")
-    x = RNG.standard_normal((2, 3, 4))
+def test_prelu_matches_torch(oracle):
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
     w = np.array([0.2, -0.3, 0.4])
-    a, aw = ddp.tensor(x, requires_grad=True), ddp.tensor(w, requires_grad=True)
-    t, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
-    F.prelu(a, aw).pow(2).sum().backward()
-    torch.nn.functional.prelu(t, tw).pow(2).sum().backward()
-    np.testing.assert_allclose(arr(a.grad), t.grad.numpy(), rtol=1e-12)
-    np.testing.assert_allclose(arr(aw.grad), tw.grad.numpy(), rtol=1e-12)
+
+    def grads(lib):
+        t, tw = lib.tensor(x, requires_grad=True), lib.tensor(w, requires_grad=True)
+        lib.nn.functional.prelu(t, tw).pow(2).sum().backward()
+        return t.grad.numpy(), tw.grad.numpy()
+    (gx, gw), (tx, tw) = grads(ddp), oracle(grads)
+    np.testing.assert_allclose(gx, tx, rtol=1e-12)
+    np.testing.assert_allclose(gw, tw, rtol=1e-12)
 
 
-def test_prelu_state_dict_loads_into_torch():
-    torch = pytest.importorskip("torch")
+def test_prelu_state_dict_loads_into_torch(oracle):
     m = nn.PReLU(4, init=0.7)
-    tm = torch.nn.PReLU(4)
-    tm.load_state_dict({k: torch.tensor(arr(v)) for k, v in m.state_dict().items()})
-    assert torch.allclose(tm.weight, torch.full((4,), 0.7))
+    ours = {k: arr(v) for k, v in m.state_dict().items()}
+
+    def reference(torch):
+        tm = torch.nn.PReLU(4)
+        layout = [(k, tuple(v.shape), str(v.dtype)[6:]) for k, v in tm.state_dict().items()]
+        tm.load_state_dict({k: torch.tensor(v) for k, v in ours.items()})
+        return {"layout": layout, "weight": tm.weight.detach().numpy()}
+    want = oracle(reference)
+    # our keys, shapes and dtypes are torch's own PReLU(4)'s, and torch reads our values
+    assert [(k, v.shape, v.dtype.name) for k, v in ours.items()] == \
+        [(k, tuple(int(n) for n in shape), dtype) for k, shape, dtype in want["layout"]]
+    np.testing.assert_allclose(want["weight"], np.full(4, 0.7, dtype=np.float32))
 
 
 # --------------------------------------------------------------------------- errors
