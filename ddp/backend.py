@@ -22,36 +22,168 @@ except ImportError as _exc:  # pragma: no cover - a declared dependency: a broke
                       "reinstall with `pip install ddp` or `pip install ml_dtypes`)") from _exc
 _BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
 
-_cupy = None          # the cupy module once imported
-_cupy_error = None    # why it could not be imported
+import contextlib as _contextlib
+import os as _os
+import threading as _threading
+
+_cuda = None          # the CUDA array module (cupy, or a stand-in from use_cuda_module)
+_cuda_x = None        # its companion of extras (cupyx: scatter_add, pinned host memory)
+_cuda_error = None    # why CuPy could not be imported
+_cuda_array_type = None   # _cuda.ndarray, once a CUDA module is in use (isinstance checks)
 
 
-def cupy_module():
-    """Return the ``cupy`` module, importing it on first use; raise a clear error without it."""
-    global _cupy, _cupy_error
-    if _cupy is None:
-        if _cupy_error is not None:
-            raise _cupy_error
+def cuda_module():
+    """The CUDA array module (``cupy``), imported on first use; a clear error without a GPU.
+
+    This is the only place that imports CuPy: every other module asks the backend.
+    """
+    global _cuda_error
+    if _cuda is None:
+        if _cuda_error is not None:
+            raise _cuda_error
         try:
             import cupy
+            import cupyx
             if cupy.cuda.runtime.getDeviceCount() < 1:
                 raise RuntimeError("no CUDA device is visible")
         except Exception as exc:  # ImportError, CUDA driver errors
-            _cupy_error = RuntimeError(
+            _cuda_error = RuntimeError(
                 "CUDA is not available: the 'cuda' device needs CuPy and a GPU "
-                f"(pip install 'ddp[cuda]'); cause: {exc}")
-            raise _cupy_error from exc
-        _cupy = cupy
-    return _cupy
+                f"(pip install 'ddp[cuda12]' or 'ddp[cuda13]'); cause: {exc}")
+            raise _cuda_error from exc
+        use_cuda_module(cupy, cupyx)
+    return _cuda
+
+
+def cuda_extras():
+    """CuPy's companion module ``cupyx`` (scatter_add, pinned host buffers)."""
+    cuda_module()
+    return _cuda_x
+
+
+def use_cuda_module(module, extras=None):
+    """Make ``module`` (CuPy's interface) the CUDA array module; ``None`` forgets it.
+
+    ddp imports CuPy itself; tests hand in a simulated device (tests/simcuda) so the CUDA code
+    path runs on machines without a GPU.
+    """
+    global _cuda, _cuda_x, _cuda_error, _cuda_array_type
+    _cuda, _cuda_x, _cuda_error = module, extras, None
+    _cuda_array_type = None if module is None else module.ndarray
+    _cuda_devices.clear()
+    _cuda_generators.clear()
+    _cached_tables.clear()
 
 
 def cuda_is_available() -> bool:
     """True when CuPy imports and sees at least one GPU."""
     try:
-        cupy_module()
+        cuda_module()
         return True
     except RuntimeError:
         return False
+
+
+def device_count() -> int:
+    """How many GPUs this process sees (0 without CuPy or a GPU)."""
+    return cuda_module().cuda.runtime.getDeviceCount() if cuda_is_available() else 0
+
+
+def current_device() -> int:
+    """The index of this thread's current GPU (each thread has its own, as in CUDA)."""
+    return cuda_module().cuda.runtime.getDevice()
+
+
+def set_device(index: int):
+    """Make GPU ``index`` current in this thread (``ddp.cuda.set_device``)."""
+    cuda_module().cuda.Device(_cuda_index(index)).use()
+
+
+def device_context(dev):
+    """A context in which ``dev``'s GPU is current (nothing to do for the CPU).
+
+    Example:
+        >>> with device_context("cpu"):
+        ...     pass
+    """
+    dev = as_device(dev)
+    if dev.type == "cpu":
+        return _contextlib.nullcontext()
+    return cuda_module().cuda.Device(_cuda_index(dev.index))
+
+
+def _cuda_index(index):
+    if index is None:
+        return current_device()
+    count = cuda_module().cuda.runtime.getDeviceCount()
+    if not 0 <= index < count:
+        raise RuntimeError(f"CUDA error: invalid device ordinal: cuda:{index} requested, "
+                           f"{count} GPU(s) visible")
+    return index
+
+
+def synchronize(dev=None):
+    """Wait until the GPU ``dev`` (the current one by default) finished its queued work."""
+    if _cuda is None:
+        return
+    with device_context(as_device(dev) if dev is not None else device("cuda", current_device())):
+        _cuda.cuda.get_current_stream().synchronize()
+
+
+def pinned_empty(shape, np_dtype):
+    """A host array in page-locked memory when a GPU is in use (faster copies to it), else a
+    plain NumPy array."""
+    if _cuda is None:
+        return np.empty(shape, np_dtype)
+    return _cuda_x.empty_pinned(shape, np_dtype)
+
+
+def overlaps(a, b) -> bool:
+    """Whether writing ``a`` elementwise from ``b`` could read what it already wrote: the two share
+    memory at different positions. NumPy buffers such copies; CuPy's kernels race, so callers
+    copy ``b`` first."""
+    if a is b:
+        return False
+    xp = get_array_module(a)
+    if not xp.may_share_memory(a, b):
+        return False
+    same_layout = a.shape == b.shape and a.strides == b.strides and _data_ptr(a) == _data_ptr(b)
+    return not same_layout
+
+
+def _data_ptr(a):
+    return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
+
+
+# Whether ddp's debug checks run: value checks that need a device->host sync (index bounds,
+# target ranges) always run on the CPU and on a GPU only under ``launcher --debug`` (DDP_DEBUG=1),
+# so a training step never waits for the device to answer a yes/no question.
+_DEBUG = _os.environ.get("DDP_DEBUG", "") not in ("", "0")
+
+
+def validates(array) -> bool:
+    """Whether a value check on ``array`` runs (always on the CPU; on a GPU under --debug)."""
+    return _DEBUG or _cuda_array_type is None or not isinstance(array, _cuda_array_type)
+
+
+_cached_tables: dict = {}
+_cached_lock = _threading.Lock()
+
+
+def cached_table(key, make, dev):
+    """A small constant array (pooling divisors, interpolation matrices, pad indices) made once by
+    ``make()`` on the host and kept on ``dev``, so a GPU step does not copy it again."""
+    dev = as_device(dev)
+    full_key = (key, dev)
+    table = _cached_tables.get(full_key)
+    if table is None:
+        table = to_device(make(), dev)
+        with _cached_lock:
+            if len(_cached_tables) > 4096:   # many distinct shapes: forget the oldest half
+                for k in list(_cached_tables)[:2048]:
+                    del _cached_tables[k]
+            _cached_tables[full_key] = table
+    return table
 
 
 # --------------------------------------------------------------------------- devices
@@ -125,7 +257,7 @@ def set_default_device(dev):
     global _default_device
     dev = CPU if dev is None else as_device(dev)
     if dev.type == "cuda":
-        cupy_module()  # a clear error now, not at the first tensor
+        cuda_module()  # a clear error now, not at the first tensor
     _default_device = dev
 
 
@@ -135,7 +267,17 @@ def get_default_device() -> device:
 
 def array_module_of_device(dev):
     """The array module (numpy or cupy) that holds arrays of ``dev``."""
-    return np if as_device(dev).type == "cpu" else cupy_module()
+    return np if as_device(dev).type == "cpu" else cuda_module()
+
+
+def is_cuda_array(array) -> bool:
+    """Whether ``array`` is a CUDA (CuPy) array."""
+    return _cuda_array_type is not None and isinstance(array, _cuda_array_type)
+
+
+def is_array(value) -> bool:
+    """Whether ``value`` is an array of either module (NumPy or CuPy)."""
+    return isinstance(value, np.ndarray) or is_cuda_array(value)
 
 
 def get_array_module(*arrays):
@@ -145,15 +287,16 @@ def get_array_module(*arrays):
         >>> get_array_module(np.zeros(2)) is np
         True
     """
-    for a in arrays:
-        if a.__class__ is not np.ndarray and type(a).__module__.startswith("cupy"):
-            return cupy_module()
+    if _cuda_array_type is not None:
+        for a in arrays:
+            if isinstance(a, _cuda_array_type):
+                return _cuda
     return np
 
 
 def device_of(array) -> device:
     """The :class:`device` an array lives on."""
-    if isinstance(array, np.ndarray) or not type(array).__module__.startswith("cupy"):
+    if _cuda_array_type is None or not isinstance(array, _cuda_array_type):
         return CPU
     idx = array.device.id
     dev = _cuda_devices.get(idx)
@@ -163,21 +306,24 @@ def device_of(array) -> device:
 
 
 def to_device(array, dev: device):
-    """Copy ``array`` to device ``dev`` (no copy when it is already there)."""
+    """Copy ``array`` to device ``dev`` (no copy when it is already there); ``cuda`` without an
+    index means the current GPU."""
+    dev = as_device(dev)
     if dev.type == "cpu":
-        if isinstance(array, np.ndarray):
-            return array
-        return array.get()
-    cp = cupy_module()
-    index = 0 if dev.index is None else dev.index
-    if isinstance(array, cp.ndarray) and array.device.id == index:
+        return to_host(array)
+    cp = cuda_module()
+    index = _cuda_index(dev.index)
+    if isinstance(array, _cuda_array_type) and array.device.id == index:
         return array
     with cp.cuda.Device(index):
         return cp.asarray(array)
 
 
-def is_cuda_array(array) -> bool:
-    return type(array).__module__.startswith("cupy")
+def to_host(array):
+    """``array`` as a NumPy array (a device->host copy for a CUDA array, else itself)."""
+    if _cuda_array_type is not None and isinstance(array, _cuda_array_type):
+        return array.get()
+    return array
 
 
 def sum_to_shape(g, shape):
@@ -210,8 +356,28 @@ def index_add_at(out, index, values):
         else:
             np.add.at(out, index, values)
     else:
-        import cupyx
-        cupyx.scatter_add(out, index, values)
+        _cuda_index_add(out, index, values)
+
+
+# The element types CuPy's atomic add (cupyx.scatter_add, ufunc.at) supports.
+_CUDA_ATOMIC = frozenset(np.dtype(d) for d in (np.int32, np.uint32, np.uint64, np.float16,
+                                               np.float32, np.float64))
+
+
+def _cuda_index_add(out, index, values):
+    """``index_add_at`` on the GPU for every dtype: CuPy's atomics cover six; int64 adds as uint64
+    (two's complement: the same bits), and the narrow types add in a wider one and round once."""
+    dt = out.dtype
+    if dt in _CUDA_ATOMIC:
+        _cuda_x.scatter_add(out, index, values)
+    elif dt == np.int64:
+        vals = _cuda.asarray(values, dtype=np.int64)
+        _cuda_x.scatter_add(out.view(np.uint64), index, vals.view(np.uint64))
+    else:
+        wide = np.float32 if is_float_np(dt) else np.int32   # bfloat16 / bool, int8/16, uint8
+        acc = out.astype(wide)
+        _cuda_x.scatter_add(acc, index, _cuda.asarray(values, dtype=wide))
+        out[...] = (acc != 0) if dt == np.bool_ else acc.astype(dt)
 
 
 def _is_row_index(out, index, values):
@@ -408,10 +574,12 @@ def promote_types(a, b):
 # --------------------------------------------------------------------------- random numbers
 
 class Generator:
-    """A seeded source of random numbers (a NumPy ``PCG64`` stream on the CPU).
+    """A seeded source of random numbers for one device.
 
-    CUDA tensors draw on the CPU generator and are copied over, so the same seed gives the same
-    numbers on every device.
+    On the CPU it is one NumPy ``PCG64`` stream. On a GPU the numbers are drawn on the device
+    (no host round trip): draw ``k`` of a generator seeded ``s`` comes from CuPy's generator
+    seeded by ``SeedSequence([s, k])``, so a seed fixes every draw and the state is the pair
+    ``(s, k)``.
 
     Example:
         >>> g = ddp.Generator().manual_seed(0)
@@ -421,12 +589,13 @@ class Generator:
 
     def __init__(self, device="cpu"):
         self.device = as_device(device)
-        self._seed = 67280421310721
-        self._rng = np.random.Generator(np.random.PCG64(self._seed))
+        self.manual_seed(_DEFAULT_SEED)
 
     def manual_seed(self, seed):
         self._seed = _builtins.int(seed)
-        self._rng = np.random.Generator(np.random.PCG64(self._seed))
+        self._draws = 0
+        self._rng = np.random.Generator(np.random.PCG64(self._seed)) \
+            if self.device.type == "cpu" else None
         return self
 
     def seed(self):
@@ -439,23 +608,105 @@ class Generator:
         return self._seed
 
     def get_state(self):
-        """The generator's state as a uint8 tensor-compatible NumPy array (picklable dict)."""
+        """The generator's state (a picklable dict)."""
+        if self._rng is None:
+            return {"seed": self._seed, "draws": self._draws}
         return self._rng.bit_generator.state
 
     def set_state(self, state):
-        self._rng.bit_generator.state = state
+        if self._rng is None:
+            self._seed, self._draws = state["seed"], state["draws"]
+        else:
+            self._rng.bit_generator.state = state
         return self
 
     @property
     def numpy(self) -> np.random.Generator:
+        """The NumPy stream of a CPU generator."""
+        if self._rng is None:
+            raise RuntimeError(f"a generator for {self.device} draws on the device, not in NumPy")
         return self._rng
+
+    def draws(self):
+        """An object with NumPy's Generator methods (random, standard_normal, integers, normal,
+        uniform, exponential, permutation) whose arrays live on this generator's device."""
+        if self._rng is not None:
+            return self._rng
+        self._draws += 1
+        child = _builtins.int(np.random.SeedSequence([self._seed, self._draws])
+                              .generate_state(1, np.uint64)[0] >> 1)
+        with device_context(self.device):
+            return _CudaDraws(cuda_module().random.default_rng(child), self.device)
+
+
+_DEFAULT_SEED = 67280421310721
+
+
+class _CudaDraws:
+    """NumPy's Generator method names over CuPy's generator (which has only a few of them)."""
+
+    def __init__(self, rng, dev):
+        self._rng, self._dev = rng, dev
+
+    def _on_device(self, draw, *args, **kwargs):
+        with device_context(self._dev):
+            return draw(*args, **kwargs)
+
+    def random(self, size=None, dtype=np.float64):
+        return self._on_device(self._rng.random, size, dtype=dtype)
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return self._on_device(self._rng.standard_normal, size, dtype=dtype)
+
+    def integers(self, low, high=None, size=None, dtype=np.int64):
+        return self._on_device(self._rng.integers, low, high, size, dtype=dtype)
+
+    def normal(self, loc=0.0, scale=1.0, size=None):
+        if size is None:
+            size = np.broadcast_shapes(np.shape(loc), np.shape(scale))
+        return loc + scale * self.standard_normal(size)
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return low + (high - low) * self.random(size)
+
+    def exponential(self, scale=1.0, size=None):
+        return scale * self._on_device(self._rng.standard_exponential, size)
+
+    def permutation(self, n):
+        return _cuda.argsort(self.random(n))
 
 
 default_generator = Generator()
+_cuda_generators: dict[int, Generator] = {}
+_cuda_seed = [_DEFAULT_SEED]   # what new GPU default generators start from (manual_seed sets it)
+
+
+def default_generator_of(dev) -> Generator:
+    """The default generator of a device: ``ddp.default_generator`` for the CPU, one per GPU
+    (``ddp.cuda.default_generators``)."""
+    dev = as_device(dev)
+    if dev.type == "cpu":
+        return default_generator
+    index = _cuda_index(dev.index)
+    gen = _cuda_generators.get(index)
+    if gen is None:
+        gen = _cuda_generators[index] = Generator(device("cuda", index)).manual_seed(_cuda_seed[0])
+    return gen
+
+
+def random_stream(generator, dev):
+    """What a random op on ``dev`` draws from: ``generator``'s draws, or the device's default
+    generator's. A generator of another device type is refused, as in PyTorch."""
+    dev = as_device(dev)
+    gen = generator if generator is not None else default_generator_of(dev)
+    if gen.device.type != dev.type:
+        raise RuntimeError(f"Expected a '{dev.type}' device type for generator but found "
+                           f"'{gen.device.type}'")
+    return gen.draws()
 
 
 def numpy_generator(generator=None) -> np.random.Generator:
-    """The NumPy stream of ``generator`` (the default generator when None)."""
+    """The NumPy stream of a CPU ``generator`` (the default generator when None)."""
     return (generator or default_generator).numpy
 
 
@@ -467,7 +718,15 @@ def manual_seed(seed):
         True
     """
     default_generator.manual_seed(seed)
+    manual_seed_cuda(seed)
     return default_generator
+
+
+def manual_seed_cuda(seed):
+    """Seed every GPU's default generator (``ddp.cuda.manual_seed_all``)."""
+    _cuda_seed[0] = _builtins.int(seed)
+    for gen in _cuda_generators.values():
+        gen.manual_seed(seed)
 
 
 def seed():

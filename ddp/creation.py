@@ -4,8 +4,8 @@ They build arrays and wrap them with ``Tensor._make`` (the class the tensor floo
 :mod:`ddp.autograd.graph`), so this module sits below ``ddp.tensor``, whose own methods
 (``new_zeros``, ``uniform_``, ...) make tensors with these functions.
 
-Random tensors are drawn from a :class:`ddp.Generator` on the CPU and moved to their device, so a
-seed gives the same numbers everywhere.
+Random tensors are drawn on their own device from that device's :class:`ddp.Generator` (no
+host round trip on a GPU); ``ddp.manual_seed`` seeds every device's default generator.
 
 Example:
     >>> ddp.manual_seed(0)
@@ -157,11 +157,8 @@ def _filled(fill, size, dtype, device, requires_grad, default):
     dev = _device(device)
     xp = backend.array_module_of_device(dev)
     npd = _dtype_np(dtype, default)
-    if dev.type == "cuda":
-        with xp.cuda.Device(dev.index or 0):
-            arr = xp.full(shape, fill, dtype=npd)
-    else:
-        arr = np.full(shape, fill, dtype=npd)
+    with backend.device_context(dev):
+        arr = xp.full(shape, fill, dtype=npd)
     t = graph.Tensor._make(arr)
     if requires_grad:
         t.requires_grad_(True)
@@ -260,21 +257,31 @@ def eye(n, m=None, dtype=None, device=None, requires_grad=False):
 
 # ---------------------------------------------------------------------- random
 
-_rng = backend.numpy_generator
+def _draws(generator, device):
+    """Where a random op draws: the device's own stream (``backend.random_stream``)."""
+    dev = _device(device)
+    return backend.random_stream(generator, dev), dev
+
+
+def _drawn(arr, dev, requires_grad):
+    t = graph.Tensor._make(arr)   # already on dev
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
 
 
 def rand(*size, generator=None, dtype=None, device=None, requires_grad=False):
     """Uniform samples on ``[0, 1)``."""
     npd = _dtype_np(dtype, backend.get_default_dtype().np)
-    arr = _rng(generator).random(_size_args(size)).astype(npd)
-    return _finish(arr, device, requires_grad)
+    rng, dev = _draws(generator, device)
+    return _drawn(rng.random(_size_args(size)).astype(npd), dev, requires_grad)
 
 
 def randn(*size, generator=None, dtype=None, device=None, requires_grad=False):
     """Standard normal samples."""
     npd = _dtype_np(dtype, backend.get_default_dtype().np)
-    arr = _rng(generator).standard_normal(_size_args(size)).astype(npd)
-    return _finish(arr, device, requires_grad)
+    rng, dev = _draws(generator, device)
+    return _drawn(rng.standard_normal(_size_args(size)).astype(npd), dev, requires_grad)
 
 
 def randint(low=0, high=None, size=None, generator=None, dtype=None, device=None,
@@ -285,15 +292,16 @@ def randint(low=0, high=None, size=None, generator=None, dtype=None, device=None
             low, high, size = 0, low, high
         else:
             raise TypeError("randint() missing required argument 'size'")
-    arr = _rng(generator).integers(low, high, _size_args((size,))).astype(
-        _dtype_np(dtype, np.dtype(np.int64)))
-    return _finish(arr, device, requires_grad)
+    rng, dev = _draws(generator, device)
+    arr = rng.integers(low, high, _size_args((size,))).astype(_dtype_np(dtype, np.dtype(np.int64)))
+    return _drawn(arr, dev, requires_grad)
 
 
 def randperm(n, generator=None, dtype=None, device=None, requires_grad=False):
     """A random permutation of ``0 .. n-1``."""
-    arr = _rng(generator).permutation(n).astype(_dtype_np(dtype, np.dtype(np.int64)))
-    return _finish(arr, device, requires_grad)
+    rng, dev = _draws(generator, device)
+    return _drawn(rng.permutation(n).astype(_dtype_np(dtype, np.dtype(np.int64))), dev,
+                  requires_grad)
 
 
 def rand_like(input, dtype=None, device=None, generator=None):
@@ -317,30 +325,32 @@ def normal(mean=0.0, std=1.0, size=None, generator=None, dtype=None, device=None
            requires_grad=False):
     """Normal samples: ``normal(mean, std, size)``, or elementwise from tensor ``mean``/``std``."""
     if isinstance(mean, graph.Tensor) or isinstance(std, graph.Tensor):
-        m = mean._host() if isinstance(mean, graph.Tensor) else mean
-        s = std._host() if isinstance(std, graph.Tensor) else std
         ref = mean if isinstance(mean, graph.Tensor) else std
-        arr = _rng(generator).normal(m, s).astype(ref._data.dtype)
-        return _finish(np.asarray(arr), ref.device, requires_grad)
+        m = mean._data if isinstance(mean, graph.Tensor) else mean
+        s = std._data if isinstance(std, graph.Tensor) else std
+        rng, dev = _draws(generator, ref.device)
+        return _drawn(rng.normal(m, s).astype(ref._data.dtype), dev, requires_grad)
     if size is None:
         raise TypeError("normal() with float mean and std needs a size")
     npd = _dtype_np(dtype, backend.get_default_dtype().np)
-    arr = _rng(generator).normal(mean, std, _size_args((size,))).astype(npd)
-    return _finish(arr, device, requires_grad)
+    rng, dev = _draws(generator, device)
+    return _drawn(rng.normal(mean, std, _size_args((size,))).astype(npd), dev, requires_grad)
 
 
 def bernoulli(input, p=None, generator=None):
     """Samples of 0/1 with probabilities ``input`` (or ``p``)."""
-    probs = input._host() if p is None else np.full(input._data.shape, p)
-    arr = (_rng(generator).random(probs.shape) < probs).astype(input._data.dtype)
-    return _finish(arr, input.device, False)
+    rng, dev = _draws(generator, input.device)
+    probs = input._data if p is None else p
+    return _drawn((rng.random(input._data.shape) < probs).astype(input._data.dtype), dev, False)
 
 
 def multinomial(input, num_samples, replacement=False, generator=None):
     """Indices drawn with weights ``input`` (1-D or one row per distribution)."""
     probs = np.asarray(input._host(), dtype=np.float64)
     rows = probs.reshape(-1, probs.shape[-1])
-    rng = _rng(generator)
+    # drawn on the host (a few numbers per row): a CPU generator's stream, else the default one
+    rng = (generator if generator is not None and generator.device.type == "cpu"
+           else backend.default_generator).numpy
     out = []
     for row in rows:
         if not replacement and num_samples > (row > 0).sum():

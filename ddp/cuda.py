@@ -1,4 +1,5 @@
-"""``ddp.cuda``: whether a GPU is usable, how many, and selecting one (through CuPy).
+"""``ddp.cuda``: whether a GPU is usable, how many, and which one this thread uses (PyTorch's
+``torch.cuda`` names over the backend, which alone talks to CuPy).
 
 Example:
     >>> ddp.cuda.is_available() in (True, False)
@@ -15,32 +16,70 @@ def is_available() -> bool:
 
 
 def device_count() -> int:
-    if not is_available():
-        return 0
-    return backend.cupy_module().cuda.runtime.getDeviceCount()
+    """How many GPUs are visible (0 without CuPy or a GPU)."""
+    return backend.device_count()
 
 
 def current_device() -> int:
-    return backend.cupy_module().cuda.Device().id
+    """The index of the current GPU of this thread."""
+    return backend.current_device()
+
+
+def _index(device) -> int:
+    if isinstance(device, int):
+        return device
+    dev = backend.as_device(device)
+    if dev.type != "cuda":
+        raise ValueError(f"Expected a cuda device, but got: {dev}")
+    return backend.current_device() if dev.index is None else dev.index
 
 
 def set_device(device) -> None:
-    """Make ``device`` (an index, 'cuda:N' or a ddp.device) the current GPU."""
-    dev = backend.as_device(device) if not isinstance(device, int) else backend.device("cuda", device)
-    backend.cupy_module().cuda.Device(dev.index or 0).use()
+    """Make ``device`` (an index, ``'cuda:N'`` or a ``ddp.device``) the current GPU of this
+    thread: ``'cuda'`` tensors made afterwards live there. The launcher calls it once per rank."""
+    backend.set_device(_index(device))
+
+
+class device:
+    """Context manager that makes ``device`` the current GPU inside the block (``None`` or a
+    negative index: no change), as ``torch.cuda.device``."""
+
+    def __init__(self, device):
+        self.idx = -1 if device is None else _index(device)
+        self._ctx = None
+
+    def __enter__(self):
+        if self.idx >= 0:
+            self._ctx = backend.device_context(backend.device("cuda", self.idx))
+            self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+        return False
 
 
 def synchronize(device=None) -> None:
-    """Wait for all work queued on the GPU."""
+    """Wait until all work queued on ``device`` (the current GPU by default) has finished."""
     if is_available():
-        backend.cupy_module().cuda.Device().synchronize()
+        backend.synchronize(None if device is None else backend.device("cuda", _index(device)))
 
 
 def manual_seed(seed) -> None:
-    """Random numbers for CUDA tensors come from the CPU generator; seeding it covers both."""
-    backend.manual_seed(seed)
+    """Seed the GPUs' random generators (PyTorch seeds them all here too; ``ddp.manual_seed``
+    seeds the CPU's and the GPUs')."""
+    backend.manual_seed_cuda(seed)
 
 
 manual_seed_all = manual_seed
+
+
+def __getattr__(name):
+    if name == "default_generators":   # one per visible GPU, made on first use
+        return tuple(backend.default_generator_of(backend.device("cuda", i))
+                     for i in range(device_count()))
+    raise AttributeError(f"module 'ddp.cuda' has no attribute {name!r}")
+
 
 from .amp import cuda_amp as amp  # noqa: E402  ddp.cuda.amp.autocast / GradScaler (legacy names)

@@ -197,7 +197,7 @@ class ConfusionMatrix:
                 raise ValueError(f"{name} hold class indices outside [0, {c}): "
                                  f"min {int(a.min())}, max {int(a.max())}")
         binned = xp.bincount(t * c + p, minlength=c * c).reshape(c, c)
-        self.counts += binned if xp is np else binned.get()
+        self.counts += backend.to_host(binned)
 
     def reset(self):
         """Zero the counts."""
@@ -325,10 +325,10 @@ class MeanMetric:
     def update(self, value, weight=1.0):
         """Add ``value`` (a number, tensor or array) with ``weight``."""
         v = _array(value)
-        v = v.get() if backend.is_cuda_array(v) else v
+        v = backend.to_host(v)
         v = np.asarray(v, dtype=np.float64)
         w = _array(weight)
-        w = w.get() if backend.is_cuda_array(w) else w
+        w = backend.to_host(w)
         w = np.broadcast_to(np.asarray(w, dtype=np.float64), v.shape)
         self.state += (float((v * w).sum()), float(w.sum()))
 

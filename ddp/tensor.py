@@ -55,8 +55,17 @@ def _index_array(x):
     if isinstance(x, Tensor):
         return x._data
     if isinstance(x, list):
-        return np.asarray([i._data if isinstance(i, Tensor) else i for i in x]) \
-            if any(isinstance(i, Tensor) for i in x) else np.asarray(x)
+        if not any(isinstance(i, Tensor) for i in x):
+            return np.asarray(x)
+        # a list of tensors indexes like their stack, on their device (CuPy refuses np.asarray)
+        arrays = [i._data if isinstance(i, Tensor) else i for i in x]
+        dev_arr = next((a for a in arrays if backend.is_cuda_array(a)), None)
+        if dev_arr is None:
+            return np.asarray(arrays)
+        xp = backend.get_array_module(dev_arr)
+        return xp.stack([backend.to_device(xp.asarray(a) if backend.is_array(a) else
+                                           np.asarray(a), backend.device_of(dev_arr))
+                         for a in arrays])
     return x
 
 
@@ -88,10 +97,12 @@ class Tensor:
         dt = backend.to_numpy_dtype(dtype) if dtype is not None else backend.get_default_dtype().np
         if len(args) == 1 and not isinstance(args[0], (int, np.integer, Size)):
             data = args[0]
-            arr = data._data if isinstance(data, Tensor) else np.asarray(data, dtype=dt)
+            arr = data._data if isinstance(data, Tensor) else \
+                data.astype(dt) if backend.is_cuda_array(data) else np.asarray(data, dtype=dt)
         else:  # Tensor(2, 3) or Tensor(Size): a shape; Tensor() is empty, as in PyTorch
             arr = np.empty(_size_args(args) if args else (0,), dtype=dt)
-        arr = backend.to_device(arr, backend.get_default_device() if device is None
+        arr = backend.to_device(arr, (backend.device_of(arr) if backend.is_cuda_array(arr)
+                                      else backend.get_default_device()) if device is None
                                 else backend.as_device(device))
         _init(self, arr)
 
@@ -221,8 +232,7 @@ class Tensor:
         if self._data.size != 1:
             raise RuntimeError(f"a Tensor with {self._data.size} elements cannot be converted to "
                                f"Scalar")
-        return self._data.reshape(()).item() if isinstance(self._data, np.ndarray) \
-            else self._data.reshape(()).get().item()
+        return self._data.reshape(()).item()
 
     def tolist(self):
         return self._host().tolist()
@@ -236,14 +246,17 @@ class Tensor:
             if not force:
                 raise TypeError(f"can't convert {self.device} device type tensor to numpy. Use "
                                 f"Tensor.cpu() to copy the tensor to host memory first.")
-            return self._data.get()
+            return backend.to_host(self._data)
         return self._data
 
     def _host(self):
-        return self._data if isinstance(self._data, np.ndarray) else self._data.get()
+        return backend.to_host(self._data)
 
     def __array__(self, dtype=None, copy=None):
-        arr = self._host()
+        if not isinstance(self._data, np.ndarray):  # PyTorch refuses the silent device->host copy
+            raise TypeError(f"can't convert {self.device} device type tensor to numpy. Use "
+                            f"Tensor.cpu() to copy the tensor to host memory first.")
+        arr = self._data
         return arr.astype(dtype, copy=False) if dtype is not None else arr
 
     def to(self, *args, **kwargs):
@@ -274,9 +287,11 @@ class Tensor:
             out = self.clone()
         return out
 
-    def cuda(self, device=None):
-        return self.to(backend.device("cuda", device if isinstance(device, int) else 0)
-                       if not isinstance(device, (str, backend.device)) else device)
+    def cuda(self, device=None, non_blocking=False):
+        """A copy on GPU ``device`` (default: the current GPU of this thread, as in PyTorch)."""
+        if device is None or isinstance(device, int):
+            device = backend.device("cuda", backend.current_device() if device is None else device)
+        return self.to(device)
 
     def cpu(self):
         return self.to(backend.CPU)
@@ -503,6 +518,8 @@ class Tensor:
                 return False
         elif type(o) is not type(self._data) or o.dtype != self._data.dtype:
             return False
+        elif backend.overlaps(self._data, o):   # t[1:].add_(t[:-1]): a GPU kernel would race
+            o = o.copy()
         try:
             ufunc(self._data, o, out=self._data)
         except TypeError:  # e.g. an integer tensor /= 2: the float result can't be stored
@@ -610,6 +627,8 @@ class Tensor:
         if _mode.grad_enabled and (self._requires_grad or src._requires_grad):
             return self._inplace(lambda s, o: s * 0 + o.to(s.device, s.dtype), src)
         data = backend.to_device(src._data, self.device)
+        if backend.overlaps(self._data, data):
+            data = data.copy()
         try:
             self._data[...] = data
         except ValueError:
@@ -631,29 +650,32 @@ class Tensor:
         return self._inplace(lambda s, o: s.scatter_add(dim, index, o), src)
 
     def uniform_(self, a=0.0, b=1.0, generator=None):
-        return self._fill_random(backend.numpy_generator(generator).uniform(a, b, self._data.shape))
+        return self._fill_random(self._draws(generator).uniform(a, b, self._data.shape))
 
     def normal_(self, mean=0.0, std=1.0, generator=None):
-        return self._fill_random(backend.numpy_generator(generator).normal(mean, std, self._data.shape))
+        return self._fill_random(self._draws(generator).normal(mean, std, self._data.shape))
 
     def bernoulli_(self, p=0.5, generator=None):
-        return self._fill_random(backend.numpy_generator(generator).random(self._data.shape) < p)
+        return self._fill_random(self._draws(generator).random(self._data.shape) < p)
 
     def random_(self, low=0, high=None, generator=None):
         if high is None:
             low, high = 0, low
-        return self._fill_random(backend.numpy_generator(generator).integers(low, high, self._data.shape))
+        return self._fill_random(self._draws(generator).integers(low, high, self._data.shape))
 
     def exponential_(self, lambd=1.0, generator=None):
-        return self._fill_random(backend.numpy_generator(generator).exponential(1.0 / lambd, self._data.shape))
+        return self._fill_random(self._draws(generator).exponential(1.0 / lambd, self._data.shape))
 
     def _fill_random(self, values):
         if _mode.grad_enabled and self._requires_grad and self.grad_fn is None:
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "
                                "operation.")
-        self._data[...] = backend.to_device(np.asarray(values, dtype=self._data.dtype), self.device)
+        self._data[...] = values.astype(self._data.dtype, copy=False)   # drawn on this device
         self._vc[0] += 1
         return self
+
+    def _draws(self, generator):
+        return backend.random_stream(generator, self.device)
 
     def __setitem__(self, idx, value):
         index = _convert_index(idx)
@@ -666,6 +688,10 @@ class Tensor:
             self._inplace(lambda s, v: S.IndexPut.apply(s, v, index=index), value)
             return
         v = value._data if isinstance(value, Tensor) else value
+        if backend.is_array(v):
+            v = backend.to_device(v, self.device)
+            if backend.overlaps(self._data, v):
+                v = v.copy()
         try:
             self._data[index] = v
         except (ValueError, IndexError) as exc:
@@ -1334,7 +1360,7 @@ class Tensor:
 
     def gather(self, dim, index):
         """``out[i][j] = self[i][index[i][j]]`` along ``dim`` (``index`` an int64 tensor)."""
-        idx = _int_index("gather", index)
+        idx = _int_index("gather", index, self)
         d = self._axes(dim)[0]
         if idx.ndim != self.ndim:
             raise RuntimeError(f"gather(): Index tensor must have the same number of dimensions as "
@@ -1346,7 +1372,7 @@ class Tensor:
 
     def scatter(self, dim, index, src=None, value=None, reduce=None):
         """Out-of-place ``scatter_``: write ``src`` (or ``value``) at ``index`` along ``dim``."""
-        idx = _int_index("scatter", index)
+        idx = _int_index("scatter", index, self)
         d = self._axes(dim)[0]
         if src is None:
             src = value
@@ -1360,7 +1386,7 @@ class Tensor:
         return S.Scatter.apply(self, src.to(self.dtype), axis=d, index=idx)
 
     def scatter_add(self, dim, index, src):
-        idx = _int_index("scatter_add", index)
+        idx = _int_index("scatter_add", index, self)
         d = self._axes(dim)[0]
         part = src[tuple(slice(0, s) for s in idx.shape)] if tuple(src.shape) != tuple(idx.shape) \
             else src
@@ -1368,12 +1394,12 @@ class Tensor:
                                             index=idx)
 
     def index_select(self, dim, index):
-        idx = _int_index("index_select", index)
+        idx = _int_index("index_select", index, self)
         d = self._axes(dim)[0]
         return self[(slice(None),) * d + (idx.reshape(-1) if idx.ndim == 0 else idx,)]
 
     def index_add(self, dim, index, source, alpha=1):
-        idx = _int_index("index_add", index)
+        idx = _int_index("index_add", index, self)
         d = self._axes(dim)[0]
         src = source * alpha if alpha != 1 else source
         return self + S.scatter_into_zeros(src.to(self.dtype), self._data.shape,
@@ -1499,11 +1525,15 @@ def _np_aliases(dim, keepdim, axis, keepdims):
 
 
 def _xp_ufunc(t, name):
-    return getattr(np if isinstance(t._data, np.ndarray) else backend.cupy_module(), name)
+    return getattr(backend.get_array_module(t._data), name)
 
 
-def _int_index(name, index):
-    idx = index._data if isinstance(index, Tensor) else np.asarray(index)
+def _int_index(name, index, target):
+    """The integer array of an index argument, on ``target``'s device (a list becomes one there)."""
+    if isinstance(index, Tensor):
+        idx = index._data
+    else:
+        idx = backend.to_device(np.asarray(index), target.device)
     if idx.dtype.kind not in "iu":
         raise RuntimeError(f"{name}(): Expected dtype int64 for index (got "
                            f"{backend.from_numpy_dtype(idx.dtype).name})")

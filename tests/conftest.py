@@ -2,7 +2,8 @@
 
 * Pins BLAS/OpenMP to one thread per process (set before NumPy is imported),
   so that several MPI ranks on a small machine do not oversubscribe the cores.
-* Registers the ``gpu`` marker and skips such tests when CuPy or a CUDA
+* Registers the ``gpu`` marker; such tests run on the simulated CUDA device of tests/simcuda
+  when CuPy or a CUDA
   device is unavailable.
 * Under a multi-rank MPI run, a failing test prints its report and aborts the
   whole MPI job, so the other ranks never hang in a collective waiting for the
@@ -43,7 +44,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "gpu: test that needs CuPy and a CUDA device (skipped otherwise)"
+        "markers", "gpu: test of the CUDA path (CuPy on a GPU, else the simulated device of tests/simcuda)"
     )
 
 
@@ -62,16 +63,32 @@ def _gpu_unavailable_reason():
     return None
 
 
+_simulate_gpu = False   # no real GPU: gpu-marked tests run on tests/simcuda
+
+
 def pytest_collection_modifyitems(config, items):
-    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
-    if not gpu_items:
+    global _simulate_gpu
+    if not any(item.get_closest_marker("gpu") for item in items):
         return  # do not pay for importing CuPy when no test needs it
-    reason = _gpu_unavailable_reason()
-    if reason is None:
+    _simulate_gpu = _gpu_unavailable_reason() is not None
+
+
+@pytest.fixture(autouse=True)
+def _cuda_device(request):
+    """A gpu-marked test runs on CuPy where a GPU is visible, else on the simulated device
+    (tests/simcuda), which reproduces CuPy's restrictions, so CI runs the CUDA path too."""
+    if not (_simulate_gpu and request.node.get_closest_marker("gpu")):
+        yield
         return
-    skip = pytest.mark.skip(reason=f"gpu test skipped: {reason}")
-    for item in gpu_items:
-        item.add_marker(skip)
+    from ddp import backend
+    from tests import simcuda
+    backend.use_cuda_module(simcuda.cupy, simcuda.cupyx)
+    simcuda.reset_stats()
+    try:
+        yield
+    finally:
+        backend.set_default_device("cpu")
+        backend.use_cuda_module(None)
 
 
 def _env_suggests_multirank():

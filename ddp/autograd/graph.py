@@ -151,8 +151,7 @@ class AccumulateGrad:
 
 
 def _is_array(x):
-    return hasattr(x, "__array_priority__") or hasattr(x, "__array_interface__") \
-        or type(x).__module__.startswith("cupy")
+    return backend.is_array(x) or hasattr(x, "__array_interface__")
 
 
 class _NoRecordContext(threading.local):

@@ -106,9 +106,8 @@ class MPICommunicator(Communicator):
                 tmp = np.ascontiguousarray(array)
                 return tmp, lambda: array.__setitem__(..., tmp)
             return array, None
-        cp = backend.cupy_module()
-        cp.cuda.get_current_stream().synchronize()
-        host = cp.asnumpy(array)
+        backend.synchronize(backend.device_of(array))
+        host = backend.to_host(array)
         return host, lambda: array.set(host)
 
     # ---------------------------------------------------------------- collectives

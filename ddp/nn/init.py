@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from ..autograd import no_grad
-from ..creation import _rng
+from ..backend import numpy_generator as _rng   # the rare init draws (QR, rejection) run on the host
 from ..tensor import Tensor
 
 __all__ = ["calculate_gain", "uniform_", "normal_", "trunc_normal_", "constant_", "ones_",

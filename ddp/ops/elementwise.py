@@ -175,8 +175,12 @@ class Pow(Op):
         need_a, need_b = ctx.needs_input_grad
         ga = gb = None
         if need_a:
-            # d/da a**b = b * a**(b-1); where b == 0 it is 0 even at a == 0 (PyTorch's choice)
-            ga = g * xp.where(b == 0, 0.0, b * a ** (b - 1))
+            # d/da a**b = b * a**(b-1); where b == 0 it is 0 even at a == 0 (PyTorch's choice).
+            # A number exponent (x ** 2) decides on the host: cupy.where refuses a bool condition.
+            if not hasattr(b, "shape"):
+                ga = g * 0.0 if b == 0 else g * (b * a ** (b - 1))
+            else:
+                ga = g * xp.where(b == 0, 0.0, b * a ** (b - 1))
         if need_b:
             # d/db a**b = a**b * log(a); defined as 0 where a == 0 and b >= 0
             ga_safe = xp.where(a == 0, 1.0, a)

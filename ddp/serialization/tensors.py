@@ -35,9 +35,7 @@ def le_bytes(arr):
 
 def host_array(src):
     """A NumPy array of ``src`` (a CuPy array is copied to the host; one tensor at a time)."""
-    if isinstance(src, np.ndarray):
-        return src
-    return src.get()
+    return backend.to_host(src)
 
 
 def _device_location(location):

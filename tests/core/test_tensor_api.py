@@ -700,8 +700,9 @@ class TestGPU:
         ddp.manual_seed(0)
         a = ddp.randn(4, device="cuda")
         ddp.manual_seed(0)
-        b = ddp.randn(4)
-        assert np.array_equal(arr(a), arr(b))  # same seed, same numbers on every device
+        b = ddp.randn(4, device="cuda")
+        assert a.is_cuda and np.array_equal(arr(a), arr(b))  # a seed fixes the GPU's draws too
+        assert not np.array_equal(arr(a), arr(ddp.randn(4, device="cuda")))
 
     def test_same_results_as_cpu(self):
         rng = np.random.default_rng(0)

@@ -11,11 +11,10 @@ from ._helpers import _shape
 
 def _dropout_mask(input, p, shape):
     """A tensor of 0 and 1/(1-p) (keep probability 1-p) of ``shape``, drawn from the default
-    generator."""
-    keep = backend.default_generator.numpy.random(shape, dtype=np.float32) >= p
+    generator of the input's device (drawn there: no host round trip)."""
+    keep = backend.random_stream(None, input.device).random(shape, dtype=np.float32) >= p
     scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
-    mask = keep.astype(input._data.dtype) * np.asarray(scale, input._data.dtype)
-    return Tensor._make(backend.to_device(mask, input.device))
+    return Tensor._make(keep.astype(input._data.dtype) * input._data.dtype.type(scale))
 
 
 def _apply_dropout(name, input, p, training, inplace, shape):

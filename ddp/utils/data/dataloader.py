@@ -304,8 +304,7 @@ def _worker_loop(dataset_kind, dataset, index_queue, data_queue, done_event, aut
 def _pin_tensor(t):
     if not isinstance(t._data, np.ndarray):
         return t  # already on the GPU
-    import cupyx
-    buf = cupyx.empty_pinned(t._data.shape, t._data.dtype)
+    buf = backend.pinned_empty(t._data.shape, t._data.dtype)
     buf[...] = t._data
     return Tensor._make(buf)
 
