@@ -330,18 +330,18 @@ def test_pin_memory_is_accepted_on_cpu():
     assert out == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0]]
 
 
-def test_pin_memory_path_with_a_stand_in_for_cupy(monkeypatch):
-    """The GPU path, without a GPU: a fake ``cupyx.empty_pinned`` records the pinned copies."""
-    import sys
-    import types
+@pytest.mark.gpu
+def test_pin_memory_copies_into_page_locked_buffers(monkeypatch):
+    """pin_memory=True copies CPU batches into the CUDA module's pinned host buffers (recorded
+    here through the CUDA module the backend uses: CuPy, or the simulated device)."""
+    extras = ddp.backend.cuda_extras()
     pinned = []
 
-    def empty_pinned(shape, dtype):
-        buf = np.empty(shape, dtype)
+    def empty_pinned(shape, dtype, order="C", _original=extras.empty_pinned):
+        buf = _original(shape, dtype)
         pinned.append(buf)
         return buf
-    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(empty_pinned=empty_pinned))
-    monkeypatch.setattr(ddp.backend, "cuda_is_available", lambda: True)
+    monkeypatch.setattr(extras, "empty_pinned", empty_pinned)
     ds = [{"x": np.full(2, i, np.float32), "y": i, "name": "n"} for i in range(4)]
     for workers in (0, 1):
         pinned.clear()
@@ -349,6 +349,7 @@ def test_pin_memory_path_with_a_stand_in_for_cupy(monkeypatch):
         assert [b["x"].tolist() for b in out] == [[[0, 0], [1, 1]], [[2, 2], [3, 3]]]
         assert out[1]["y"].tolist() == [2, 3] and out[0]["name"] == ["n", "n"]
         assert len(pinned) == 4 and out[0]["x"]._data is pinned[0]
+        assert out[0]["x"].to("cuda").is_cuda
 
 
 # --------------------------------------------------------------------------- worker processes
