@@ -146,7 +146,10 @@ class Oracle:
         self._path = record_path(node.path)
 
     def __call__(self, compute, key=None):
-        case = self._node.name + ("" if key is None else f"[{key}]")
+        """PyTorch's answer: ``compute(torch)``'s recorded value (see the module's docstring)."""
+        # the test's id inside its file: "test_x[param]", or "TestY::test_x[param]" in a class
+        # (two classes may both have a test_x)
+        case = self._node.nodeid.split("::", 1)[1] + ("" if key is None else f"[{key}]")
         prefix = _SEP + case
         if self._record:
             value = _normalise(_run_live(compute))

@@ -29,3 +29,10 @@ def test_missing_record_fails_not_skips(request):
     oracle = O.Oracle(request.node, record=False)
     with pytest.raises(AssertionError, match="no recorded PyTorch answer"):
         oracle(lambda torch: {"y": np.ones(2)}, key="never-recorded")
+
+
+class TestCaseNames:
+    def test_tests_of_the_same_name_in_two_classes_have_two_records(self, request):
+        oracle = O.Oracle(request.node, record=False)
+        with pytest.raises(AssertionError, match="'TestCaseNames::test_tests_of_the_same"):
+            oracle(lambda torch: 0, key="never-recorded")
