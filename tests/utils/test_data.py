@@ -482,44 +482,48 @@ def test_spawn_and_forkserver_contexts(context):
 
 # --------------------------------------------------------------------------- PyTorch as oracle
 
-def test_collate_and_lengths_match_pytorch():
-    torch = pytest.importorskip("torch")
-    from torch.utils.data import DataLoader as TDataLoader
-    from torch.utils.data import default_collate as t_collate
+def describe(batch, tensor_type):
+    """A collated batch as text: container types, keys, and each tensor's dtype and values."""
+    if isinstance(batch, tensor_type):
+        return f"tensor[{str(batch.dtype).split('.')[1]}]({batch.tolist()!r})"
+    if isinstance(batch, dict):
+        return f"{type(batch).__name__}(" + ", ".join(
+            f"{k!r}: {describe(v, tensor_type)}" for k, v in batch.items()) + ")"
+    if isinstance(batch, (list, tuple)):
+        return f"{type(batch).__name__}(" + ", ".join(
+            describe(v, tensor_type) for v in batch) + ")"
+    return f"{type(batch).__name__}({batch!r})"
 
+
+def test_collate_and_lengths_match_pytorch(oracle):
     samples = [{"img": np.full((2,), i, np.float32), "n": i, "f": i / 2, "s": str(i),
                 "t": (np.int16(i), [i, i + 1]), "b": bool(i)} for i in range(4)]
-    ours, theirs = default_collate(samples), t_collate(samples)
+    cases = [(10, 3, False), (10, 3, True), (9, 3, False), (1, 4, True)]
 
-    def same(a, b):
-        if isinstance(b, torch.Tensor):
-            assert isinstance(a, ddp.Tensor)
-            assert str(a.dtype).split(".")[1] == str(b.dtype).split(".")[1]
-            assert a.tolist() == b.tolist()
-        elif isinstance(b, dict):
-            assert type(a) is type(b) and a.keys() == b.keys()
-            for k in b:
-                same(a[k], b[k])
-        elif isinstance(b, (list, tuple)):
-            assert type(a) is type(b) and len(a) == len(b)
-            for x, y in zip(a, b):
-                same(x, y)
-        else:
-            assert a == b
-    same(ours, theirs)
+    def reference(torch):
+        from torch.utils.data import DataLoader as TDataLoader
+        from torch.utils.data import default_collate as t_collate
 
-    for n, bs, drop in [(10, 3, False), (10, 3, True), (9, 3, False), (1, 4, True)]:
-        assert len(DataLoader(Range(n), batch_size=bs, drop_last=drop)) == \
-            len(TDataLoader(Range(n), batch_size=bs, drop_last=drop))
+        class TorchStream(torch.utils.data.IterableDataset):  # fork: no pickling needed
+            def __iter__(self):
+                info = torch.utils.data.get_worker_info()
+                return iter(range(info.id, 11, info.num_workers))
+        return {"collated": describe(t_collate(samples), torch.Tensor),
+                "lengths": [len(TDataLoader(Range(n), batch_size=bs, drop_last=drop))
+                            for n, bs, drop in cases],
+                "batches": [[b.numpy() for b in TDataLoader(Range(n), batch_size=bs,
+                                                            drop_last=drop)]
+                            for n, bs, drop in cases],
+                "stream": [b.numpy() for b in TDataLoader(TorchStream(), batch_size=2,
+                                                          num_workers=2)]}
+    want = oracle(reference)
+    assert describe(default_collate(samples), ddp.Tensor) == want["collated"]
+    for (n, bs, drop), length, expected in zip(cases, want["lengths"], want["batches"]):
+        assert len(DataLoader(Range(n), batch_size=bs, drop_last=drop)) == int(length)
         assert batches(DataLoader(Range(n), batch_size=bs, drop_last=drop)) == \
-            [b.tolist() for b in TDataLoader(Range(n), batch_size=bs, drop_last=drop)]
-
-    class TorchStream(torch.utils.data.IterableDataset):  # fork: no pickling needed
-        def __iter__(self):
-            info = torch.utils.data.get_worker_info()
-            return iter(range(info.id, 11, info.num_workers))
+            [b.tolist() for b in expected]
     assert batches(DataLoader(ShardedStream(11), batch_size=2, num_workers=2)) == \
-        [b.tolist() for b in TDataLoader(TorchStream(), batch_size=2, num_workers=2)]
+        [b.tolist() for b in want["stream"]]
 
 
 # --------------------------------------------------------------------------- MPI
