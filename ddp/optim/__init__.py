@@ -20,7 +20,10 @@ from .adamax import Adamax
 from .nadam import NAdam, RAdam
 from .asgd import ASGD
 from .rprop import Rprop
+from .lbfgs import LBFGS
+from .sparse_adam import SparseAdam
 from . import lr_scheduler
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-           "NAdam", "RAdam", "ASGD", "Rprop", "lr_scheduler"]
+           "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam",
+           "lr_scheduler"]

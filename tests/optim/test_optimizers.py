@@ -442,6 +442,10 @@ INVALID = [
     ("Rprop", dict(etas=(1.5, 1.2)), "Invalid eta values: 1.5, 1.2"),
     ("Rprop", dict(etas=(0.5, 0.9)), "Invalid eta values: 0.5, 0.9"),
     ("Rprop", dict(lr=-0.1), "Invalid learning rate: -0.1"),
+    ("SparseAdam", dict(lr=0.0), "Invalid learning rate: 0.0"),          # must be positive
+    ("SparseAdam", dict(eps=0.0), "Invalid epsilon value: 0.0"),
+    ("SparseAdam", dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1: 1.0"),
+    ("LBFGS", dict(lr=-1.0), "Invalid learning rate: -1.0"),
 ]
 
 
