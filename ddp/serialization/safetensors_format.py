@@ -31,6 +31,9 @@ ST_TO_NAME = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfl
               "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
               "BOOL": "bool"}
 NAME_TO_ST = {v: k for k, v in ST_TO_NAME.items()}
+# the order of the safetensors library's Dtype enum (the codes ddp supports), which its writer
+# sorts by
+ST_ORDER = ["BOOL", "U8", "I8", "I16", "F16", "BF16", "I32", "F32", "F64", "I64"]
 
 
 def read(f, head, name, restore, device_name="cpu"):
@@ -109,7 +112,9 @@ def save_safetensors(state_dict, path, metadata=None):
             raise TypeError(f"save_safetensors: {key!r} has dtype {arr.dtype}, which safetensors "
                             f"(in ddp) does not support")
         items.append((key, arr))
-    items.sort(key=lambda kv: (-kv[1].dtype.itemsize, kv[0]))  # keeps every tensor aligned
+    # the library's order (its Dtype enum descending, then the name): the same tensors give the
+    # same bytes as safetensors.numpy.save, and itemsizes never grow, so every tensor is aligned
+    items.sort(key=lambda kv: (-ST_ORDER.index(NAME_TO_ST[kv[1].dtype.name]), kv[0]))
     header, offset = {}, 0
     if metadata is not None:
         header["__metadata__"] = dict(metadata)
