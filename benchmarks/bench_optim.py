@@ -1,6 +1,9 @@
 """Time of one ``optimizer.step()`` on the parameters of an MLP 784-1024-1024-10 (about 1.86M
 float32 parameters in 6 tensors, random gradients), ddp against torch.optim (when installed) in
-the same run, one thread on both sides.
+the same run, one thread on both sides. LBFGS steps with a closure whose gradient is a fixed
+diagonal quadratic's (``g = h * p``), so the time is the optimizer's own: 5 iterations, history
+10, the tolerances off so that no step stops early. SparseAdam is left out: ddp has no sparse
+gradients to feed it yet.
 
     python benchmarks/bench_optim.py [--repeats 15] [--steps 20]
 
@@ -29,7 +32,34 @@ CONFIGS = {
         params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4),
     "Adam": lambda optim, params: optim.Adam(params, lr=1e-3),
     "AdamW wd=1e-2": lambda optim, params: optim.AdamW(params, lr=1e-3),
+    "Adamax": lambda optim, params: optim.Adamax(params),
+    "NAdam": lambda optim, params: optim.NAdam(params),
+    "RAdam": lambda optim, params: optim.RAdam(params),
+    "ASGD": lambda optim, params: optim.ASGD(params),
+    "Rprop": lambda optim, params: optim.Rprop(params),
+    "LBFGS max_iter=5 history=10": lambda optim, params: with_closure(
+        optim.LBFGS(params, max_iter=5, history_size=10, tolerance_grad=-1,
+                    tolerance_change=-1), params),
 }
+
+
+def with_closure(opt, params):
+    """Give ``opt`` (LBFGS) the closure the timing calls ``step`` with: the gradient of
+    ``sum(h * p**2) / 2`` for a fixed positive ``h`` per parameter, set without autograd."""
+    lib = type(params[0]).__module__.split(".")[0]
+    lib = __import__(lib)
+    curvatures = [lib.tensor(np.random.default_rng(1).uniform(0.5, 2.0, tuple(p.shape))
+                             .astype(np.float32)) for p in params]
+
+    def closure():
+        loss = 0.0
+        for p, h in zip(params, curvatures):
+            p.grad = p.detach() * h
+            loss += float((p.grad * p.detach()).sum())
+        return lib.tensor(loss / 2)
+
+    opt.bench_closure = closure
+    return opt
 
 
 def make_params(lib, rng):
@@ -45,14 +75,16 @@ def make_params(lib, rng):
 def time_steps(optimizers, steps, repeats):
     """Median over ``repeats`` runs of the mean ms per step over ``steps`` steps, for each
     optimizer. The optimizers take turns within each run, so machine load affects them alike."""
-    for opt in optimizers:
-        opt.step()  # create the state (and scratch buffers) outside the timing
+    steppers = [(lambda o=opt: o.step(o.bench_closure)) if hasattr(opt, "bench_closure")
+                else opt.step for opt in optimizers]
+    for step in steppers:
+        step()  # create the state (and scratch buffers) outside the timing
     runs = [[] for _ in optimizers]
     for _ in range(repeats):
-        for opt, times in zip(optimizers, runs):
+        for step, times in zip(steppers, runs):
             start = time.perf_counter()
             for _ in range(steps):
-                opt.step()
+                step()
             times.append((time.perf_counter() - start) / steps * 1e3)
     return [statistics.median(times) for times in runs]
 

@@ -37,6 +37,7 @@ FLOORS = [
     ("tensor", ["ddp.tensor", "ddp._grads"]),
     ("functional", ["ddp._functions", "ddp.nn.functional", "ddp.nn.functional.*", "ddp.qtensor"]),
     ("nn, optim, data", ["ddp.nn.*", "ddp.optim", "ddp.optim.*", "ddp.utils.data.*",
+                         "ddp._typename",
                          "ddp.serialization", "ddp.serialization.*", "ddp.metrics"]),
     ("distributed", ["ddp.distributed", "ddp.distributed.*", "ddp.nn.parallel",
                      "ddp.nn.parallel.*", "ddp.nn.sync_batchnorm", "ddp.utils.data.distributed",

@@ -14,6 +14,7 @@ import operator
 from collections import OrderedDict, abc as container_abcs
 from itertools import chain, islice
 
+from .._typename import legacy_tensor_typename as _tensor_typename
 from ..tensor import Tensor
 from .module import Module, _addindent
 from .parameter import Parameter
@@ -352,19 +353,6 @@ class ModuleDict(Module):
                     raise ValueError("ModuleDict update sequence element #" + str(j)
                                      + " has length " + str(len(m)) + "; 2 is required")
                 self[m[0]] = m[1]
-
-
-_LEGACY_TYPE_NAMES = {"float32": "FloatTensor", "float64": "DoubleTensor",
-                      "float16": "HalfTensor", "bfloat16": "BFloat16Tensor",
-                      "int64": "LongTensor", "int32": "IntTensor", "int16": "ShortTensor",
-                      "int8": "CharTensor", "uint8": "ByteTensor", "bool": "BoolTensor"}
-
-
-def _tensor_typename(t):
-    """``torch.typename``'s legacy spelling, under ddp: ``ddp.FloatTensor``,
-    ``ddp.cuda.FloatTensor``."""
-    name = _LEGACY_TYPE_NAMES.get(t.dtype.name, "Tensor")
-    return ("ddp.cuda." if t.device.type == "cuda" else "ddp.") + name
 
 
 def _param_line(k, p, type_str):

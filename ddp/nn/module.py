@@ -25,6 +25,7 @@ from collections import OrderedDict, namedtuple
 
 from .. import backend
 from .._grads import zero_grad as _zero_grad
+from .._typename import typename as _typename
 from ..autograd import no_grad
 from ..autograd.hooks import RemovableHandle
 from ..tensor import Tensor
@@ -79,15 +80,6 @@ def _addindent(s_, num_spaces):
     first = s.pop(0)
     s = [(num_spaces * " ") + line if line.strip() else "" for line in s]
     return first + "\n" + "\n".join(s)
-
-
-def _typename(obj):
-    """``torch.typename``'s spelling for error messages (``ddp.Tensor``, ``int``, ...)."""
-    if isinstance(obj, Tensor):
-        return "ddp.nn.Parameter" if isinstance(obj, Parameter) else "ddp.Tensor"
-    module = getattr(type(obj), "__module__", "") or ""
-    name = type(obj).__qualname__
-    return name if module in ("builtins", "") else f"{module}.{name}"
 
 
 def _forward_unimplemented(self, *input):

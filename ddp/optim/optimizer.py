@@ -28,8 +28,8 @@ from .. import backend
 from .._grads import zero_grad as _zero_grad
 from ..autograd.grad_mode import enable_grad
 from ..autograd.hooks import RemovableHandle
-from ..nn.container import _tensor_typename
-from ..nn.module import _typename
+from .._typename import legacy_tensor_typename as _tensor_typename
+from .._typename import typename as _typename
 from ..tensor import Tensor
 
 __all__ = ["Optimizer", "required", "register_optimizer_step_pre_hook",

@@ -861,3 +861,21 @@ def test_module_and_optimizer_zero_grad_agree():
                    and float(g.abs().sum()) == 0.0 for p, g in zip(model.parameters(), grads))
         reset()
         assert all(p.grad is None for p in model.parameters())
+
+
+ALL_OPTIMIZERS = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam",
+                  "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam"]
+
+
+def _parameters(cls):
+    import inspect
+    return [(p.name, p.kind.name, repr(p.default)) for p in
+            inspect.signature(cls.__init__).parameters.values()]
+
+
+def test_signatures_match_torch(oracle):
+    """Parameter names, order, kinds (positional or keyword-only) and defaults."""
+    ref = oracle(lambda torch: {name: _parameters(getattr(torch.optim, name))
+                                for name in ALL_OPTIMIZERS})
+    for name in ALL_OPTIMIZERS:
+        assert _parameters(getattr(optim, name)) == [tuple(p) for p in ref[name]], name
