@@ -436,10 +436,10 @@ class _Module(types.ModuleType):
         attr = getattr(np, name)
         if isinstance(attr, np.ufunc):
             wrapped = _Ufunc(attr)
-        elif isinstance(attr, type) or not callable(attr):
-            wrapped = attr               # dtypes, np.newaxis, np.pi, np.inf, finfo/iinfo
         elif isinstance(attr, types.ModuleType):
             wrapped = _submodule(f"cupy.{name}", attr)
+        elif isinstance(attr, type) or not callable(attr):
+            wrapped = attr               # dtypes, np.newaxis, np.pi, np.inf, finfo/iinfo
         else:
             def wrapped(*args, _fn=attr, _name=name, **kwargs):
                 return _call(_fn, args, kwargs, _name)
@@ -453,6 +453,8 @@ def _submodule(name, np_module):
 
     def getattr_(attr_name):
         attr = getattr(np_module, attr_name)
+        if isinstance(attr, types.ModuleType):   # cupy.lib.stride_tricks
+            return _submodule(f"{name}.{attr_name}", attr)
         if not callable(attr) or isinstance(attr, type):
             return attr
         return lambda *args, **kwargs: _call(attr, args, kwargs, f"{name}.{attr_name}")

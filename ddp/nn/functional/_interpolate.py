@@ -24,7 +24,7 @@ def _source_index(out, size, scale, mode, align_corners):
     return np.maximum((dst + 0.5) * scale - 0.5, 0.0)
 
 
-def _linear_matrix(src, size, like):
+def _linear_matrix(src, size):
     """(out, size) matrix of linear interpolation at source coordinates ``src``."""
     lo = np.minimum(np.floor(src).astype(np.int64), size - 1)
     hi = np.minimum(lo + 1, size - 1)
@@ -32,7 +32,7 @@ def _linear_matrix(src, size, like):
     m = np.zeros((len(src), size))
     np.add.at(m, (np.arange(len(src)), lo), 1.0 - frac)
     np.add.at(m, (np.arange(len(src)), hi), frac)
-    return Tensor._make(backend.to_device(m.astype(like._data.dtype), like.device))
+    return m
 
 
 _INTERP_DIMS = {"linear": 1, "bilinear": 2}
@@ -76,10 +76,15 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
     y = input
     for a in range(nd):
         axis = 2 + a
-        src = _source_index(outs[a], sizes[a], scales[a], mode, bool(align_corners))
+        def source(a=a):
+            return _source_index(outs[a], sizes[a], scales[a], mode, bool(align_corners))
+        key = ("interpolate", mode, outs[a], sizes[a], scales[a], bool(align_corners))
         if mode.startswith("nearest"):
-            y = y[(slice(None),) * axis + (backend.to_device(src, input.device),)]
+            y = y[(slice(None),) * axis + (backend.cached_table(key, source, input.device),)]
         else:
-            m = _linear_matrix(src, sizes[a], input)
+            dt = input._data.dtype
+            m = Tensor._make(backend.cached_table(
+                key + (dt,), lambda a=a: _linear_matrix(source(a), sizes[a]).astype(dt),
+                input.device))
             y = (y.transpose(-1, axis) @ m.t()).transpose(-1, axis)
     return y

@@ -194,7 +194,7 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
                          f"different to the input size ({input.shape}) is deprecated. Please "
                          f"ensure they have the same size.")
     x = input._data
-    if x.size and not bool(((x >= 0) & (x <= 1)).all()):
+    if x.size and backend.validates(x) and not bool(((x >= 0) & (x <= 1)).all()):
         raise RuntimeError("binary_cross_entropy: all elements of input should be between 0 and 1")
     loss = BinaryCrossEntropy.apply(input, target.to(input.dtype))
     if weight is not None:
@@ -306,8 +306,8 @@ def _class_distribution(name, input, target, weight, ignore_index, label_smoothi
     xp = backend.get_array_module(x)
     y = backend.to_device(target._data, input.device).astype(np.int64, copy=False)
     valid = y != ignore_index
-    bad = valid & ((y < 0) | (y >= n_classes))
-    if bool(bad.any()):
+    bad = valid & ((y < 0) | (y >= n_classes)) if backend.validates(y) else None
+    if bad is not None and bool(bad.any()):   # a value check: on a GPU only under --debug
         value = int(y[bad].reshape(-1)[0])
         raise IndexError(f"{name}: Target {value} is out of bounds (expected class indices in "
                          f"[0, {n_classes - 1}] or ignore_index={ignore_index}; input "

@@ -43,6 +43,13 @@ def _pad_slices(shape, pads):
     return tuple(src), tuple(dst)
 
 
+def _on_device(idx, like):
+    """The (host) pad index ``idx`` on ``like``'s device, copied there once per distinct index."""
+    if isinstance(like, np.ndarray):
+        return idx
+    return backend.cached_table(("pad_index", idx.tobytes()), lambda: idx, backend.device_of(like))
+
+
 class IndexPad(Op):
     """Reflect / replicate / circular padding: a gather along each padded dimension."""
     once_differentiable = True
@@ -53,7 +60,7 @@ class IndexPad(Op):
         ctx.shapes = []
         for axis, idx in indices:
             ctx.shapes.append(x.shape)
-            x = xp.take(x, backend.to_device(idx, backend.device_of(x)), axis=axis)
+            x = xp.take(x, _on_device(idx, x), axis=axis)
         ctx.indices = indices
         return x
 
@@ -62,7 +69,7 @@ class IndexPad(Op):
         xp = backend.get_array_module(g)
         for (axis, idx), shape in reversed(list(zip(ctx.indices, ctx.shapes))):
             gx = xp.zeros(shape, dtype=g.dtype)
-            index = (slice(None),) * axis + (backend.to_device(idx, backend.device_of(g)),)
+            index = (slice(None),) * axis + (_on_device(idx, g),)
             backend.index_add_at(gx, index, g)
             g = gx
         return g

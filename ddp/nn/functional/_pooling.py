@@ -280,9 +280,12 @@ def _avg_pool2d(name, input, kernel_size, stride=None, padding=0, ceil_mode=Fals
     if divisor_override:
         divisor = float(divisor_override)
     else:
-        dh, dw = (_avg_divisor(x.shape[2 + a], kernel[a], stride[a], pads[a][0], out[a],
-                               count_include_pad) for a in range(2))
-        divisor = backend.to_device(np.outer(dh, dw).astype(x._data.dtype), x.device)
+        def make():
+            dh, dw = (_avg_divisor(x.shape[2 + a], kernel[a], stride[a], pads[a][0], out[a],
+                                   count_include_pad) for a in range(2))
+            return np.outer(dh, dw).astype(x._data.dtype)
+        divisor = backend.cached_table(("avg_divisor", x.shape[2:], kernel, stride, pads, out,
+                                        count_include_pad, x._data.dtype), make, x.device)
     y = AvgPool2D.apply(x, kernel=kernel, stride=stride, pads=pads, out=out, divisor=divisor)
     return y.squeeze(0) if unbatched else y
 
@@ -316,11 +319,14 @@ def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
 def _adaptive_matrix(size, out, like):
     """(out, size) averaging matrix of adaptive pooling: row i averages the input range
     ``[floor(i*size/out), ceil((i+1)*size/out))``."""
-    m = np.zeros((out, size))
-    for i in range(out):
-        start, end = (i * size) // out, -((-(i + 1) * size) // out)
-        m[i, start:end] = 1.0 / (end - start)
-    return Tensor._make(backend.to_device(m.astype(like._data.dtype), like.device))
+    def make():
+        m = np.zeros((out, size))
+        for i in range(out):
+            start, end = (i * size) // out, -((-(i + 1) * size) // out)
+            m[i, start:end] = 1.0 / (end - start)
+        return m.astype(like._data.dtype)
+    return Tensor._make(backend.cached_table(("adaptive", size, out, like._data.dtype), make,
+                                             like.device))
 
 
 def _adaptive_avg(name, input, output_size, ndim):
