@@ -75,6 +75,11 @@ def use_cuda_module(module, extras=None):
     _cached_tables.clear()
 
 
+def gpu_in_use() -> bool:
+    """Whether a CUDA array module is loaded (so GPU arrays may exist); cheap."""
+    return _cuda_array_type is not None
+
+
 def cuda_is_available() -> bool:
     """True when CuPy imports and sees at least one GPU."""
     try:
@@ -434,6 +439,39 @@ def restore_fp(token):
         token.__exit__(None, None, None)
 
 
+def enter_op(arrays):
+    """What an op's forward or backward runs under: silent floating-point exceptions and, when its
+    first GPU array lives on another GPU than this thread's current one, that GPU (PyTorch's device
+    guard: an op on ``cuda:1`` tensors runs on GPU 1). Returns a token for :func:`exit_op`."""
+    token = silence_fp()
+    if _cuda_array_type is not None:
+        for a in arrays:
+            if isinstance(a, _cuda_array_type):
+                guard = device_guard(a)
+                if guard is not None:
+                    guard.__enter__()
+                    return (token, guard)
+                break
+    return token
+
+
+def device_guard(array):
+    """``None`` when ``array`` is on the CPU or on this thread's current GPU, else a context that
+    makes its GPU current (CuPy computes on the current GPU only)."""
+    if _cuda_array_type is None or not isinstance(array, _cuda_array_type):
+        return None
+    index = array.device.id
+    return None if index == _cuda.cuda.runtime.getDevice() else _cuda.cuda.Device(index)
+
+
+def exit_op(token):
+    """Undo :func:`enter_op`."""
+    if type(token) is tuple:
+        token[1].__exit__(None, None, None)
+        token = token[0]
+    restore_fp(token)
+
+
 # --------------------------------------------------------------------------- dtypes
 
 class dtype:
@@ -664,16 +702,16 @@ class _CudaDraws:
     def normal(self, loc=0.0, scale=1.0, size=None):
         if size is None:
             size = np.broadcast_shapes(np.shape(loc), np.shape(scale))
-        return loc + scale * self.standard_normal(size)
+        return self._on_device(lambda: loc + scale * self._rng.standard_normal(size))
 
     def uniform(self, low=0.0, high=1.0, size=None):
-        return low + (high - low) * self.random(size)
+        return self._on_device(lambda: low + (high - low) * self._rng.random(size))
 
     def exponential(self, scale=1.0, size=None):
-        return scale * self._on_device(self._rng.standard_exponential, size)
+        return self._on_device(lambda: scale * self._rng.standard_exponential(size))
 
     def permutation(self, n):
-        return _cuda.argsort(self.random(n))
+        return self._on_device(lambda: _cuda.argsort(self._rng.random(n)))
 
 
 default_generator = Generator()

@@ -257,14 +257,13 @@ def eye(n, m=None, dtype=None, device=None, requires_grad=False):
 
 # ---------------------------------------------------------------------- random
 
-def _draws(generator, device):
-    """Where a random op draws: the device's own stream (``backend.random_stream``)."""
+def _random(generator, device, draw, requires_grad=False):
+    """``draw(stream)`` on the device's own random stream (``backend.random_stream``), with that
+    device current: the numbers never cross from the host."""
     dev = _device(device)
-    return backend.random_stream(generator, dev), dev
-
-
-def _drawn(arr, dev, requires_grad):
-    t = graph.Tensor._make(arr)   # already on dev
+    stream = backend.random_stream(generator, dev)
+    with backend.device_context(dev):
+        t = graph.Tensor._make(draw(stream))
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -273,15 +272,15 @@ def _drawn(arr, dev, requires_grad):
 def rand(*size, generator=None, dtype=None, device=None, requires_grad=False):
     """Uniform samples on ``[0, 1)``."""
     npd = _dtype_np(dtype, backend.get_default_dtype().np)
-    rng, dev = _draws(generator, device)
-    return _drawn(rng.random(_size_args(size)).astype(npd), dev, requires_grad)
+    return _random(generator, device, lambda rng: rng.random(_size_args(size)).astype(npd),
+                   requires_grad)
 
 
 def randn(*size, generator=None, dtype=None, device=None, requires_grad=False):
     """Standard normal samples."""
     npd = _dtype_np(dtype, backend.get_default_dtype().np)
-    rng, dev = _draws(generator, device)
-    return _drawn(rng.standard_normal(_size_args(size)).astype(npd), dev, requires_grad)
+    return _random(generator, device,
+                   lambda rng: rng.standard_normal(_size_args(size)).astype(npd), requires_grad)
 
 
 def randint(low=0, high=None, size=None, generator=None, dtype=None, device=None,
@@ -292,16 +291,16 @@ def randint(low=0, high=None, size=None, generator=None, dtype=None, device=None
             low, high, size = 0, low, high
         else:
             raise TypeError("randint() missing required argument 'size'")
-    rng, dev = _draws(generator, device)
-    arr = rng.integers(low, high, _size_args((size,))).astype(_dtype_np(dtype, np.dtype(np.int64)))
-    return _drawn(arr, dev, requires_grad)
+    npd = _dtype_np(dtype, np.dtype(np.int64))
+    return _random(generator, device,
+                   lambda rng: rng.integers(low, high, _size_args((size,))).astype(npd),
+                   requires_grad)
 
 
 def randperm(n, generator=None, dtype=None, device=None, requires_grad=False):
     """A random permutation of ``0 .. n-1``."""
-    rng, dev = _draws(generator, device)
-    return _drawn(rng.permutation(n).astype(_dtype_np(dtype, np.dtype(np.int64))), dev,
-                  requires_grad)
+    npd = _dtype_np(dtype, np.dtype(np.int64))
+    return _random(generator, device, lambda rng: rng.permutation(n).astype(npd), requires_grad)
 
 
 def rand_like(input, dtype=None, device=None, generator=None):
@@ -328,20 +327,21 @@ def normal(mean=0.0, std=1.0, size=None, generator=None, dtype=None, device=None
         ref = mean if isinstance(mean, graph.Tensor) else std
         m = mean._data if isinstance(mean, graph.Tensor) else mean
         s = std._data if isinstance(std, graph.Tensor) else std
-        rng, dev = _draws(generator, ref.device)
-        return _drawn(rng.normal(m, s).astype(ref._data.dtype), dev, requires_grad)
+        return _random(generator, ref.device,
+                       lambda rng: rng.normal(m, s).astype(ref._data.dtype), requires_grad)
     if size is None:
         raise TypeError("normal() with float mean and std needs a size")
     npd = _dtype_np(dtype, backend.get_default_dtype().np)
-    rng, dev = _draws(generator, device)
-    return _drawn(rng.normal(mean, std, _size_args((size,))).astype(npd), dev, requires_grad)
+    return _random(generator, device,
+                   lambda rng: rng.normal(mean, std, _size_args((size,))).astype(npd),
+                   requires_grad)
 
 
 def bernoulli(input, p=None, generator=None):
     """Samples of 0/1 with probabilities ``input`` (or ``p``)."""
-    rng, dev = _draws(generator, input.device)
     probs = input._data if p is None else p
-    return _drawn((rng.random(input._data.shape) < probs).astype(input._data.dtype), dev, False)
+    return _random(generator, input.device,
+                   lambda rng: (rng.random(input._data.shape) < probs).astype(input._data.dtype))
 
 
 def multinomial(input, num_samples, replacement=False, generator=None):

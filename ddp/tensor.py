@@ -670,7 +670,8 @@ class Tensor:
         if _mode.grad_enabled and self._requires_grad and self.grad_fn is None:
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "
                                "operation.")
-        self._data[...] = values.astype(self._data.dtype, copy=False)   # drawn on this device
+        with backend.device_context(self.device):   # drawn on this device
+            self._data[...] = values.astype(self._data.dtype, copy=False)
         self._vc[0] += 1
         return self
 

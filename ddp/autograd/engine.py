@@ -55,11 +55,11 @@ def _fit(g, shape, dtype):
     if g.dtype != dtype:
         if isinstance(g, graph.Tensor):
             return g.to(_np_to_dtype(dtype))
-        token = backend.silence_fp()  # a float32 gradient of a float16 input may overflow: inf
+        token = backend.enter_op((g,))  # a float32 gradient of a float16 input may overflow: inf
         try:
             g = g.astype(dtype)
         finally:
-            backend.restore_fp(token)
+            backend.exit_op(token)
     return g
 
 
@@ -95,6 +95,14 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
     With ``inputs`` (a list of tensors), returns the gradient reaching each of them (None where
     none does); with ``accumulate`` the leaves' ``.grad`` are filled as well.
     """
+    guard = backend.device_guard(roots[0]._data) if roots else None
+    if guard is None:   # the graph's GPU is current (or there is none): the common case
+        return _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumulate)
+    with guard:        # the engine's own array work (sums, casts, accumulation) runs there too
+        return _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumulate)
+
+
+def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumulate):
     deps: dict = {}
     buffers: dict = {}
     leaf_grads: dict = {}
@@ -235,11 +243,11 @@ def _call_backward(node, grads, create_graph, retain_graph, anomaly):
     else:
         node.xp = np if g.__class__ is np.ndarray else backend.get_array_module(g)
     node._create_graph = create_graph
-    token = backend.silence_fp()
+    token = backend.enter_op(grads)
     try:
         results = node.op.backward(node, *grads)
     finally:
-        backend.restore_fp(token)
+        backend.exit_op(token)
     if type(results) is not tuple:
         results = (results,)
     if len(results) != len(node.next_edges):

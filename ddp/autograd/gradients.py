@@ -37,7 +37,8 @@ def _root_grads(outputs, grad_outputs, create_graph, name):
                 raise RuntimeError(f"grad can be implicitly created only for scalar outputs (output "
                                    f"{i} has shape {tuple(t.shape)})")
             xp = backend.get_array_module(t._data)
-            g = Tensor._make(xp.ones(t._data.shape, t._data.dtype))
+            with backend.device_context(t.device):
+                g = Tensor._make(xp.ones(t._data.shape, t._data.dtype))
         elif not isinstance(g, Tensor):  # a number or array-like: in the output's dtype/device
             g = Tensor._make(backend.to_device(np.asarray(g, dtype=t._data.dtype),
                                                t.device))

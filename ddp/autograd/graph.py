@@ -211,11 +211,11 @@ class Op:
         for a in args:
             if isinstance(a, Tensor):
                 return apply(cls, args, kwargs)
-        token = backend.silence_fp()
+        token = backend.enter_op(args)
         try:
             return cls.forward(_NO_RECORD, *args, **kwargs)
         finally:
-            backend.restore_fp(token)
+            backend.exit_op(token)
 
 
 # The seam between the floors: the autograd floor works on arrays, and where it must hand back a
@@ -242,11 +242,11 @@ def apply(op, args, kwargs):
                 break
     make = Tensor._make
     if not record:
-        token = backend.silence_fp()
+        token = backend.enter_op(arrays)
         try:
             out = op.forward(_NO_RECORD, *arrays, **kwargs)
         finally:
-            backend.restore_fp(token)
+            backend.exit_op(token)
         if type(out) is tuple:
             return tuple(make(o) for o in out)
         return make(out)
@@ -266,11 +266,11 @@ def apply(op, args, kwargs):
     node.next_edges = tuple(edges)
     node.in_meta = tuple(meta)
     node.needs_input_grad = tuple(needs)
-    token = backend.silence_fp()
+    token = backend.enter_op(arrays)
     try:
         out = op.forward(node, *arrays, **kwargs)
     finally:
-        backend.restore_fp(token)
+        backend.exit_op(token)
     if type(out) is not tuple:  # the common case: one output
         node.n_outputs = 1
         node.non_differentiable = ()

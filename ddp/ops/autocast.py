@@ -139,18 +139,34 @@ def autocast_op(op_name, dtype_at=None):
         if dtype_at is None:
             @functools.wraps(fn)
             def entry(*args, **kwargs):
+                if backend.gpu_in_use() and (guard := _device_guard(args)) is not None:
+                    with guard:
+                        return entry(*args, **kwargs)
                 if state.on:
                     return autocast_call(op_name, fn, *args, **kwargs)
                 return fn(*args, **kwargs)
         else:
             @functools.wraps(fn)
             def entry(*args, **kwargs):
+                if backend.gpu_in_use() and (guard := _device_guard(args)) is not None:
+                    with guard:
+                        return entry(*args, **kwargs)
                 if state.on and kwargs.get("dtype") is None and (
                         len(args) <= dtype_at or args[dtype_at] is None):
                     return autocast_call(op_name, fn, *args, **kwargs)
                 return fn(*args, **kwargs)
         return entry
     return decorate
+
+
+def _device_guard(args):
+    """The functional entry points (the ops' callers) also run on their first tensor's GPU: their
+    argument checks and preprocessing touch arrays outside any op."""
+    for a in args:
+        data = getattr(a, "_data", None)
+        if data is not None:
+            return backend.device_guard(data)
+    return None
 
 
 def _first_tensor(args, Tensor):

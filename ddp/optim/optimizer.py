@@ -310,7 +310,12 @@ class Optimizer:
             options = self._options(group)
             for p in group["params"]:
                 if p.grad is not None:
-                    self._update(p, options)
+                    guard = backend.device_guard(p._data)   # a parameter on another GPU
+                    if guard is None:
+                        self._update(p, options)
+                    else:
+                        with guard:
+                            self._update(p, options)
                     p._vc[0] += 1  # p changed in place: autograd must see a new version
         return loss
 

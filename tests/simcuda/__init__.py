@@ -462,7 +462,19 @@ def _submodule(name, np_module):
     return mod
 
 
+class _IndexGrid:
+    """``cupy.ogrid`` / ``mgrid`` / ``r_`` / ``c_``: NumPy's, giving device arrays."""
+
+    def __init__(self, grid):
+        self._grid = grid
+
+    def __getitem__(self, key):
+        return _wrap_result(self._grid[key])
+
+
 cupy = _Module("cupy", "A simulated CuPy (tests/simcuda).")
+cupy.ogrid, cupy.mgrid = _IndexGrid(np.ogrid), _IndexGrid(np.mgrid)
+cupy.r_, cupy.c_ = _IndexGrid(np.r_), _IndexGrid(np.c_)
 cupy.ndarray = ndarray
 cupy.array = _host_to_device("array")
 cupy.asarray = _host_to_device("asarray")
