@@ -152,12 +152,38 @@ def overlaps(a, b) -> bool:
     xp = get_array_module(a)
     if not xp.may_share_memory(a, b):
         return False
-    same_layout = a.shape == b.shape and a.strides == b.strides and _data_ptr(a) == _data_ptr(b)
+    same_layout = a.shape == b.shape and a.strides == b.strides and data_ptr(a) == data_ptr(b)
     return not same_layout
 
 
-def _data_ptr(a):
+def data_ptr(a) -> int:
+    """The address of an array's first element (host or device memory)."""
     return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
+
+
+def copy_to_host(array, out):
+    """Copy device ``array`` into the host array ``out`` (pinned, same shape), ordered on the
+    current stream after the work that produced ``array``; returns once the copy is done."""
+    with device_context(device_of(array)):
+        if not array.flags.c_contiguous:
+            array = _cuda.ascontiguousarray(array)
+        array.get(out=out)
+    return out
+
+
+def copy_from_host(host, array):
+    """Copy the host array ``host`` into device ``array`` (the inverse of :func:`copy_to_host`)."""
+    with device_context(device_of(array)):
+        if array.flags.c_contiguous:
+            array.set(host)
+        else:
+            array[...] = _cuda.asarray(host)
+
+
+def thread_gpu():
+    """This thread's current GPU index, or None when no GPU is in use (what work handed to
+    another thread must run on: the current device is per thread)."""
+    return None if _cuda_array_type is None else _cuda.cuda.runtime.getDevice()
 
 
 # Whether ddp's debug checks run: value checks that need a device->host sync (index bounds,

@@ -70,7 +70,7 @@ def start(interval: float, device_index, announce: bool = True):
     try:
         pynvml.nvmlInit()
         import ddp
-        bus_id = ddp.backend.cupy_module().cuda.runtime.deviceGetPCIBusId(device_index)
+        bus_id = ddp.backend.cuda_module().cuda.runtime.deviceGetPCIBusId(device_index)
         handle = nvml_handle(pynvml, bus_id)
     except pynvml.NVMLError as exc:
         note(f"NVML is not usable ({exc})")

@@ -32,6 +32,7 @@ def mpi():
     return _MPI
 
 
+_PINNED_BUFFERS = 64   # staging buffers kept per communicator (DDP has one per bucket)
 _HALF_OPS = {}
 
 
@@ -93,22 +94,32 @@ class MPICommunicator(Communicator):
         self._queue = None
         self._thread = None
         self._outstanding = []   # non-blocking requests, tested by progress()
+        self._pinned = {}        # (device pointer, shape, dtype) -> its pinned host buffer
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._idle = threading.Condition(self._pending_lock)
 
     # ---------------------------------------------------------------- staging
-    @staticmethod
-    def _host(array):
-        """(host array to hand to MPI, function that writes a host result back)."""
+    def _host(self, array):
+        """(host array to hand to MPI, function that writes a host result back).
+
+        A GPU array goes through a page-locked host buffer kept for that array (a DDP bucket
+        reuses its buffer every step; the PyPI MPI wheels are not CUDA-aware), copied on the
+        current stream after the kernels that produced it."""
         if isinstance(array, np.ndarray):
             if not array.flags.c_contiguous:
                 tmp = np.ascontiguousarray(array)
                 return tmp, lambda: array.__setitem__(..., tmp)
             return array, None
-        backend.synchronize(backend.device_of(array))
-        host = backend.to_host(array)
-        return host, lambda: array.set(host)
+        key = (backend.data_ptr(array), array.shape, array.dtype)
+        host = self._pinned.pop(key, None)
+        if host is None:
+            host = backend.pinned_empty(array.shape, array.dtype)
+            if len(self._pinned) >= _PINNED_BUFFERS:    # forget the least recently used
+                self._pinned.pop(next(iter(self._pinned)))
+        self._pinned[key] = host
+        backend.copy_to_host(array, host)
+        return host, lambda: backend.copy_from_host(host, array)
 
     # ---------------------------------------------------------------- collectives
     def Allreduce(self, array, op="sum"):
@@ -202,7 +213,7 @@ class MPICommunicator(Communicator):
         work = Work()
         with self._pending_lock:
             self._pending += 1
-        self._queue.put((work, fn, args))
+        self._queue.put((work, fn, args, backend.thread_gpu()))
         return work
 
     def _serve(self):
@@ -210,9 +221,13 @@ class MPICommunicator(Communicator):
             item = self._queue.get()
             if item is None:
                 return
-            work, fn, args = item
+            work, fn, args, gpu = item
             try:
-                work._set(fn(*args), None)
+                if gpu is None:
+                    work._set(fn(*args), None)
+                else:   # the submitter's GPU: the current device is per thread
+                    with backend.device_context(backend.device("cuda", gpu)):
+                        work._set(fn(*args), None)
             except BaseException as exc:  # handed to whoever waits on the work
                 work._set(None, exc)
             with self._pending_lock:

@@ -11,10 +11,9 @@ Example:
 """
 from __future__ import annotations
 
-import warnings
 
 from . import environment
-from .communicator import Communicator, backend_names, communicator_class, new_communicator
+from .communicator import Communicator, backend_names, new_communicator
 
 __all__ = ["ReduceOp", "ProcessGroup", "GroupMember", "init_process_group", "is_initialized",
            "is_available", "is_mpi_available", "is_nccl_available", "destroy_process_group",
@@ -83,7 +82,7 @@ def _mpi_already_running():
         and MPI.COMM_WORLD.Get_size() > 1
 
 
-def _nccl_communicator(device_id=None) -> Communicator:
+def _nccl_communicator(device_id=None, explicit=True) -> Communicator:
     """The communicator of ``backend="nccl"`` (the registry's "nccl" entry). Refuses a process
     without a GPU: NCCL moves CUDA memory only."""
     from .. import backend
@@ -91,22 +90,28 @@ def _nccl_communicator(device_id=None) -> Communicator:
         raise RuntimeError("init_process_group(backend='nccl'): NCCL needs a CUDA GPU and this "
                            "process sees none (ddp.cuda.is_available() is False); on CPU use "
                            "backend='gloo' or 'mpi', or leave backend unset")
-    try:
-        cls = communicator_class("nccl")
-    except RuntimeError:  # until the NCCL communicator lands: MPI with CUDA staged through host
-        warnings.warn("the NCCL backend is not available yet; using MPI with host staging",
-                      stacklevel=3)
-        return new_communicator("mpi")
-    return cls()
+    from . import nccl
+    return nccl.create(device_id, explicit=explicit)
+
+
+def _rank_has_a_gpu(device_id):
+    """Whether this rank was given a GPU of its own: by ``device_id`` or by the launcher's
+    pinning (``DDP_DEVICE=cuda:N``). NCCL is then the default for its CUDA tensors."""
+    import os
+    from .. import backend
+    pinned = device_id is not None or os.environ.get("DDP_DEVICE", "").startswith("cuda")
+    return pinned and backend.cuda_is_available()
 
 
 def init_process_group(backend=None, init_method=None, timeout=None, world_size=-1, rank=-1,
                        store=None, group_name="", pg_options=None, device_id=None):
     """Create the default process group.
 
-    ``backend``: None or 'auto' (MPI when launched by an MPI launcher with several ranks, else a
+    ``backend``: None or 'auto' (MPI when launched by an MPI launcher with several ranks, and
+    NCCL for CUDA tensors when the launcher pinned this rank to a GPU of its own; else a
     single-rank group), 'mpi', 'gloo' (PyTorch's CPU backend: MPI here, no warning), 'nccl'
-    (needs a GPU; an error without one), 'single', or a name given to
+    (ddp.distributed.nccl; needs a GPU, an error without one; ranks that share a GPU fall back
+    to MPI with a warning), 'single', or a name given to
     ``communicator.register_backend``. A process that the environment describes as one of
     several ranks outside an MPI job (started by ``torchrun``: ``WORLD_SIZE=2``, no MPI), or
     whose ``WORLD_SIZE`` differs from MPI's, is refused with an error that says to use
@@ -125,9 +130,12 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
         raise ValueError(f"init_process_group: unknown backend {backend!r}; expected 'mpi', "
                          f"'single', 'gloo', 'nccl' or None")
     job = environment.check()
+    explicit = name == "nccl"
     if name == "auto":
         name = "mpi" if (job.in_mpi_job or _mpi_already_running()) else "single"
-    comm = _nccl_communicator(device_id) if name == "nccl" else new_communicator(name)
+        if name == "mpi" and _rank_has_a_gpu(device_id):
+            name = "nccl"   # PyTorch's default: NCCL for CUDA tensors (MPI for the rest)
+    comm = _nccl_communicator(device_id, explicit) if name == "nccl" else new_communicator(name)
     environment.check(mpi_size=comm.size)
     if world_size not in (-1, comm.size):
         raise ValueError(f"init_process_group: world_size={world_size} but the launcher started "

@@ -180,7 +180,6 @@ LOSSES = [
 
 @pytest.mark.parametrize("name,loss,shape,classes", LOSSES, ids=[c[0] for c in LOSSES])
 def test_loss_matches_cpu_without_syncs(name, loss, shape, classes):
-    x = _inputs([shape], 2)[0]
     target = classes if classes is not None else _inputs([shape], 5)[0]
     if name == "bce_with_logits":
         target = (target > 0).astype(np.float64)
