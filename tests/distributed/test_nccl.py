@@ -81,3 +81,31 @@ def test_ddp_over_nccl_equals_one_process_on_the_full_batch(nccl_group):
                                    atol=1e-12)
     if transport is not None:   # the buckets went by NCCL
         assert sum(name == "allReduce" for name, _, _ in transport.calls) >= 3 * 2
+
+
+@pytest.mark.parametrize("mode", ["thread", "nonblocking"])
+def test_mpi_path_for_gpu_arrays(process_group, mode, monkeypatch):
+    """Without NCCL, GPU arrays go through MPI staged in pinned host buffers (one per array,
+    reused) and DDP's communication thread works on the rank's GPU, not GPU 0."""
+    mpi = dist.get_communicator()
+    rank, world = mpi.rank, mpi.size
+    ddp.cuda.set_device(rank % ddp.cuda.device_count())
+    try:
+        a = ddp.backend.cuda_module().full(6, float(rank))
+        for _ in range(2):
+            mpi.Allreduce(a, "sum")
+        assert a.get().tolist() == [sum(range(world)) * world] * 6
+        assert sum(k[0] == ddp.backend.data_ptr(a) for k in mpi._pinned) == 1
+        # work handed to the communication thread (a comm hook's averaging) runs on this GPU
+        assert mpi.submit(lambda: float((a / world).sum())).result() == a.get().sum() / world
+        dev = f"cuda:{ddp.cuda.current_device()}"
+        monkeypatch.setenv("DDP_COMM_MODE", mode)   # "thread": the collective runs on another
+        ddp.manual_seed(0)
+        net = DDP(nn.Linear(4, 2).double().to(dev), bucket_cap_mb=0.0001)
+        x = ddp.tensor(np.full((2, 4), float(rank)), device=dev)
+        net(x).sum().backward()
+        grads = [p.grad.cpu().numpy() for p in net.parameters()]
+        np.testing.assert_allclose(grads[0], np.full((2, 4), 2 * sum(range(world)) / world))
+        np.testing.assert_allclose(grads[1], np.full(2, 2.0))
+    finally:
+        ddp.cuda.set_device(0)
