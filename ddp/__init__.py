@@ -7,7 +7,7 @@ Example:
     >>> import ddp as torch
     >>> x = torch.randn(4, 3, requires_grad=True)
     >>> (x ** 2).sum().backward()
-    >>> bool(torch.allclose(x.grad, 2 * x))
+    >>> torch.allclose(x.grad, 2 * x)
     True
 """
 from __future__ import annotations

@@ -9,10 +9,13 @@ only on the micro-batch count, so ranks whose loaders have the same length (Dist
 guarantees it) skip and step together. A single process behaves the same way.
 
 Example:
-    >>> acc = ddp.GradientAccumulator(model, optimizer, steps=4, scaler=scaler, max_grad_norm=1.0)
+    >>> model = nn.Linear(4, 2)
+    >>> optimizer = ddp.optim.SGD(model.parameters(), lr=0.1)
+    >>> loader = [(ddp.randn(8, 4), ddp.randn(8, 2)) for _ in range(10)]
+    >>> acc = ddp.GradientAccumulator(model, optimizer, steps=4, max_grad_norm=1.0)
     >>> for x, y in acc.micro_batches(loader):
     ...     with acc.accumulate():
-    ...         acc.backward(loss_fn(model(x), y))
+    ...         acc.backward(F.mse_loss(model(x), y))
 """
 from __future__ import annotations
 

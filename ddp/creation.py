@@ -8,7 +8,7 @@ Random tensors are drawn on their own device from that device's :class:`ddp.Gene
 host round trip on a GPU); ``ddp.manual_seed`` seeds every device's default generator.
 
 Example:
-    >>> ddp.manual_seed(0)
+    >>> _ = ddp.manual_seed(0)       # returns the default Generator, as torch.manual_seed does
     >>> ddp.zeros(2, 3).shape, ddp.arange(5).dtype, ddp.rand(2).dtype
     (ddp.Size([2, 3]), ddp.int64, ddp.float32)
 """
@@ -143,7 +143,10 @@ def from_numpy(array):
     """A CPU tensor sharing ``array``'s memory: writes to one show in the other.
 
     Example:
-        >>> a = np.zeros(2, np.float32); ddp.from_numpy(a).add_(1); a
+        >>> a = np.zeros(2, np.float32)
+        >>> ddp.from_numpy(a).add_(1)
+        tensor([1., 1.])
+        >>> a
         array([1., 1.], dtype=float32)
     """
     if not isinstance(array, np.ndarray):

@@ -141,7 +141,9 @@ class detect_anomaly:
         >>> with ddp.autograd.detect_anomaly():
         ...     (ddp.tensor([0.0], requires_grad=True).sqrt() * 0).sum().backward()
         Traceback (most recent call last):
-        RuntimeError: Function 'SqrtBackward' returned nan values in its 0th output. ...
+        RuntimeError: Function 'SqrtBackward0' returned nan values in its 0th output.
+        Traceback of the forward call that produced it:
+        ...
     """
 
     def __init__(self, check_nan=True):

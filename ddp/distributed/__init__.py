@@ -11,6 +11,8 @@ Example:
     >>> dist.init_process_group()
     >>> t = ddp.ones(3) * dist.get_rank()
     >>> dist.all_reduce(t, op=dist.ReduceOp.SUM)   # every rank now holds the sum of ranks
+    >>> t.tolist() == [float(sum(range(dist.get_world_size())))] * 3
+    True
 """
 from .communicator import Communicator, SingleCommunicator, Work, register_backend  # noqa: F401
 from .process_group import (ReduceOp, ProcessGroup, GroupMember, init_process_group,  # noqa: F401

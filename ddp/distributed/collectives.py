@@ -62,7 +62,10 @@ def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False):
     """Reduce ``tensor`` across ranks in place; every rank gets the result.
 
     Example:
+        >>> dist.init_process_group()
         >>> t = ddp.tensor([float(dist.get_rank())]); dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        >>> t.item() == dist.get_world_size() - 1      # the highest rank, on every rank
+        True
     """
     pg = _group(group)
     arr = _array(tensor, "all_reduce")

@@ -12,7 +12,7 @@ what makes concurrent buckets safe.
 Example:
     >>> comm = SingleCommunicator()
     >>> buf = np.ones(3)
-    >>> comm.Allreduce(buf, "sum"); buf
+    >>> comm.Allreduce(buf, "sum")            # in place (one rank: the identity); returns buf
     array([1., 1., 1.])
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ class Work:
     ``is_completed()`` polls; ``result()`` gives what it produced (PyTorch's ``Work``).
 
     Example:
-        >>> work = dist.all_reduce(t, async_op=True)
+        >>> dist.init_process_group()
+        >>> work = dist.all_reduce(ddp.ones(2), async_op=True)
         >>> work.wait()
         True
     """

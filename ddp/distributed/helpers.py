@@ -19,8 +19,11 @@ Example:
     >>> import ddp.distributed as dist
     >>> dist.init_process_group()
     >>> dist.print0("world size", dist.get_world_size())      # printed once
+    world size 1
+    >>> local_loss = 0.25                                      # this rank's
     >>> loss = dist.all_reduce_metric(local_loss, op="mean")   # the same on every rank
-    >>> dist.save_on_rank0(model.state_dict(), "ckpt.pt")       # every rank can read it now
+    >>> model = nn.Linear(2, 1)
+    >>> dist.save_on_rank0(model.state_dict(), tmp_path / "ckpt.pt")   # every rank can read it
 """
 from __future__ import annotations
 
@@ -61,7 +64,8 @@ def is_main_process() -> bool:
 
     Example:
         >>> if dist.is_main_process():
-        ...     writer.add_scalar("loss", loss, step)
+        ...     print("only rank 0 writes the log")
+        only rank 0 writes the log
     """
     return _rank() == 0
 
@@ -75,6 +79,7 @@ def rank_zero_only(fn):
         ... def log(msg):
         ...     print(msg)
         >>> log("only once")
+        only once
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -88,7 +93,9 @@ def print0(*args, **kwargs):
     """``print`` on rank 0 only (same arguments as ``print``).
 
     Example:
+        >>> epoch, loss = 3, 0.12345
         >>> dist.print0(f"epoch {epoch}: loss {loss:.4f}")
+        epoch 3: loss 0.1235
     """
     if _rank() == 0:
         print(*args, **kwargs)
@@ -99,6 +106,7 @@ class RankFilter(logging.Filter):
     ``rank_zero_only``, drops records below WARNING on ranks other than 0.
 
     Example:
+        >>> handler = logging.StreamHandler()
         >>> handler.addFilter(RankFilter(rank_zero_only=True))
     """
 
@@ -118,8 +126,8 @@ def setup_rank_logging(level=logging.INFO, rank_zero_only=True, logger=None,
     returns it; calling it again replaces the handler it installed before.
 
     Example:
-        >>> log = dist.setup_rank_logging(logging.INFO)
-        >>> logging.getLogger("train").info("step %d", 10)   # "[rank 0] ... step 10", once
+        >>> log = dist.setup_rank_logging(logging.INFO, logger=logging.getLogger("train"))
+        >>> log.info("step %d", 10)       # on stderr: "[rank 0] ... train: step 10", once
     """
     logger = logging.getLogger() if logger is None else logger
     for h in list(logger.handlers):
@@ -148,8 +156,11 @@ def all_reduce_metric(value, op="mean", group=None):
     reduce ``[sum, count]`` with ``'sum'``, when shards differ in size).
 
     Example:
+        >>> correct, total, shard = 45, 50, range(50)     # this rank's
         >>> acc = dist.all_reduce_metric(correct / total, op="mean")
         >>> n = dist.all_reduce_metric(len(shard), op="sum")
+        >>> acc, n                                          # (one process here)
+        (0.9, 50)
     """
     if op not in _METRIC_OPS:
         raise ValueError(f"all_reduce_metric: op must be one of {sorted(_METRIC_OPS)}, got {op!r}")
@@ -183,9 +194,12 @@ def reduce_confusion_matrix(cm, group=None):
     once, after the last ``update`` and before ``compute()``.
 
     Example:
-        >>> cm = ddp.metrics.ConfusionMatrix(10)
+        >>> model = nn.Linear(4, 3)
+        >>> eval_loader = [(ddp.randn(8, 4), ddp.randint(0, 3, (8,))) for _ in range(2)]
+        >>> cm = ddp.metrics.ConfusionMatrix(3)
         >>> for x, y in eval_loader: cm.update(model(x), y)
-        >>> dist.reduce_confusion_matrix(cm).compute()      # counts of the whole dataset
+        >>> int(dist.reduce_confusion_matrix(cm).compute().sum())   # the whole dataset's counts
+        16
     """
     comm = _comm(group)
     if comm is None:
@@ -210,9 +224,13 @@ def gather_for_eval(tensor, dataset_len, group=None):
     Every rank gets it. Returns the input's type (ddp tensor or NumPy/CuPy array).
 
     Example:
+        >>> from ddp.utils.data import DataLoader, DistributedSampler, TensorDataset
+        >>> ds, model = TensorDataset(ddp.randn(100, 4), ddp.zeros(100)), nn.Linear(4, 3)
         >>> sampler = DistributedSampler(ds, shuffle=False, pad=False)
         >>> preds = ddp.cat([model(x).argmax(1) for x, _ in DataLoader(ds, 64, sampler=sampler)])
         >>> all_preds = dist.gather_for_eval(preds, len(ds))    # len(ds) rows, dataset order
+        >>> all_preds.shape
+        ddp.Size([100])
     """
     arr = tensor.detach()._data if isinstance(tensor, Tensor) else tensor
     comm = _comm(group)
@@ -242,8 +260,11 @@ def save_on_rank0(obj, path, group=None):
     error on rank 0 is raised on every rank instead of leaving them waiting).
 
     Example:
-        >>> dist.save_on_rank0({"model": model.state_dict(), "epoch": epoch}, "ckpt.pt")
-        >>> state = dist.load_on_every_rank("ckpt.pt")
+        >>> model, epoch = nn.Linear(2, 1), 3
+        >>> dist.save_on_rank0({"model": model.state_dict(), "epoch": epoch}, tmp_path / "ckpt.pt")
+        >>> state = dist.load_on_every_rank(tmp_path / "ckpt.pt")
+        >>> state["epoch"]
+        3
     """
     from ..serialization import save
     comm = _comm(group)
@@ -268,7 +289,10 @@ def load_on_every_rank(path, map_location=None, group=None, **kwargs):
     then ``ddp.load(path, map_location)`` on each rank. Extra keywords go to ``ddp.load``.
 
     Example:
-        >>> model.load_state_dict(dist.load_on_every_rank("ckpt.pt")["model"])
+        >>> model = nn.Linear(2, 1)
+        >>> dist.save_on_rank0({"model": model.state_dict()}, tmp_path / "ckpt.pt")
+        >>> model.load_state_dict(dist.load_on_every_rank(tmp_path / "ckpt.pt")["model"])
+        <All keys matched successfully>
     """
     from ..serialization import load
     comm = _comm(group)

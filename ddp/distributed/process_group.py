@@ -145,7 +145,7 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
                          f"{comm.rank}")
     _world = ProcessGroup(comm, range(comm.size),
                           "gloo" if (backend or "").lower() == "gloo" else name)
-    return _world
+    # returns None, as torch.distributed.init_process_group does
 
 
 def is_initialized() -> bool:
@@ -223,7 +223,10 @@ def new_group(ranks=None, timeout=None, backend=None, pg_options=None, use_local
     Ranks outside it get ``GroupMember.NON_GROUP_MEMBER``.
 
     Example:
+        >>> dist.init_process_group()
         >>> evens = dist.new_group([r for r in range(dist.get_world_size()) if r % 2 == 0])
+        >>> dist.get_world_size(evens) == (dist.get_world_size() + 1) // 2
+        True
     """
     world = _group(None)
     ranks = sorted(set(range(world.comm.size) if ranks is None else ranks))

@@ -20,7 +20,9 @@ backward.
    actually arrived in, rank 0's order broadcast to all.
 
 Example:
-    >>> model = ddp.nn.parallel.DistributedDataParallel(net)   # builds a Reducer
+    >>> dist.init_process_group()
+    >>> model = ddp.nn.parallel.DistributedDataParallel(nn.Linear(4, 2))   # builds a Reducer
+    >>> F.mse_loss(model(ddp.randn(8, 4)), ddp.randn(8, 2)).backward()     # buckets allreduced
 """
 from __future__ import annotations
 

@@ -22,6 +22,8 @@ The communicator calls :meth:`StallInspector.reached` at the start of each colle
 the inspector off it holds None and the cost is one attribute test.
 
 Example (as the MPI communicator uses it):
+    >>> from ddp.distributed.communicator import SingleCommunicator
+    >>> comm = SingleCommunicator()
     >>> inspector = maybe_inspector(comm)        # None unless DDP_STALL_CHECK_SECONDS is set
     >>> if inspector is not None:
     ...     inspector.reached("Allreduce")

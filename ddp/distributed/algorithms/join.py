@@ -14,10 +14,13 @@ train. With ``throw_on_early_termination=True`` the first rank to run out makes 
 raise instead (for loops with collectives the hooks do not know about, e.g. SyncBatchNorm).
 
 Example:
-    >>> model = DistributedDataParallel(net)
+    >>> dist.init_process_group()
+    >>> model = nn.parallel.DistributedDataParallel(nn.Linear(4, 2))
+    >>> opt = ddp.optim.SGD(model.parameters(), lr=0.1)
+    >>> my_batches = [(ddp.randn(8, 4), ddp.randn(8, 2))] * (2 + dist.get_rank())
     >>> with Join([model]):                  # or: with model.join():
     ...     for x, y in my_batches:          # a different number on every rank
-    ...         loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
+    ...         F.mse_loss(model(x), y).backward(); opt.step(); opt.zero_grad()
 """
 from __future__ import annotations
 
@@ -91,9 +94,12 @@ class Join:
     ``divide_by_initial_world_size``).
 
     Example:
-        >>> with Join([model]):
+        >>> dist.init_process_group()
+        >>> model = nn.parallel.DistributedDataParallel(nn.Linear(3, 1))
+        >>> batches_of_this_rank = [ddp.randn(5, 3) for _ in range(3 + dist.get_rank())]
+        >>> with Join([model], throw_on_early_termination=False):
         ...     for batch in batches_of_this_rank:
-        ...         train_step(model, batch)
+        ...         model(batch).sum().backward()
     """
 
     def __init__(self, joinables, enable=True, throw_on_early_termination=False, **kwargs):

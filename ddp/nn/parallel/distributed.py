@@ -44,8 +44,11 @@ class DistributedDataParallel(Module, Joinable):
 
     Example:
         >>> dist.init_process_group()
-        >>> model = DistributedDataParallel(Net())
-        >>> loss = loss_fn(model(x_shard), y_shard); loss.backward(); optimizer.step()
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> model = DistributedDataParallel(net)
+        >>> optimizer = ddp.optim.SGD(model.parameters(), lr=0.1)
+        >>> x_shard, y_shard = ddp.randn(16, 4), ddp.randn(16, 2)       # this rank's batch
+        >>> loss = F.mse_loss(model(x_shard), y_shard); loss.backward(); optimizer.step()
     """
 
     def __init__(self, module, device_ids=None, output_device=None, dim=0, broadcast_buffers=True,
@@ -174,9 +177,13 @@ class DistributedDataParallel(Module, Joinable):
         (for loops with collectives DDP does not know about, such as SyncBatchNorm's).
 
         Example:
+            >>> dist.init_process_group()
+            >>> model = DistributedDataParallel(nn.Linear(4, 2))
+            >>> opt = ddp.optim.SGD(model.parameters(), lr=0.1)
+            >>> batches = [(ddp.randn(8, 4), ddp.randn(8, 2))] * (2 + dist.get_rank())
             >>> with model.join():
             ...     for x, y in batches:            # ranks may hold different numbers
-            ...         loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
+            ...         F.mse_loss(model(x), y).backward(); opt.step(); opt.zero_grad()
         """
         return Join([self], enable, throw_on_early_termination,
                     divide_by_initial_world_size=divide_by_initial_world_size)
@@ -245,9 +252,12 @@ class DistributedDataParallel(Module, Joinable):
         first backward after it synchronises the accumulated gradients.
 
         Example:
+            >>> dist.init_process_group()
+            >>> model = DistributedDataParallel(nn.Linear(4, 2))
+            >>> (x1, y1), (x2, y2) = [(ddp.randn(8, 4), ddp.randn(8, 2)) for _ in range(2)]
             >>> with model.no_sync():
-            ...     loss_fn(model(x1), y1).backward()
-            >>> loss_fn(model(x2), y2).backward()   # averages the sum of both micro-batches
+            ...     F.mse_loss(model(x1), y1).backward()
+            >>> F.mse_loss(model(x2), y2).backward()   # averages the sum of both micro-batches
         """
         previous = self.reducer.require_sync
         self.reducer.require_sync = False
@@ -262,6 +272,8 @@ class DistributedDataParallel(Module, Joinable):
 
         Example:
             >>> from ddp.distributed.algorithms.ddp_comm_hooks import default_hooks
+            >>> dist.init_process_group()
+            >>> model = DistributedDataParallel(nn.Linear(4, 2))
             >>> model.register_comm_hook(None, default_hooks.fp16_compress_hook)
         """
         if self.reducer.comm_hook is not None:

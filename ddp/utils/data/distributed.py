@@ -139,8 +139,12 @@ class DistributedSampler(Sampler):
         on every rank so that every rank draws the same new permutation.
 
         Example:
+            >>> from ddp.utils.data import DataLoader, DistributedSampler
+            >>> sampler = DistributedSampler(range(10), num_replicas=2, rank=0)
+            >>> loader = DataLoader(range(10), batch_size=5, sampler=sampler)
             >>> for epoch in range(3):
             ...     sampler.set_epoch(epoch)
-            ...     for batch in loader: ...
+            ...     for batch in loader:
+            ...         pass                       # the epoch's training step
         """
         self.epoch = epoch
