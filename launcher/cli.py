@@ -110,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help='extra mpiexec arguments, one string, e.g. "-ppn 4" or "--map-by '
                           'socket"')
     job.add_argument("--dry-run", action="store_true",
-                     help="print the mpiexec command instead of running it")
+                     help="print what would run (the mpiexec command, or the script and its "
+                          "arguments) instead of running it")
+    job.add_argument("--max-restarts", type=int, default=0, metavar="N",
+                     help="when the job fails, start it again, at most N times (torchrun's "
+                          "option; the script resumes from its checkpoint, see "
+                          "ddp.training.Checkpoint); default 0")
     rank = p.add_argument_group("every rank")
     rank.add_argument("--threads", type=int, metavar="N",
                       help="BLAS/OpenMP threads per rank (default: OMP_NUM_THREADS if exported, "
@@ -201,9 +206,23 @@ def mpiexec_command(args, mpiexec: str, flavour: str) -> list[str]:
     return cmd
 
 
+def check_job_args(args) -> str | None:
+    """What is wrong with the job options, before anything starts (None when nothing)."""
+    if args.nproc is not None and args.nproc < 1:
+        return f"-n must be at least 1, got {args.nproc}"
+    if args.max_restarts < 0:
+        return f"--max-restarts must be 0 or more, got {args.max_restarts}"
+    if args.hostfile and not os.path.isfile(args.hostfile):
+        return f"hostfile {args.hostfile!r} does not exist"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads must be at least 1, got {args.threads}"
+    return None
+
+
 def start_job(args) -> int:
-    """Replace this process with mpiexec running a worker per rank (its exit status becomes
-    ours, and signals reach it directly)."""
+    """Run mpiexec with a worker per rank under :mod:`launcher.supervise` (signals passed on,
+    restarts, what failed); its exit status becomes ours."""
+    from . import supervise
     if ranks.in_mpi_job():
         sys.stderr.write("launcher: -n/--hostfile given, but this process is already a rank of "
                          "an MPI job; use either `mpirun -n N launcher script.py` or "
@@ -217,13 +236,28 @@ def start_job(args) -> int:
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execv(cmd[0], cmd)
-    except OSError as exc:
-        sys.stderr.write(f"launcher: cannot run {cmd[0]}: {exc}\n")
-        return 2
+    return supervise.run(cmd, max_restarts=args.max_restarts)
+
+
+def single_with_restarts(args) -> int:
+    """``launcher --max-restarts N train.py``: one process, rerun by the supervisor."""
+    from . import supervise
+    cmd = [sys.executable, "-m", "launcher", *worker_args(args), args.script, *args.args]
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return 0
+    return supervise.run(cmd, max_restarts=args.max_restarts)
+
+
+def dry_run_worker(args) -> int:
+    """``--dry-run`` without ``-n``: say what this process would run, run nothing."""
+    job = ranks.environment().detect()
+    kind = "module" if args.module else "script"
+    where = (f"as rank {job.rank} of {job.mpi_size} ({job.mpi_source})" if job.in_mpi_job
+             else "in this process (no MPI)")
+    print(f"launcher: dry run: would run {kind} {shlex.join([args.script, *args.args])} "
+          f"{where} with options {shlex.join(worker_args(args))}")
+    return 0
 
 
 # --------------------------------------------------------------------------- worker
@@ -245,6 +279,14 @@ def run_worker(args) -> int:
                        stall_seconds=args.stall_seconds)
     ranks.setup_output(args.output, info)
     failure.install(info.rank, info.size, info.comm)
+    peers = None
+    if info.comm is not None and info.size > 1:
+        from . import peers as peers_module
+        job_dir = os.environ.get("DDP_JOB_DIR")
+        peers = peers_module.start(
+            info.comm, info.rank, info.size, abort=failure.abort, say=ranks.say,
+            events=os.path.join(job_dir, "events") if job_dir and info.rank == 0 else None)
+        failure.set_peers(peers)
     try:
         if numpy_early:
             ranks.limit_threads_late(threads)
@@ -265,8 +307,12 @@ def run_worker(args) -> int:
             monitor.start(args.monitor, device, announce=info.local_rank == 0)
         run_script(args.script, args.args, module=args.module)
     except BaseException as exc:  # noqa: B902 - every way out of the script is handled here
-        return failure.fail(exc)
-    return 0
+        code = failure.fail(exc)   # a failing rank of a job stops the job here
+        how, where = failure.how_it_ended(exc), failure.where(exc)
+    else:
+        code, how, where = 0, "returned", f"the end of {args.script}"
+    failure.finished(code, how, where)   # with other ranks: wait until every rank has finished
+    return code
 
 
 def run_script(script: str, argv: list[str], module: bool = False) -> None:
@@ -287,11 +333,23 @@ def run_script(script: str, argv: list[str], module: bool = False) -> None:
 
 def main(argv=None) -> int:
     """Entry point of the ``launcher`` console script and of ``python -m launcher``."""
-    args = config.parse_args(build_parser(), argv)
+    parser = build_parser()
+    args = config.parse_args(parser, argv)
+    problem = check_job_args(args)
+    if problem:
+        parser.error(problem)
     if args.worker:
         return run_worker(args)
     if args.nproc is not None or args.hostfile:
         return start_job(args)
+    if args.max_restarts:
+        if ranks.in_mpi_job():
+            parser.error("--max-restarts needs the launcher to start the job (`launcher -n N "
+                         "--max-restarts M script.py`); under mpirun/srun the MPI launcher owns "
+                         "the ranks")
+        return single_with_restarts(args)
+    if args.dry_run:
+        return dry_run_worker(args)
     return run_worker(args)  # under mpirun/srun, or a single process
 
 

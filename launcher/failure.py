@@ -48,7 +48,11 @@ class SignalExit(BaseException):
         self.signum = signum
 
 
-_state = {"rank": 0, "size": 1, "abort": None}
+# A rank stopped by a signal waits this long at most for the other ranks to finish their
+# finally blocks too, before it stops the job (DDP_SIGNAL_GRACE_SECONDS overrides it).
+SIGNAL_GRACE_SECONDS = 60.0
+
+_state = {"rank": 0, "size": 1, "abort": None, "peers": None}
 _handled = threading.Event()  # the main thread has turned the signal into an exception
 
 
@@ -80,7 +84,7 @@ def _user_traceback(tb):
     return tb
 
 
-def _where(exc) -> str:
+def where(exc) -> str:
     """``file:line (code)`` of the innermost user frame of ``exc``'s traceback."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _ours(f.filename)]
     if not frames:
@@ -112,8 +116,10 @@ def fail(exc: BaseException) -> int:
     elif isinstance(exc, (SignalExit, KeyboardInterrupt)):
         name = signal.Signals(code - 128).name
         who = f"rank {rank}" if size > 1 else "the script"
-        _write(f"launcher: {who} stopped by {name} at {_where(exc)}"
+        _write(f"launcher: {who} stopped by {name} at {where(exc)}"
                + (f"; stopping all {size} ranks\n" if size > 1 else "\n"))
+        if _state["peers"] is not None:
+            return code  # finished() waits for the other ranks' finally blocks
     else:
         text = "".join(traceback.format_exception(type(exc), exc, _user_traceback(
             exc.__traceback__)))
@@ -121,8 +127,55 @@ def fail(exc: BaseException) -> int:
             text += f"launcher: rank {rank} failed; stopping all {size} ranks\n"
         _write(text)
     if size > 1 and code != 0:
+        if _state["peers"] is not None:
+            _state["peers"].failing()
         abort(code)
     return code
+
+
+def how_it_ended(exc: BaseException) -> str:
+    """A few words on how the script ended, for the other ranks' messages.
+
+    Example:
+        >>> how_it_ended(SystemExit(0)), how_it_ended(SystemExit(None))
+        ('sys.exit(0)', 'sys.exit()')
+    """
+    if isinstance(exc, SignalExit):
+        return f"stopped by {signal.Signals(exc.signum).name}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "stopped by SIGINT"
+    if isinstance(exc, SystemExit):
+        return f"sys.exit({'' if exc.code is None else repr(exc.code)})"
+    return f"raised {type(exc).__name__}"
+
+
+def set_peers(peers) -> None:
+    """The rank's connection to the other ranks (``launcher.peers``), or None."""
+    _state["peers"] = peers
+
+
+def _signal_grace() -> float:
+    try:
+        return float(os.environ.get("DDP_SIGNAL_GRACE_SECONDS", SIGNAL_GRACE_SECONDS))
+    except ValueError:
+        return SIGNAL_GRACE_SECONDS
+
+
+def finished(code: int, how: str, where=None) -> None:
+    """The script of this rank ended with ``code`` (0, or 128 + a signal): wait for the other
+    ranks to finish too (a signal: for the grace period at most, then the job is stopped), so
+    that no rank's exit makes the MPI launcher kill one still in its ``finally:``."""
+    peers = _state["peers"]
+    if peers is None:
+        if _state["size"] > 1 and code != 0:
+            abort(code)
+        return
+    if code == 0:
+        peers.finish(0, how, where=where)
+    elif not peers.finish(code, how, wait=_signal_grace(), where=where):
+        _write(f"launcher: rank {_state['rank']}: the other ranks did not finish within "
+               f"{_signal_grace():g} s of the signal; stopping the job\n")
+        abort(code)
 
 
 def abort(code: int) -> None:
@@ -160,7 +213,13 @@ def _watchdog(sock):
         if not data:
             return
         for signum in data:
-            if signum not in (signal.SIGTERM, signal.SIGINT) or _handled.wait(GRACE_SECONDS):
+            if signum not in (signal.SIGTERM, signal.SIGINT):
+                continue
+            if _state["peers"] is not None:
+                _state["peers"].signalled(signum)
+            if signal.getsignal(signum) is not _on_signal:
+                continue  # the script handles it (ddp.training.Checkpoint stops at a step end)
+            if _handled.wait(GRACE_SECONDS):
                 continue
             name = signal.Signals(signum).name
             _write(f"launcher: rank {_state['rank']} received {name} but its main thread is "
@@ -169,6 +228,8 @@ def _watchdog(sock):
                 faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
             except Exception:
                 pass
+            if _state["peers"] is not None:
+                finished(128 + signum, f"stopped by {name} while blocked", where="(blocked)")
             os._exit(128 + signum)
 
 

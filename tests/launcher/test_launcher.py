@@ -311,12 +311,14 @@ def test_help_explains_everything():
 
 @needs_mpi
 def test_dry_run_builds_the_mpiexec_command(tmp_path):
-    rc, out, err, _ = launcher("-n", 4, "--hostfile", "hosts", "--mpiexec-args", "-ppn 2",
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost:4\n")  # the hostfile must exist (named before mpiexec runs)
+    rc, out, err, _ = launcher("-n", 4, "--hostfile", hosts, "--mpiexec-args", "-ppn 2",
                                "--seed", 1, "--debug", "--dry-run", "train.py", "--epochs", 3)
     assert rc == 0, err
     cmd = out.split()
     assert cmd[0] == MPIEXEC
-    assert cmd[cmd.index("-n") + 1] == "4" and "hosts" in cmd and "-ppn" in cmd
+    assert cmd[cmd.index("-n") + 1] == "4" and str(hosts) in cmd and "-ppn" in cmd
     tail = cmd[cmd.index("--worker"):]
     assert tail[-3:] == ["train.py", "--epochs", "3"]
     assert "--debug" in tail and tail[tail.index("--seed") + 1] == "1"

@@ -1,0 +1,285 @@
+"""Faults a job must survive without hanging or reporting success: ranks that vanish (return,
+sys.exit(0), os._exit(0), a signal, a segfault) while the others still communicate, a stall
+before init_process_group, signals to the job, bad launcher input, and --max-restarts.
+
+Each job runs under ``launcher -n N`` in its own session with a timeout that turns a hang
+into a failure; each test checks the exit status, that the message names the rank (and its
+host), and that no process of the job is left.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.launcher.test_launcher import clean_env, launcher, needs_mpi, script
+
+HOST = socket.gethostname()
+TIMEOUT = 240
+
+
+def leftovers(path):
+    """Processes still running the script ``path`` (there must be none after a job)."""
+    out = subprocess.run(["pgrep", "-f", str(path)], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def assert_no_leftovers(path):
+    for _ in range(50):  # the kernel may take a moment to reap a killed job
+        if not leftovers(path):
+            return
+        time.sleep(0.2)
+    pytest.fail(f"processes of {path} left behind: {leftovers(path)}")
+
+
+VANISH = """
+    import os, sys, signal
+    import ddp, ddp.distributed as dist
+    dist.init_process_group()
+    t = ddp.ones(3)
+    dist.all_reduce(t)
+    if dist.get_rank() == 1:
+        how = sys.argv[1]
+        if how == "return":
+            pass
+        elif how == "exit0":
+            sys.exit(0)
+        elif how == "_exit0":
+            os._exit(0)
+        elif how == "segv":
+            import ctypes
+            ctypes.string_at(0)
+        elif how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        for _ in range(3):
+            dist.all_reduce(t)
+        print("rank 0 finished")
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("how", ["return", "exit0"])
+def test_rank_that_finishes_early_stops_the_job_naming_it(tmp_path, how):
+    path = script(tmp_path, VANISH)
+    code, out, err, _ = launcher("-n", 2, path, how, timeout=TIMEOUT)
+    assert code != 0
+    assert "rank 0 finished" not in out
+    assert f"rank 1 (host {HOST}, pid " in err
+    what = "returned" if how == "return" else "sys.exit(0)"
+    assert f"finished its script ({what}" in err
+    assert "while rank 0 (host" in err and "still waits in all_reduce at" in err
+    assert f"{path}:" in err                      # the call site of the waiting collective
+    assert "launcher: the job failed (exit status 1)" in err   # repeated at the end
+    assert_no_leftovers(path)
+
+
+@needs_mpi
+@pytest.mark.parametrize("how,status", [("_exit0", None), ("segv", "exit status 11"),
+                                        ("kill", "exit status 9")])
+def test_rank_that_dies_is_named_by_rank_and_host(tmp_path, how, status):
+    path = script(tmp_path, VANISH)
+    code, out, err, _ = launcher("-n", 2, path, how, timeout=TIMEOUT)
+    assert code != 0, err
+    assert "rank 0 finished" not in out
+    assert f"rank 1 (host {HOST}, pid " in err
+    assert "launcher: the job failed" in err
+    if status:
+        assert status in err
+    assert_no_leftovers(path)
+
+
+@needs_mpi
+def test_ranks_that_all_finish_succeed_even_when_one_is_much_later(tmp_path):
+    """Rank 0 alone evaluating after the others finished is legitimate: they wait for it at
+    the exit barrier and the job succeeds."""
+    path = script(tmp_path, """
+        import time
+        import ddp, ddp.distributed as dist
+        dist.init_process_group()
+        t = ddp.ones(2)
+        dist.all_reduce(t)
+        if dist.get_rank() == 0:
+            time.sleep(8)    # longer than the peers' grace period
+            print("evaluated", t.tolist())
+    """)
+    code, out, err, _ = launcher("-n", 2, path, timeout=TIMEOUT)
+    assert code == 0, err
+    assert "[rank 0] evaluated [2.0, 2.0]" in out
+    assert "launcher: rank" not in err
+
+
+@needs_mpi
+def test_stall_before_init_process_group_is_reported(tmp_path):
+    path = script(tmp_path, """
+        import os, time
+        import ddp.distributed as dist
+        if os.environ["RANK"] == "1":
+            time.sleep(8)    # slow data loading before the process group
+        dist.init_process_group()
+        print("joined")
+    """)
+    env = clean_env()
+    env["DDP_STALL_CHECK_SECONDS"] = "2"
+    code, out, err, _ = launcher("-n", 2, path, env=env, timeout=TIMEOUT)
+    assert code == 0, err
+    assert out.count("joined") == 2
+    assert "stall before the process group exists: rank 0 has waited" in err
+    assert "in init_process_group (at" in err
+    assert f"for rank 1 (rank 1 at {path}:4)" in err
+
+
+def _start(cmd, env=None):
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env or clean_env(), start_new_session=True)
+
+
+def _finish(proc, timeout=TIMEOUT):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the job did not end in {timeout} s\n{out}\n{err}")
+    return proc.returncode, out, err
+
+
+def _wait_for(paths, proc):
+    deadline = time.monotonic() + TIMEOUT
+    while not all(os.path.exists(p) for p in paths):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = proc.communicate()
+            pytest.fail(f"the job ended before it was ready\n{out}\n{err}")
+        time.sleep(0.1)
+
+
+SLOW_FINALLY = """
+    import os, sys, time
+    import ddp.distributed as dist
+    dist.init_process_group()
+    rank = dist.get_rank()
+    open(os.path.join(sys.argv[1], f"ready{rank}"), "w").close()
+    try:
+        while True:
+            time.sleep(0.05)
+    finally:
+        if rank == 0:
+            time.sleep(3)     # a checkpoint that takes a while to write
+        open(os.path.join(sys.argv[1], f"finally{rank}"), "w").close()
+"""
+
+
+@needs_mpi
+def test_sigterm_lets_every_rank_finish_its_finally_block(tmp_path):
+    """Rank 1 finishes its finally at once; its exit must not make mpiexec kill rank 0 while
+    rank 0 still writes its checkpoint."""
+    path = script(tmp_path, SLOW_FINALLY)
+    proc = _start([sys.executable, "-m", "launcher", "-n", "2", str(path), str(tmp_path)])
+    _wait_for([tmp_path / "ready0", tmp_path / "ready1"], proc)
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = _finish(proc)
+    assert code == 128 + signal.SIGTERM, err
+    assert (tmp_path / "finally0").exists() and (tmp_path / "finally1").exists()
+    assert "rank 0 stopped by SIGTERM" in err
+    assert_no_leftovers(path)
+
+
+@needs_mpi
+def test_second_ctrl_c_stops_at_once_and_exits_non_zero(tmp_path):
+    path = script(tmp_path, """
+        import os, sys, time
+        import ddp.distributed as dist
+        dist.init_process_group()
+        open(os.path.join(sys.argv[1], f"ready{dist.get_rank()}"), "w").close()
+        try:
+            while True:
+                time.sleep(0.05)
+        finally:
+            while True:          # a finally block that never ends
+                try:
+                    time.sleep(0.05)
+                except KeyboardInterrupt:
+                    pass
+    """)
+    proc = _start([sys.executable, "-m", "launcher", "-n", "2", str(path), str(tmp_path)])
+    _wait_for([tmp_path / "ready0", tmp_path / "ready1"], proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    code, out, err = _finish(proc)
+    assert code != 0
+    assert "second signal: stopping the job now" in err
+    assert_no_leftovers(path)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["-n", "0"], "-n must be at least 1, got 0"),
+    (["-n", "-2"], "-n must be at least 1, got -2"),
+    (["-n", "2", "--hostfile", "/nonexistent/hosts"], "hostfile '/nonexistent/hosts' does not "
+                                                      "exist"),
+    (["--max-restarts", "-1"], "--max-restarts must be 0 or more"),
+])
+def test_bad_job_options_are_refused_before_anything_runs(tmp_path, argv, message):
+    path = script(tmp_path, "print('ran')\n")
+    code, out, err, _ = launcher(*argv, path, timeout=60)
+    assert code == 2 and "ran" not in out
+    assert message in err
+
+
+def test_dry_run_without_n_runs_nothing(tmp_path):
+    path = script(tmp_path, "print('ran')\n")
+    code, out, err, _ = launcher("--dry-run", path, "--lr", "0.1", timeout=60)
+    assert code == 0 and "ran" not in out.replace("would run", "")
+    assert f"would run script {path} --lr 0.1 in this process" in out
+
+
+RESTART = """
+    import os, sys
+    import ddp, ddp.distributed as dist
+    dist.init_process_group()
+    restart = int(os.environ["DDP_RESTART_COUNT"])
+    marker = os.path.join(sys.argv[1], "died")
+    t = ddp.ones(1)
+    dist.all_reduce(t)
+    if dist.get_rank() == 1 and not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("rank 1 fails once")
+    print(f"done after {restart} restart(s)", t.tolist())
+"""
+
+
+@needs_mpi
+def test_max_restarts_reruns_the_job_after_a_failure(tmp_path):
+    path = script(tmp_path, RESTART)
+    code, out, err, _ = launcher("-n", 2, "--max-restarts", 2, path, tmp_path, timeout=TIMEOUT)
+    assert code == 0, err
+    assert "RuntimeError: rank 1 fails once" in err
+    assert "the job failed (exit status 1); restarting it (restart 1 of 2)" in err
+    assert "[rank 0] done after 1 restart(s) [2.0]" in out
+    assert "[rank 1] done after 1 restart(s) [2.0]" in out
+
+
+@needs_mpi
+def test_max_restarts_from_a_config_file_and_exhausted(tmp_path):
+    path = script(tmp_path, """
+        import ddp.distributed as dist
+        dist.init_process_group()
+        raise SystemExit(3)
+    """)
+    config = tmp_path / "job.yaml"
+    config.write_text("n: 2\nmax-restarts: 1\n")
+    code, out, err, _ = launcher("--config", config, path, timeout=TIMEOUT)
+    assert code == 3
+    assert err.count("restarting it (restart 1 of 1)") == 1
+    assert "no restarts left (--max-restarts 1)" in err
+
+
+def test_max_restarts_of_a_single_process(tmp_path):
+    path = script(tmp_path, RESTART.replace("dist.get_rank() == 1", "True"))
+    code, out, err, _ = launcher("--max-restarts", 1, path, tmp_path, timeout=TIMEOUT)
+    assert code == 0, err
+    assert "restarting it (restart 1 of 1)" in err
+    assert "done after 1 restart(s) [1.0]" in out
