@@ -18,6 +18,7 @@ import os
 
 from ..backend import get_array_module
 from ..tensor import Tensor
+from .consistency import signature
 from .process_group import ReduceOp, _group
 
 __all__ = ["barrier", "all_reduce", "broadcast", "reduce", "all_gather", "all_gather_into_tensor",
@@ -31,25 +32,34 @@ def _array(tensor, name):
     return tensor._data
 
 
-def _run(pg, async_op, fn, *args):
-    """Run a collective now, or hand it to the communication thread when ``async_op``."""
+def _run(pg, async_op, fn, *args, what=None):
+    """Run a collective now, or hand it to the communication thread when ``async_op``
+    (``what``: its signature, for the stall inspector's reports)."""
     if async_op:
+        if what is not None:
+            def job():
+                return fn(*args)
+            job.signature = (what[0] + " (async)",) + what[1:]
+            return pg.comm.submit(job)
         return pg.comm.submit(fn, *args)
     fn(*args)
     return None
 
 
 def _check_debug(pg, name, *arrays):
-    """In debug mode (``DDP_DEBUG=1``, set by ``launcher --debug``) every rank checks that all
-    ranks call the same collective with the same shapes and dtypes, and errors otherwise."""
+    """The collective's signature. In debug mode (``DDP_DEBUG=1``, set by ``launcher --debug``)
+    every rank also checks that all ranks call the same collective with the same shapes and
+    dtypes, and errors otherwise (the communicator's own check, ``consistency``, covers the
+    same in every mode with a 16-byte fingerprint; this one gathers every signature)."""
+    sig = signature(name, *arrays)
     if os.environ.get("DDP_DEBUG") != "1" or pg.comm.size == 1:
-        return
-    sig = (name,) + tuple((tuple(a.shape), str(a.dtype)) for a in arrays if a is not None)
+        return sig
     sigs = pg.comm.allgather_obj(sig)
     if any(s != sigs[0] for s in sigs):
         lines = "\n".join(f"  rank {pg.ranks[r]}: {s}" for r, s in enumerate(sigs))
         raise RuntimeError(f"ranks called different collectives (or with different shapes):\n"
                            f"{lines}")
+    return sig
 
 
 def _divide_for_avg(arr, n):
@@ -69,37 +79,37 @@ def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False):
     """
     pg = _group(group)
     arr = _array(tensor, "all_reduce")
-    _check_debug(pg, "all_reduce", arr)
+    what = _check_debug(pg, "all_reduce", arr)
 
     def run():
         pg.comm.Allreduce(arr, "sum" if op == ReduceOp.AVG else op)
         if op == ReduceOp.AVG:
             _divide_for_avg(arr, pg.comm.size)
         return [tensor]  # a Work's value, as PyTorch's future gives
-    return _run(pg, async_op, run)
+    return _run(pg, async_op, run, what=what)
 
 
 def broadcast(tensor, src=0, group=None, async_op=False):
     """Copy ``tensor`` from global rank ``src`` to every rank of the group, in place."""
     pg = _group(group)
     arr = _array(tensor, "broadcast")
-    _check_debug(pg, "broadcast", arr)
+    what = _check_debug(pg, "broadcast", arr)
     root = pg.ranks.index(src)
-    return _run(pg, async_op, pg.comm.Bcast, arr, root)
+    return _run(pg, async_op, pg.comm.Bcast, arr, root, what=what)
 
 
 def reduce(tensor, dst=0, op=ReduceOp.SUM, group=None, async_op=False):
     """Reduce ``tensor`` across ranks; only global rank ``dst`` gets the result."""
     pg = _group(group)
     arr = _array(tensor, "reduce")
-    _check_debug(pg, "reduce", arr)
+    what = _check_debug(pg, "reduce", arr)
     root = pg.ranks.index(dst)
 
     def run():
         pg.comm.Reduce(arr, "sum" if op == ReduceOp.AVG else op, root)
         if op == ReduceOp.AVG and pg.comm.rank == root:
             _divide_for_avg(arr, pg.comm.size)
-    return _run(pg, async_op, run)
+    return _run(pg, async_op, run, what=what)
 
 
 def all_gather(tensor_list, tensor, group=None, async_op=False):
@@ -113,14 +123,14 @@ def all_gather(tensor_list, tensor, group=None, async_op=False):
         if tuple(t.shape) != tuple(arr.shape) or t._data.dtype != arr.dtype:
             raise ValueError(f"all_gather: every output must have the input's shape "
                              f"{tuple(arr.shape)} and dtype, got {tuple(t.shape)} {t.dtype}")
-    _check_debug(pg, "all_gather", arr)
+    what = _check_debug(pg, "all_gather", arr)
 
     def run():
         recv = get_array_module(arr).empty((pg.comm.size,) + arr.shape, arr.dtype)
         pg.comm.Allgather(arr, recv)
         for t, part in zip(tensor_list, recv):
             t._data[...] = part
-    return _run(pg, async_op, run)
+    return _run(pg, async_op, run, what=what)
 
 
 def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=False):
@@ -130,8 +140,8 @@ def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=Fal
     if out.size != arr.size * pg.comm.size:
         raise ValueError(f"all_gather_into_tensor: output has {out.size} elements, expected "
                          f"{pg.comm.size} x {arr.size}")
-    _check_debug(pg, "all_gather_into_tensor", arr)
-    return _run(pg, async_op, lambda: pg.comm.Allgather(arr, out.reshape((pg.comm.size,) + arr.shape)))
+    what = _check_debug(pg, "all_gather_into_tensor", arr)
+    return _run(pg, async_op, lambda: pg.comm.Allgather(arr, out.reshape((pg.comm.size,) + arr.shape)), what=what)
 
 
 def reduce_scatter_tensor(output, input, op=ReduceOp.SUM, group=None, async_op=False):
@@ -141,14 +151,14 @@ def reduce_scatter_tensor(output, input, op=ReduceOp.SUM, group=None, async_op=F
     if arr.size != out.size * pg.comm.size:
         raise ValueError(f"reduce_scatter_tensor: input has {arr.size} elements, expected "
                          f"{pg.comm.size} x {out.size}")
-    _check_debug(pg, "reduce_scatter", arr)
+    what = _check_debug(pg, "reduce_scatter", arr)
 
     def run():
         pg.comm.Reduce_scatter(arr.reshape((pg.comm.size,) + out.shape), out,
                                "sum" if op == ReduceOp.AVG else op)
         if op == ReduceOp.AVG:
             _divide_for_avg(out, pg.comm.size)
-    return _run(pg, async_op, run)
+    return _run(pg, async_op, run, what=what)
 
 
 def reduce_scatter(output, input_list, op=ReduceOp.SUM, group=None, async_op=False):
@@ -170,7 +180,7 @@ def gather(tensor, gather_list=None, dst=0, group=None, async_op=False):
     if pg.comm.rank == root and (gather_list is None or len(gather_list) != pg.comm.size):
         raise ValueError(f"gather: the destination rank needs a gather_list of {pg.comm.size} "
                          f"tensors")
-    _check_debug(pg, "gather", arr)
+    what = _check_debug(pg, "gather", arr)
 
     def run():
         recv = get_array_module(arr).empty((pg.comm.size,) + arr.shape, arr.dtype) \
@@ -179,7 +189,7 @@ def gather(tensor, gather_list=None, dst=0, group=None, async_op=False):
         if recv is not None:
             for t, part in zip(gather_list, recv):
                 t._data[...] = part
-    return _run(pg, async_op, run)
+    return _run(pg, async_op, run, what=what)
 
 
 def scatter(tensor, scatter_list=None, src=0, group=None, async_op=False):
@@ -194,8 +204,8 @@ def scatter(tensor, scatter_list=None, src=0, group=None, async_op=False):
             raise ValueError(f"scatter: the source rank needs a scatter_list of {pg.comm.size} "
                              f"tensors")
         send = stack([t.detach() for t in scatter_list])._data
-    _check_debug(pg, "scatter", arr)
-    return _run(pg, async_op, lambda: pg.comm.Scatter(send, arr, root))
+    what = _check_debug(pg, "scatter", arr)
+    return _run(pg, async_op, lambda: pg.comm.Scatter(send, arr, root), what=what)
 
 
 def barrier(group=None, async_op=False, device_ids=None):

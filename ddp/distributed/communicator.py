@@ -183,9 +183,11 @@ class Communicator(abc.ABC):
     def split(self, ranks):
         """A communicator over ``ranks`` (all ranks must call it); None on ranks outside it."""
 
-    def dup(self):
+    def dup(self, label=None, checked=None):
         """A new communicator over the same ranks whose collectives never match this one's
-        (DistributedDataParallel keeps its gradient traffic on one). Every rank calls it."""
+        (DistributedDataParallel keeps its gradient traffic on one). Every rank calls it.
+        ``label`` names it in stall reports; ``checked=False`` skips the per-collective
+        signature check (``consistency``) for traffic whose shapes are checked otherwise."""
         return self.split(list(range(self.size)))
 
     # -- asynchronous ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import threading
 import numpy as np
 
 from .. import backend
+from . import consistency
 from .communicator import Communicator, Work, _check_op
 from .stall import async_name, maybe_inspector
 
@@ -83,14 +84,19 @@ class MPICommunicator(Communicator):
     name = "mpi"
     has_nonblocking = True    # MPI_Iallreduce, advanced by progress()
 
-    def __init__(self, comm=None):
+    def __init__(self, comm=None, checked=None, label="the world group"):
         MPI = mpi()
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         rank = self.comm.Get_rank()
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
         super().__init__(rank, self.comm.Get_size(), node.Get_rank(), node.Get_size())
         node.Free()
-        self._stall = maybe_inspector(self.comm)  # None unless DDP_STALL_CHECK_SECONDS is set
+        checked = consistency.enabled() if checked is None else checked
+        self.label = label
+        # None unless DDP_STALL_CHECK_SECONDS is set; sub-communicators get theirs from split/dup
+        self._stall = maybe_inspector(self.comm, checked)
+        # every collective first checks that all ranks call the same (see consistency.py)
+        self._check = consistency.Checker(self.comm, label) if checked and self.size > 1 else None
         self._queue = None
         self._thread = None
         self._outstanding = []   # non-blocking requests, tested by progress()
@@ -124,11 +130,11 @@ class MPICommunicator(Communicator):
     # ---------------------------------------------------------------- collectives
     def Allreduce(self, array, op="sum"):
         _check_op(op)
-        self._enter("Allreduce")
+        self._enter("Allreduce", array, op=op)
         return self._allreduce_now(array, op)
 
     def Bcast(self, array, root=0):
-        self._enter("Bcast")
+        self._enter("Bcast", array, root=root)
         host, back = self._host(array)
         self.comm.Bcast(_words(host), root=root)
         if back is not None:
@@ -136,7 +142,7 @@ class MPICommunicator(Communicator):
         return array
 
     def Allgather(self, send, recv):
-        self._enter("Allgather")
+        self._enter("Allgather", send)
         s, _ = self._host(send)
         r, back = self._host(recv)
         self.comm.Allgather(_words(s), _words(r))
@@ -145,7 +151,7 @@ class MPICommunicator(Communicator):
 
     def Reduce_scatter(self, send, recv, op="sum"):
         _check_op(op)
-        self._enter("Reduce_scatter")
+        self._enter("Reduce_scatter", send, op=op)
         s, _ = self._host(send)
         r, back = self._host(recv)
         (sbuf, mpi_op), (rbuf, _) = _reduce_args(s, op), _reduce_args(r, op)
@@ -154,7 +160,7 @@ class MPICommunicator(Communicator):
             back()
 
     def Gather(self, send, recv, root=0):
-        self._enter("Gather")
+        self._enter("Gather", send, root=root)
         s, _ = self._host(send)
         if self.rank == root:
             r, back = self._host(recv)
@@ -165,7 +171,7 @@ class MPICommunicator(Communicator):
             self.comm.Gather(_words(s), None, root=root)
 
     def Scatter(self, send, recv, root=0):
-        self._enter("Scatter")
+        self._enter("Scatter", recv, root=root)
         r, back = self._host(recv)
         s = self._host(send)[0] if self.rank == root else None
         self.comm.Scatter(_words(s), _words(r), root=root)
@@ -174,7 +180,7 @@ class MPICommunicator(Communicator):
 
     def Reduce(self, array, op="sum", root=0):
         _check_op(op)
-        self._enter("Reduce")
+        self._enter("Reduce", array, root=root, op=op)
         host, back = self._host(array)
         MPI = mpi()
         buf, mpi_op = _reduce_args(host, op)
@@ -189,7 +195,7 @@ class MPICommunicator(Communicator):
         self.comm.Barrier()
 
     def bcast_obj(self, obj, root=0):
-        self._enter("bcast_obj")
+        self._enter("bcast_obj", root=root)
         return self.comm.bcast(obj, root=root)
 
     def allgather_obj(self, obj):
@@ -197,14 +203,16 @@ class MPICommunicator(Communicator):
         return self.comm.allgather(obj)
 
     def gather_obj(self, obj, root=0):
-        self._enter("gather_obj")
+        self._enter("gather_obj", root=root)
         return self.comm.gather(obj, root=root)
 
     # ---------------------------------------------------------------- asynchronous
     def submit(self, fn, *args):
         """Queue a collective for the communication thread; returns its :class:`Work`."""
         if self._stall is not None:
-            self._stall.reached(async_name(fn))
+            sig = getattr(fn, "signature", None) or consistency.signature(
+                async_name(fn), *[a for a in args if hasattr(a, "shape")])
+            self._stall.reached(sig, blocking=False)
         if self._thread is None:
             self._queue = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._serve, name=f"ddp-comm-{self.rank}",
@@ -235,13 +243,18 @@ class MPICommunicator(Communicator):
                 if not self._pending:
                     self._idle.notify_all()
 
-    def _enter(self, name):
-        """Start of a blocking collective: tell the stall inspector (when enabled) that this rank
-        reached ``name``, except from the communication thread, whose collectives were counted
-        when they were submitted; then wait for the submitted work."""
+    def _enter(self, name, *arrays, root=None, op=None, blocking=True):
+        """Start of a collective: tell the stall inspector (when enabled) that this rank
+        reached it, except from the communication thread, whose collectives were reported
+        when they were submitted; wait for the submitted work; then check that every rank
+        calls the same collective (see ``consistency``)."""
+        sig = None
         if self._stall is not None and threading.current_thread() is not self._thread:
-            self._stall.reached(name)
+            sig = consistency.signature(name, *arrays, root=root, op=op)
+            self._stall.reached(sig, blocking=blocking)
         self._drain()
+        if self._check is not None:
+            self._check.verify(sig or consistency.signature(name, *arrays, root=root, op=op))
 
     def _drain(self):
         """Wait until the communication thread has run everything submitted (keeps the order
@@ -253,13 +266,13 @@ class MPICommunicator(Communicator):
                 self._idle.wait()
 
     def Iallreduce(self, array, op="sum"):
-        return self.submit(self._allreduce_now, array, op)
+        return self.submit(self.Allreduce, array, op)
 
     def Iallreduce_nonblocking(self, array, op="sum"):
         """MPI's own non-blocking allreduce (the alternative to the communication thread). It
         advances only while MPI is called: call :meth:`progress` now and then (the DDP reducer
         does from every gradient hook)."""
-        self._enter("Iallreduce")
+        self._enter("Iallreduce", array, op=op, blocking=False)
         host, back = self._host(array)
         buf, mpi_op = _reduce_args(host, op)
         work = _RequestWork(self.comm.Iallreduce(mpi().IN_PLACE, buf, op=mpi_op),
@@ -282,13 +295,26 @@ class MPICommunicator(Communicator):
 
     # ---------------------------------------------------------------- groups and teardown
     def split(self, ranks):
-        self._enter("split")
         ranks = sorted(set(ranks))
+        self._enter("split", root=tuple(ranks))
         color = 0 if self.rank in ranks else mpi().UNDEFINED
         sub = self.comm.Split(color, key=self.rank)
         if sub == mpi().COMM_NULL:
+            if self._stall is not None:
+                self._stall._children += 1   # keep the channel ids in step with the members
             return None
-        return MPICommunicator(sub)
+        return self._child(sub, f"the group of ranks {ranks}", self._check is not None)
+
+    def dup(self, label=None, checked=None):
+        self._enter("dup")
+        return self._child(self.comm.Dup(), label or f"a duplicate of {self.label}",
+                           self._check is not None if checked is None else checked)
+
+    def _child(self, sub, label, checked):
+        child = MPICommunicator(sub, checked=checked, label=label)
+        if self._stall is not None:
+            child._stall = self._stall.child(label, sub, checked)
+        return child
 
     def abort(self, code=1):
         self.comm.Abort(code)
@@ -300,7 +326,7 @@ class MPICommunicator(Communicator):
             self._thread.join()
             self._thread = None
         if self._stall is not None:
-            self._stall.close(collective=self.comm != mpi().COMM_WORLD)
+            self._stall.close()
             self._stall = None
         if self.comm != mpi().COMM_WORLD:
             self.comm.Free()

@@ -155,6 +155,22 @@ class Reducer:
                 self._close(group)
         self.next_launch = 0
         self._ready = [False] * len(self.params)
+        self._check_layout()
+
+    def _check_layout(self):
+        """Once per bucket layout (not per step): every rank must hold the same buckets, or
+        their allreduces would mix different gradients (e.g. ``bucket_cap_mb`` differing
+        between ranks). An error naming each rank's layout, on every rank."""
+        if self.world == 1:
+            return
+        mine = [(str(b.data.dtype), int(b.data.size)) for b in self.buckets]
+        everyone = self.comm.allgather_obj(mine)
+        if any(layout != everyone[0] for layout in everyone):
+            lines = "\n".join(f"  rank {r}: " + ", ".join(f"{n} x {d}" for d, n in layout)
+                              for r, layout in enumerate(everyone))
+            raise RuntimeError(f"DistributedDataParallel: the gradient buckets differ between "
+                               f"ranks (same model, bucket_cap_mb and parameter order needed "
+                               f"everywhere):\n{lines}")
 
     def _close(self, indices):
         xp = backend.get_array_module(self.params[indices[0]]._data)

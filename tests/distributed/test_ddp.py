@@ -331,3 +331,15 @@ def test_a_parameter_unused_on_every_rank_keeps_grad_none():
         opt.step()
     np.testing.assert_array_equal(model.module.extra.weight.detach().numpy(), before)
     assert_same_on_every_rank(params_np(model.module))
+
+
+def test_bucket_layouts_that_differ_are_an_error_on_every_rank():
+    # checked once per layout, not per step: the allreduces of different buckets would mix
+    # gradients of different parameters
+    rank, world = rank_world()
+    with pytest.raises(RuntimeError, match=r"gradient buckets differ between ranks(.|\n)*"
+                                           rf"rank {world - 1}: "):
+        DDP(make_model(), bucket_cap_mb=0.0005 if rank == world - 1 else 25.0)
+    t = ddp.ones(1)
+    dist.all_reduce(t)
+    assert t.item() == world

@@ -63,7 +63,10 @@ class DistributedDataParallel(Module, Joinable):
         self.process_group = process_group
         group = _group(process_group)
         # a communicator of its own: its collectives never match a user's (every rank dups)
-        self._pg = ProcessGroup(group.comm.dup(), group.ranks, group.backend)
+        # (unchecked: its shapes are fixed by the model, checked at construction and once per
+        # bucket layout, so the gradient allreduces pay no per-collective check)
+        self._pg = ProcessGroup(group.comm.dup(label="DDP's communicator", checked=False),
+                                group.ranks, group.backend)
         self.comm = self._pg.comm
         self.broadcast_buffers = broadcast_buffers
         self.find_unused_parameters = find_unused_parameters
