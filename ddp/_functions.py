@@ -111,7 +111,7 @@ scatter scatter_add index_select index_add masked_fill masked_select nonzero arg
 unique add sub subtract mul multiply div divide true_divide floor_divide remainder fmod pow
 maximum minimum lerp addcmul addcdiv dot eq ne lt le gt ge greater less greater_equal less_equal
 not_equal equal logical_not logical_and logical_or isnan isinf isfinite allclose clone detach
-numel is_floating_point""".split()
+numel is_floating_point diag diag_embed diagonal triu tril trace outer ger""".split()
 
 
 def _functional(name):

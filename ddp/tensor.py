@@ -18,7 +18,7 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-from . import backend
+from . import _shared_memory, backend
 from . import creation as C
 from ._format import tensor_repr
 from .autograd import graph as _graph
@@ -27,6 +27,7 @@ from .autograd.gradients import backward as _backward
 from .autograd.hooks import RemovableHandle
 from .creation import _size_args
 from .ops import elementwise as E
+from .ops import matrix as M
 from .ops import reduction as R
 from .ops import shape as S
 from .ops import tnp
@@ -144,6 +145,32 @@ class Tensor:
     @property
     def is_cuda(self):
         return backend.is_cuda_array(self._data)
+
+    # ddp has no XPU, MPS or meta devices; programs test these flags to pick one.
+    is_xpu = is_mps = is_meta = property(lambda self: False)
+
+    def share_memory_(self):
+        """Move a CPU tensor's data into shared memory (once), so processes started by
+        ``ddp.multiprocessing`` that receive it work on the same bytes; a no-op on CUDA.
+
+        Example:
+            >>> ddp.ones(2).share_memory_().is_shared()
+            True
+        """
+        if not self.is_cuda and not self.is_shared():
+            self._data = _shared_memory.share_array(self._data)
+        return self
+
+    def is_shared(self):
+        """True when the data is in shared memory (:meth:`share_memory_`)."""
+        return _shared_memory.is_shared(self._data)
+
+    def is_pinned(self, device=None):
+        return False
+
+    def pin_memory(self, device=None):
+        """The tensor itself: CuPy copies from pageable memory (no pinned pool here)."""
+        return self
 
     @property
     def ndim(self):
@@ -1339,6 +1366,92 @@ class Tensor:
             raise RuntimeError(f"narrow(): start ({start}) + length ({length}) exceeds dimension "
                                f"size ({n}) of dimension {d}")
         return self[(slice(None),) * d + (slice(start, start + length),)]
+
+    # ------------------------------------------------------------------ diagonals, triangles
+    def diagonal(self, offset=0, dim1=0, dim2=1):
+        """Diagonal ``offset`` of the matrices in dimensions ``dim1``/``dim2``, moved last.
+
+        Example:
+            >>> ddp.arange(9.).view(3, 3).diagonal(1)
+            tensor([1., 5.])
+        """
+        d1, d2 = (R.normalize_axis(d, self.ndim)[0] for d in (dim1, dim2))
+        if d1 == d2:
+            raise RuntimeError(f"diagonal dimensions cannot be identical {dim1}, {dim2}")
+        return M.Diagonal.apply(self, offset=int(offset), dim1=d1, dim2=d2)
+
+    def diag_embed(self, offset=0, dim1=-2, dim2=-1):
+        """Write the last dimension onto diagonal ``offset`` of new dimensions ``dim1``, ``dim2``.
+
+        Example:
+            >>> ddp.tensor([1., 2.]).diag_embed()
+            tensor([[1., 0.],
+                    [0., 2.]])
+        """
+        ndim = self.ndim + 1
+        for d in (dim1, dim2):
+            if not -ndim <= d < ndim:
+                raise IndexError(f"Dimension out of range (expected to be in range of "
+                                 f"[{-ndim}, {ndim - 1}], but got {d})")
+        if dim1 % ndim == dim2 % ndim:
+            raise RuntimeError(f"diagonal dimensions cannot be identical {dim1}, {dim2}")
+        if self.ndim == 0:
+            raise RuntimeError("diag_embed(): expected a tensor with at least 1 dimension")
+        return M.DiagEmbed.apply(self, offset=int(offset), dim1=dim1, dim2=dim2)
+
+    def diag(self, diagonal=0):
+        """A 1-D tensor becomes a square matrix with it on diagonal ``diagonal``; a 2-D tensor
+        gives that diagonal back.
+
+        Example:
+            >>> ddp.tensor([1., 2.]).diag()
+            tensor([[1., 0.],
+                    [0., 2.]])
+        """
+        if self.ndim == 1:
+            return self.diag_embed(diagonal, 0, 1)
+        if self.ndim == 2:
+            return self.diagonal(diagonal)
+        raise RuntimeError(f"diag(): Supports 1D or 2D tensors. Got {self.ndim}D")
+
+    def _triangle(self, name, k, upper):
+        if self.ndim < 2:
+            raise RuntimeError(f"{name}: input tensor must have at least 2 dimensions")
+        return M.Triangle.apply(self, k=int(k), upper=upper)
+
+    def triu(self, diagonal=0):
+        """The upper triangle (from diagonal ``diagonal``) of the last two dimensions; zeros below.
+
+        Example:
+            >>> ddp.ones(2, 2).triu()
+            tensor([[1., 1.],
+                    [0., 1.]])
+        """
+        return self._triangle("triu", diagonal, True)
+
+    def tril(self, diagonal=0):
+        """The lower triangle (to diagonal ``diagonal``) of the last two dimensions; zeros above."""
+        return self._triangle("tril", diagonal, False)
+
+    def triu_(self, diagonal=0):
+        return self._inplace(lambda s: s.triu(diagonal))
+
+    def tril_(self, diagonal=0):
+        return self._inplace(lambda s: s.tril(diagonal))
+
+    def trace(self):
+        """Sum of the main diagonal of a 2-D tensor."""
+        if self.ndim != 2:
+            raise RuntimeError(f"trace: expected a matrix, but got tensor with dim {self.ndim}")
+        return self.diagonal().sum()
+
+    def outer(self, vec2):
+        """Outer product of two 1-D tensors."""
+        if self.ndim != 1 or vec2.ndim != 1:
+            raise RuntimeError(f"outer: expected 1-D tensors, got {self.ndim}-D and {vec2.ndim}-D")
+        return self.unsqueeze(1) * vec2.unsqueeze(0)
+
+    ger = outer
 
     def flip(self, *dims):
         dims = _size_args(dims, "flip")

@@ -31,7 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # (floor name, module patterns): "a.b" is that module; "a.b.*" are the modules inside package a.b.
 FLOORS = [
-    ("backend", ["ddp.backend", "ddp._format", "ddp._version"]),
+    ("backend", ["ddp.backend", "ddp._format", "ddp._version", "ddp._shared_memory"]),
     ("autograd", ["ddp.autograd", "ddp.autograd.*"]),
     ("ops", ["ddp.ops", "ddp.ops.*", "ddp.creation"]),
     ("tensor", ["ddp.tensor", "ddp._grads"]),
@@ -46,7 +46,8 @@ FLOORS = [
                      "ddp.utils.hooks"]),  # the public name of ddp.autograd.hooks' handle
     ("amp", ["ddp.amp", "ddp.amp.*", "ddp.accumulation", "ddp.progress", "ddp.ao", "ddp.ao.*",
              "ddp.quantization"]),
-    ("package", ["ddp", "ddp.cuda", "ddp.onnx", "ddp.onnx.*", "ddp.profiler"]),
+    ("package", ["ddp", "ddp.cuda", "ddp.onnx", "ddp.onnx.*", "ddp.profiler", "ddp.accelerator",
+                 "ddp.backends", "ddp.backends.*", "ddp.multiprocessing", "ddp.multiprocessing.*"]),
     ("launcher", ["launcher", "launcher.*", "ddp.bench", "ddp.bench.*"]),
 ]
 

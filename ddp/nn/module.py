@@ -527,7 +527,10 @@ class Module:
         return self._apply(lambda t: empty_like(t, device=device), recurse=recurse)
 
     def share_memory(self):
-        """No-op kept for compatibility (ddp replicas live in separate MPI processes)."""
+        """Move every parameter and buffer into shared memory (``Tensor.share_memory_``), so
+        processes started by ``ddp.multiprocessing`` train one model (hogwild)."""
+        for t in [*self.parameters(), *self.buffers()]:
+            t.share_memory_()
         return self
 
     # ------------------------------------------------------------------ hooks
