@@ -45,7 +45,7 @@ FLOORS = [
                      "ddp.nn", "ddp.utils", "ddp.utils.data",
                      "ddp.utils.hooks"]),  # the public name of ddp.autograd.hooks' handle
     ("amp", ["ddp.amp", "ddp.amp.*", "ddp.accumulation", "ddp.progress", "ddp.ao", "ddp.ao.*",
-             "ddp.quantization"]),
+             "ddp.quantization", "ddp.training"]),
     ("package", ["ddp", "ddp.cuda", "ddp.onnx", "ddp.onnx.*", "ddp.profiler", "ddp.accelerator",
                  "ddp.backends", "ddp.backends.*", "ddp.multiprocessing", "ddp.multiprocessing.*"]),
     ("launcher", ["launcher", "launcher.*", "ddp.bench", "ddp.bench.*"]),
