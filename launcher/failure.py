@@ -94,8 +94,11 @@ def where(exc) -> str:
 
 
 def _write(text: str) -> None:
-    """Write to stderr (rank-prefixed under the launcher) and flush everything."""
+    """Write to stderr (rank-prefixed under the launcher) and flush everything, partial lines
+    included (the process may end right after)."""
     try:
+        from .ranks import finish_output
+        finish_output()
         sys.stderr.write(text)
         sys.stderr.flush()
         sys.stdout.flush()

@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -137,32 +138,40 @@ def limit_threads_late(threads: int) -> None:
 # --------------------------------------------------------------------------- output
 
 class PrefixedStream:
-    """A text stream that puts ``prefix`` at the start of every line and hands whole lines to
-    the real stream, flushed, so lines of different ranks never mix and nothing waits in a
-    buffer when a rank is killed. A partial line waits for its end or an explicit ``flush()``.
-    Output written by C code straight to the file descriptor is not prefixed.
+    """A text stream that puts ``prefix`` at the start of every line and hands only whole lines
+    to the real stream, flushed, so lines of different ranks never mix (the MPI launcher
+    forwards whatever bytes a rank wrote; a partial line would be cut by another rank's) and
+    nothing waits in a buffer when a rank is killed. A carriage return ends a piece too (a
+    progress bar redrawing its line). A partial line waits for its end, also across
+    ``flush()`` (pytest's dots, ``print(..., end="", flush=True)``), and is written when the
+    stream is closed or the process exits (:meth:`finish`). Output written by C code straight
+    to the file descriptor is not prefixed.
 
     Example:
         >>> import io; s = io.StringIO(); p = PrefixedStream(s, "[rank 1] ")
-        >>> _ = p.write("a\\nb"); _ = p.write("c\\n"); s.getvalue()
+        >>> _ = p.write("a\\nb"); p.flush(); s.getvalue()      # "b" waits for its line
+        '[rank 1] a\\n'
+        >>> _ = p.write("c\\n"); s.getvalue()
         '[rank 1] a\\n[rank 1] bc\\n'
     """
 
     def __init__(self, stream, prefix):
         self._stream = stream
         self._prefix = prefix
-        self._partial = ""        # the end of the last write, after its last newline
-        self._midline = False     # a partial line was flushed: its rest gets no prefix
+        self._partial = ""        # the end of the last write, after its last line end
         self._lock = threading.Lock()
+        _open_streams.append(self)
 
     def write(self, text):
         with self._lock:
-            *lines, self._partial = (self._partial + text).split("\n")
-            if lines:
-                out = "".join(f"{self._prefix}{line}\n" for line in lines)
-                self._stream.write(out[len(self._prefix):] if self._midline else out)
+            pieces = (self._partial + text).replace("\r\n", "\n").split("\n")
+            *lines, last = pieces
+            *redrawn, self._partial = last.split("\r")
+            out = "".join(f"{self._prefix}{line}\n" for line in lines)
+            out += "".join(f"{self._prefix}{piece}\r" for piece in redrawn)
+            if out:
+                self._stream.write(out)
                 self._stream.flush()
-                self._midline = False
         return len(text)
 
     def writelines(self, lines):
@@ -171,13 +180,40 @@ class PrefixedStream:
 
     def flush(self):
         with self._lock:
-            if self._partial:
-                self._stream.write(("" if self._midline else self._prefix) + self._partial)
-                self._partial, self._midline = "", True
             self._stream.flush()
+
+    def finish(self):
+        """Write a partial line that is still waiting (at exit), ended by a newline."""
+        with self._lock:
+            if self._partial:
+                self._stream.write(f"{self._prefix}{self._partial}\n")
+                self._partial = ""
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self):
+        self.finish()
 
     def __getattr__(self, name):  # encoding, fileno, isatty, buffer, ...
         return getattr(self._stream, name)
+
+
+_open_streams: list = []
+
+
+def finish_output() -> None:
+    """Write out every rank-prefixed stream's waiting partial line (at exit, before an
+    abort)."""
+    for stream in list(_open_streams):
+        try:
+            stream.finish()
+        except Exception:  # a closed stream must not stop the others
+            pass
+
+
+atexit.register(finish_output)
 
 
 def setup_output(mode: str, info: RankInfo) -> None:

@@ -351,9 +351,35 @@ def test_prefixed_stream_keeps_lines_whole():
     assert sink.getvalue() == "[rank 3] a\n"   # the partial line waits
     s.write("c\n\n")
     s.write("50%")
-    s.flush()
+    s.flush()                                   # a flush does not cut the line
+    assert sink.getvalue() == "[rank 3] a\n[rank 3] bc\n[rank 3] \n"
     s.write(" 100%\n")
     assert sink.getvalue() == "[rank 3] a\n[rank 3] bc\n[rank 3] \n[rank 3] 50% 100%\n"
+    s.write("10%\r20%\r")                       # a progress bar redrawing its line
+    assert sink.getvalue().endswith("[rank 3] 10%\r[rank 3] 20%\r")
+    s.write("..")
+    s.finish()                                  # at exit the rest is written, ended
+    assert sink.getvalue().endswith("[rank 3] ..\n")
+
+
+@needs_mpi
+def test_partial_lines_of_two_ranks_never_mix(tmp_path):
+    """pytest's dots: many flushed partial lines on both ranks at once."""
+    path = script(tmp_path, """
+        import os, sys, time
+        rank = os.environ["RANK"]
+        for line in range(20):
+            for _ in range(10):
+                print(rank, end="", flush=True)
+                time.sleep(0.001)
+            print(flush=True)
+        print(rank * 3, end="")      # no newline at the end of the output
+    """)
+    code, out, err, _ = launcher("-n", 2, path, timeout=120)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert sorted(lines) == sorted([f"[rank {r}] {str(r) * 10}" for r in "01" for _ in range(20)]
+                                   + ["[rank 0] 000", "[rank 1] 111"])
 
 
 def test_exit_codes():
