@@ -29,8 +29,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd.grad_mode import no_grad
-from ..autograd.graph import Op
-from .functional._normalization import _batch_norm, _moments
+from .functional._normalization import _Normalize, _batch_norm, _moments, update_running_stats
 from .normalization import _BatchNorm
 
 __all__ = ["SyncBatchNorm"]
@@ -65,56 +64,35 @@ def _global_moments(x, comm):
     return mean, var, count
 
 
-class SyncBatchNormOp(Op):
-    """``y = (x - mean) * invstd * weight + bias`` where ``mean``/``invstd`` are the global
-    batch statistics; the backward all-reduces ``[sum(dy), sum(dy * x_hat)]`` per channel.
-
-    ``mean``/``invstd`` (C,) are in ``x``'s dtype; ``count`` is the global number of values per
-    channel; ``comm`` the communicator of the group. The backward issues a collective, so it
-    runs on every rank of the group or on none (``once_differentiable``: no create_graph).
+class SyncBatchNormOp(_Normalize):
+    """Batch normalisation with the global batch statistics ``mean``/``invstd`` ((C,), in
+    ``x``'s dtype): BatchNorm's forward and closed-form backward, whose two means over the
+    batch (of ``dy`` and ``dy * x_hat``, weight applied) are all-reduced sums over ``count``,
+    the global number of values per channel; ``comm`` is the communicator of the group. The
+    backward issues a collective, so it runs on every rank of the group or on none
+    (``once_differentiable``: no create_graph).
     """
     once_differentiable = True
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean=None, invstd=None, count=None, comm=None):
         affine = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-        xhat = (x - mean.reshape(affine)) * invstd.reshape(affine)
-        y = xhat
-        if weight is not None:
-            y = y * weight.reshape(affine)
-        if bias is not None:
-            y = y + bias.reshape(affine)
-        if y is xhat:
-            y = xhat.copy()
-        ctx.save_for_backward(xhat, weight)
-        ctx.params = (invstd, count, comm)
-        return y
+        ctx.sync = (count, comm)
+        return _Normalize.forward(ctx, x, weight, bias, mean=mean.reshape(affine),
+                                  invstd=invstd.reshape(affine), group_shape=x.shape,
+                                  axes=_channel_axes(x.ndim), affine_shape=affine)
 
     @staticmethod
-    def backward(ctx, g):
-        xhat, weight = ctx.saved_tensors
-        invstd, count, comm = ctx.params
-        need_x, need_w, need_b = ctx.needs_input_grad
-        xp = ctx.xp
-        c = g.shape[1]
-        affine = (1, c) + (1,) * (g.ndim - 2)
-        axes = _channel_axes(g.ndim)
-        # this rank's sums: the bias and weight gradients, and the input gradient's reductions
-        sum_dy = g.sum(axis=axes, dtype=np.float64)
-        sum_dy_xhat = (g * xhat).sum(axis=axes, dtype=np.float64)
-        gx = gw = gb = None
-        if need_w:
-            gw = sum_dy_xhat.astype(weight.dtype)
-        if need_b:
-            gb = sum_dy.astype(g.dtype)
-        if need_x:
-            buf = xp.concatenate([sum_dy, sum_dy_xhat])
-            comm.Allreduce(buf, "sum")
-            mean_dy = (buf[:c] / count).astype(g.dtype).reshape(affine)
-            mean_dy_xhat = (buf[c:] / count).astype(g.dtype).reshape(affine)
-            scale = invstd if weight is None else invstd * weight
-            gx = (g - mean_dy - xhat * mean_dy_xhat) * scale.astype(g.dtype).reshape(affine)
-        return gx, gw, gb
+    def batch_means(ctx, gxhat, xh, axes):
+        count, comm = ctx.sync
+        c = gxhat.shape[1]
+        # this rank's sums in float64, one all_reduce of both, then the global means
+        buf = ctx.xp.concatenate([gxhat.sum(axis=axes, dtype=np.float64).reshape(c),
+                                  (gxhat * xh).sum(axis=axes, dtype=np.float64).reshape(c)])
+        comm.Allreduce(buf, "sum")
+        shape = (1, c) + (1,) * (gxhat.ndim - 2)
+        return ((buf[:c] / count).astype(gxhat.dtype).reshape(shape),
+                (buf[c:] / count).astype(gxhat.dtype).reshape(shape))
 
 
 def _sync_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps, comm):
@@ -130,16 +108,7 @@ def _sync_batch_norm(input, running_mean, running_var, weight, bias, momentum, e
     invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
     out = SyncBatchNormOp.apply(input, weight, bias, mean=mean.astype(x.dtype), invstd=invstd,
                                 count=count, comm=comm)
-    with no_grad():
-        if running_mean is not None:
-            running_mean._data *= 1 - momentum
-            running_mean._data += (momentum * mean).astype(running_mean._data.dtype)
-            running_mean._vc[0] += 1
-        if running_var is not None:  # unbiased, with the global count
-            running_var._data *= 1 - momentum
-            running_var._data += (momentum * var * (count / (count - 1))).astype(
-                running_var._data.dtype)
-            running_var._vc[0] += 1
+    update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return out
 
 

@@ -59,14 +59,20 @@ class _Normalize(Op):
             gxhat = gxhat.reshape(group_shape)
             if batch_stats:
                 xh = xhat.reshape(group_shape)
-                gxhat = gxhat - gxhat.mean(axis=axes, keepdims=True) \
-                    - xh * (gxhat * xh).mean(axis=axes, keepdims=True)
+                mean_g, mean_gxh = ctx.op.batch_means(ctx, gxhat, xh, axes)
+                gxhat = gxhat - mean_g - xh * mean_gxh
             gx = (gxhat * invstd).reshape(x.shape)
         if need_w:
             gw = (g * xhat).sum(axis=param_axes).reshape(weight.shape)
         if need_b:
             gb = g.sum(axis=param_axes).reshape(ctx.in_meta[2][0])
         return gx, gw, gb
+
+    @staticmethod
+    def batch_means(ctx, gxhat, xh, axes):
+        """The two means over the statistics' ``axes`` that the input gradient subtracts, of
+        ``gxhat`` and of ``gxhat * xh`` (SyncBatchNorm takes them over every rank's batch)."""
+        return gxhat.mean(axis=axes, keepdims=True), (gxhat * xh).mean(axis=axes, keepdims=True)
 
 
 class NativeBatchNorm(_Normalize):
@@ -130,6 +136,14 @@ def _batch_norm(name, input, running_mean, running_var, weight=None, bias=None, 
         raise ValueError(f"{name}: expected more than 1 value per channel when training, got "
                          f"input of shape {_shape(input)}")
     out, mean, var = _normalize(NativeBatchNorm, input, weight, bias, eps, shape, axes, affine)
+    update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    return out
+
+
+def update_running_stats(running_mean, running_var, mean, var, count, momentum):
+    """BatchNorm's running statistics (tensors, or None) move by ``momentum`` towards this
+    batch's ``mean`` and unbiased variance (``var`` is the biased one of ``count`` values per
+    channel), in place; BatchNorm and SyncBatchNorm (with the global batch) share it."""
     with no_grad():
         if running_mean is not None:
             running_mean._data *= 1 - momentum
@@ -140,7 +154,6 @@ def _batch_norm(name, input, running_mean, running_var, weight=None, bias=None, 
             running_var._data *= 1 - momentum
             running_var._data += (momentum * unbiased).astype(running_var._data.dtype)
             running_var._vc[0] += 1
-    return out
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
