@@ -252,9 +252,7 @@ class GatherScatter(Op):
 
     @staticmethod
     def backward(ctx, g):
-        if hasattr(g, "_data"):
-            return Gather.apply(g, axis=ctx.axis, index=ctx.index)
-        return g[_along_axis_index(ctx.index, ctx.axis)]
+        return Gather.run(g, axis=ctx.axis, index=ctx.index)
 
 
 class Scatter(Op):

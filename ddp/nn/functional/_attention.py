@@ -101,7 +101,7 @@ class ScaledDotProductAttention(Op):
         scale, causal, safe = ctx.options
         xp = ctx.xp
         need_q, need_k, need_v, need_bias = ctx.needs_input_grad[:4]
-        graph = isinstance(q, Tensor)  # create_graph: the weights are rebuilt from q, k, bias
+        graph = ctx.create_graph  # the weights are rebuilt from q, k, bias as recorded ops
         if graph:
             p = _weights_as_tensors(q, k, bias, scale, causal, safe)
             pd = p if keep is None else p * keep
