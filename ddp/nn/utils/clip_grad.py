@@ -67,8 +67,13 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=Non
         return _zero()
     first_device = tensors[0].device
     xp = backend.array_module_of_device(first_device)
-    norms = [backend.to_device(_array_norm(t._data, norm_type), first_device) for t in tensors]
-    total = _array_norm(xp.stack(norms), norm_type)
+    token = backend.silence_fp()  # an overflowing norm is inf, silently, as in PyTorch
+    try:
+        norms = [backend.to_device(_array_norm(t._data, norm_type), first_device)
+                 for t in tensors]
+        total = _array_norm(xp.stack(norms), norm_type)
+    finally:
+        backend.restore_fp(token)
     if error_if_nonfinite and not bool(xp.isfinite(total)):
         raise RuntimeError(f"The total norm of order {norm_type} for gradients from `parameters` "
                            f"is non-finite, so it cannot be clipped. To disable this error and "
@@ -97,12 +102,17 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None):
         return
     total = total_norm._data if isinstance(total_norm, Tensor) else total_norm
     xp = backend.get_array_module(total)
-    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
-    for g in grads:
-        c = backend.to_device(xp.asarray(coef), g.device)
-        xg = backend.get_array_module(g._data)
-        xg.multiply(g._data, c.astype(g._data.dtype), out=g._data)
-        g._vc[0] += 1
+    # an inf norm scales by 0, and inf * 0 is nan (PyTorch's result), silently
+    token = backend.silence_fp()
+    try:
+        coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+        for g in grads:
+            c = backend.to_device(xp.asarray(coef), g.device)
+            xg = backend.get_array_module(g._data)
+            xg.multiply(g._data, c.astype(g._data.dtype), out=g._data)
+            g._vc[0] += 1
+    finally:
+        backend.restore_fp(token)
 
 
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
