@@ -9,8 +9,9 @@ GPU, an optional per-rank seed and rank-prefixed output; an exception on any ran
 whole job, and ranks that do not reach a collective are reported by the stall inspector
 (``ddp.distributed.stall``). ``launcher --help`` and docs/launcher.md explain it all.
 
-Modules: ``cli`` (arguments, mpiexec, the worker), ``ranks`` (environment, threads, output,
-device, seeds), ``failure`` (traceback with the rank, MPI_Abort, signals), ``monitor`` (GPU
-utilisation via NVML). Importing this package imports neither NumPy nor ddp: the worker must
+Modules: ``cli`` (arguments, mpiexec, the worker), ``supervise`` (the launcher's process while
+mpiexec runs: signals, restarts, what failed), ``ranks`` (environment, threads, output,
+device, seeds), ``failure`` (traceback with the rank, MPI_Abort, signals), ``peers`` (ranks
+that vanish, the exit barrier), ``monitor`` (GPU utilisation via NVML). Importing this package imports neither NumPy nor ddp: the worker must
 export the thread counts before NumPy loads.
 """

@@ -4,13 +4,15 @@ Three ways in, one code path for the script:
 
 - ``mpirun -n 4 launcher train.py ARGS`` (or ``srun``): the MPI launcher already started the
   ranks; each one sees it runs inside an MPI job and becomes a *worker*.
-- ``launcher -n 4 train.py ARGS``: the launcher replaces itself with
+- ``launcher -n 4 train.py ARGS``: the launcher runs
   ``mpiexec -n 4 PYTHON -m launcher --worker ... train.py ARGS`` (the bundled MPICH's mpiexec
-  installed with this Python first, then the one on PATH).
+  installed with this Python first, then the one on PATH) and stays to pass signals on, name
+  what failed and rerun the job (``--max-restarts``; ``launcher.supervise``).
 - ``launcher train.py ARGS`` / ``launcher --debug train.py``: one process, no MPI.
 
 A worker (:func:`run_worker`) sets up the rank (``launcher.ranks``), the failure handling
-(``launcher.failure``) and the GPU monitor (``launcher.monitor``), then runs the script with
+(``launcher.failure``), the connection to the other ranks (``launcher.peers``) and the GPU
+monitor (``launcher.monitor``), then runs the script with
 ``runpy.run_path(script, run_name="__main__")`` and ``sys.argv = [script, *ARGS]``.
 
 Nothing here imports NumPy before the worker has exported the thread counts.
@@ -70,7 +72,19 @@ failures:
   An exception on any rank prints its traceback with the rank ("[rank 1] Traceback ...") and
   stops every rank at once (MPI_Abort); the job exits non-zero within seconds instead of the
   other ranks waiting forever in their next collective. sys.exit(N) on a rank stops the job
-  with code N; SIGTERM/SIGINT run the script's finally blocks, then stop the job.
+  with code N; SIGTERM/SIGINT run the script's finally blocks on every rank, then stop the
+  job (a second Ctrl-C stops it at once).
+  A rank that ends before the others are done (return, sys.exit(0), os._exit, a signal, a
+  segfault) while they still wait in a collective is named by rank, host and pid, and the job
+  stops with status 1 (launcher/peers.py).
+
+preemption and restarts:
+  ddp.training.Checkpoint saves every N steps and, on SIGTERM, at the end of the step on every
+  rank, then resumes exactly; --max-restarts N reruns a failed job (torchrun's option).
+
+torchrun:
+  a script started by torchrun (WORLD_SIZE set, no MPI job) stops with an error instead of
+  training alone: use launcher -n N.
 
 stalls (--stall-seconds, env DDP_STALL_CHECK_SECONDS, default 60 under the launcher):
   When some ranks have reached a collective and others have not for that long, rank 0 prints
