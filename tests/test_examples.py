@@ -41,7 +41,8 @@ def test_imbalanced_weighting_helps_the_rare_class():
     import imbalanced
     f1 = imbalanced.main(["--epochs", "30"])
     assert min(f1.values()) > 0.7
-    assert max(f1["pos_weight"], f1["sampler"]) >= f1["plain"] - 0.02
+    # each weighting beats the plain loss on the rare class (seed 0: F1 0.981 and 0.981 vs 0.941)
+    assert f1["pos_weight"] > f1["plain"] and f1["sampler"] > f1["plain"], f1
 
 
 def test_checkpoint_resume_is_bit_identical(tmp_path):

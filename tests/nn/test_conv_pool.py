@@ -199,11 +199,24 @@ def test_conv2d_unbatched_input():
     np.testing.assert_allclose(arr(y), arr(F.conv2d(x.unsqueeze(0), w, padding=1))[0])
 
 
-def test_conv2d_only_needed_gradients():
-    x = rand(2, 3, 5, 5, requires_grad=False)
+def test_conv2d_only_needed_gradients(monkeypatch):
+    """The input gradient (a transposed convolution) is computed only when the input needs it,
+    and the weight gradient only when the weight does."""
+    from ddp.nn.functional import _conv
+    calls = []
+    for name in ("ConvolutionTranspose", "ConvolutionWeight"):
+        op = getattr(_conv, name)
+        monkeypatch.setattr(op, "run", classmethod(
+            lambda cls, *a, _run=op.run, _name=name, **k: calls.append(_name) or _run(*a, **k)))
     conv = nn.Conv2d(3, 4, 3).double()
+    conv(rand(2, 3, 5, 5, requires_grad=False)).sum().backward()
+    assert calls == ["ConvolutionWeight"]
+    assert conv.weight.grad is not None and conv.bias.grad is not None
+    calls.clear()
+    conv.weight.requires_grad_(False)
+    x = rand(2, 3, 5, 5)
     conv(x).sum().backward()
-    assert conv.weight.grad is not None and conv.bias.grad is not None and x.grad is None
+    assert calls == ["ConvolutionTranspose"] and x.grad is not None
 
 
 def test_conv2d_float32_keeps_dtype():
