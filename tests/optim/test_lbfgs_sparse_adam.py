@@ -315,3 +315,16 @@ def test_sparse_adam_refuses_dense_gradients_and_leaves_untouched_rows():
     opt.step()
     changed = np.any(w.detach().numpy() != TABLE, axis=1)
     assert changed.tolist() == [False, True, False, False, True, False]
+
+
+def test_lbfgs_cubic_interpolation_of_a_collapsed_bracket_is_silent():
+    import warnings
+
+    from ddp.optim.lbfgs import _cubic_interpolate
+    g = np.float64(-1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PyTorch's tensors give inf/nan here without a warning
+        assert _cubic_interpolate(np.float64(0.5), 1.0, g, np.float64(0.5), 1.0, g) == 0.5
+        t = _cubic_interpolate(0, 1.0, g, np.float64(1.0), 0.5, np.float64(0.25),
+                               bounds=(np.float64(0.2), np.float64(0.8)))
+    assert 0.2 <= t <= 0.8
