@@ -30,6 +30,20 @@ def bundled(name, test_fraction=0.25, seed=0, standardize=True):
     return x[train], y[train], x[test], y[test]
 
 
+def device():
+    """This rank's device: the GPU the launcher pinned it to (``DDP_DEVICE``), else the current
+    GPU when there is one, else the CPU — so the same script trains on either."""
+    import os
+    if os.environ.get("DDP_DEVICE"):
+        return ddp.device(os.environ["DDP_DEVICE"])
+    return ddp.device("cuda", ddp.cuda.current_device()) if ddp.cuda.is_available() \
+        else ddp.device("cpu")
+
+
+def _device_of(model):
+    return next(model.parameters()).device
+
+
 def loader(x, y, batch_size=64, shuffle=True, seed=0, sampler=None):
     """A DataLoader over NumPy arrays (targets as int64 class indices or float32 values)."""
     y_t = ddp.tensor(y) if y.dtype.kind in "iu" else ddp.tensor(y.astype(np.float32))
@@ -42,7 +56,9 @@ def train_epoch(model, data, loss_fn, optimizer):
     """One pass over ``data``; returns the mean training loss."""
     model.train()
     total, count = 0.0, 0
+    dev = _device_of(model)
     for xb, yb in data:
+        xb, yb = xb.to(dev), yb.to(dev)
         optimizer.zero_grad()
         loss = loss_fn(model(xb), yb)
         loss.backward()
@@ -56,7 +72,9 @@ def train_epoch(model, data, loss_fn, optimizer):
 def predict(model, x, batch_size=512):
     """Model outputs for a NumPy array of inputs, in eval mode, as one tensor."""
     model.eval()
-    return ddp.cat([model(ddp.tensor(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    dev = _device_of(model)
+    return ddp.cat([model(ddp.tensor(x[i:i + batch_size], device=dev)).cpu()
+                    for i in range(0, len(x), batch_size)])
 
 
 def parse_args(parser, argv=None):

@@ -26,7 +26,7 @@ from ddp.utils.data import DataLoader, DistributedSampler, TensorDataset
 from ddp.progress import Progress
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bundled, parse_args  # noqa: E402
+from common import bundled, device, parse_args  # noqa: E402
 
 
 def main(argv=None):
@@ -40,15 +40,18 @@ def main(argv=None):
 
     dist.init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()
-    device_type = "cuda" if ddp.cuda.is_available() else "cpu"
+    dev = device()                       # this rank's GPU when there is one, else the CPU
+    device_type = dev.type
     amp_dtype = ddp.float16 if device_type == "cuda" else ddp.bfloat16
     ddp.manual_seed(0)
     x_train, y_train, x_test, y_test = bundled("digits")
     train_set = TensorDataset(ddp.tensor(x_train), ddp.tensor(y_train))
     sampler = DistributedSampler(train_set, seed=0)
-    loader = DataLoader(train_set, batch_size=args.micro_batch, sampler=sampler)
+    loader = DataLoader(train_set, batch_size=args.micro_batch, sampler=sampler,
+                        pin_memory=device_type == "cuda")
+    x_test, y_test = ddp.tensor(x_test, device=dev), ddp.tensor(y_test, device=dev)
 
-    model = DDP(nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 10)))
+    model = DDP(nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 10)).to(dev))
     model.register_comm_hook(None, default_hooks.fp16_compress_hook)
     optimizer = ddp.optim.AdamW(model.parameters(), lr=args.lr)
     steps_per_epoch = -(-len(loader) // args.accumulate)
@@ -68,6 +71,7 @@ def main(argv=None):
         sampler.set_epoch(epoch)
         model.train()
         for xb, yb in accumulator.micro_batches(loader):
+            xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
             with accumulator.accumulate():
                 with ddp.autocast(device_type, dtype=amp_dtype, enabled=not args.no_amp):
                     loss = loss_fn(model(xb), yb)
@@ -76,18 +80,17 @@ def main(argv=None):
         if rank == 0 and (epoch % 5 == 0 or epoch == args.epochs):
             with ddp.no_grad():
                 model.eval()
-                acc = (model(ddp.tensor(x_test)).argmax(1) == ddp.tensor(y_test)).float().mean()
+                acc = (model(x_test).argmax(1) == y_test).float().mean()
             bar.write(f"epoch {epoch:3d}  optimizer steps {accumulator.optimizer_steps}  "
                       f"scale {scaler.get_scale():g}  test accuracy {acc.item():.4f}")
     bar.close()
-    final = ddp.tensor([0.0])
+    final = ddp.tensor([0.0], device=dev)
     if rank == 0:
         with ddp.no_grad():
             model.eval()
-            final = (model(ddp.tensor(x_test)).argmax(1) == ddp.tensor(y_test)).float().mean()
-            final = final.reshape(1)
+            final = (model(x_test).argmax(1) == y_test).float().mean().reshape(1)
     dist.broadcast(final, src=0)
-    params = np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+    params = np.concatenate([p.detach().cpu().numpy().ravel() for p in model.parameters()])
     checks = dist.get_communicator().allgather_obj(float(params.sum()))
     if rank == 0:
         print(f"final test accuracy {final.item():.4f}; parameters identical on all ranks: "

@@ -24,7 +24,7 @@ from ddp.utils.data import DataLoader, DistributedSampler, TensorDataset
 from ddp.progress import Progress
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bundled, parse_args  # noqa: E402
+from common import bundled, device, parse_args  # noqa: E402
 
 
 def main(argv=None):
@@ -47,7 +47,8 @@ def main(argv=None):
     test_loader = DataLoader(test_set, batch_size=256,
                              sampler=DistributedSampler(test_set, shuffle=False, pad=False))
 
-    model = DDP(nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)))
+    dev = device()                     # this rank's GPU when there is one, else the CPU
+    model = DDP(nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).to(dev))
     optimizer = ddp.optim.Adam(model.parameters(), lr=args.lr * world ** 0.5)
     loss_fn = nn.CrossEntropyLoss()
     if rank == 0:
@@ -60,6 +61,7 @@ def main(argv=None):
         model.train()
         total = ddp.zeros(2, dtype=ddp.float64)
         for xb, yb in loader:
+            xb, yb = xb.to(dev), yb.to(dev)
             optimizer.zero_grad()
             loss = loss_fn(model(xb), yb)
             loss.backward()
@@ -86,8 +88,9 @@ def main(argv=None):
 def evaluate(model, loader):
     model.eval()
     counts = ConfusionMatrix(10)
+    dev = next(model.parameters()).device
     for xb, yb in loader:
-        counts.update(model(xb).argmax(1), yb)
+        counts.update(model(xb.to(dev)).argmax(1), yb)
     summed = ddp.tensor(counts.counts.astype(np.float64))
     dist.all_reduce(summed)            # every test sample counted exactly once across ranks
     return float(np.trace(summed.numpy()) / summed.numpy().sum())

@@ -134,3 +134,16 @@ def test_profiling_times_every_op_of_the_scheduled_steps(tmp_path):
     assert averages["autograd::ConvolutionBackward0"].count == 4
     assert "Self CPU time total" in out["table"] and len(out["step_ms"]) == 4
     assert {e["name"] for e in json.loads(trace.read_text())["traceEvents"]} >= {"forward"}
+
+
+@pytest.mark.gpu
+def test_data_parallel_examples_train_on_the_rank_gpu(capsys):
+    """The DDP examples put model and data on the rank's GPU when there is one (here: the GPU
+    under test, or the simulated device), and still learn."""
+    import common
+    import ddp_amp_accumulate
+    import ddp_digits
+    assert common.device().type == "cuda"
+    assert ddp_digits.main(["--epochs", "4"]) > 0.9
+    assert ddp_amp_accumulate.main(["--epochs", "3"]) > 0.8
+    assert "autocast torch.float16" in capsys.readouterr().out.replace("ddp.", "torch.")
