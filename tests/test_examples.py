@@ -143,6 +143,9 @@ def test_data_parallel_examples_train_on_the_rank_gpu(capsys):
     import common
     import ddp_amp_accumulate
     import ddp_digits
+    import ddp.distributed as dist
+    if dist.is_initialized():   # an in-process example before this one kept its group
+        dist.destroy_process_group()
     assert common.device().type == "cuda"
     assert ddp_digits.main(["--epochs", "4"]) > 0.9
     assert ddp_amp_accumulate.main(["--epochs", "3"]) > 0.8
