@@ -1,7 +1,10 @@
 """Forward + backward time of each layer type at a realistic size, and one training step of a
 small CNN, ddp against PyTorch (when installed) in the same run. One BLAS thread.
 
-    python benchmarks/bench_layers.py [--repeats 7] [--only conv2d,lstm]
+    python benchmarks/bench_layers.py [--repeats 7] [--only conv2d,lstm] [--clock cpu]
+
+``--clock cpu`` times with the process's CPU time instead of the wall clock: steadier on a
+machine shared with other work (time spent waiting for a core is not counted).
 
 The same code builds both sides: ``lib`` is ``ddp`` or ``torch`` (ddp's API is PyTorch's).
 """
@@ -52,14 +55,17 @@ def cases(lib):
     }
 
 
+clock = time.perf_counter
+
+
 def time_case(module, make_inputs, reduce, repeats):
     inputs = make_inputs()
 
     def step():
-        t0 = time.perf_counter()
+        t0 = clock()
         out = reduce(module(*inputs))
         out.sum().backward()
-        return time.perf_counter() - t0
+        return clock() - t0
     step()
     return statistics.median(step() for _ in range(repeats)) * 1e3
 
@@ -76,7 +82,7 @@ def cnn_step(lib, repeats, batch=128):
     loss_fn = lib.nn.CrossEntropyLoss()
 
     def step():
-        t0 = time.perf_counter()
+        t0 = clock()
         for p in model.parameters():
             p.grad = None
         loss = loss_fn(model(x), y)
@@ -87,7 +93,7 @@ def cnn_step(lib, repeats, batch=128):
             with lib.no_grad():
                 for p in model.parameters():
                     p.sub_(0.01 * p.grad)
-        return time.perf_counter() - t0
+        return clock() - t0
     step()
     return statistics.median(step() for _ in range(repeats)) * 1e3
 
@@ -96,7 +102,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--only", default="", help="comma-separated substrings of case names")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = p.parse_args(argv)
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     libs = [("ddp", ddp)]
     try:
         import torch
@@ -114,7 +123,8 @@ def main(argv=None):
             results.setdefault(case, {})[name] = time_case(module, make, reduce, args.repeats)
         if not wanted or any(w in "small cnn step" for w in wanted):
             results.setdefault("small CNN training step, batch 128", {})[name] = cnn_step(lib, args.repeats)
-    print(f"forward + backward, ms (median of {args.repeats}); ratio = ddp / torch")
+    print(f"forward + backward, ms (median of {args.repeats}, {args.clock} clock); "
+          f"ratio = ddp / torch")
     for case, row in results.items():
         ratio = f"{row['ddp'] / row['torch']:.2f}x" if "torch" in row else "-"
         cols = "  ".join(f"{n} {row[n]:8.2f}" for n, _ in libs if n in row)

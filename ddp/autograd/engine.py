@@ -125,12 +125,15 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
 
     # inputs of autograd.grad: leaves are caught on arrival, non-leaves at their producer
     captures = None
+    run = None   # with inputs and no accumulation: the nodes whose backward must run
     if inputs is not None:
         captures = {}
         for k, t in enumerate(inputs):
             key = (t, -1) if t.grad_fn is None else (t.grad_fn, t._output_nr)
             captures.setdefault(key, []).append(k)
         captured = [None] * len(inputs)
+        if not accumulate:
+            deps, run = _prune(roots, {key[0] for key in captures})
 
     # 2. seed the roots
     for t, g in zip(roots, root_grads):
@@ -174,6 +177,8 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
                 for nr, g in enumerate(grads):
                     for k in captures.get((node, nr), ()):
                         captured[k] = g if create_graph or g is None else _wrap(g)
+            if run is not None and node not in run:
+                continue  # no input of autograd.grad lies beyond it (PyTorch runs only these)
             results = _call_backward(node, grads, create_graph, retain_graph, anomaly)
             for edge, g, meta in zip(node.next_edges, results, node.in_meta):
                 if edge is None:
@@ -217,6 +222,46 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
     if inputs is not None:
         return captured
     return None
+
+
+def _prune(roots, targets):
+    """For ``autograd.grad``: the nodes with a path to one of ``targets`` (the producers or
+    leaves of its inputs), and the incoming-edge counts over those nodes' edges only. Nodes
+    beyond the inputs never run: no wasted work, no hooks fired upstream, and an op's backward
+    may call ``autograd.grad`` on a graph it rebuilt from its own inputs (the fused RNN op's
+    double backward) without running, or freeing, the graph those inputs came from."""
+    needed: dict = {}
+    for start in dict.fromkeys(t.grad_fn for t in roots if t.grad_fn is not None):
+        if start in needed:
+            continue
+        needed[start] = False
+        stack = [(start, iter(start.next_edges))]
+        while stack:  # depth first, a node is settled when all its edges are
+            node, edges = stack[-1]
+            for edge in edges:
+                if edge is None:
+                    continue
+                target = edge[0]
+                if target in targets:
+                    needed[node] = True
+                if edge[1] >= 0:
+                    if target not in needed:
+                        needed[target] = False
+                        stack.append((target, iter(target.next_edges)))
+                        break
+                    if needed[target]:
+                        needed[node] = True
+            else:
+                stack.pop()
+                if stack and needed[node]:
+                    needed[stack[-1][0]] = True
+    run = {node for node, yes in needed.items() if yes}
+    deps: dict = {}
+    for node in run:
+        for edge in node.next_edges:
+            if edge is not None:
+                deps[edge[0]] = deps.get(edge[0], 0) + 1
+    return deps, run
 
 
 def _call_backward(node, grads, create_graph, retain_graph, anomaly):

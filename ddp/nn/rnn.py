@@ -2,9 +2,10 @@
 arguments, parameter names, weight layout and gate order (LSTM: i, f, g, o; GRU: r, z, n), so
 state_dicts interchange with ``torch.nn``.
 
-The time loop is built from tensor operations, so autograd (and double backward) go through
-it; the engine is iterative, so long sequences backpropagate without recursion limits. The
-input projection of all time steps is one matrix product before the loop.
+Each layer and direction runs as one op over the whole sequence, with a hand-written backward
+through time (``ddp.nn.functional._rnn``: the input projection of all steps in one matrix
+product, the gates of a step in one product); the cells, autocast, projections and double
+backward use the same recurrence composed of tensor operations.
 
 Example:
     >>> lstm = ddp.nn.LSTM(input_size=3, hidden_size=5, num_layers=2)
@@ -23,6 +24,10 @@ from .._functions import cat, stack
 from ..tensor import Tensor
 from . import init
 from .functional._dropout import dropout as _dropout
+from .functional._rnn import hidden_projection as _hidden_projection
+from .functional._rnn import input_gates as _input_gates
+from .functional._rnn import recur, rnn_layer
+from .functional._rnn import step as _step
 from .module import Module
 from .parameter import Parameter
 
@@ -36,70 +41,10 @@ def _unbind(t):
     return t.unbind(0)
 
 
-def _chunk(t, n):
-    """``t`` cut into ``n`` equal pieces along its last dimension (one graph node)."""
-    return t.chunk(n, t.ndim - 1)
-
-
-# --------------------------------------------------------------------------- the recurrences
-
-def _input_gates(mode, x, w_ih, b_ih, b_hh):
-    """``x @ w_ih^T + biases`` for every time step at once. RNN and LSTM add ``b_hh`` here too
-    (it enters their gates linearly); GRU keeps it for the step, where ``r`` scales its n part."""
-    gates = x @ w_ih.t()
-    if b_ih is not None:
-        gates = gates + (b_ih if mode == "GRU" else b_ih + b_hh)
-    return gates
-
-
-def _step(mode, gates_in, state, hidden, w_hr_t):
-    """One time step from the input gates ``gates_in`` (..., G) and the previous state (``h``,
-    or ``(h, c)`` for LSTM); returns ``(h, state)``. ``hidden(h)`` is the state's contribution
-    to the gates, with the bias ``gates_in`` does not hold (GRU's ``b_hh``: ``r`` scales it)."""
-    if mode == "LSTM":
-        h, c = state
-        i, f, g, o = _chunk(gates_in + hidden(h), 4)
-        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
-        h = o.sigmoid() * c.tanh()
-        if w_hr_t is not None:
-            h = h @ w_hr_t
-        return h, (h, c)
-    h = state
-    if mode == "GRU":
-        r_i, z_i, n_i = _chunk(gates_in, 3)
-        r_h, z_h, n_h = _chunk(hidden(h), 3)
-        r = (r_i + r_h).sigmoid()
-        z = (z_i + z_h).sigmoid()
-        n = (n_i + r * n_h).tanh()
-        h = n + z * (h - n)  # (1 - z) * n + z * h
-        return h, h
-    pre = gates_in + hidden(h)
-    h = pre.tanh() if mode == "RNN_TANH" else pre.relu()
-    return h, h
-
-
-def _hidden_projection(mode, w_hh, b_hh):
-    """``h -> h @ w_hh^T`` (plus ``b_hh`` for GRU; the others add it to the input gates)."""
-    w_hh_t = w_hh.t()
-    if mode == "GRU" and b_hh is not None:
-        return lambda h: h @ w_hh_t + b_hh
-    return lambda h: h @ w_hh_t
-
-
-def recur(mode, steps, state, hidden, w_hr_t, reverse):
-    """The time loop over the input gates of each step: (outputs (L, N, H), last state)."""
-    outputs = [None] * len(steps)
-    for t in (range(len(steps) - 1, -1, -1) if reverse else range(len(steps))):
-        outputs[t], state = _step(mode, steps[t], state, hidden, w_hr_t)
-    return stack(outputs), state
-
-
 def _run_direction(mode, x, state, weights, reverse):
     """One layer in one direction over ``x`` (L, N, I): returns (outputs (L, N, H), last state)."""
-    w_ih, w_hh, b_ih, b_hh, w_hr = weights
-    steps = _unbind(_input_gates(mode, x, w_ih, b_ih, b_hh))
-    return recur(mode, steps, state, _hidden_projection(mode, w_hh, b_hh),
-                 None if w_hr is None else w_hr.t(), reverse)
+    res = rnn_layer(mode, x, state if mode == "LSTM" else (state,), weights, reverse)
+    return res[0], (res[1], res[2]) if mode == "LSTM" else res[1]
 
 
 def _as_states(name, hx, lstm):

@@ -1,0 +1,352 @@
+"""The recurrences of ``nn.RNN``/``nn.LSTM``/``nn.GRU``: a whole-sequence op (``Recurrence``)
+with a hand-written backward through time, and the same recurrence composed of tensor ops
+(``recur``), which the cells, the quantized layers, autocast and double backward use.
+
+Why one op for the sequence: composed of tensor ops, every time step records ~15 graph nodes
+and the engine runs each one's backward; over 35 steps of a 128->256 LSTM that cost 3.0x
+PyTorch's time. The op projects the inputs of all steps in one matrix product, computes the
+gates of a step in one product, keeps the activated gates, and runs backward through time with
+the elementwise factors of all steps computed at once; the weight gradients are one product
+each over all steps (figures in docs/performance.md).
+
+Example:
+    >>> from ddp.nn.functional._rnn import rnn_layer
+    >>> x, h0 = ddp.randn(5, 2, 3), ddp.zeros(2, 4)
+    >>> w_ih, w_hh = ddp.randn(12, 3), ddp.randn(12, 4)
+    >>> out, h_n = rnn_layer("GRU", x, (h0,), (w_ih, w_hh, None, None))
+    >>> out.shape, h_n.shape
+    (ddp.Size([5, 2, 4]), ddp.Size([2, 4]))
+"""
+from __future__ import annotations
+
+from ... import backend
+from ..._functions import stack
+from ...autograd.gradients import grad as _autograd_grad
+from ...autograd.graph import Op
+from ...ops.autocast import state as _autocast
+
+# --------------------------------------------------------------------------- composed of ops
+
+
+def _chunk(t, n):
+    """``t`` cut into ``n`` equal pieces along its last dimension (one graph node)."""
+    return t.chunk(n, t.ndim - 1)
+
+
+def input_gates(mode, x, w_ih, b_ih, b_hh):
+    """``x @ w_ih^T + biases`` for every time step at once. RNN and LSTM add ``b_hh`` here too
+    (it enters their gates linearly); GRU keeps it for the step, where ``r`` scales its n part."""
+    gates = x @ w_ih.t()
+    if b_ih is not None:
+        gates = gates + (b_ih if mode == "GRU" else b_ih + b_hh)
+    return gates
+
+
+def step(mode, gates_in, state, hidden, w_hr_t):
+    """One time step from the input gates ``gates_in`` (..., G) and the previous state (``h``,
+    or ``(h, c)`` for LSTM); returns ``(h, state)``. ``hidden(h)`` is the state's contribution
+    to the gates, with the bias ``gates_in`` does not hold (GRU's ``b_hh``: ``r`` scales it)."""
+    if mode == "LSTM":
+        h, c = state
+        i, f, g, o = _chunk(gates_in + hidden(h), 4)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        h = o.sigmoid() * c.tanh()
+        if w_hr_t is not None:
+            h = h @ w_hr_t
+        return h, (h, c)
+    h = state
+    if mode == "GRU":
+        r_i, z_i, n_i = _chunk(gates_in, 3)
+        r_h, z_h, n_h = _chunk(hidden(h), 3)
+        r = (r_i + r_h).sigmoid()
+        z = (z_i + z_h).sigmoid()
+        n = (n_i + r * n_h).tanh()
+        h = n + z * (h - n)  # (1 - z) * n + z * h
+        return h, h
+    pre = gates_in + hidden(h)
+    h = pre.tanh() if mode == "RNN_TANH" else pre.relu()
+    return h, h
+
+
+def hidden_projection(mode, w_hh, b_hh):
+    """``h -> h @ w_hh^T`` (plus ``b_hh`` for GRU; the others add it to the input gates)."""
+    w_hh_t = w_hh.t()
+    if mode == "GRU" and b_hh is not None:
+        return lambda h: h @ w_hh_t + b_hh
+    return lambda h: h @ w_hh_t
+
+
+def recur(mode, steps, state, hidden, w_hr_t, reverse):
+    """The time loop over the input gates of each step: (outputs (L, N, H), last state)."""
+    outputs = [None] * len(steps)
+    for t in (range(len(steps) - 1, -1, -1) if reverse else range(len(steps))):
+        outputs[t], state = step(mode, steps[t], state, hidden, w_hr_t)
+    return stack(outputs), state
+
+
+def composed_layer(mode, x, states, weights, reverse=False):
+    """One layer in one direction over ``x`` (L, N, I) from tensor ops: ``(out, h_n)`` or
+    ``(out, h_n, c_n)`` for LSTM. ``weights``: ``(w_ih, w_hh, b_ih, b_hh[, w_hr])``."""
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
+    w_hr = weights[4] if len(weights) > 4 else None
+    steps = input_gates(mode, x, w_ih, b_ih, b_hh).unbind(0)
+    state = tuple(states) if mode == "LSTM" else states[0]
+    out, state = recur(mode, steps, state, hidden_projection(mode, w_hh, b_hh),
+                       None if w_hr is None else w_hr.t(), reverse)
+    return (out,) + (tuple(state) if mode == "LSTM" else (state,))
+
+
+# --------------------------------------------------------------------------- the fused op
+
+def rnn_layer(mode, x, states, weights, reverse=False):
+    """One layer in one direction: ``(out (L, N, H), h_n)``, or ``(out, h_n, c_n)`` for LSTM,
+    from ``x`` (L, N, I), ``states`` (``(h0,)`` or ``(h0, c0)``, each (N, H)) and ``weights``
+    ``(w_ih, w_hh, b_ih, b_hh[, w_hr])`` in PyTorch's layout. The fused op where it applies
+    (float32/float64, no projection, autocast off); the composed recurrence otherwise."""
+    w_hr = weights[4] if len(weights) > 4 else None
+    if w_hr is not None or _autocast.on or x._data.dtype.kind != "f" \
+            or x._data.dtype.itemsize < 4 \
+            or any(w is not None and w._data.dtype != x._data.dtype for w in weights) \
+            or any(s._data.dtype != x._data.dtype for s in states):
+        return composed_layer(mode, x, states, weights, reverse)
+    h0 = states[0]
+    c0 = states[1] if mode == "LSTM" else None
+    return Recurrence.apply(x, h0, c0, *weights[:4], mode=mode, reverse=reverse)
+
+
+def _sigmoid_(a):
+    """``a`` holding ``tanh(x / 2)`` becomes ``sigmoid(x)`` in place (one transcendental per
+    element, no overflow; the halving is folded into the gates' weights)."""
+    a *= 0.5
+    a += 0.5
+
+
+class Recurrence(Op):
+    """A whole RNN/LSTM/GRU layer in one direction, forward and backward through time.
+
+    Inputs ``x`` (L, N, I), ``h0`` (N, H), ``c0`` (N, H; LSTM, else None), ``w_ih`` (G, I),
+    ``w_hh`` (G, H), ``b_ih``, ``b_hh`` (G,) or None; outputs ``out`` (L, N, H), ``h_n``
+    (and ``c_n``). Saved for backward: the activated gates of every step (LSTM, GRU; for
+    RNN the output is enough), the cell states (LSTM) or ``W_hn h + b_hn`` (GRU), the output,
+    and the inputs. Sigmoids are computed as ``tanh(x / 2) / 2 + 1/2``: the rows of the weights
+    that feed a sigmoid gate are halved once per call, so each step takes one ``tanh`` over all
+    its gates."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mode, reverse):
+        xp = backend.get_array_module(x)
+        L, N, _ = x.shape
+        G, H = w_hh.shape
+        order = range(L - 1, -1, -1) if reverse else range(L)
+        gi = xp.matmul(x.reshape(L * N, x.shape[2]), w_ih.T)
+        if b_ih is not None:  # GRU's b_hn is scaled by r in the step; its b_hr, b_hz are not
+            gi += b_ih + b_hh if mode != "GRU" else \
+                xp.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
+        gi = gi.reshape(L, N, G)
+        out = xp.empty((L, N, H), x.dtype)
+        h = h0
+        if mode in ("RNN_TANH", "RNN_RELU"):
+            w_t = xp.ascontiguousarray(w_hh.T)  # OpenBLAS: 185 against 255 us a step, transposed
+            for t in order:
+                pre = xp.matmul(h, w_t)
+                pre += gi[t]
+                h = out[t]
+                if mode == "RNN_TANH":
+                    xp.tanh(pre, out=h)
+                else:
+                    xp.maximum(pre, 0, out=h)
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out)
+            ctx.mode, ctx.reverse = mode, reverse
+            return out, h.copy()
+        # the sigmoid gates' pre-activations halved once (see _sigmoid_)
+        scale = xp.full((G,), 0.5, x.dtype)
+        if mode == "LSTM":
+            scale[2 * H:3 * H] = 1          # g: tanh
+        else:
+            scale[2 * H:] = 1               # n: tanh of (W_in x + b_in) + r * (W_hn h + b_hn)
+        gi *= scale
+        w_t = xp.ascontiguousarray(w_hh.T) * scale  # contiguous: see the RNN case above
+        acts = xp.empty((L, N, G), x.dtype)
+        if mode == "LSTM":
+            cells = xp.empty((L, N, H), x.dtype)
+            c = c0
+            for t in order:
+                a = acts[t]
+                xp.matmul(h, w_t, out=a)
+                a += gi[t]
+                xp.tanh(a, out=a)
+                _sigmoid_(a[:, :2 * H])
+                _sigmoid_(a[:, 3 * H:])
+                i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+                cn = cells[t]
+                xp.multiply(f, c, out=cn)
+                cn += i * g
+                c = cn
+                h = out[t]
+                xp.tanh(c, out=h)
+                h *= o
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, acts, cells)
+            ctx.mode, ctx.reverse = mode, reverse
+            return out, h.copy(), c.copy()
+        # GRU: r, z, n
+        b_hn = None if b_hh is None else b_hh[2 * H:]
+        ghn = xp.empty((L, N, H), x.dtype)   # W_hn h + b_hn of every step: dr needs it
+        for t in order:
+            a = acts[t]
+            gh = xp.matmul(h, w_t)
+            rz = a[:, :2 * H]
+            xp.add(gi[t, :, :2 * H], gh[:, :2 * H], out=rz)
+            xp.tanh(rz, out=rz)
+            _sigmoid_(rz)
+            hn = ghn[t]
+            if b_hn is not None:
+                xp.add(gh[:, 2 * H:], b_hn, out=hn)
+            else:
+                hn[...] = gh[:, 2 * H:]
+            n = a[:, 2 * H:]
+            xp.multiply(rz[:, :H], hn, out=n)
+            n += gi[t, :, 2 * H:]
+            xp.tanh(n, out=n)
+            hnew = out[t]
+            xp.subtract(h, n, out=hnew)
+            hnew *= rz[:, H:]
+            hnew += n
+            h = hnew
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, acts, ghn)
+        ctx.mode, ctx.reverse = mode, reverse
+        return out, h.copy()
+
+    @staticmethod
+    def backward(ctx, g_out, g_h, g_c=None):
+        mode, reverse = ctx.mode, ctx.reverse
+        if ctx.create_graph:
+            return _double_backward(ctx, g_out, g_h, g_c)
+        xp = ctx.xp
+        saved = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, _, _, out = saved[:8]
+        L, N, I = x.shape
+        G, H = w_hh.shape
+        need = ctx.needs_input_grad
+        order = range(L) if reverse else range(L - 1, -1, -1)  # backward runs time in reverse
+        first = L - 1 if reverse else 0                          # the step that reads h0
+        dg = xp.empty((L, N, G), x.dtype)      # gradient of the gates' pre-activations
+        dh = g_h.copy()
+        if mode in ("RNN_TANH", "RNN_RELU"):
+            deriv = 1 - out * out if mode == "RNN_TANH" else (out > 0).astype(out.dtype)
+            for t in order:
+                dh += g_out[t]
+                d = dg[t]
+                xp.multiply(dh, deriv[t], out=d)
+                dh = xp.matmul(d, w_hh)
+            dgh = dg
+            dc = None
+        elif mode == "LSTM":
+            acts, cells = saved[8:]
+            i, f, gg, o = (acts[..., k * H:(k + 1) * H] for k in range(4))
+            tc = xp.tanh(cells)
+            c_prev = _shifted(xp, cells, c0, reverse)
+            # the factors of every step at once: dc += dh * o (1 - tanh(c)^2), d(pre_o) = dh *
+            # tanh(c) o (1 - o), d(pre_i, pre_f, pre_g) = dc * (g i (1-i), c_prev f (1-f), i (1-g^2))
+            p_c = 1 - tc * tc
+            p_c *= o
+            q_o = o * (1 - o)
+            q_o *= tc
+            del tc
+            r = xp.empty((L, N, 3, H), x.dtype)
+            xp.multiply(i, 1 - i, out=r[:, :, 0])
+            r[:, :, 0] *= gg
+            xp.multiply(f, 1 - f, out=r[:, :, 1])
+            r[:, :, 1] *= c_prev
+            del c_prev
+            xp.multiply(gg, gg, out=r[:, :, 2])
+            xp.subtract(1, r[:, :, 2], out=r[:, :, 2])
+            r[:, :, 2] *= i
+            f = xp.ascontiguousarray(f)
+            dg4 = dg.reshape(L, N, 4, H)
+            dc = g_c.copy()
+            for t in order:
+                dh += g_out[t]
+                dc += dh * p_c[t]
+                xp.multiply(dh, q_o[t], out=dg4[t, :, 3])
+                xp.multiply(dc[:, None, :], r[t], out=dg4[t, :, :3])
+                dc *= f[t]
+                dh = xp.matmul(dg[t], w_hh)
+            dgh = dg
+        else:  # GRU
+            acts, ghn = saved[8:]
+            rr, z, n = (acts[..., k * H:(k + 1) * H] for k in range(3))
+            h_prev = _shifted(xp, out, h0, reverse)
+            # d(pre_z) = dh (h_prev - n) z (1-z), d(pre_n) = dh (1-z)(1-n^2),
+            # d(pre_r) = d(pre_n) (W_hn h + b_hn) r (1-r), and W_h sees d(pre_n) * r for n
+            pzn = xp.empty((L, N, 2, H), x.dtype)
+            xp.subtract(h_prev, n, out=pzn[:, :, 0])
+            del h_prev
+            pzn[:, :, 0] *= z
+            pzn[:, :, 0] *= 1 - z
+            xp.multiply(n, n, out=pzn[:, :, 1])
+            xp.subtract(1, pzn[:, :, 1], out=pzn[:, :, 1])
+            pzn[:, :, 1] *= 1 - z
+            p_r = rr * (1 - rr)
+            p_r *= ghn
+            z = xp.ascontiguousarray(z)
+            rr = xp.ascontiguousarray(rr)
+            dg4 = dg.reshape(L, N, 3, H)
+            dgh = xp.empty((L, N, G), x.dtype)
+            for t in order:
+                dh += g_out[t]
+                xp.multiply(dh[:, None, :], pzn[t], out=dg4[t, :, 1:])
+                xp.multiply(dg4[t, :, 2], p_r[t], out=dg4[t, :, 0])
+                d = dgh[t]
+                d[:, :2 * H] = dg[t, :, :2 * H]
+                xp.multiply(dg[t, :, 2 * H:], rr[t], out=d[:, 2 * H:])
+                dh *= z[t]
+                dh += xp.matmul(d, w_hh)
+            dc = None
+
+        rows = dg.reshape(L * N, G)
+        gx = xp.matmul(rows, w_ih).reshape(L, N, I) if need[0] else None
+        gw_ih = xp.matmul(rows.T, x.reshape(L * N, I)) if need[3] else None
+        gw_hh = None
+        if need[4]:  # sum over steps of dgh[t]^T h_prev[t]: the steps after the first in one product
+            rest = slice(0, L - 1) if reverse else slice(1, L)
+            before = slice(1, L) if reverse else slice(0, L - 1)
+            gw_hh = xp.matmul(dgh[first].T, h0)
+            if L > 1:
+                gw_hh += xp.matmul(dgh[rest].reshape(-1, G).T, out[before].reshape(-1, H))
+        gb_ih = rows.sum(axis=0) if need[5] else None
+        gb_hh = None
+        if need[6]:
+            gb_hh = dgh.reshape(L * N, G).sum(axis=0) if mode == "GRU" else \
+                (gb_ih.copy() if gb_ih is not None else rows.sum(axis=0))
+        return gx, dh if need[1] else None, dc if need[2] else None, gw_ih, gw_hh, gb_ih, gb_hh
+
+
+def _shifted(xp, seq, first, reverse):
+    """The previous step's value for every step: ``first`` (the initial state) then ``seq``
+    up to the last step but one, in the direction of time."""
+    prev = xp.empty_like(seq)
+    if reverse:
+        prev[-1] = first
+        prev[:-1] = seq[1:]
+    else:
+        prev[0] = first
+        prev[1:] = seq[:-1]
+    return prev
+
+
+def _double_backward(ctx, g_out, g_h, g_c):
+    """Under ``create_graph``: the gradient taken through the composed recurrence rebuilt on the
+    op's own input tensors, so that it is differentiable again (``autograd.grad`` runs only the
+    rebuilt nodes, not the graph the inputs came from)."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors[:7]
+    lstm = ctx.mode == "LSTM"
+    outs = composed_layer(ctx.mode, x, (h0, c0) if lstm else (h0,), (w_ih, w_hh, b_ih, b_hh),
+                          ctx.reverse)
+    ins = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    wrt = [k for k, need in enumerate(ctx.needs_input_grad) if need]
+    grads = _autograd_grad(outs, [ins[k] for k in wrt], (g_out, g_h, g_c)[:len(outs)],
+                           create_graph=True, allow_unused=True)
+    result = [None] * len(ins)
+    for k, g in zip(wrt, grads):
+        result[k] = g
+    return tuple(result)
