@@ -301,6 +301,8 @@ def run_worker(args) -> int:
             info.comm, info.rank, info.size, abort=failure.abort, say=ranks.say,
             events=os.path.join(job_dir, "events") if job_dir and info.rank == 0 else None)
         failure.set_peers(peers)
+        if job_dir and os.path.isdir(job_dir) and not args.debug:
+            failure.crash_reports_to(os.path.join(job_dir, f"fault-{info.rank}"))
     try:
         if numpy_early:
             ranks.limit_threads_late(threads)

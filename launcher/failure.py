@@ -53,6 +53,41 @@ class SignalExit(BaseException):
 SIGNAL_GRACE_SECONDS = 60.0
 
 _state = {"rank": 0, "size": 1, "abort": None, "peers": None}
+_real_exit = os._exit   # the launcher's own way out (the script's os._exit is watched)
+
+
+def _script_exit(code):
+    """``os._exit`` as the script sees it in a rank of a job: the other ranks learn that this
+    rank finished (status 0: after they all have, as at the end of the script) or is stopping
+    the job (another status), so a rank that leaves early is named, and ``os._exit(0)`` on
+    every rank at the end (to skip a slow teardown) is still a success. Forked children
+    (DataLoader workers) exit as usual."""
+    peers = _state["peers"]
+    if peers is not None and os.getpid() == _state.get("pid"):
+        try:
+            code = int(code)
+        except (TypeError, ValueError):
+            code = 1
+        frame = sys._getframe(1)
+        where_ = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        if code == 0:
+            _flush_all()
+            peers.finish(0, "os._exit(0)", where=where_)
+        else:
+            peers.failing()
+            _write(f"launcher: rank {_state['rank']} called os._exit({code}) at {where_}; "
+                   f"stopping all {_state['size']} ranks\n")
+    _real_exit(code)
+
+
+def _flush_all():
+    try:
+        from .ranks import finish_output
+        finish_output()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        pass
 _handled = threading.Event()  # the main thread has turned the signal into an exception
 
 
@@ -152,9 +187,24 @@ def how_it_ended(exc: BaseException) -> str:
     return f"raised {type(exc).__name__}"
 
 
+def crash_reports_to(path: str) -> None:
+    """Python's traceback of a crash (SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL) goes to
+    ``path`` in the launcher's job folder, where ``launcher -n`` finds it after mpiexec has
+    ended and names the rank that crashed (mpiexec names only its pid)."""
+    try:
+        _state["fault_file"] = open(path, "w")
+        faulthandler.enable(file=_state["fault_file"], all_threads=False)
+    except (OSError, ValueError, RuntimeError):
+        pass
+
+
 def set_peers(peers) -> None:
-    """The rank's connection to the other ranks (``launcher.peers``), or None."""
+    """The rank's connection to the other ranks (``launcher.peers``), or None; with one, the
+    script's ``os._exit`` tells the other ranks first (:func:`_script_exit`)."""
     _state["peers"] = peers
+    _state["pid"] = os.getpid()
+    if peers is not None:
+        os._exit = _script_exit
 
 
 def _signal_grace() -> float:
@@ -186,7 +236,7 @@ def abort(code: int) -> None:
     if _state["abort"] is not None:
         time.sleep(ABORT_DELAY_SECONDS)
         _state["abort"](code)
-    os._exit(code)  # no MPI: just this process
+    _real_exit(code)  # no MPI: just this process
 
 
 def _excepthook(exc_type, exc, tb):
@@ -233,7 +283,7 @@ def _watchdog(sock):
                 pass
             if _state["peers"] is not None:
                 finished(128 + signum, f"stopped by {name} while blocked", where="(blocked)")
-            os._exit(128 + signum)
+            _real_exit(128 + signum)
 
 
 def _reset_in_child():

@@ -171,13 +171,44 @@ def _read_events(job_dir):
         return []
     reports = [e["text"] for e in events if e.get("kind") == "report"]
     roster = next((e["roster"] for e in events if e.get("kind") == "roster"), None)
+    crashes = _crash_reports(job_dir, roster)
     if roster is None or any(e.get("kind") in ("all_done", "failing") for e in events):
-        return reports
+        return crashes + reports
     finished = {e["rank"] for e in events if e.get("kind") == "finished"}
     missing = [r for r in range(len(roster)) if r not in finished]
     named = [text for text in reports if "ended without finishing" in text]
-    if missing and not named:
+    reports = crashes + reports
+    if missing and not named and not crashes:
         who = ", ".join(f"rank {r} (host {roster[r][0]}, pid {roster[r][1]})" for r in missing)
         reports.append(f"{who} did not finish the script (killed by a signal, crashed, "
                        f"os._exit, or stopped with the job)")
     return reports
+
+
+def _crash_reports(job_dir, roster):
+    """One line per rank that crashed (its faulthandler file, ``launcher.failure``); the full
+    Python traceback of the crash is printed, rank-prefixed."""
+    lines = []
+    for name in sorted(os.listdir(job_dir)) if os.path.isdir(job_dir) else []:
+        if not name.startswith("fault-"):
+            continue
+        try:
+            rank = int(name[len("fault-"):])
+            with open(os.path.join(job_dir, name), encoding="utf-8", errors="replace") as f:
+                text = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        if not text:
+            continue
+        kept = [line for line in text.splitlines() if not line.startswith("Extension modules")]
+        sys.stderr.write("".join(f"[rank {rank}] {line}\n" for line in kept))
+        first = kept[0]
+        here = os.path.dirname(os.path.abspath(__file__))
+        frames = [line.strip() for line in kept if line.strip().startswith("File ")
+                  and not any(part in line for part in (os.sep + "lib" + os.sep + "python",
+                                                        "<frozen", here))]
+        who = f"rank {rank}"
+        if roster is not None and rank < len(roster):
+            who += f" (host {roster[rank][0]}, pid {roster[rank][1]})"
+        lines.append(f"{who} crashed: {first}" + (f" ({frames[0]})" if frames else ""))
+    return lines

@@ -41,7 +41,7 @@ VANISH = """
     dist.init_process_group()
     t = ddp.ones(3)
     dist.all_reduce(t)
-    if dist.get_rank() == 1:
+    if dist.get_rank() == int(sys.argv[2]):
         how = sys.argv[1]
         if how == "return":
             pass
@@ -57,39 +57,61 @@ VANISH = """
     else:
         for _ in range(3):
             dist.all_reduce(t)
-        print("rank 0 finished")
+        print("rank", dist.get_rank(), "finished")
 """
 
 
 @needs_mpi
-@pytest.mark.parametrize("how", ["return", "exit0"])
-def test_rank_that_finishes_early_stops_the_job_naming_it(tmp_path, how):
+@pytest.mark.parametrize("how,n,leaver", [("return", 2, 1), ("exit0", 2, 1), ("_exit0", 2, 1),
+                                          ("exit0", 4, 2), ("return", 4, 0)])
+def test_rank_that_finishes_early_stops_the_job_naming_it(tmp_path, how, n, leaver):
     path = script(tmp_path, VANISH)
-    code, out, err, _ = launcher("-n", 2, path, how, timeout=TIMEOUT)
+    code, out, err, _ = launcher("-n", n, path, how, leaver, timeout=TIMEOUT)
     assert code != 0
-    assert "rank 0 finished" not in out
-    assert f"rank 1 (host {HOST}, pid " in err
-    what = "returned" if how == "return" else "sys.exit(0)"
+    assert "finished" not in out
+    assert f"rank {leaver} (host {HOST}, pid " in err
+    what = {"return": "returned", "exit0": "sys.exit(0)", "_exit0": "os._exit(0)"}[how]
     assert f"finished its script ({what}" in err
-    assert "while rank 0 (host" in err and "still waits in all_reduce at" in err
-    assert f"{path}:" in err                      # the call site of the waiting collective
+    waiting = [r for r in range(n) if r != leaver]
+    assert any(f"while rank {r} (host {HOST}) still waits in all_reduce at {path}:" in err
+               for r in waiting), err
     assert "launcher: the job failed (exit status 1)" in err   # repeated at the end
     assert_no_leftovers(path)
 
 
 @needs_mpi
-@pytest.mark.parametrize("how,status", [("_exit0", None), ("segv", "exit status 11"),
-                                        ("kill", "exit status 9")])
+@pytest.mark.parametrize("how,status", [("segv", "exit status 11"), ("kill", "exit status 9")])
 def test_rank_that_dies_is_named_by_rank_and_host(tmp_path, how, status):
     path = script(tmp_path, VANISH)
-    code, out, err, _ = launcher("-n", 2, path, how, timeout=TIMEOUT)
+    code, out, err, _ = launcher("-n", 2, path, how, 1, timeout=TIMEOUT)
     assert code != 0, err
-    assert "rank 0 finished" not in out
+    assert "finished" not in out
     assert f"rank 1 (host {HOST}, pid " in err
-    assert "launcher: the job failed" in err
-    if status:
-        assert status in err
+    assert f"launcher: the job failed ({status})" in err
+    if how == "segv":   # Python's traceback of the crash, named by rank, with the line
+        assert "rank 1 (host" in err and "crashed: Fatal Python error: Segmentation fault" in err
+        assert f'File "{path}", line 16' in err
+    else:               # rank 0 names it at once, unless mpiexec killed rank 0 first
+        assert ("ended without finishing its script" in err
+                or "did not finish the script" in err), err
     assert_no_leftovers(path)
+
+
+@needs_mpi
+def test_os_exit_0_on_every_rank_at_the_end_is_a_success(tmp_path):
+    path = script(tmp_path, """
+        import os
+        import ddp, ddp.distributed as dist
+        dist.init_process_group()
+        t = ddp.ones(1)
+        dist.all_reduce(t)
+        print("sum", t.tolist(), flush=True)
+        os._exit(0)            # skip the teardown, as some scripts do
+    """)
+    code, out, err, _ = launcher("-n", 2, path, timeout=TIMEOUT)
+    assert code == 0, err
+    assert out.count("sum [2.0]") == 2
+    assert "launcher: rank" not in err and "failed" not in err
 
 
 @needs_mpi
