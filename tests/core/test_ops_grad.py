@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 
 import ddp
+import ddp.nn.functional as F
+from ddp.nn.functional import _activations
 from ddp.autograd import gradcheck, gradgradcheck
 
 F64 = ddp.float64
@@ -421,6 +423,40 @@ CASES = [
     C("ddp.clone", lambda a: ddp.clone(a) * a, (3, 4)),
 ]
 
+# ---- the functional ops (ddp.nn.functional): with the rows above, every Op of the package is
+# in this table (test_every_op_is_in_the_table); tests/nn checks their options in depth
+_TARGET = np.array([2, 0, 3])             # classes of 3 samples of 4
+_BITS = np.random.default_rng(1).random((3, 4)).round()  # binary targets
+CASES += [
+    C("F.elu", lambda a: F.elu(a), (3, 4)),
+    C("F.leaky_relu", lambda a: F.leaky_relu(a, 0.2), (3, 4)),
+    C("F.hardtanh", lambda a: F.hardtanh(a, -0.55, 0.65), (3, 4)),  # bounds among the kinks
+    C("F.hardswish", lambda a: F.hardswish(a * 2), (3, 4)),
+    C("F.softplus", lambda a: F.softplus(a, beta=2.0), (3, 4)),
+    C("F.gelu", lambda a: F.gelu(a), (3, 4)),
+    C("erf", lambda a: _activations.erf(a), (3, 4)),  # (not public: gelu's)
+    C("F.linear", lambda a, w, b: F.linear(a, w, b), (2, 3), (4, 3), (4,)),
+    C("F.conv2d", lambda a, w: F.conv2d(a, w, padding=1), (1, 2, 4, 4), (3, 2, 3, 3)),
+    C("F.conv_transpose2d", lambda a, w: F.conv_transpose2d(a, w, stride=2),
+      (1, 2, 3, 3), (2, 3, 2, 2)),
+    C("F.embedding", lambda w: F.embedding(ddp.tensor([[0, 2], [3, 2]]), w), (4, 3)),
+    C("F.unfold", lambda a: F.unfold(a, 2), (1, 2, 3, 3)),
+    C("F.fold", lambda a: F.fold(a, (3, 3), 2), (1, 8, 4)),
+    C("F.pad_constant", lambda a: F.pad(a, (1, 2), value=0.5), (2, 3)),
+    C("F.pad_reflect", lambda a: F.pad(a, (2, 1), mode="reflect"), (1, 2, 4), gg=False),
+    C("F.max_pool2d", lambda a: F.max_pool2d(a, 2), (1, 2, 4, 4)),
+    C("F.avg_pool2d", lambda a: F.avg_pool2d(a, 2, padding=1), (1, 2, 3, 3)),
+    C("F.cross_entropy", lambda a: F.cross_entropy(a, ddp.tensor(_TARGET)), (3, 4)),
+    C("F.binary_cross_entropy", lambda a: F.binary_cross_entropy(a.sigmoid(),
+                                                                 ddp.tensor(_BITS)), (3, 4)),
+    C("F.batch_norm", lambda a, w, b: F.batch_norm(a, None, None, w, b, training=True),
+      (4, 3), (3,), (3,)),
+    C("F.layer_norm", lambda a, w, b: F.layer_norm(a, (4,), w, b), (3, 4), (4,), (4,)),
+    C("F.group_norm", lambda a: F.group_norm(a, 2), (2, 4, 3)),
+    C("F.scaled_dot_product_attention",
+      lambda q, k, v: F.scaled_dot_product_attention(q, k, v), (2, 3, 4), (2, 5, 4), (2, 5, 4)),
+]
+
 
 def _setitem(a, index, v):
     y = a * 1
@@ -448,6 +484,76 @@ def test_gradgradcheck(name, fn, shapes, dom, gg):
 def test_table_names_are_unique():
     names = [c.values[0] for c in CASES]
     assert len(names) == len(set(names))
+
+
+# Ops this single-process CPU table cannot reach, and where their gradients are checked instead
+NOT_IN_TABLE = {
+    "ddp.autograd.function._CallUserBackward": "a user's Function (tests/core/test_autograd.py)",
+    "ddp.nn.functional._normalization._Normalize": "the base of the three norm ops, never applied",
+    "ddp.nn.sync_batchnorm.SyncBatchNormOp": "needs several ranks "
+                                             "(tests/distributed/test_sync_batchnorm.py)",
+    "ddp.ops.shape.ToDevice": "a copy between devices (tests/gpu)",
+}
+
+
+def _every_op():
+    """Every Op subclass of the package (all its modules imported)."""
+    import importlib
+    import pathlib
+    root = pathlib.Path(ddp.__file__).parent
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] != "__main__":
+            importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+    from ddp.autograd import graph
+    return {op for op in subclasses(graph.Op) if op.__module__.startswith("ddp.")}
+
+
+def _ops_recorded(tensors):
+    """The Op classes of every node in the graphs behind ``tensors``."""
+    ops, seen = set(), set()
+    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if getattr(node, "op", None) is not None:
+            ops.add(node.op)
+        stack += [e[0] for e in getattr(node, "next_edges", ()) if e is not None and e[1] != -1]
+    return ops
+
+
+def test_every_op_is_in_the_table():
+    """Each row's graph, and for gradgradcheck rows its gradient's and second gradient's graphs
+    (where the backward ops of backward ops live), together record every Op of the package."""
+    covered = set()
+    for case in CASES:
+        name, fn, shapes, dom, gg = case.values
+        inputs = make_inputs(name, shapes, dom)
+        out = fn(*inputs)
+        outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad]
+        covered |= _ops_recorded(outs)
+        for _ in range(2 if gg else 0):  # first and second derivatives, as recorded ops
+            # (upstream gradients that require grad, as gradgradcheck's: a linear op's backward
+            # is then recorded too)
+            upstream = [ddp.ones_like(o).requires_grad_() for o in outs]
+            inputs = list(inputs) + upstream
+            grads = ddp.autograd.grad(outs, inputs, upstream, create_graph=True,
+                                      allow_unused=True)
+            outs = [g for g in grads if g is not None and g.requires_grad]
+            if not outs:
+                break
+            covered |= _ops_recorded(outs)
+    ops = {f"{op.__module__}.{op.__qualname__}": op for op in _every_op()}
+    missing = sorted(set(ops) - set(NOT_IN_TABLE) - {k for k, op in ops.items() if op in covered})
+    assert not missing, f"ops without a row in CASES: {missing}"
+    assert set(NOT_IN_TABLE) <= set(ops), "NOT_IN_TABLE names an op that no longer exists"
 
 
 # --------------------------------------------------------------------------- helpers
