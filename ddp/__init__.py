@@ -32,8 +32,10 @@ from . import cuda
 
 globals().update({k: v for k, v in _FUNCTIONS.items() if k not in globals()})
 
-FloatTensor = LongTensor = None  # legacy type names are not provided; use ddp.tensor(..., dtype=)
-del FloatTensor, LongTensor
+from ._legacy_types import CPU_TYPES as _CPU_TYPES  # noqa: E402  FloatTensor, LongTensor, ...
+globals().update(_CPU_TYPES)
+from . import sparse  # noqa: E402  (sparse COO tensors; Tensor.to_sparse / layout)
+from .sparse import sparse_coo, sparse_coo_tensor, strided  # noqa: E402
 
 from ._version import __version__  # noqa: E402
 

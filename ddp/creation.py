@@ -155,8 +155,19 @@ def from_numpy(array):
     return graph.Tensor._make(array)
 
 
+def _shape(args, size=None, name="size"):
+    """The shape a creation function was given: positional sizes or ``size=`` (PyTorch accepts
+    both), never negative (PyTorch's message names the dimension)."""
+    shape = _size_args(args if size is None else (size,), name)
+    for d in shape:
+        if d < 0:
+            raise RuntimeError(f"Trying to create tensor with negative dimension {d}: "
+                               f"{list(shape)}")
+    return shape
+
+
 def _filled(fill, size, dtype, device, requires_grad, default):
-    shape = _size_args(size)
+    shape = _shape(size)
     dev = _device(device)
     xp = backend.array_module_of_device(dev)
     npd = _dtype_np(dtype, default)
@@ -168,19 +179,22 @@ def _filled(fill, size, dtype, device, requires_grad, default):
     return t
 
 
-def zeros(*size, dtype=None, device=None, requires_grad=False, out=None):
+def zeros(*args, size=None, dtype=None, device=None, requires_grad=False, out=None):
     """A tensor of zeros of the given shape (default float dtype)."""
-    return _filled(0, size, dtype, device, requires_grad, backend.get_default_dtype().np)
+    return _filled(0, args if size is None else (size,), dtype, device, requires_grad,
+                   backend.get_default_dtype().np)
 
 
-def ones(*size, dtype=None, device=None, requires_grad=False, out=None):
+def ones(*args, size=None, dtype=None, device=None, requires_grad=False, out=None):
     """A tensor of ones of the given shape."""
-    return _filled(1, size, dtype, device, requires_grad, backend.get_default_dtype().np)
+    return _filled(1, args if size is None else (size,), dtype, device, requires_grad,
+                   backend.get_default_dtype().np)
 
 
-def empty(*size, dtype=None, device=None, requires_grad=False, memory_format=None, pin_memory=False):
+def empty(*args, size=None, dtype=None, device=None, requires_grad=False, memory_format=None,
+          pin_memory=False, out=None):
     """An uninitialised tensor (here: zeros, which costs the same and is deterministic)."""
-    return zeros(*size, dtype=dtype, device=device, requires_grad=requires_grad)
+    return zeros(*args, size=size, dtype=dtype, device=device, requires_grad=requires_grad)
 
 
 def full(size, fill_value, dtype=None, device=None, requires_grad=False):
@@ -272,18 +286,20 @@ def _random(generator, device, draw, requires_grad=False):
     return t
 
 
-def rand(*size, generator=None, dtype=None, device=None, requires_grad=False):
+def rand(*args, size=None, generator=None, dtype=None, device=None, requires_grad=False):
     """Uniform samples on ``[0, 1)``."""
     npd = _dtype_np(dtype, backend.get_default_dtype().np)
-    return _random(generator, device, lambda rng: rng.random(_size_args(size)).astype(npd),
+    shape = _shape(args, size)
+    return _random(generator, device, lambda rng: rng.random(shape).astype(npd),
                    requires_grad)
 
 
-def randn(*size, generator=None, dtype=None, device=None, requires_grad=False):
+def randn(*args, size=None, generator=None, dtype=None, device=None, requires_grad=False):
     """Standard normal samples."""
     npd = _dtype_np(dtype, backend.get_default_dtype().np)
-    return _random(generator, device,
-                   lambda rng: rng.standard_normal(_size_args(size)).astype(npd), requires_grad)
+    shape = _shape(args, size)
+    return _random(generator, device, lambda rng: rng.standard_normal(shape).astype(npd),
+                   requires_grad)
 
 
 def randint(low=0, high=None, size=None, generator=None, dtype=None, device=None,

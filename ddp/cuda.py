@@ -83,3 +83,5 @@ def __getattr__(name):
 
 
 from .amp import cuda_amp as amp  # noqa: E402  ddp.cuda.amp.autocast / GradScaler (legacy names)
+from ._legacy_types import CUDA_TYPES as _CUDA_TYPES  # noqa: E402  ddp.cuda.FloatTensor, ...
+globals().update(_CUDA_TYPES)

@@ -559,6 +559,7 @@ class Tensor:
         return True
 
     def add_(self, other, alpha=1):
+        other, alpha = _alpha_first(other, alpha)
         if alpha != 1:
             other = other * alpha
         if self._fast_inplace(_xp_ufunc(self, "add"), other):
@@ -566,6 +567,7 @@ class Tensor:
         return self._inplace(lambda s, o: s + o, other)
 
     def sub_(self, other, alpha=1):
+        other, alpha = _alpha_first(other, alpha)
         if alpha != 1:
             other = other * alpha
         if self._fast_inplace(_xp_ufunc(self, "subtract"), other):
@@ -882,9 +884,11 @@ class Tensor:
         return bool(xp.allclose(self._data, other._data, rtol=rtol, atol=atol, equal_nan=equal_nan))
 
     def add(self, other, alpha=1):
+        other, alpha = _alpha_first(other, alpha)
         return self + (other * alpha if alpha != 1 else other)
 
     def sub(self, other, alpha=1):
+        other, alpha = _alpha_first(other, alpha)
         return self - (other * alpha if alpha != 1 else other)
 
     subtract = sub
@@ -1598,6 +1602,14 @@ class Tensor:
 
 
 # ---------------------------------------------------------------------- helpers and functions
+
+def _alpha_first(other, alpha):
+    """PyTorch's deprecated ``add_(alpha, other)`` order (a number, then the tensor), still
+    accepted by torch 2 and written by old programs (``p.data.add_(-lr, p.grad.data)``)."""
+    if isinstance(alpha, Tensor) and isinstance(other, numbers.Number):
+        return alpha, other
+    return other, alpha
+
 
 def _init(t, arr):
     t._data = arr

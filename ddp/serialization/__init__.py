@@ -111,12 +111,15 @@ def save(obj, f, pickle_module=None, pickle_protocol=DEFAULT_PROTOCOL,
         write(f)
 
 
-def load(f, map_location=None, pickle_module=None, *, weights_only=True, mmap=None,
+def load(f, map_location=None, pickle_module=None, *, weights_only=None, mmap=None,
          **pickle_load_args):
     """Load an object from a path or binary file object written by :func:`save`, by
     ``torch.save`` (zip or legacy format), or in the safetensors format (a dict of tensors).
 
-    ``weights_only=True`` (the default, as in torch): nothing in the file can run code. ddp files
+    ``weights_only=True`` (the default ``None`` means True, as in torch, unless the environment
+    sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` — PyTorch's switch for programs written before 2.6
+    that save whole models — and ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` wins over it): nothing in the
+    file can run code. ddp files
     and safetensors hold no code at all; PyTorch files are read by a restricted unpickler that
     accepts tensors, storages, Parameters, OrderedDict, plain containers and values, dtypes,
     ``torch.Size``/``torch.device`` and what :func:`add_safe_globals` allows, and refuses
@@ -140,7 +143,20 @@ def load(f, map_location=None, pickle_module=None, *, weights_only=True, mmap=No
         >>> ddp.load(tmp_path / "m.pt", map_location="cpu")
         {'w': tensor([1., 1.])}
     """
+    if weights_only is None:
+        weights_only = _default_weights_only()
     return _load(f, map_location, weights_only)
+
+
+def _default_weights_only():
+    """PyTorch's resolution of ``weights_only=None`` from its two environment switches."""
+    import os
+
+    def true(name):
+        return os.environ.get(name, "0").strip().lower() in ("1", "y", "yes", "true")
+    if true("TORCH_FORCE_WEIGHTS_ONLY_LOAD"):
+        return True
+    return not true("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
 
 
 def verify(f):
