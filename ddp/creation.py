@@ -155,19 +155,19 @@ def from_numpy(array):
     return graph.Tensor._make(array)
 
 
-def _shape(args, size=None, name="size"):
+def _shape(args, size=None, name="size", op=None):
     """The shape a creation function was given: positional sizes or ``size=`` (PyTorch accepts
     both), never negative (PyTorch's message names the dimension)."""
     shape = _size_args(args if size is None else (size,), name)
     for d in shape:
         if d < 0:
-            raise RuntimeError(f"Trying to create tensor with negative dimension {d}: "
-                               f"{list(shape)}")
+            raise RuntimeError(f"{op + ': ' if op else ''}Trying to create tensor with "
+                               f"negative dimension {d}: {list(shape)}")
     return shape
 
 
-def _filled(fill, size, dtype, device, requires_grad, default):
-    shape = _shape(size)
+def _filled(fill, size, dtype, device, requires_grad, default, op=None):
+    shape = _shape(size, op=op)
     dev = _device(device)
     xp = backend.array_module_of_device(dev)
     npd = _dtype_np(dtype, default)
@@ -182,19 +182,20 @@ def _filled(fill, size, dtype, device, requires_grad, default):
 def zeros(*args, size=None, dtype=None, device=None, requires_grad=False, out=None):
     """A tensor of zeros of the given shape (default float dtype)."""
     return _filled(0, args if size is None else (size,), dtype, device, requires_grad,
-                   backend.get_default_dtype().np)
+                   backend.get_default_dtype().np, "zeros")
 
 
 def ones(*args, size=None, dtype=None, device=None, requires_grad=False, out=None):
     """A tensor of ones of the given shape."""
     return _filled(1, args if size is None else (size,), dtype, device, requires_grad,
-                   backend.get_default_dtype().np)
+                   backend.get_default_dtype().np, "ones")
 
 
 def empty(*args, size=None, dtype=None, device=None, requires_grad=False, memory_format=None,
           pin_memory=False, out=None):
     """An uninitialised tensor (here: zeros, which costs the same and is deterministic)."""
-    return zeros(*args, size=size, dtype=dtype, device=device, requires_grad=requires_grad)
+    return _filled(0, args if size is None else (size,), dtype, device, requires_grad,
+                   backend.get_default_dtype().np, "empty")
 
 
 def full(size, fill_value, dtype=None, device=None, requires_grad=False):
@@ -289,7 +290,7 @@ def _random(generator, device, draw, requires_grad=False):
 def rand(*args, size=None, generator=None, dtype=None, device=None, requires_grad=False):
     """Uniform samples on ``[0, 1)``."""
     npd = _dtype_np(dtype, backend.get_default_dtype().np)
-    shape = _shape(args, size)
+    shape = _shape(args, size, op="rand")
     return _random(generator, device, lambda rng: rng.random(shape).astype(npd),
                    requires_grad)
 
@@ -297,7 +298,7 @@ def rand(*args, size=None, generator=None, dtype=None, device=None, requires_gra
 def randn(*args, size=None, generator=None, dtype=None, device=None, requires_grad=False):
     """Standard normal samples."""
     npd = _dtype_np(dtype, backend.get_default_dtype().np)
-    shape = _shape(args, size)
+    shape = _shape(args, size, op="randn")
     return _random(generator, device, lambda rng: rng.standard_normal(shape).astype(npd),
                    requires_grad)
 

@@ -1,0 +1,108 @@
+"""Legacy names old PyTorch programs use: FloatTensor/LongTensor/... constructors and type
+strings, autograd.Variable, nn.DataParallel, cuda.device, sizes by keyword, negative sizes,
+``add_(alpha, other)``, and torch.load's environment switch — against PyTorch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ddp
+
+
+NAMES = ["FloatTensor", "DoubleTensor", "HalfTensor", "BFloat16Tensor", "ByteTensor",
+         "CharTensor", "ShortTensor", "IntTensor", "LongTensor", "BoolTensor"]
+
+
+def test_legacy_types_match_torch(oracle):
+    data = np.array([[1, 0, 3]], dtype=np.int32)
+
+    def reference(torch):
+        out = {}
+        for name in NAMES:
+            cls = getattr(torch, name)
+            out[name] = {"dtype": str(cls(data).dtype).split(".")[-1],
+                         "sized": list(cls(2, 3).shape), "empty": list(cls().shape),
+                         "type": cls(data).type(), "list": cls([1, 0]).float().numpy(),
+                         "isinstance": [isinstance(torch.zeros(1), cls),
+                                        isinstance(torch.zeros(1, dtype=torch.int64), cls)]}
+        t = torch.ones(2)
+        out["conv"] = [t.type(torch.DoubleTensor).type(), t.type("torch.IntTensor").type(),
+                       t.type(torch.int16).type()]
+        return out
+
+    ref = oracle(reference)
+    for name in NAMES:
+        cls, r = getattr(ddp, name), ref[name]
+        assert cls(data).dtype.name == r["dtype"], name
+        assert list(cls(2, 3).shape) == list(r["sized"]) and list(cls().shape) == list(r["empty"])
+        assert cls(data).type() == r["type"]
+        np.testing.assert_array_equal(cls([1, 0]).float().numpy(), r["list"])
+        assert [isinstance(ddp.zeros(1), cls),
+                isinstance(ddp.zeros(1, dtype=ddp.int64), cls)] == list(r["isinstance"])
+    t = ddp.ones(2)
+    assert [t.type(ddp.DoubleTensor).type(), t.type("torch.IntTensor").type(),
+            t.type(ddp.int16).type()] == list(ref["conv"])
+    assert not isinstance(ddp.zeros(1), ddp.cuda.FloatTensor)
+    with pytest.raises(TypeError, match="expected ddp.float32"):
+        ddp.FloatTensor(ddp.zeros(2, dtype=ddp.int64))
+    with pytest.raises(ValueError, match="invalid type"):
+        t.type("torch.NoSuchTensor")
+
+
+def test_sizes_by_keyword_and_negative_sizes(oracle):
+    def reference(torch):
+        errors = {}
+        for name, fn in (("zeros", lambda: torch.zeros(2, -3)), ("empty", lambda: torch.empty(-1)),
+                         ("randn", lambda: torch.randn(size=(2, -2)))):
+            try:
+                fn()
+            except Exception as exc:
+                errors[name] = [type(exc).__name__, str(exc)]
+        return {"shapes": [list(torch.empty(size=(2, 3)).shape),
+                           list(torch.zeros(size=[4]).shape),
+                           list(torch.ones(size=(1, 2)).shape),
+                           list(torch.rand(size=(3,)).shape)],
+                "errors": errors}
+
+    ref = oracle(reference)
+    assert [list(ddp.empty(size=(2, 3)).shape), list(ddp.zeros(size=[4]).shape),
+            list(ddp.ones(size=(1, 2)).shape), list(ddp.rand(size=(3,)).shape)] == \
+        [list(s) for s in ref["shapes"]]
+    for name, fn in (("zeros", lambda: ddp.zeros(2, -3)), ("empty", lambda: ddp.empty(-1)),
+                     ("randn", lambda: ddp.randn(size=(2, -2)))):
+        kind, message = ref["errors"][name]
+        with pytest.raises(getattr(__builtins__, kind, RuntimeError)) as info:
+            fn()
+        assert type(info.value).__name__ == kind
+        assert message.split(":")[0] in str(info.value)    # torch's op name or its sentence
+        assert "negative dimension" in str(info.value)
+
+
+def test_add_with_alpha_first_matches_torch(oracle):
+    def reference(torch):
+        p = torch.ones(3)
+        p.add_(-0.5, torch.tensor([1.0, 2.0, 3.0]))
+        q = torch.ones(3).sub(2, torch.tensor([1.0, 1.0, 1.0]))
+        return {"p": p.numpy(), "q": q.numpy()}
+
+    ref = oracle(reference)
+    p = ddp.ones(3)
+    p.add_(-0.5, ddp.tensor([1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(p.numpy(), ref["p"])
+    np.testing.assert_allclose(ddp.ones(3).sub(2, ddp.ones(3)).numpy(), ref["q"])
+
+
+def test_load_default_follows_torchs_environment_switch(tmp_path, monkeypatch):
+    path = tmp_path / "whole.pt"
+    ddp.save(ddp.nn.Linear(2, 1), path)
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
+    import pickle
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        ddp.load(path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    assert isinstance(ddp.load(path), ddp.nn.Linear)
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")      # wins, as in torch
+    with pytest.raises(pickle.UnpicklingError):
+        ddp.load(path)
+    assert isinstance(ddp.load(path, weights_only=False), ddp.nn.Linear)
