@@ -24,7 +24,7 @@ import pytest
 
 import ddp
 import ddp.nn.functional as F
-from ddp.nn.functional import _activations
+from ddp.nn.functional import _activations, _rnn
 from ddp.autograd import gradcheck, gradgradcheck
 
 F64 = ddp.float64
@@ -455,6 +455,9 @@ CASES += [
     C("F.group_norm", lambda a: F.group_norm(a, 2), (2, 4, 3)),
     C("F.scaled_dot_product_attention",
       lambda q, k, v: F.scaled_dot_product_attention(q, k, v), (2, 3, 4), (2, 5, 4), (2, 5, 4)),
+    C("lstm_layer", lambda x, h, c, wi, wh, bi, bh: _rnn.rnn_layer("LSTM", x, (h, c),
+                                                                   (wi, wh, bi, bh))[0],
+      (3, 2, 2), (2, 3), (2, 3), (12, 2), (12, 3), (12,), (12,)),
 ]
 
 
