@@ -35,6 +35,10 @@ def _two_lambdas(e):
     return 1.0 / (e + 1)
 
 
+def _decay_scale(x):
+    return 0.97 ** x
+
+
 # name -> (optimizer kind, factory(lr_scheduler module, optimizer))
 SCHEDULERS = {
     "StepLR": ("SGD", lambda m, o: m.StepLR(o, step_size=3, gamma=0.5)),
@@ -63,6 +67,16 @@ SCHEDULERS = {
                                                           div_factor=10.0)),
     "OneCycleLR-no-momentum": ("Adam", lambda m, o: m.OneCycleLR(
         o, max_lr=0.01, total_steps=STEPS, cycle_momentum=False)),
+    "CyclicLR": ("SGD", lambda m, o: m.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=4)),
+    "CyclicLR-triangular2": ("SGD", lambda m, o: m.CyclicLR(
+        o, base_lr=[0.01, 0.02], max_lr=[0.1, 0.3], step_size_up=3, step_size_down=5,
+        mode="triangular2", base_momentum=[0.8, 0.7], max_momentum=0.95)),
+    "CyclicLR-exp_range-adam": ("Adam", lambda m, o: m.CyclicLR(
+        o, base_lr=0.001, max_lr=0.01, step_size_up=3, mode="exp_range", gamma=0.9,
+        base_momentum=0.8, max_momentum=0.95)),
+    "CyclicLR-scale_fn": ("SGD", lambda m, o: m.CyclicLR(
+        o, base_lr=0.01, max_lr=0.05, step_size_up=2, scale_fn=_decay_scale,
+        scale_mode="iterations", cycle_momentum=False)),
     "SequentialLR": ("SGD", lambda m, o: m.SequentialLR(
         o, [m.LinearLR(o, start_factor=0.1, total_iters=5), m.CosineAnnealingLR(o, T_max=20)],
         milestones=[5])),
@@ -239,7 +253,8 @@ def test_one_cycle_errors():
 
 ROUND_TRIP = ["StepLR", "MultiStepLR", "CosineAnnealingLR", "LambdaLR", "LinearLR",
               "CosineAnnealingWarmRestarts", "OneCycleLR-three-phase", "OneCycleLR-adam",
-              "SequentialLR", "ChainedScheduler", "PolynomialLR"]
+              "SequentialLR", "ChainedScheduler", "PolynomialLR", "CyclicLR-triangular2",
+              "CyclicLR-exp_range-adam"]
 
 
 @pytest.mark.parametrize("name", ROUND_TRIP)
@@ -431,3 +446,40 @@ def test_lr_scheduler_alias_and_custom_subclass():
 def test_exported_names():
     assert set(S.__all__) <= set(dir(S))
     assert ddp.optim.lr_scheduler is S
+
+
+def test_cyclic_lr_saves_a_callable_scale_object_but_not_a_function():
+    class Scale:
+        def __init__(self, rate):
+            self.rate = rate
+
+        def __call__(self, x):
+            return self.rate ** x
+
+    opt = make_optimizer(ddp)
+    sched = S.CyclicLR(opt, 0.01, 0.1, step_size_up=2, scale_fn=Scale(0.5))
+    sd = sched.state_dict()
+    assert sd["_scale_fn_custom"] == {"rate": 0.5} and sd["scale_mode"] == "cycle"
+    other = S.CyclicLR(make_optimizer(ddp), 0.01, 0.1, step_size_up=2, scale_fn=Scale(0.9))
+    other.load_state_dict(sd)
+    assert other._scale_fn_custom.rate == 0.5
+    assert S.CyclicLR(make_optimizer(ddp), 0.01, 0.1, scale_fn=_decay_scale
+                      ).state_dict()["_scale_fn_custom"] is None
+    with pytest.raises(ValueError, match="mode is invalid and scale_fn is None"):
+        S.CyclicLR(make_optimizer(ddp), 0.01, 0.1, mode="sawtooth")
+    with pytest.raises(ValueError, match="optimizer must support momentum or beta1"):
+        S.CyclicLR(ddp.optim.Rprop([ddp.nn.Parameter(ddp.ones(1))]), 0.01, 0.1)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_state_dict_keys_match_torch(oracle, name):
+    def keys(lib):
+        kind, factory = SCHEDULERS[name]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sched = factory(lib.optim.lr_scheduler, make_optimizer(lib, kind))
+            sched.optimizer.step()
+            sched.step()
+        return " ".join(sorted(sched.state_dict()))  # one record entry
+
+    assert keys(ddp) == oracle(keys)
