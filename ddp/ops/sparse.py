@@ -9,8 +9,8 @@ from ..autograd.graph import Op
 
 
 class SparseMM(Op):
-    """``S @ D`` for a sparse ``S`` (n, k) and a dense ``D`` (k, m) or (k,): a dense result."""
-    once_differentiable = True   # the sparse product is SciPy/CuPy code, not recordable
+    """``S @ D`` for a sparse ``S`` (n, k) and a dense ``D`` (k, m) or (k,): a dense result.
+    Its backward is the same op with ``S^T``, so it is recorded under ``create_graph`` too."""
 
     @staticmethod
     def forward(ctx, d, s=None):
@@ -19,4 +19,4 @@ class SparseMM(Op):
 
     @staticmethod
     def backward(ctx, g):
-        return ctx.s.T @ g
+        return SparseMM.run(g, s=ctx.s.T.tocoo())

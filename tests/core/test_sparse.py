@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ddp
-from ddp.autograd import gradcheck
+from ddp.autograd import gradcheck, gradgradcheck
 
 IDX = np.array([[0, 1, 1, 2, 0], [2, 0, 0, 1, 2]])
 VAL = np.array([1.5, -2.0, 0.5, 3.0, 1.0])
@@ -64,10 +64,11 @@ def test_sparse_matches_torch(oracle):
 
 
 def test_gradient_to_the_dense_side_gradchecks():
+    """First and second derivatives: SparseMM's backward is SparseMM with S^T."""
     s = ddp.sparse_coo_tensor(IDX, VAL, (3, 3))
     d = ddp.tensor(np.random.default_rng(1).standard_normal((3, 2)), requires_grad=True)
-    assert gradcheck(lambda x: s @ x, (d,))
-    assert gradcheck(lambda x: x.t() @ s, (d,))
+    for fn in (lambda x: s @ x, lambda x: x.t() @ s, lambda x: (s @ x) * (s @ x)):
+        assert gradcheck(fn, (d,)) and gradgradcheck(fn, (d,))
 
 
 def test_sparse_errors():
