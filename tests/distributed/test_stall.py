@@ -148,15 +148,16 @@ def test_a_rank_running_one_step_more_stops_the_job_saying_where_each_rank_is(tm
     assert "finished, identical" not in out
     report = [line for line in err.splitlines() if line.startswith("[rank 0] ")]
     text = "\n".join(report)
-    assert "stopping the job" in text, err
-    assert f"of DDP's communicator" in text
+    assert "of DDP's communicator" in text, err
     assert f"[rank 0]   rank {last} started #" in text       # in its extra bucket allreduce
     assert "(model(x.float()).sum().backward())" in text      # its call site
-    for r in range(last):                                     # and the others
-        if after == "barrier":
+    if after == "barrier":    # the others wait in a barrier: the inspector stops the job
+        assert "stopping the job" in text, err
+        for r in range(last):
             assert f"[rank 0]   rank {r} waits in #" in text and ": Barrier at " in text
-        else:
-            assert f"[rank 0]   rank {r} has finished" in text
+    else:                     # the others' programs end: the launcher's exit watch or ours
+        assert "stopping the job" in text.lower(), err
+        assert "finished its script" in err or f"[rank 0]   rank 0 has finished" in text
 
 
 @needs_mpi
