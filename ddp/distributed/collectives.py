@@ -141,7 +141,9 @@ def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=Fal
         raise ValueError(f"all_gather_into_tensor: output has {out.size} elements, expected "
                          f"{pg.comm.size} x {arr.size}")
     what = _check_debug(pg, "all_gather_into_tensor", arr)
-    return _run(pg, async_op, lambda: pg.comm.Allgather(arr, out.reshape((pg.comm.size,) + arr.shape)), what=what)
+    return _run(pg, async_op,
+                lambda: pg.comm.Allgather(arr, out.reshape((pg.comm.size,) + arr.shape)),
+                what=what)
 
 
 def reduce_scatter_tensor(output, input, op=ReduceOp.SUM, group=None, async_op=False):

@@ -13,9 +13,12 @@ backward.
    collectives is identical everywhere whatever order gradients arrive in.
 3. An end-of-backward callback launches any bucket still waiting (parameters that got no
    gradient, zero-filled), waits for all of them, and writes the result to ``.grad``
-   (or leaves ``.grad`` as a view of the bucket). Without ``find_unused_parameters`` every rank
-   then compares notes in one tiny allreduce, so a parameter that got no gradient on some rank
-   is an error naming it on every rank, not a hang.
+   (or leaves ``.grad`` as a view of the bucket). The ranks compare notes through a few
+   status slots at the end of the last bucket, reduced with its gradients (no collective of
+   their own): a parameter that got no gradient on some rank is an error naming it on every
+   rank, not a hang; with ``find_unused_parameters`` a parameter unused on every rank keeps
+   ``grad is None``; and DDP learns whether any rank's buffers changed, so it broadcasts them
+   before the next forward only then.
 4. After the first iteration the bucket layout may be rebuilt once from the order gradients
    actually arrived in, rank 0's order broadcast to all.
 
@@ -70,7 +73,7 @@ class GradBucket:
 
     def buffer(self) -> Tensor:
         """The bucket's flat gradient buffer as a tensor (shares memory)."""
-        return Tensor._make(self._bucket.data)
+        return Tensor._make(self._bucket.grads)
 
     def gradients(self):
         return [Tensor._make(v) for v in self._bucket.views]
@@ -82,17 +85,20 @@ class GradBucket:
         return self._is_last
 
     def set_buffer(self, tensor):
-        self._bucket.data[...] = tensor._data
+        self._bucket.grads[...] = tensor._data
 
 
 class Bucket:
-    """A flat buffer holding the gradients of ``params`` (all of one dtype and device)."""
+    """A flat buffer holding the gradients of ``params`` (all of one dtype and device), then
+    ``tail`` status slots (the last bucket: see ``Reducer._local_status``)."""
 
-    def __init__(self, index, params, xp):
+    def __init__(self, index, params, xp, tail=0):
         self.index = index
         self.params = params
         sizes = [p._data.size for p in params]
-        self.data = xp.zeros(sum(sizes), dtype=params[0]._data.dtype)
+        self.data = xp.zeros(sum(sizes) + tail, dtype=params[0]._data.dtype)
+        self.grads = self.data[:sum(sizes)]   # what views and communication hooks see
+        self.tail = self.data[sum(sizes):]
         self.views, start = [], 0
         for p, n in zip(params, sizes):
             self.views.append(self.data[start:start + n].reshape(p._data.shape))
@@ -128,6 +134,12 @@ class Reducer:
         self._rebuilt = False
         self._in_backward = False
         self._unused = ()
+        self._none = []              # parameters filled with zeros (no gradient) this backward
+        # the status every backward shares (missing gradients, buffers changed, parameters
+        # used): carried in the last bucket's allreduce, not a collective of its own
+        self.status_size = 2 + (len(self.params) if find_unused_parameters else 0)
+        self.buffers_changed = None  # DDP's check: did this rank's buffers change since sync?
+        self.buffers_dirty = True    # some rank's buffers changed: broadcast before a forward
         self._build(list(range(len(self.params)))[::-1])
         self._handles = [p.register_post_accumulate_grad_hook(self._make_hook(i))
                          for i, p in enumerate(self.params)]
@@ -135,7 +147,7 @@ class Reducer:
     # ---------------------------------------------------------------- buckets
     def _build(self, order):
         """Buckets over parameter indices ``order``: per dtype/device, small first bucket."""
-        self.buckets, self.where = [], {}
+        self.buckets, self.where, groups = [], {}, []
         open_by_kind, size_by_kind, closed = {}, {}, set()
         for i in order:
             p = self.params[i]
@@ -143,16 +155,17 @@ class Reducer:
             group = open_by_kind.setdefault(kind, [])
             cap = self.cap_bytes if kind in closed else min(FIRST_BUCKET_BYTES, self.cap_bytes)
             if group and size_by_kind[kind] + p._data.nbytes > cap:
-                self._close(group)
+                groups.append(group)
                 closed.add(kind)
                 open_by_kind[kind] = group = []
             if not group:
                 size_by_kind[kind] = 0
             group.append(i)
             size_by_kind[kind] += p._data.nbytes
-        for group in open_by_kind.values():
-            if group:
-                self._close(group)
+        groups += [group for group in open_by_kind.values() if group]
+        for k, group in enumerate(groups):
+            last = k == len(groups) - 1
+            self._close(group, tail=self.status_size if last and self.world > 1 else 0)
         self.next_launch = 0
         self._ready = [False] * len(self.params)
         self._check_layout()
@@ -169,12 +182,12 @@ class Reducer:
             lines = "\n".join(f"  rank {r}: " + ", ".join(f"{n} x {d}" for d, n in layout)
                               for r, layout in enumerate(everyone))
             raise RuntimeError(f"DistributedDataParallel: the gradient buckets differ between "
-                               f"ranks (same model, bucket_cap_mb and parameter order needed "
-                               f"everywhere):\n{lines}")
+                               f"ranks (the same model, bucket_cap_mb and find_unused_parameters "
+                               f"are needed everywhere):\n{lines}")
 
-    def _close(self, indices):
+    def _close(self, indices, tail=0):
         xp = backend.get_array_module(self.params[indices[0]]._data)
-        bucket = Bucket(len(self.buckets), [self.params[i] for i in indices], xp)
+        bucket = Bucket(len(self.buckets), [self.params[i] for i in indices], xp, tail)
         for slot, i in enumerate(indices):
             self.where[i] = (bucket, slot)
         self.buckets.append(bucket)
@@ -215,6 +228,7 @@ class Reducer:
             b.reset()
         self.next_launch = 0
         self._ready = [False] * len(self.params)
+        self._none = []
         queue_callback(self.finalize)
         for i in self._unused:  # their gradient stays zero in the bucket
             self._fill(i, None)
@@ -244,6 +258,7 @@ class Reducer:
         scale = 1.0 if self.comm_hook is not None or self.divisor == 1 else 1.0 / self.divisor
         if grad is None:
             view[...] = 0
+            self._none.append(i)
         elif grad._data is view:          # accumulated straight into the bucket
             if scale != 1.0:
                 view *= scale
@@ -261,7 +276,12 @@ class Reducer:
             self._launch(self.buckets[self.next_launch])
             self.next_launch += 1
 
-    def _launch(self, bucket):
+    def _launch(self, bucket, joined=False):
+        if bucket.tail.size and self.comm_hook is None:
+            # the last bucket launches only once every gradient is in (buckets go in index
+            # order), so this rank's status is complete now
+            xp = backend.get_array_module(bucket.tail)
+            bucket.tail[...] = xp.asarray(self._local_status(joined), dtype=bucket.tail.dtype)
         if self.comm_hook is not None:
             bucket.work = self.comm_hook(self.comm_state,
                                          GradBucket(bucket, bucket.index == len(self.buckets) - 1))
@@ -283,11 +303,12 @@ class Reducer:
                 bucket.work.wait()
                 if self.comm_hook is not None:
                     self._take_hook_result(bucket, bucket.work.result())
+        status = self._global_status()
         unused_everywhere = set()
         if self.find_unused:
-            unused_everywhere = self._unused_on_every_rank(missing)
-        else:
-            self._check_everyone_had_gradients(missing)
+            unused_everywhere = {id(self.params[i]) for i in np.flatnonzero(status[2:] == 0)}
+        elif status[0]:
+            self._raise_missing(missing)
         for bucket in self.buckets:
             for p, view in zip(bucket.params, bucket.views):
                 if id(p) in unused_everywhere:
@@ -308,54 +329,68 @@ class Reducer:
             bucket.reset()
             bucket.data[...] = 0
         for bucket in self.buckets:
-            self._launch(bucket)
+            self._launch(bucket, joined=True)
         for bucket in self.buckets:
             if bucket.work is not None:
                 bucket.work.wait()
+        status = self._global_status(joined=True)
+        if not self.find_unused and status[0]:
+            self._raise_missing([])
+
+    # ---------------------------------------------------------------- the shared status
+    def _local_status(self, joined=False):
+        """This rank's part of the status, summed over the ranks: [ranks that missed
+        gradients, ranks whose buffers changed since the last broadcast, then (with
+        find_unused_parameters) one use count per parameter]. Small integers: exact in any
+        float dtype a bucket has (float16 to 2048 ranks), and only zero/non-zero matters."""
+        status = np.zeros(self.status_size)
+        if joined:
+            return status
         if self.find_unused:
-            self._unused_on_every_rank(range(len(self.params)))
+            status[2:] = 1.0
+            status[[2 + i for i in self._none]] = 0.0
+        elif self._none:
+            status[0] = 1.0
+        if self.buffers_changed is not None and self.buffers_changed():
+            status[1] = 1.0
+        return status
+
+    def _global_status(self, joined=False):
+        """The status summed over the ranks: read from the last bucket's allreduce, or (with a
+        communication hook, which may transform the buffer) from an allreduce of its own.
+        Records whether the buffers need a broadcast before the next forward."""
+        last = self.buckets[-1]
+        if self.world == 1:
+            status = self._local_status(joined)
+        elif self.comm_hook is None:
+            status = np.asarray(backend.to_host(last.tail), dtype=np.float64)
         else:
-            self._check_everyone_had_gradients([])
+            status = self._local_status(joined)
+            self.comm.Allreduce(status, "sum")
+        self.buffers_dirty = bool(status[1])
+        return status
+
+    def _raise_missing(self, missing):
+        """Some rank finished backward with parameters lacking a gradient: every rank (a
+        joined one too) learns which, on which rank, and raises the same error."""
+        mine = [self.names[i] for i in missing]
+        everyone = self.comm.allgather_obj(mine) if self.world > 1 else [mine]
+        where = "; ".join(f"rank {r}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+                          for r, names in enumerate(everyone) if names)
+        raise RuntimeError(
+            f"DistributedDataParallel: some parameters received no gradient ({where}). Every "
+            f"parameter that requires grad must take part in the loss on every rank; pass "
+            f"find_unused_parameters=True to DistributedDataParallel if some parameters are "
+            f"legitimately unused in some iterations, or set requires_grad=False on frozen "
+            f"ones.")
 
     @staticmethod
     def _take_hook_result(bucket, result):
         out = result[0] if isinstance(result, (list, tuple)) else result
         if out is not None:
             data = out._data if isinstance(out, Tensor) else out
-            if data is not bucket.data:
-                bucket.data[...] = data
-
-    def _unused_on_every_rank(self, missing):
-        """With ``find_unused_parameters``: the parameters (by id) that got no gradient on any
-        rank, from one allreduce of the per-parameter use counts. Their ``.grad`` is left as it
-        is (None in the first iteration), so optimizers skip them, as in PyTorch."""
-        used = np.ones(len(self.params))
-        used[list(missing) + list(self._unused)] = 0.0  # unused: known at forward
-        if self.world > 1:
-            self.comm.Allreduce(used, "sum")
-        return {id(self.params[i]) for i in np.flatnonzero(used == 0)}
-
-    def _check_everyone_had_gradients(self, missing):
-        """One small allreduce: did any rank finish backward with parameters lacking a
-        gradient? Then every rank raises (a joined one too), naming the first such
-        parameter."""
-        status = np.array([1.0 if missing else 0.0, float(missing[0] + 1) if missing else 0.0])
-        if self.world > 1:
-            self.comm.Allreduce(status, "sum")
-        if status[0]:
-            if missing:
-                names = ", ".join(self.names[i] for i in missing[:5])
-                where = f"on this rank ({names}{', ...' if len(missing) > 5 else ''})"
-            elif status[0] == 1:
-                where = f"on another rank (parameter '{self.names[int(status[1]) - 1]}')"
-            else:
-                where = f"on {int(status[0])} other ranks"
-            raise RuntimeError(
-                f"DistributedDataParallel: some parameters received no gradient {where}. Every "
-                f"parameter that requires grad must take part in the loss on every rank; pass "
-                f"find_unused_parameters=True to DistributedDataParallel if some parameters are "
-                f"legitimately unused in some iterations, or set requires_grad=False on frozen "
-                f"ones.")
+            if data is not bucket.grads:
+                bucket.grads[...] = data
 
     def remove_hooks(self):
         for h in self._handles:

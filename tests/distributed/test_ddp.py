@@ -178,6 +178,7 @@ def test_parameter_without_gradient_is_an_error_on_every_rank():
     with pytest.raises(RuntimeError, match="extra") as info:
         nn.CrossEntropyLoss()(model(shard(x), use_extra=(rank != 1)), shard(y)).backward()
     assert "find_unused_parameters=True" in str(info.value)
+    assert "(rank 1: extra.weight, extra.bias)" in str(info.value)   # the same on every rank
     # the group is still usable afterwards (no collective was left half done)
     t = ddp.ones(1)
     dist.all_reduce(t)
@@ -343,3 +344,88 @@ def test_bucket_layouts_that_differ_are_an_error_on_every_rank():
     t = ddp.ones(1)
     dist.all_reduce(t)
     assert t.item() == world
+
+
+class Counting:
+    """Counts the collectives DDP issues on its communicator (synchronous buckets)."""
+
+    def __init__(self, comm, monkeypatch):
+        self.calls = []
+        for name in ("Allreduce", "Bcast", "allgather_obj", "bcast_obj"):
+            method = getattr(comm, name)
+
+            def wrapped(*args, _name=name, _method=method, **kwargs):
+                self.calls.append(_name)
+                return _method(*args, **kwargs)
+            monkeypatch.setattr(comm, name, wrapped)
+
+    def take(self):
+        calls, self.calls = self.calls, []
+        return calls
+
+
+class WithBuffers(nn.Module):
+    """A constant buffer, and a counter that only the last rank bumps in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+        self.register_buffer("scale", ddp.ones(3, dtype=ddp.float64))
+        self.register_buffer("counter", ddp.zeros(1, dtype=ddp.float64))
+        self.bump = False
+
+    def forward(self, x):
+        if self.bump:
+            with ddp.no_grad():
+                self.counter += 1
+        return self.lin(x) * self.scale
+
+
+def test_the_status_rides_in_the_last_bucket_and_buffers_move_only_when_changed(monkeypatch):
+    monkeypatch.setenv("DDP_SYNC_COMM", "1")  # buckets allreduced synchronously: countable
+    rank, world = rank_world()
+    x, y = global_batch()
+    ddp.manual_seed(2)
+    model = DDP(WithBuffers().double(), bucket_cap_mb=0.0001)
+    count = Counting(model.comm, monkeypatch)
+    loss_fn = nn.CrossEntropyLoss()
+    buckets = len(model.reducer.buckets)
+    assert buckets > 1 and model.reducer.buckets[-1].tail.size == 2
+    for step in range(3):
+        loss_fn(model(shard(x)), shard(y)).backward()
+        calls = count.take()
+        # one allreduce per bucket and nothing else (the missing-gradient status and the
+        # buffer flag ride in the last one); the buffers move only before the first forward
+        assert calls.count("Allreduce") == buckets, calls
+        assert calls.count("Bcast") == (1 if step == 0 else 0), (step, calls)
+        rebuild = ["bcast_obj", "allgather_obj"] if step == 1 else []   # once: the new layout
+        assert sorted(calls) == sorted(["Allreduce"] * buckets + ["Bcast"] * (step == 0) +
+                                       rebuild), calls
+    # a buffer that changes on one rank only: broadcast before the next forward
+    model.module.bump = rank == world - 1
+    loss_fn(model(shard(x)), shard(y)).backward()
+    assert count.take().count("Bcast") == 0
+    model.module.bump = False
+    loss_fn(model(shard(x)), shard(y)).backward()
+    assert count.take().count("Bcast") == 1
+    assert model.module.counter.item() == 0.0             # rank 0's value everywhere
+    assert_same_on_every_rank([b.numpy() for b in model.module.buffers()])
+
+
+def test_batchnorm_statistics_still_follow_rank0_every_step():
+    rank, _ = rank_world()
+    x, y = global_batch()
+    ddp.manual_seed(0)
+    model = DDP(nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).double())
+    ddp.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).double()
+    for step in range(3):
+        nn.CrossEntropyLoss()(model(shard(x)), shard(y)).backward()
+    with ddp.no_grad():   # rank 0's statistics after its 3 batches (each forward starts from
+        for step in range(3):   # rank 0's buffers, broadcast because they changed)
+            reference(x[:4])
+    model.eval()
+    model(shard(x))       # the broadcast before this forward brings rank 0's statistics
+    np.testing.assert_allclose(model.module[1].running_mean.numpy(),
+                               reference[1].running_mean.numpy(), rtol=1e-12)
+    assert_same_on_every_rank([b.numpy() for b in model.module.buffers()])

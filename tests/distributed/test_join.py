@@ -177,3 +177,64 @@ def test_a_joinable_of_ones_own():
 def test_join_needs_a_joinable():
     with pytest.raises(ValueError, match="at least one joinable"):
         Join([])
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torch_or_none():
+    try:
+        import torch
+        return torch
+    except ImportError:
+        return None
+
+
+def test_uneven_inputs_match_pytorch_ddp_join(oracle):
+    """PyTorch's own DDP.join() (gloo, one torch rank per MPI rank, recorded on rank 0 per world
+    size) against ours: same initial weights, same uneven batches, same final parameters."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    comm = dist.get_communicator()
+    initial = params_np(make_model())
+    batches = [[tuple(t.numpy() for t in batch(r, s)) for s in range(counts(world)[r])]
+               for r in range(world)]
+    port = comm.bcast_obj(_free_port() if rank == 0 else None, 0)
+
+    def reference(torch):   # every rank runs its part of a torch job of the same size
+        import torch.distributed as tdist
+        tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                 world_size=world)
+        try:
+            net = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(),
+                                      torch.nn.Linear(6, 3)).double()
+            with torch.no_grad():
+                for p, v in zip(net.parameters(), initial):
+                    p.copy_(torch.tensor(v))
+            model = torch.nn.parallel.DistributedDataParallel(net)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            with model.join():
+                for x, y in batches[rank]:
+                    opt.zero_grad()
+                    torch.nn.functional.cross_entropy(model(torch.tensor(x)),
+                                                      torch.tensor(y)).backward()
+                    opt.step()
+            return [p.detach().numpy().copy() for p in net.parameters()]
+        finally:
+            tdist.destroy_process_group()
+
+    if rank == 0:      # the record is rank 0's (written once); live torch needs every rank
+        want = oracle(reference, key=f"world{world}")
+    else:
+        want = None
+        torch = _torch_or_none()
+        if torch is not None:
+            reference(torch)
+    want = comm.bcast_obj([np.asarray(w) for w in want] if rank == 0 else None, 0)
+    model = DDP(make_model())
+    train_uneven(model, rank, world)
+    for got, w in zip(params_np(model.module), want):
+        np.testing.assert_allclose(got, w, rtol=1e-10, atol=1e-12)

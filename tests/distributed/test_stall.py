@@ -157,7 +157,7 @@ def test_a_rank_running_one_step_more_stops_the_job_saying_where_each_rank_is(tm
             assert f"[rank 0]   rank {r} waits in #" in text and ": Barrier at " in text
     else:                     # the others' programs end: the launcher's exit watch or ours
         assert "stopping the job" in text.lower(), err
-        assert "finished its script" in err or f"[rank 0]   rank 0 has finished" in text
+        assert "finished its script" in err or "[rank 0]   rank 0 has finished" in text
 
 
 @needs_mpi

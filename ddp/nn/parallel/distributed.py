@@ -32,8 +32,11 @@ class DistributedDataParallel(Module, Joinable):
     - ``no_sync()`` skips the communication (gradients accumulate locally) until the next
       synchronised backward; parameters with ``requires_grad=False`` are left out;
       ``find_unused_parameters=True`` allows parameters that get no gradient in an iteration;
-      buffers (e.g. BatchNorm running stats) are broadcast from rank 0 before each forward
-      when ``broadcast_buffers``.
+      buffers (e.g. BatchNorm running stats) are broadcast from rank 0 before a forward
+      when ``broadcast_buffers`` and some rank's buffers changed since the last broadcast
+      (every training forward for BatchNorm; never for constant buffers), as learnt from the
+      last backward's status. Buffers changed between a backward and the next forward on some
+      ranks only are not noticed.
     - ``state_dict()`` has PyTorch's ``module.`` prefix, and loading accepts checkpoints with
       or without it (and the unwrapped module accepts both too).
     - Uneven inputs: inside ``with model.join():`` ranks that run out of batches shadow the
@@ -82,6 +85,10 @@ class DistributedDataParallel(Module, Joinable):
                               [b for _, b in module.named_buffers()])
         self.reducer = Reducer(named, self.comm, bucket_cap_mb, find_unused_parameters,
                                gradient_as_bucket_view)
+        self._buffer_copies = None
+        if broadcast_buffers and self.comm.size > 1 and any(True for _ in module.buffers()):
+            self._save_buffers()
+            self.reducer.buffers_changed = self._buffers_changed
         self._iteration = 0
 
     # ---------------------------------------------------------------- construction checks
@@ -163,8 +170,28 @@ class DistributedDataParallel(Module, Joinable):
             self.reducer.rebuild_from_arrivals()
         buffers = [b for _, b in self.module.named_buffers()]
         if self.broadcast_buffers and self.comm.size > 1 and buffers:
-            src = self._find_common_rank(not joined) if self._join_config.enable else 0
-            self._sync_from_rank0(buffers, src)
+            # only when some rank's buffers changed since the last broadcast (the last
+            # backward's status says; the same decision on every rank)
+            if self.reducer.buffers_dirty:
+                src = self._find_common_rank(not joined) if self._join_config.enable else 0
+                self._sync_from_rank0(buffers, src)
+                self._save_buffers()
+            self.reducer.buffers_dirty = True  # until a synchronised backward says otherwise
+
+    def _save_buffers(self):
+        self._buffer_copies = [b._data.copy() for b in self.module.buffers()]
+
+    def _buffers_changed(self):
+        """Whether this rank's buffers differ from what the last broadcast left (contents, not
+        version counters: any in-place write counts). Buffers are small next to gradients."""
+        buffers = list(self.module.buffers())
+        if self._buffer_copies is None or len(buffers) != len(self._buffer_copies):
+            return True
+        for b, c in zip(buffers, self._buffer_copies):
+            if b._data.shape != c.shape or b._data.dtype != c.dtype or \
+                    not bool(backend.get_array_module(c).array_equal(b._data, c)):
+                return True
+        return False
 
     # ---------------------------------------------------------------- uneven inputs
     def join(self, divide_by_initial_world_size=True, enable=True,
