@@ -19,9 +19,10 @@ import numpy as np
 
 from ... import backend
 from ...ops.autocast import autocast_op
+from ...autograd import graph
 from ...autograd.graph import Op
 from ...ops.shape import _along_axis_index
-from ...tensor import Tensor, where
+from ...tensor import where
 from ...ops.reduction import LogSoftmax, _log_softmax_array
 from ._activations import Softplus
 
@@ -276,14 +277,11 @@ class CrossEntropy(Op):
         return gx, gt
 
 
-def _class_distribution(name, input, target, weight, ignore_index, label_smoothing):
-    """Check class-index targets and turn them into a dense target distribution.
-
-    ``input`` is ``(N, C, d1, ...)`` or ``(C,)``; ``target`` integer ``(N, d1, ...)`` or ``()``.
-    Returns ``(dist, dim, weight_sum)``: ``dist`` has the input's shape and holds
-    ``(1 - eps) w[y] onehot(y) + eps / C * w`` (zero for ignored targets); ``weight_sum`` is
-    ``sum(w[y])`` over the targets not ignored, the denominator of ``'mean'``.
-    """
+def _class_targets(name, input, target, weight, ignore_index):
+    """Check class-index targets. ``input`` is ``(N, C, d1, ...)`` or ``(C,)``; ``target``
+    integer ``(N, d1, ...)`` or ``()``. Returns ``(y, valid, w, dim)``: the indices with ignored
+    ones set to 0, the mask of those kept, the class weights (ones without ``weight``) in the
+    input's dtype, and the class dimension."""
     if target.dtype.is_floating_point or target.dtype.name == "bool":
         hint = "; probability targets must have the input's shape" \
             if name == "cross_entropy" else ""
@@ -312,22 +310,134 @@ def _class_distribution(name, input, target, weight, ignore_index, label_smoothi
         raise IndexError(f"{name}: Target {value} is out of bounds (expected class indices in "
                          f"[0, {n_classes - 1}] or ignore_index={ignore_index}; input "
                          f"{tuple(input.shape)}, target {tuple(target.shape)}).")
-    safe = xp.where(valid, y, 0)
-    w = xp.ones(n_classes, dtype=x.dtype)
     if weight is not None:
         if weight.ndim != 1 or weight.shape[0] != n_classes:
             raise RuntimeError(f"{name}: weight tensor should be defined either for all "
                                f"{n_classes} classes or no classes but got weight tensor of shape: "
                                f"{list(weight.shape)}")
         w = backend.to_device(weight._data, input.device).astype(x.dtype, copy=False)
-    w_y = w[safe] * valid
-    dist = xp.zeros(x.shape, dtype=x.dtype)
-    dist[_along_axis_index(xp.expand_dims(safe, dim), dim)] = \
-        xp.expand_dims(w_y * (1 - label_smoothing), dim)
-    if label_smoothing > 0:
-        class_shape = (n_classes,) + (1,) * (input.ndim - dim - 1)
-        dist += (label_smoothing / n_classes) * w.reshape(class_shape) * xp.expand_dims(valid, dim)
-    return dist, dim, Tensor._make(w_y.sum())
+    else:
+        w = None
+    safe = xp.where(valid, y, 0)
+    return safe, valid, w, dim
+
+
+def _class_index(y, dim):
+    """``(index, values_shape)``: the index tuple that picks class ``y`` of every sample along
+    ``dim``, and the shape per-sample values take to be stored through it."""
+    xp = backend.get_array_module(y)
+    if y.ndim == 0:
+        return (y,), ()
+    if y.ndim == 1 and dim == 1:   # (N, C): the common case, without an open grid
+        return (xp.arange(y.shape[0]), y), y.shape
+    index = xp.expand_dims(y, dim)
+    return _along_axis_index(index, dim), index.shape
+
+
+class ClassCrossEntropy(Op):
+    """Cross entropy of logits (``log_softmax=True``) or negative log likelihood of
+    log-probabilities against class indices, reduced, in one node:
+    ``l = -(1 - eps) w[y] logp[y] - eps / C sum_c w_c logp_c`` for the targets kept, summed
+    (``'sum'``), divided by ``sum w[y]`` (``'mean'``) or per sample (``'none'``).
+
+    Inputs: ``x`` and the arrays from :func:`_class_targets` (no gradient). Saved: the
+    indices, the per-sample weights and, for cross entropy, the softmax ``p`` (the size of
+    the log-probabilities; an extra output, so that under ``create_graph`` it is on the graph
+    and backward differentiates again) — no dense N x C target, no copy of ``x``. Backward:
+    ``gx = p * g W - g (1 - eps) w[y] onehot(y) - g eps / C w`` with
+    ``W = (1 - eps) w[y] + eps / C sum w`` (the target distribution's total)."""
+
+    @staticmethod
+    def forward(ctx, x, y, valid, w, dim=1, smoothing=0.0, reduction="mean", log_softmax=True):
+        xp = backend.get_array_module(x)
+        n_classes = x.shape[dim]
+        idx, _ = _class_index(y, dim)
+        w_y = valid.astype(x.dtype) if w is None else w[y] * valid
+        if log_softmax:   # softmax p and the picked log-probabilities, in five passes over x
+            shift = x.max(axis=dim, keepdims=True)
+            p = x - shift
+            xp.exp(p, out=p)
+            total = p.sum(axis=dim, keepdims=True)
+            shift += xp.log(total)         # log sum exp
+            loss = (x[idx] - shift[idx[:-1] + (0,)] if dim == x.ndim - 1 and x.ndim > 1 else
+                    (x - shift)[idx]).reshape(y.shape) * (-(1 - smoothing) * w_y)
+            p /= total
+        else:
+            p = None
+            loss = x[idx].reshape(y.shape) * (-(1 - smoothing) * w_y)
+        if smoothing > 0:   # sum_c w_c logp_c
+            wx = x.sum(axis=dim) if w is None else \
+                (x * w.reshape((n_classes,) + (1,) * (x.ndim - dim - 1))).sum(axis=dim)
+            if log_softmax:
+                wx = wx - (n_classes if w is None else w.sum()) * shift.reshape(wx.shape)
+            loss -= (smoothing / n_classes) * wx * valid
+        denominator = None
+        if reduction == "mean":
+            denominator = w_y.sum()
+            loss = loss.sum() / denominator
+        elif reduction == "sum":
+            loss = loss.sum()
+        if loss.dtype != x.dtype:
+            loss = loss.astype(x.dtype)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(p)
+        ctx.y, ctx.valid, ctx.w, ctx.w_y, ctx.denominator = y, valid, w, w_y, denominator
+        ctx.dim, ctx.smoothing, ctx.reduction, ctx.log_softmax = dim, smoothing, reduction, \
+            log_softmax
+        ctx.x_meta = (x.shape, x.dtype)
+        return (loss, p) if log_softmax else loss
+
+    @staticmethod
+    def backward(ctx, g, g_p=None):
+        p, = ctx.saved_tensors
+        xp = ctx.xp
+        dim, eps = ctx.dim, ctx.smoothing
+        shape, dtype = ctx.x_meta
+        n_classes = shape[dim]
+        arrays = xp is not graph.tensor_xp
+        gx = None
+        if g is not None:
+            if ctx.reduction == "mean":
+                g = g / ctx.denominator
+            gs = g * ctx.w_y if arrays else g * graph.Tensor._make(ctx.w_y)  # per sample
+            w = ctx.w
+            if ctx.log_softmax:
+                total = (1 - eps) * ctx.w_y
+                if eps > 0:
+                    total = total + (eps / n_classes) * (n_classes if w is None else w.sum()) \
+                        * ctx.valid
+                gt = g * total if arrays else g * graph.Tensor._make(total)
+                gx = p * xp.expand_dims(gt, dim)
+            elif arrays:
+                gx = backend.get_array_module(ctx.y).zeros(shape, dtype)
+            idx, at = _class_index(ctx.y, dim)
+            if arrays:
+                gx[idx] -= ((1 - eps) * gs).reshape(at)
+            else:   # under create_graph: the one-hot part as a dense constant times g
+                onehot = backend.get_array_module(ctx.y).zeros(shape, dtype)
+                onehot[idx] = 1 - eps
+                part = xp.expand_dims(gs, dim) * graph.Tensor._make(onehot)
+                gx = -part if gx is None else gx - part
+            if eps > 0:
+                ws = 1 if w is None else w.reshape((n_classes,) + (1,) * (len(shape) - dim - 1))
+                if not arrays and w is not None:
+                    ws = graph.Tensor._make(ws)
+                valid = ctx.valid if arrays else graph.Tensor._make(ctx.valid.astype(dtype))
+                gx = gx - xp.expand_dims(g * valid, dim) * ((eps / n_classes) * ws)
+        if g_p is not None:   # through the saved softmax (double backward)
+            part = p * (g_p - (p * g_p).sum(axis=dim, keepdims=True))
+            gx = part if gx is None else gx + part
+        return gx, None, None, None
+
+
+def _class_loss(name, input, target, weight, ignore_index, label_smoothing, reduction,
+                log_softmax):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    y, valid, w, dim = _class_targets(name, input, target, weight, ignore_index)
+    out = ClassCrossEntropy.apply(input, y, valid, w, dim=dim, smoothing=label_smoothing,
+                          reduction=reduction, log_softmax=log_softmax)
+    return out[0] if log_softmax else out
 
 
 @autocast_op("nll_loss")
@@ -342,10 +452,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         tensor(2.)
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    dist, dim, weight_sum = _class_distribution("nll_loss", input, target, weight, ignore_index,
-                                                0.0)
-    loss = -(input * Tensor._make(dist)).sum(dim)
-    return _reduce(loss, reduction, weight_sum)
+    return _class_loss("nll_loss", input, target, weight, ignore_index, 0.0, reduction, False)
 
 
 @autocast_op("cross_entropy")
@@ -366,9 +473,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         raise ValueError(f"cross_entropy: label_smoothing must be between 0.0 and 1.0. Got: "
                          f"{label_smoothing}")
     if target.shape != input.shape:
-        dist, dim, weight_sum = _class_distribution("cross_entropy", input, target, weight,
-                                                    ignore_index, label_smoothing)
-        return _reduce(CrossEntropy.apply(input, dist, dim=dim), reduction, weight_sum)
+        return _class_loss("cross_entropy", input, target, weight, ignore_index, label_smoothing,
+                           reduction, True)
     # class probabilities
     if not target.dtype.is_floating_point:
         raise RuntimeError(f"cross_entropy: Expected floating point type for target with class "
