@@ -72,6 +72,7 @@ def _script_exit(code):
         where_ = f"{frame.f_code.co_filename}:{frame.f_lineno}"
         if code == 0:
             _flush_all()
+            _tell_stall_inspector()
             peers.finish(0, "os._exit(0)", where=where_)
         else:
             peers.failing()
@@ -214,6 +215,19 @@ def _signal_grace() -> float:
         return SIGNAL_GRACE_SECONDS
 
 
+def _tell_stall_inspector() -> None:
+    """The stall inspector (``ddp.distributed.stall``) learns that this rank has finished
+    when the script ends, not only at exit: the rank now waits at the exit barrier, and the
+    inspector's reports should say "has finished" for it, not "is computing"."""
+    stall = sys.modules.get("ddp.distributed.stall")
+    inspector = getattr(stall, "_inspector", None)
+    if inspector is not None and getattr(inspector, "comm", None) is not None:
+        try:
+            inspector.report(("exit",))
+        except Exception:  # the inspector is a helper; finishing must not fail on it
+            pass
+
+
 def finished(code: int, how: str, where=None) -> None:
     """The script of this rank ended with ``code`` (0, or 128 + a signal): wait for the other
     ranks to finish too (a signal: for the grace period at most, then the job is stopped), so
@@ -223,6 +237,7 @@ def finished(code: int, how: str, where=None) -> None:
         if _state["size"] > 1 and code != 0:
             abort(code)
         return
+    _tell_stall_inspector()
     if code == 0:
         peers.finish(0, how, where=where)
     elif not peers.finish(code, how, wait=_signal_grace(), where=where):
