@@ -30,8 +30,10 @@ def rprop_update(param, grad, prev, step_size, *, etaminus, etaplus, step_size_m
         >>> p, prev, size = np.ones(2, np.float32), np.ones(2, np.float32), np.ones(2, np.float32)
         >>> rprop_update(p, np.array([1, -1], np.float32), prev, size, etaminus=0.5, etaplus=1.2,
         ...              step_size_min=1e-6, step_size_max=50, maximize=False)
-        >>> p, size, prev                       # grew where the sign held, shrank where it flipped
-        (array([-0.20000005,  1.        ], dtype=float32), array([1.2, 0.5], dtype=float32), array([1., 0.], dtype=float32))
+        >>> size, prev                          # grew where the sign held, shrank where it flipped
+        (array([1.2, 0.5], dtype=float32), array([1., 0.], dtype=float32))
+        >>> p                                   # no step where the sign flipped
+        array([-0.20000005,  1.        ], dtype=float32)
     """
     xp = backend.get_array_module(param)
     t1, t2 = scratch if scratch is not None else (xp.empty_like(param), xp.empty_like(param))
