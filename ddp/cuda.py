@@ -60,6 +60,36 @@ class device:
         return False
 
 
+class device:
+    """``with ddp.cuda.device(1):`` makes GPU 1 current inside the block, then restores the
+    previous one; ``None`` or a negative index changes nothing (PyTorch's rule)."""
+
+    def __init__(self, device):
+        self.idx = _index(device)
+        self.prev = None
+
+    def __enter__(self):
+        if self.idx is not None and self.idx >= 0:
+            self.prev = current_device()
+            if self.prev != self.idx:
+                set_device(self.idx)
+        return self
+
+    def __exit__(self, *exc):
+        if self.prev is not None and self.prev != self.idx:
+            set_device(self.prev)
+        return False
+
+
+def _index(dev):
+    if dev is None or isinstance(dev, int):
+        return dev
+    d = backend.as_device(dev)
+    if d.type != "cuda":
+        raise ValueError(f"Expected a cuda device, but got: {d}")
+    return d.index or 0
+
+
 def synchronize(device=None) -> None:
     """Wait until all work queued on ``device`` (the current GPU by default) has finished."""
     if is_available():

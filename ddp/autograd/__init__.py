@@ -15,6 +15,7 @@ from .grad_mode import (detect_anomaly, enable_grad, inference_mode, is_anomaly_
                         is_grad_enabled, no_grad, set_detect_anomaly, set_grad_enabled)
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck
 from .gradients import backward, grad
+from . import graph as _graph
 from .graph import Node
 
 __all__ = ["backward", "grad", "Function", "FunctionCtx", "once_differentiable", "no_grad",
@@ -28,6 +29,29 @@ class _ExecutionEngine:
     queue_callback = staticmethod(queue_callback)
 
 
-class Variable:
-    """PyTorch's old name for a tensor; kept for ``Variable._execution_engine``."""
+class _VariableMeta(type):
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, _graph.Tensor)
+
+
+class Variable(metaclass=_VariableMeta):
+    """PyTorch's old name for a tensor: ``Variable(t, requires_grad=False)`` is a new leaf on
+    ``t``'s data (requiring grad when asked); every tensor is an instance. ``volatile`` (removed in PyTorch 0.4) is accepted and ignored, as PyTorch warns.
+    ``Variable._execution_engine.queue_callback`` is the engine's callback queue.
+
+    Example:
+        >>> v = ddp.autograd.Variable(ddp.ones(2), requires_grad=True)
+        >>> v.requires_grad, isinstance(ddp.ones(1), ddp.autograd.Variable)
+        (True, True)
+    """
     _execution_engine = _ExecutionEngine()
+
+    def __new__(cls, data=None, requires_grad=False, volatile=False):
+        if data is None:
+            raise TypeError("Variable(): expected a Tensor (PyTorch's Variable() needs data "
+                            "here)")
+        if not isinstance(data, _graph.Tensor):
+            raise TypeError(f"Variable data has to be a tensor, but got "
+                            f"{type(data).__name__}")
+        out = data.detach()          # a new tensor on the same data, as PyTorch's
+        return out.requires_grad_(bool(requires_grad)) if requires_grad and not volatile else out

@@ -12,6 +12,7 @@ from .parameter import Buffer, Parameter
 from .container import (Container, ModuleDict, ModuleList, ParameterDict, ParameterList,
                         Sequential)
 from . import init, parallel, utils
+from .parallel import DataParallel  # noqa: F401  (PyTorch's nn.DataParallel)
 
 from . import functional
 

@@ -106,3 +106,59 @@ def test_load_default_follows_torchs_environment_switch(tmp_path, monkeypatch):
     with pytest.raises(pickle.UnpicklingError):
         ddp.load(path)
     assert isinstance(ddp.load(path, weights_only=False), ddp.nn.Linear)
+
+
+def test_data_parallel_is_a_plain_wrapper_like_torchs(oracle):
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+
+    def reference(torch):
+        inner = torch.nn.Linear(3, 2)
+        net = torch.nn.DataParallel(inner)          # no GPU: a plain wrapper in torch too
+        y = net(torch.tensor(x))
+        y.sum().backward()
+        return {"state": {k.replace(".", "_"): v.numpy() for k, v in net.state_dict().items()},
+                "keys": list(net.state_dict()), "y": y.detach().numpy(),
+                "gw": inner.weight.grad.numpy(), "repr": repr(net)}
+
+    ref = oracle(reference)
+    inner = ddp.nn.Linear(3, 2)
+    net = ddp.nn.DataParallel(inner)
+    net.load_state_dict({k: ddp.tensor(ref["state"][k.replace(".", "_")]) for k in ref["keys"]})
+    assert list(net.state_dict()) == list(ref["keys"]) and repr(net) == ref["repr"]
+    assert net.module is inner
+    y = net(ddp.tensor(x))
+    y.sum().backward()
+    np.testing.assert_allclose(y.detach().numpy(), ref["y"], rtol=1e-6)
+    np.testing.assert_allclose(inner.weight.grad.numpy(), ref["gw"], rtol=1e-6)
+    np.testing.assert_allclose(ddp.nn.parallel.data_parallel(inner, ddp.tensor(x)).detach()
+                               .numpy(), ref["y"], rtol=1e-6)    # the same module, called
+
+
+def test_variable_like_torchs(oracle):
+    def reference(torch):
+        from torch.autograd import Variable
+        t = torch.ones(2)
+        v = Variable(t, requires_grad=True)
+        (v * 3).sum().backward()
+        return {"same": Variable(t) is t, "leaf": v.is_leaf, "rg": v.requires_grad,
+                "grad": v.grad.numpy(), "isinstance": isinstance(t, Variable),
+                "shares": v.data_ptr() == t.data_ptr()}
+
+    ref = oracle(reference)
+    from ddp.autograd import Variable
+    t = ddp.ones(2)
+    v = Variable(t, requires_grad=True)
+    (v * 3).sum().backward()
+    assert (Variable(t) is t, v.is_leaf, v.requires_grad, isinstance(t, Variable)) == \
+        (ref["same"], ref["leaf"], ref["rg"], ref["isinstance"])
+    np.testing.assert_allclose(v.grad.numpy(), ref["grad"])
+    assert (v.data_ptr() == t.data_ptr()) == ref["shares"]
+    with pytest.raises(TypeError, match="Variable data has to be a tensor"):
+        Variable([1.0, 2.0])
+
+
+def test_cuda_device_context_is_a_no_op_for_none_and_negative():
+    with ddp.cuda.device(None), ddp.cuda.device(-1):
+        pass
+    with pytest.raises(ValueError, match="Expected a cuda device"):
+        ddp.cuda.device("cpu")
