@@ -82,20 +82,25 @@ def describe(frame):
         >>> import sys; describe(sys._getframe())[0] is None
         True
     """
+    return _describe(frame)[:2]
+
+
+def _describe(frame):
+    """:func:`describe` and the outermost ``ddp.distributed`` frame itself (None outside)."""
     ddp_dir, dist_dir = _folders()
     f = frame
     while f is not None and _is_plumbing(os.path.abspath(f.f_code.co_filename)):
         f = f.f_back
-    collective = None
+    collective = entry = None
     while f is not None and os.path.abspath(f.f_code.co_filename).startswith(dist_dir):
-        collective = f.f_code.co_name
+        collective, entry = f.f_code.co_name, f
         f = f.f_back
     while f is not None and (os.path.abspath(f.f_code.co_filename).startswith(ddp_dir)
                              or _is_plumbing(os.path.abspath(f.f_code.co_filename))
                              or f.f_code.co_filename.startswith("<frozen")):
         f = f.f_back
     site = "?" if f is None else f"{f.f_code.co_filename}:{f.f_lineno}"
-    return collective, site
+    return collective, site, entry
 
 
 def _ranks(ranks):
@@ -147,6 +152,7 @@ class Peers:
         self._closed = False
         # the local main thread: (since, collective, site) while it waits in ddp.distributed
         self._stuck_since = None
+        self._entry = None          # the outermost ddp.distributed frame of that wait
         self._reported = None
         self._finished = None       # how this rank finished (a message to the hub)
         # the hub's view of every rank (rank 0 only)
@@ -200,13 +206,16 @@ class Peers:
         frame = sys._current_frames().get(self._main)
         if frame is None:
             return None
-        collective, site = describe(frame)
+        collective, site, entry = _describe(frame)
         del frame
         if collective is None:
-            self._stuck_since = None
+            self._stuck_since = self._entry = None
             return None
-        if self._stuck_since is None or self._stuck_since[1:] != (collective, site):
+        # A new call (even of the same collective from the same line, in a loop) is a new
+        # frame; holding the previous one keeps its identity from being reused meanwhile.
+        if self._stuck_since is None or entry is not self._entry:
             self._stuck_since = (now, collective, site)
+        self._entry = entry
         return self._stuck_since
 
     def _run(self):

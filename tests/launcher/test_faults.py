@@ -135,6 +135,29 @@ def test_ranks_that_all_finish_succeed_even_when_one_is_much_later(tmp_path):
 
 
 @needs_mpi
+def test_ranks_that_go_on_in_a_sub_group_after_one_finished_are_not_stopped(tmp_path):
+    """Rank 0 finishes; ranks 1 and 2 keep calling sub-group collectives (always inside
+    ddp.distributed, from the same line) for longer than the grace period: legitimate."""
+    path = script(tmp_path, """
+        import time
+        import ddp, ddp.distributed as dist
+        dist.init_process_group()
+        group = dist.new_group([1, 2])
+        t = ddp.ones(1)
+        if dist.get_rank() in (1, 2):
+            end, calls = time.monotonic() + 8, 0
+            while time.monotonic() < end:
+                dist.all_reduce(t, group=group)
+                calls += 1
+            print("sub-group calls > 10:", calls > 10)
+    """)
+    code, out, err, _ = launcher("-n", 3, path, timeout=TIMEOUT)
+    assert code == 0, err
+    assert out.count("sub-group calls > 10: True") == 2
+    assert "launcher: rank" not in err
+
+
+@needs_mpi
 def test_stall_before_init_process_group_is_reported(tmp_path):
     path = script(tmp_path, """
         import os, time
