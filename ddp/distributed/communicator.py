@@ -36,9 +36,10 @@ class Work:
         >>> work.wait()
         True
     """
-    __slots__ = ("_event", "_error", "_value", "_callbacks", "_lock")
+    __slots__ = ("_event", "_error", "_value", "_callbacks", "_lock", "_on_wait")
 
     def __init__(self):
+        self._on_wait = None   # called when someone starts waiting on it (the stall inspector)
         self._event = threading.Event()
         self._error = None
         self._value = None
@@ -60,6 +61,8 @@ class Work:
             cb(self)
 
     def wait(self, timeout=None):
+        if self._on_wait is not None and not self._event.is_set():
+            self._on_wait()
         if not self._event.wait(timeout):
             raise TimeoutError("collective did not complete in time")
         if self._error is not None:

@@ -219,6 +219,8 @@ class MPICommunicator(Communicator):
                                             daemon=True)
             self._thread.start()
         work = Work()
+        if self._stall is not None:
+            work._on_wait = self._stall.waiter()
         with self._pending_lock:
             self._pending += 1
         self._queue.put((work, fn, args, backend.thread_gpu()))
@@ -277,6 +279,8 @@ class MPICommunicator(Communicator):
         buf, mpi_op = _reduce_args(host, op)
         work = _RequestWork(self.comm.Iallreduce(mpi().IN_PLACE, buf, op=mpi_op),
                             (array, host, buf), back)
+        if self._stall is not None:
+            work._on_wait = self._stall.waiter()
         self._outstanding.append(work)
         return work
 
@@ -349,6 +353,8 @@ class _RequestWork(Work):
 
     def wait(self, timeout=None):
         if not self._event.is_set():
+            if self._on_wait is not None:
+                self._on_wait()
             self._request.Wait()
             self._complete()
         return True

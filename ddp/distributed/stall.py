@@ -9,7 +9,8 @@ without it, and off for a single rank). One inspector per process watches every 
   collective's number on it (the same on every rank of a correct program), whether the rank
   blocks in it or only started it (asynchronous), its signature and the user's call site. A
   non-blocking ``isend`` on a private duplicate of ``COMM_WORLD``: it never matches user
-  messages and never waits. At exit a rank reports that it has finished.
+  messages and never waits. A rank also reports when it starts waiting for an asynchronous
+  collective it started (``Work.wait``), and at exit that it has finished.
 - a daemon thread on world rank 0 receives the reports and, when some ranks reached
   collective #k of a channel more than S seconds ago and others have not, prints a warning
   listing what each rank of the job is doing; repeated every S seconds while it lasts.
@@ -103,6 +104,12 @@ class Channel:
             site = call_site()
         self._seq += 1
         self.inspector.report(("at", self.cid, self._seq, blocking, sig, site))
+
+    def waiter(self):
+        """A callable for the :class:`Work` of the collective just reported: the rank now
+        blocks until that asynchronous collective completes."""
+        cid, seq, inspector = self.cid, self._seq, self.inspector
+        return lambda: inspector.report(("wait", cid, seq))
 
     def child(self, label, mpi_comm, checked):
         """The channel of a communicator made from this one (split or dup; every rank of this
@@ -205,6 +212,15 @@ class StallInspector:
             if not ch["checked"]:
                 ch["sigs"].setdefault(seq, {})[source] = (sig, site)
             self._current[source] = (cid, seq, blocking, sig, site)
+        elif kind == "wait":      # blocks on an asynchronous collective it started
+            _, cid, seq = message
+            cur = self._current.get(source)
+            if cur is not None and cur[:2] == (cid, seq):
+                self._current[source] = (cid, seq, True) + cur[3:]
+            else:
+                ch = self._channels.get(cid)
+                first = ch["first"].get(seq) if ch is not None else None
+                self._current[source] = (cid, seq, True, first[1] if first else ("?",), "?")
         elif kind == "close":
             self._channels.pop(message[1], None)
         elif kind == "exit":

@@ -149,7 +149,7 @@ def test_a_rank_running_one_step_more_stops_the_job_saying_where_each_rank_is(tm
     report = [line for line in err.splitlines() if line.startswith("[rank 0] ")]
     text = "\n".join(report)
     assert "of DDP's communicator" in text, err
-    assert f"[rank 0]   rank {last} started #" in text       # in its extra bucket allreduce
+    assert f"[rank 0]   rank {last} waits in #" in text      # in its extra bucket allreduce
     assert "(model(x.float()).sum().backward())" in text      # its call site
     if after == "barrier":    # the others wait in a barrier: the inspector stops the job
         assert "stopping the job" in text, err
@@ -192,8 +192,51 @@ def test_a_user_collective_racing_ddps_bucket_allreduce_is_reported(tmp_path):
     assert rc != 0 and "unreachable" not in out
     assert "[rank 0]   rank 0 waits in #" in err and "Allreduce float32 (1,) op=sum at " in err
     assert "(dist.all_reduce(metric)        # before backward on rank 0)" in err
-    assert "[rank 0]   rank 1 started #" in err and "of DDP's communicator" in err
+    assert "[rank 0]   rank 1 waits in #" in err and "of DDP's communicator" in err
     assert "(loss.backward())" in err and "stopping the job" in err
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode", ["thread", "nonblocking"])
+def test_ranks_waiting_on_asynchronous_collectives_of_different_groups_stop_the_job(tmp_path,
+                                                                                   mode):
+    body = """
+        import ddp, ddp.nn as nn, ddp.distributed as dist
+        from ddp.nn.parallel import DistributedDataParallel as DDP
+        dist.init_process_group()
+        rank = dist.get_rank()
+        ddp.manual_seed(0)
+        model = DDP(nn.Linear(4, 2))
+        loss = model(ddp.randn(3, 4)).sum()
+        metric = loss.detach().reshape(1)
+        if rank == 0:
+            dist.all_reduce(metric, async_op=True).wait()
+        loss.backward()
+        if rank != 0:
+            dist.all_reduce(metric, async_op=True).wait()
+        print("unreachable")
+    """
+    rc, out, err = launch(tmp_path, body, env={"DDP_COMM_MODE": mode})
+    assert rc != 0 and "unreachable" not in out
+    assert "[rank 0]   rank 0 waits in #" in err and ": all_reduce (async) float32 (1,) at " in err
+    assert "[rank 0]   rank 1 waits in #" in err and "of DDP's communicator" in err
+    assert "stopping the job" in err
+
+
+def test_a_rank_waiting_on_its_asynchronous_collective_counts_as_blocked():
+    insp = inspector(2)
+    world, other = (1,), (1, 1)
+    for r in range(2):
+        insp._receive(r, ("chan", world, "the world group", [0, 1], True), 0.0)
+        insp._receive(r, ("chan", other, "DDP's communicator", [0, 1], False), 0.0)
+    insp._receive(0, ("at", world, 1, False, sig("all_reduce (async)"), "t.py:3"), 0.0)
+    insp._receive(1, ("at", other, 1, False, sig("Iallreduce"), "t.py:4"), 0.0)
+    message, stop = insp._check(5.0)
+    assert not stop and "  rank 0 started #1: all_reduce (async)" in message  # may go on
+    insp._receive(0, ("wait", world, 1), 6.0)
+    insp._receive(1, ("wait", other, 1), 6.0)
+    message, stop = insp._check(9.0)
+    assert stop and "  rank 0 waits in #1: all_reduce (async)" in message
 
 
 # ---------------------------------------------------------------- bookkeeping on world rank 0
