@@ -283,10 +283,11 @@ def _watchdog(sock):
         for signum in data:
             if signum not in (signal.SIGTERM, signal.SIGINT):
                 continue
+            if signal.getsignal(signum) is not _on_signal:
+                continue  # the script handles it (ddp.training.Checkpoint stops at a step end,
+                # on every rank together even when only some ranks received the signal)
             if _state["peers"] is not None:
                 _state["peers"].signalled(signum)
-            if signal.getsignal(signum) is not _on_signal:
-                continue  # the script handles it (ddp.training.Checkpoint stops at a step end)
             if _handled.wait(GRACE_SECONDS):
                 continue
             name = signal.Signals(signum).name

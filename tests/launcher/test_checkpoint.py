@@ -49,7 +49,8 @@ TRAIN = """
                 opt.step()
                 ckpt.step()
                 if ckpt.global_step == 3:
-                    open(os.path.join(out, f"ready{rank}"), "w").close()
+                    with open(os.path.join(out, f"ready{rank}"), "w") as f:
+                        f.write(str(os.getpid()))
                 if rank == 1 and ckpt.global_step == crash_at and not os.path.exists(
                         os.path.join(out, "crashed")):
                     open(os.path.join(out, "crashed"), "w").close()
@@ -107,6 +108,30 @@ def test_sigterm_mid_training_always_leaves_the_checkpoint_and_resumes_exactly(t
         assert code == 0, err
         assert f"[rank 0] resumed at step {stopped[0]}" in out
         np.testing.assert_array_equal(np.load(run / "final.npy"), expected)
+
+
+@needs_mpi
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """``kill`` of one rank's pid (a node's preemption notice): the agreement at the end of
+    the step stops all ranks together, with the checkpoint, and the job exits with 143."""
+    path = script(tmp_path, TRAIN)
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = _start([sys.executable, "-m", "launcher", "-n", "2", str(path), str(run)],
+                  env=_env(STEP_SECONDS=0.3, EVERY=1000))
+    deadline = time.monotonic() + TIMEOUT
+    while not all((run / f"ready{r}").exists() and (run / f"ready{r}").read_text()
+                  for r in (0, 1)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.kill(int((run / "ready1").read_text()), signal.SIGTERM)
+    code, out, err = _finish(proc)
+    assert code == 128 + signal.SIGTERM, err
+    assert (run / "ckpt.pt").exists() and not (run / "final.npy").exists()
+    stopped = [int(line.split()[-1]) for line in out.splitlines() if "finally at step" in line]
+    assert len(stopped) == 2 and stopped[0] == stopped[1], out
+    assert "received SIGTERM and" not in err     # not the launcher's "some ranks only" stop
+    assert_no_leftovers(path)
 
 
 @needs_mpi

@@ -80,6 +80,20 @@ def test_rank_that_finishes_early_stops_the_job_naming_it(tmp_path, how, n, leav
 
 
 @needs_mpi
+def test_under_mpiexec_itself_a_rank_that_leaves_early_stops_the_job(tmp_path):
+    """`mpiexec -n 2 launcher script.py`: no launcher process above mpiexec; rank 0 still
+    notices and stops the job."""
+    from tests.launcher.test_launcher import MPIEXEC, run
+    path = script(tmp_path, VANISH)
+    code, out, err, _ = run([MPIEXEC, "-n", "2", sys.executable, "-m", "launcher", str(path),
+                             "exit0", "1"], timeout=TIMEOUT)
+    assert code != 0
+    assert "finished" not in out
+    assert f"rank 1 (host {HOST}, pid " in err and "finished its script (sys.exit(0)" in err
+    assert_no_leftovers(path)
+
+
+@needs_mpi
 @pytest.mark.parametrize("how,status", [("segv", "exit status 11"), ("kill", "exit status 9")])
 def test_rank_that_dies_is_named_by_rank_and_host(tmp_path, how, status):
     path = script(tmp_path, VANISH)
