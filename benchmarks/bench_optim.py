@@ -37,6 +37,7 @@ CONFIGS = {
     "RAdam": lambda optim, params: optim.RAdam(params),
     "ASGD": lambda optim, params: optim.ASGD(params),
     "Rprop": lambda optim, params: optim.Rprop(params),
+    "Adafactor": lambda optim, params: optim.Adafactor(params),
     "LBFGS max_iter=5 history=10": lambda optim, params: with_closure(
         optim.LBFGS(params, max_iter=5, history_size=10, tolerance_grad=-1,
                     tolerance_change=-1), params),

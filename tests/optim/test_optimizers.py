@@ -177,9 +177,28 @@ def ref_rprop(x, g, s, t, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maxim
     return x - np.sign(g) * s["size"]
 
 
+def ref_adafactor(x, g, s, t, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
+                  weight_decay=0.0, maximize=False):
+    g = -g if maximize else g
+    eps1 = np.finfo(x.dtype).eps if eps[0] is None else eps[0]
+    beta = t ** beta2_decay
+    alpha = max(eps[1], np.sqrt(np.mean(x * x))) * min(lr, 1 / np.sqrt(t))
+    x = x * (1 - lr * weight_decay)
+    if g.ndim > 1:   # the second moment factored into row and column means
+        s["r"] = (1 - beta) * s.get("r", 0) + beta * np.mean(g * g, axis=-1, keepdims=True)
+        s["c"] = (1 - beta) * s.get("c", 0) + beta * np.mean(g * g, axis=-2, keepdims=True)
+        v = s["r"] @ s["c"] / np.maximum(np.mean(s["r"], axis=-2, keepdims=True), eps1)
+    else:
+        s["v"] = (1 - beta) * s.get("v", 0) + beta * g * g
+        v = s["v"]
+    u = g / np.sqrt(np.maximum(v, eps1 ** 2))
+    return x - alpha / max(1, np.sqrt(np.mean(u * u)) / d) * u
+
+
 REFERENCES = {"SGD": ref_sgd, "Adam": ref_adam, "AdamW": ref_adamw, "RMSprop": ref_rmsprop,
               "Adagrad": ref_adagrad, "Adadelta": ref_adadelta, "Adamax": ref_adamax,
-              "NAdam": ref_nadam, "RAdam": ref_radam, "ASGD": ref_asgd, "Rprop": ref_rprop}
+              "NAdam": ref_nadam, "RAdam": ref_radam, "ASGD": ref_asgd, "Rprop": ref_rprop,
+              "Adafactor": ref_adafactor}
 
 CASES = [
     ("SGD", dict(lr=0.1)),
@@ -237,6 +256,9 @@ CASES = [
     ("Rprop", dict(lr=0.1)),
     ("Rprop", dict(lr=0.1, etas=(0.3, 1.5), step_sizes=(1e-3, 0.2))),  # both bounds are hit
     ("Rprop", dict(lr=0.05, maximize=True)),
+    ("Adafactor", dict()),
+    ("Adafactor", dict(lr=0.05, weight_decay=0.1)),
+    ("Adafactor", dict(lr=0.1, eps=(1e-4, 1e-2), d=1.5, beta2_decay=-0.5, maximize=True)),
 ]
 CASE_IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}"
             for name, kw in CASES]
@@ -446,6 +468,10 @@ INVALID = [
     ("SparseAdam", dict(eps=0.0), "Invalid epsilon value: 0.0"),
     ("SparseAdam", dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1: 1.0"),
     ("LBFGS", dict(lr=-1.0), "Invalid learning rate: -1.0"),
+    ("Adafactor", dict(lr=-1.0), "Learning rate should be >= 0 but is: -1.0"),
+    ("Adafactor", dict(beta2_decay=0.5), "beta2_decay should be <= 0 but is: 0.5"),
+    ("Adafactor", dict(eps=(-1.0, 1e-3)), "epsilon1 should be >= 0 but is: -1.0"),
+    ("Adafactor", dict(d=0.5), "Clipping threshold d should be >= 1 but is: 0.5"),
 ]
 
 
@@ -500,7 +526,8 @@ ROUND_TRIP = [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
               ("NAdam", dict(lr=0.1, decoupled_weight_decay=True, weight_decay=0.1)),
               ("RAdam", dict(lr=0.1)),
               ("ASGD", dict(lr=0.05, t0=3, lambd=0.01)),
-              ("Rprop", dict(lr=0.1))]
+              ("Rprop", dict(lr=0.1)),
+              ("Adafactor", dict(lr=0.05, weight_decay=0.1))]
 
 
 @pytest.mark.parametrize("name,kw", ROUND_TRIP, ids=[n for n, _ in ROUND_TRIP])
@@ -864,7 +891,7 @@ def test_module_and_optimizer_zero_grad_agree():
 
 
 ALL_OPTIMIZERS = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam",
-                  "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam"]
+                  "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam", "Adafactor"]
 
 
 def _parameters(cls):
