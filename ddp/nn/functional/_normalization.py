@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import math
 import numbers
 import numpy as np
 from ... import backend
@@ -19,60 +20,123 @@ class _Normalize(Op):
     ``x`` seen as ``group_shape`` has its statistics (``mean``, ``invstd``, broadcastable there)
     over ``axes``; ``weight``/``bias`` (or None) broadcast over ``x`` as ``affine_shape``.
     ``batch_stats`` says the statistics were computed from ``x`` (training); otherwise they are
-    constants (BatchNorm in eval mode) and the input gradient is a plain scaling. Under
-    create_graph the backward recomputes the normalised input from ``x`` with recorded ops, so
-    the same formulas give second-order gradients.
+    constants (BatchNorm in eval mode) and the input gradient is a plain scaling. ``centered``:
+    ``x - mean`` when the caller has it (a scratch array the op may overwrite). Saved: ``x``,
+    the weight and the statistics — not ``x_hat``, which backward recomputes (two passes), as
+    PyTorch's kernels keep the input and the statistics. Under create_graph the backward
+    recomputes the normalised input from ``x`` with recorded ops, so the same formulas give
+    second-order gradients.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean=None, invstd=None, group_shape=None, axes=None,
-                affine_shape=None, batch_stats=True, eps=1e-5):
-        xhat = ((x.reshape(group_shape) - mean) * invstd).reshape(x.shape)
-        y = xhat
+                affine_shape=None, batch_stats=True, eps=1e-5, centered=None):
+        y = centered if centered is not None and centered.dtype == x.dtype else \
+            x.reshape(group_shape) - mean
+        y *= invstd
+        y = y.reshape(x.shape)
         if weight is not None:
-            y = y * weight.reshape(affine_shape)
+            y *= weight.reshape(affine_shape)
         if bias is not None:
-            y = y + bias.reshape(affine_shape)
-        if y is xhat:
-            y = xhat.copy()
-        ctx.save_for_backward(xhat, weight, x)
+            y += bias.reshape(affine_shape)
+        if y.dtype != x.dtype:   # low-precision x with float32 statistics
+            y = y.astype(x.dtype)
+        ctx.save_for_backward(x, weight)
         ctx.params = (mean, invstd, group_shape, axes, affine_shape, batch_stats, eps)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        xhat, weight, x = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         mean, invstd, group_shape, axes, affine_shape, batch_stats, eps = ctx.params
         need_x, need_w, need_b = ctx.needs_input_grad
+        xp = ctx.xp
+        xr = x.reshape(group_shape)
         if ctx.create_graph:  # xhat (and batch statistics) as recorded ops on x
-            xr = x.reshape(group_shape)
             if batch_stats:
                 mean = xr.mean(axis=axes, keepdims=True)
-                invstd = 1 / ctx.xp.sqrt(((xr - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
-            xhat = ((xr - mean) * invstd).reshape(x.shape)
+                invstd = 1 / xp.sqrt(((xr - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+            xh = (xr - mean) * invstd
+        else:
+            xh = xr - mean
+            xh *= invstd
+            if xh.dtype != x.dtype:
+                xh = xh.astype(x.dtype)
+        xhat = xh.reshape(x.shape)
         # weight and bias broadcast as affine_shape: their gradients sum the other axes
         full = (1,) * (g.ndim - len(affine_shape)) + tuple(affine_shape)
         param_axes = tuple(i for i, s in enumerate(full) if s == 1)
         gx = gw = gb = None
+        if need_w:
+            gw = ((g * xhat).sum(axis=param_axes) if ctx.create_graph else
+                  _sum_product(xp, g, xhat, param_axes)).reshape(weight.shape)
+        if need_b:
+            gb = g.sum(axis=param_axes).reshape(ctx.in_meta[2][0])
         if need_x:
             gxhat = g if weight is None else g * weight.reshape(affine_shape)
             gxhat = gxhat.reshape(group_shape)
             if batch_stats:
-                xh = xhat.reshape(group_shape)
                 mean_g, mean_gxh = ctx.op.batch_means(ctx, gxhat, xh, axes)
-                gxhat = gxhat - mean_g - xh * mean_gxh
-            gx = (gxhat * invstd).reshape(x.shape)
-        if need_w:
-            gw = (g * xhat).sum(axis=param_axes).reshape(weight.shape)
-        if need_b:
-            gb = g.sum(axis=param_axes).reshape(ctx.in_meta[2][0])
+                if ctx.create_graph:
+                    gxhat = gxhat - mean_g - xh * mean_gxh
+                else:   # in place on the arrays this backward made
+                    if weight is None:   # gxhat is the incoming gradient: not ours to change
+                        gxhat = gxhat - mean_g
+                    else:
+                        gxhat -= mean_g
+                    xh *= mean_gxh
+                    gxhat -= xh
+            if ctx.create_graph or (weight is None and not batch_stats):
+                gx = (gxhat * invstd).reshape(x.shape)
+            else:   # gxhat is an array this backward made
+                gxhat *= invstd
+                gx = gxhat.reshape(x.shape)
         return gx, gw, gb
 
     @staticmethod
     def batch_means(ctx, gxhat, xh, axes):
         """The two means over the statistics' ``axes`` that the input gradient subtracts, of
         ``gxhat`` and of ``gxhat * xh`` (SyncBatchNorm takes them over every rank's batch)."""
-        return gxhat.mean(axis=axes, keepdims=True), (gxhat * xh).mean(axis=axes, keepdims=True)
+        if ctx.create_graph:
+            return gxhat.mean(axis=axes, keepdims=True), (gxhat * xh).mean(axis=axes,
+                                                                           keepdims=True)
+        return _mean(ctx.xp, gxhat, axes), _mean(ctx.xp, gxhat, axes, xh)
+
+
+def _trailing(a, axes):
+    """``a`` as (rows, columns) when ``axes`` are its last dimensions and BLAS can reduce it
+    (float32/float64), else None."""
+    if a.dtype.kind != "f" or a.dtype.itemsize < 4 or not a.flags.c_contiguous \
+            or tuple(axes) != tuple(range(a.ndim - len(axes), a.ndim)):
+        return None
+    return a.reshape(-1, math.prod(a.shape[a.ndim - len(axes):]))
+
+
+def _mean(xp, a, axes, b=None):
+    """The mean of ``a`` (or of ``a * b``) over ``axes``, kept as size-1 dims. Over trailing
+    dimensions as one matrix-vector product (or a row-wise dot): at (128, 1024) float32 that is
+    7 us (15 us with ``b``) against 22 us (35 us) for ``sum(axis=-1)`` (``(a * b).sum(-1)``)."""
+    rows = _trailing(a, axes)
+    if rows is not None and (b is None or b.shape == a.shape and b.flags.c_contiguous):
+        n = rows.shape[1]
+        if b is None:
+            s = xp.matmul(rows, xp.full((n,), 1.0 / n, a.dtype))
+        else:
+            s = xp.einsum("ij,ij->i", rows, b.reshape(rows.shape)) * (1.0 / n)
+        keep = tuple(1 if i in axes else d for i, d in enumerate(a.shape))
+        return s.reshape(keep)
+    return (a if b is None else a * b).mean(axis=axes, keepdims=True)
+
+
+def _sum_product(xp, a, b, axes):
+    """``(a * b).sum(axes)`` without the product array where the summed axes lead (the weight
+    gradient of layer norm: a column-wise dot)."""
+    lead = tuple(range(len(axes)))
+    if tuple(axes) == lead and a.dtype.kind == "f" and a.shape == b.shape and \
+            a.flags.c_contiguous and b.flags.c_contiguous and a.dtype == b.dtype:
+        k = math.prod(a.shape[:len(axes)])
+        return xp.einsum("ij,ij->j", a.reshape(k, -1), b.reshape(k, -1))
+    return (a * b).sum(axis=axes)
 
 
 class NativeBatchNorm(_Normalize):
@@ -87,25 +151,28 @@ class NativeGroupNorm(_Normalize):
     """:class:`_Normalize` for group_norm."""
 
 
-def _moments(x, axes):
+def _moments(x, axes, centered=False):
     """Mean and biased variance of the array ``x`` over ``axes`` (kept as size-1 dims),
-    accumulated in at least float32."""
+    accumulated in at least float32; with ``centered``, also ``x - mean`` (a new array)."""
+    xp = backend.get_array_module(x)
     xf = x if x.dtype.itemsize >= 4 else x.astype(np.float32)
-    mean = xf.mean(axis=axes, keepdims=True)
-    var = ((xf - mean) ** 2).mean(axis=axes, keepdims=True)
-    return mean, var
+    mean = _mean(xp, xf, axes)
+    d = xf - mean
+    var = _mean(xp, d, axes, d)
+    return (mean, var, d) if centered else (mean, var)
 
 
 def _normalize(op, x, weight, bias, eps, group_shape, axes, affine_shape, stats=None):
     """Run the normalisation ``op`` with batch statistics (``stats`` None) or the given
     (mean, var); returns the output and the statistics used."""
     xd = x._data.reshape(group_shape)
-    mean, var = _moments(xd, axes) if stats is None else stats
+    mean, var, centered = _moments(xd, axes, True) if stats is None else stats + (None,)
     xp = backend.get_array_module(xd)
     invstd = (1.0 / xp.sqrt(var + eps)).astype(xd.dtype)
     mean = mean.astype(xd.dtype)
     out = op.apply(x, weight, bias, mean=mean, invstd=invstd, group_shape=group_shape,
-                   axes=axes, affine_shape=affine_shape, batch_stats=stats is None, eps=eps)
+                   axes=axes, affine_shape=affine_shape, batch_stats=stats is None, eps=eps,
+                   centered=centered)
     return out, mean, var
 
 
