@@ -204,7 +204,8 @@ class DistributedDataParallel(Module, Joinable):
         ``divide_by_initial_world_size``: average gradients over the initial world size (every
         sample weighs the same) or, if False, over the ranks still training.
         ``throw_on_early_termination``: raise on every rank as soon as one runs out instead
-        (for loops with collectives DDP does not know about, such as SyncBatchNorm's).
+        (for loops with collectives DDP does not know about, such as SyncBatchNorm's or
+        GradScaler's found-inf check across ranks).
 
         Example:
             >>> dist.init_process_group()
