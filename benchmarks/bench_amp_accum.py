@@ -67,7 +67,7 @@ def worker(steps):
             opt.zero_grad()
             nn.CrossEntropyLoss()(model(x), y).backward()
             opt.step()
-        elements = sum(b.data.size for b in model.reducer.buckets)
+        elements = sum(b.grads.size for b in model.reducer.buckets)
         results["compression"].append({"name": name, "bytes": elements * itemsize,
                                        "step_ms": timed(step, steps) * 1e3})
     for k in (1, 2, 4):
