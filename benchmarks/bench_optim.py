@@ -3,7 +3,7 @@ float32 parameters in 6 tensors, random gradients), ddp against torch.optim (whe
 the same run, one thread on both sides. LBFGS steps with a closure whose gradient is a fixed
 diagonal quadratic's (``g = h * p``), so the time is the optimizer's own: 5 iterations, history
 10, the tolerances off so that no step stops early. SparseAdam is left out: ddp has no sparse
-gradients to feed it yet.
+gradients to feed it yet; Muon too (it takes 2-D parameters only, the MLP has biases).
 
     python benchmarks/bench_optim.py [--repeats 15] [--steps 20]
 

@@ -23,8 +23,9 @@ from .rprop import Rprop
 from .lbfgs import LBFGS
 from .sparse_adam import SparseAdam
 from .adafactor import Adafactor
+from .muon import Muon
 from . import lr_scheduler, swa_utils
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-           "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam", "Adafactor",
+           "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam", "Adafactor", "Muon",
            "lr_scheduler", "swa_utils"]

@@ -891,7 +891,7 @@ def test_module_and_optimizer_zero_grad_agree():
 
 
 ALL_OPTIMIZERS = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam",
-                  "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam", "Adafactor"]
+                  "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam", "Adafactor", "Muon"]
 
 
 def _parameters(cls):
