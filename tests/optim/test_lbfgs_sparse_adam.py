@@ -281,7 +281,8 @@ def test_sparse_adam_matches_torch(oracle, kw):
         rows = []
         for indices, values in SPARSE_GRADS:
             w.grad = torch.sparse_coo_tensor(torch.tensor(indices).reshape(1, -1),
-                                             torch.tensor(values).reshape(-1, 3), TABLE.shape)
+                                             torch.tensor(values).reshape(-1, 3), TABLE.shape,
+                                             check_invariants=True)
             opt.step()
             rows.append(w.detach().numpy().copy())
         state = opt.state_dict()["state"][0]
