@@ -1,5 +1,6 @@
 """Optimizers: ``ddp.optim`` SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, Adamax, NAdam, RAdam,
-ASGD and Rprop (LBFGS and SparseAdam: test_lbfgs_sparse_adam.py).
+ASGD, Rprop and Adafactor (LBFGS and SparseAdam: test_lbfgs_sparse_adam.py; Muon: test_muon.py;
+swa_utils: test_swa_utils.py).
 
 Trajectories (10 steps on a small quadratic whose gradient is ``h * x + r_t``, with fixed random
 ``h`` and ``r_t``) are checked against the published update formulas written here in NumPy
