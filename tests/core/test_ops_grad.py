@@ -447,6 +447,8 @@ CASES += [
     C("F.max_pool2d", lambda a: F.max_pool2d(a, 2), (1, 2, 4, 4)),
     C("F.avg_pool2d", lambda a: F.avg_pool2d(a, 2, padding=1), (1, 2, 3, 3)),
     C("F.cross_entropy", lambda a: F.cross_entropy(a, ddp.tensor(_TARGET)), (3, 4)),
+    C("F.cross_entropy_probs", lambda a: F.cross_entropy(a, ddp.tensor(_BITS / 2 + 0.125)),
+      (3, 4)),  # probability targets: their own op
     C("F.binary_cross_entropy", lambda a: F.binary_cross_entropy(a.sigmoid(),
                                                                  ddp.tensor(_BITS)), (3, 4)),
     C("F.batch_norm", lambda a, w, b: F.batch_norm(a, None, None, w, b, training=True),
