@@ -256,6 +256,8 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
 
 def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
     """``steps`` evenly spaced values from ``start`` to ``end`` inclusive."""
+    if int(steps) < 0:
+        raise RuntimeError(f"linspace: number of steps must be non-negative (got {steps})")
     arr = np.linspace(float(start), float(end), int(steps)).astype(
         _dtype_np(dtype, backend.get_default_dtype().np))
     return _finish(arr, device, requires_grad)
@@ -311,6 +313,9 @@ def randint(low=0, high=None, size=None, generator=None, dtype=None, device=None
             low, high, size = 0, low, high
         else:
             raise TypeError("randint() missing required argument 'size'")
+    if low >= high:
+        raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={low} >= "
+                           f"to={high} (randint)")
     npd = _dtype_np(dtype, np.dtype(np.int64))
     return _random(generator, device,
                    lambda rng: rng.integers(low, high, _size_args((size,))).astype(npd),
@@ -368,6 +373,9 @@ def multinomial(input, num_samples, replacement=False, generator=None):
     """Indices drawn with weights ``input`` (1-D or one row per distribution)."""
     probs = np.asarray(input._host(), dtype=np.float64)
     rows = probs.reshape(-1, probs.shape[-1])
+    if not np.isfinite(rows).all() or (rows < 0).any():
+        raise RuntimeError("multinomial: probability tensor contains either `inf`, `nan` or "
+                           "element < 0")
     # drawn on the host (a few numbers per row): a CPU generator's stream, else the default one
     rng = (generator if generator is not None and generator.device.type == "cpu"
            else backend.default_generator).numpy

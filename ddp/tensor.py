@@ -767,15 +767,19 @@ class Tensor:
         return _true_divide(other, self)
 
     def __floordiv__(self, other):
+        _integer_zero_division("floor_divide", self, other)
         return E.binary(E.FloorDivide, "floor_divide", self, other)
 
     def __rfloordiv__(self, other):
+        _integer_zero_division("floor_divide", other, self)
         return E.binary(E.FloorDivide, "floor_divide", other, self)
 
     def __mod__(self, other):
+        _integer_zero_division("remainder", self, other)
         return E.binary(E.Remainder, "remainder", self, other)
 
     def __rmod__(self, other):
+        _integer_zero_division("remainder", other, self)
         return E.binary(E.Remainder, "remainder", other, self)
 
     @autocast_op("pow")
@@ -905,6 +909,7 @@ class Tensor:
         if rounding_mode == "floor":
             return self // other
         if rounding_mode == "trunc":
+            _integer_zero_division("div(rounding_mode='trunc')", self, other)
             return _true_divide(self, other).trunc().to(E.promote("div", self, other)[0].dtype)
         raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but "
                          f"found '{rounding_mode}'")
@@ -1206,7 +1211,7 @@ class Tensor:
 
     # ------------------------------------------------------------------ shape
     def reshape(self, *shape):
-        shape = _size_args(shape, "reshape")
+        shape = _check_shape(_size_args(shape, "reshape"), self)
         try:
             out = S.Reshape.apply(self, shape=shape)
         except ValueError:
@@ -1217,9 +1222,21 @@ class Tensor:
         return out
 
     def view(self, *shape):
+        """The same data in another shape, never a copy: where the strides allow no such view
+        (a transposed or sliced tensor), PyTorch's error, so writes are never lost to a copy."""
         if len(shape) == 1 and isinstance(shape[0], (backend.dtype, np.dtype)):
             raise NotImplementedError("view(dtype) is not supported; use .to(dtype)")
-        return self.reshape(*shape)
+        size = _check_shape(_size_args(shape, "view"), self)
+        probe = self._data.view()
+        try:
+            probe.shape = size          # NumPy/CuPy refuse exactly when a copy would be needed
+        except AttributeError:
+            raise RuntimeError("view size is not compatible with input tensor's size and stride "
+                               "(at least one dimension spans across two contiguous subspaces). "
+                               "Use .reshape(...) instead.") from None
+        except ValueError:
+            pass                        # a wrong element count: reshape names it
+        return self.reshape(*size)
 
     def view_as(self, other):
         return self.reshape(other.shape)
@@ -1229,7 +1246,9 @@ class Tensor:
     def flatten(self, start_dim=0, end_dim=-1):
         if self.ndim == 0:
             return self.reshape(1)
-        s, e = (d % self.ndim for d in (start_dim, end_dim))
+        s, e = (R.normalize_axis(d, self.ndim)[0] for d in (start_dim, end_dim))
+        if s > e:
+            raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
         shape = self._data.shape
         return self.reshape(shape[:s] + (-1,) + shape[e + 1:]) if s <= e else self
 
@@ -1265,7 +1284,9 @@ class Tensor:
             raise RuntimeError(f"permute(sparse_coo): number of dimensions in the tensor input does "
                                f"not match the length of the desired ordering of dimensions i.e. "
                                f"input.dim() = {self.ndim} is not equal to len(dims) = {len(dims)}")
-        axes = tuple(d % max(self.ndim, 1) for d in dims)
+        axes = tuple(R.normalize_axis(d, self.ndim)[0] for d in dims) if self.ndim else dims
+        if len(set(axes)) != len(axes):
+            raise RuntimeError("permute(): duplicate dims are not allowed.")
         out = S.Permute.apply(self, axes=axes)
         _share_view(out, self)
         return out
@@ -1335,6 +1356,13 @@ class Tensor:
         n = self._data.shape[d]
         if isinstance(split_size_or_sections, int):
             size = split_size_or_sections
+            if size < 0 or (size == 0 and n != 0):
+                raise RuntimeError(f"split_size can only be 0 if dimension size is 0, but got "
+                                   f"dimension size of {n}" if size == 0 else
+                                   f"split expects split_size be non-negative, but got "
+                                   f"split_size={size}")
+            if size == 0:
+                return (self,)
             sizes = [size] * (n // size) + ([n % size] if n % size else [])
         else:
             sizes = list(split_size_or_sections)
@@ -1345,6 +1373,8 @@ class Tensor:
         return self._pieces(d, sizes, squeeze=False)
 
     def chunk(self, chunks, dim=0):
+        if chunks <= 0:
+            raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
         n = self._data.shape[self._axes(dim)[0]]
         size = -(-n // chunks) if n else 1
         return self.split(max(size, 1), dim)
@@ -1483,6 +1513,7 @@ class Tensor:
         if idx.ndim != self.ndim:
             raise RuntimeError(f"gather(): Index tensor must have the same number of dimensions as "
                                f"input tensor (index {tuple(idx.shape)}, input {tuple(self.shape)})")
+        _check_index_range(idx, self._data.shape[d], d)
         return S.Gather.apply(self, axis=d, index=idx)
 
     def take_along_dim(self, indices, dim):
@@ -1501,11 +1532,13 @@ class Tensor:
             raise NotImplementedError(f"scatter(reduce={reduce!r}) is not supported; use 'add'")
         if not isinstance(src, Tensor):
             src = self.new_full(tuple(idx.shape), src)
+        _check_index_range(idx, self._data.shape[d], d)
         return S.Scatter.apply(self, src.to(self.dtype), axis=d, index=idx)
 
     def scatter_add(self, dim, index, src):
         idx = _int_index("scatter_add", index, self)
         d = self._axes(dim)[0]
+        _check_index_range(idx, self._data.shape[d], d)
         part = src[tuple(slice(0, s) for s in idx.shape)] if tuple(src.shape) != tuple(idx.shape) \
             else src
         return self + S.GatherScatter.apply(part.to(self.dtype), shape=self._data.shape, axis=d,
@@ -1514,7 +1547,33 @@ class Tensor:
     def index_select(self, dim, index):
         idx = _int_index("index_select", index, self)
         d = self._axes(dim)[0]
+        n = self._data.shape[d] if self.ndim else 1
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            bad = int(idx.max()) if int(idx.max()) >= n else int(idx.min())
+            # PyTorch's CPU kernel: IndexError along dimension 0, RuntimeError along the others
+            raise (IndexError if d == 0 else RuntimeError)(
+                f"index_select(): index {bad} is out of range for dimension {d} with size {n} "
+                f"(index out of range in self)")
         return self[(slice(None),) * d + (idx.reshape(-1) if idx.ndim == 0 else idx,)]
+
+    def select(self, dim, index):
+        """The slice at ``index`` of dimension ``dim`` (that dimension removed), a view."""
+        d = R.normalize_axis(dim, self.ndim)[0]
+        n = self._data.shape[d]
+        if not -n <= index < n:
+            raise IndexError(f"select(): index {index} out of range for tensor of size "
+                             f"{list(self.shape)} at dimension {d}")
+        return self[(slice(None),) * d + (index,)]
+
+    def take(self, index):
+        """Elements of the flattened tensor at ``index`` (shaped like ``index``)."""
+        idx = _int_index("take", index, self)
+        n = self.numel()
+        if idx.size and (int(idx.min()) < -n or int(idx.max()) >= n):
+            bad = int(idx.max()) if int(idx.max()) >= n else int(idx.min())
+            raise IndexError(f"out of range: tried to access index {bad} on a tensor of {n} "
+                             f"elements.")
+        return self.reshape(-1)[Tensor._make(idx)]
 
     def index_add(self, dim, index, source, alpha=1):
         idx = _int_index("index_add", index, self)
@@ -1562,6 +1621,10 @@ class Tensor:
 
     def topk(self, k, dim=-1, largest=True, sorted=True):
         d = self._axes(dim)[0]
+        n = self._data.shape[d] if self.ndim else 1
+        if not 0 <= k <= n:
+            raise RuntimeError(f"topk(): selected index k out of range (k={k} for dimension {d} "
+                               f"of size {n}, input shape {list(self.shape)})")
         values, idx = self.sort(d, descending=largest)
         return MinMax(values.narrow(d, 0, k), idx.narrow(d, 0, k))
 
@@ -1602,6 +1665,42 @@ class Tensor:
 
 
 # ---------------------------------------------------------------------- helpers and functions
+
+def _integer_zero_division(op, a, b):
+    """Integer division or remainder by zero is PyTorch's RuntimeError (NumPy would give 0 and a
+    warning); floating point division by zero stays inf/nan, as in PyTorch."""
+    def kind(x):
+        if isinstance(x, Tensor):
+            return x._data.dtype.kind
+        return "b" if isinstance(x, bool) else "i" if isinstance(x, numbers.Integral) else "f"
+    if kind(a) not in "biu" or kind(b) not in "biu":
+        return
+    zero = bool((b._data == 0).any()) if isinstance(b, Tensor) else b == 0
+    if zero:
+        shapes = [list(x.shape) if isinstance(x, Tensor) else type(x).__name__ for x in (a, b)]
+        raise RuntimeError(f"ZeroDivisionError: integer {op} by zero (operands {shapes[0]} and "
+                           f"{shapes[1]})")
+
+
+def _check_shape(shape, t):
+    """Refuse what PyTorch refuses in a target shape before NumPy reinterprets it."""
+    for i, d in enumerate(shape):
+        if d < -1:
+            raise RuntimeError(f"invalid shape dimension {d} at index {i} of shape {list(shape)}")
+    if list(shape).count(-1) > 1:
+        raise RuntimeError(f"only one dimension can be inferred (shape {list(shape)} for a tensor "
+                           f"of shape {list(t.shape)})")
+    return shape
+
+
+def _check_index_range(idx, size, dim):
+    """gather/scatter indices must lie in [0, size): PyTorch does not wrap negative ones."""
+    if idx.size:
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= size:
+            raise RuntimeError(f"index {hi if hi >= size else lo} is out of bounds for dimension "
+                               f"{dim} with size {size}")
+
 
 def _alpha_first(other, alpha):
     """PyTorch's deprecated ``add_(alpha, other)`` order (a number, then the tensor), still
