@@ -324,7 +324,9 @@ class Reducer:
     def shadow_backward(self):
         """A rank that has joined (``DDP.join``): enter the collectives of one backward of the
         ranks still training, in the same order, contributing zero gradients and no missing or
-        used parameters; this rank's ``.grad`` are left alone."""
+        used parameters; this rank's ``.grad`` are left alone (with gradient_as_bucket_view
+        they live in the buckets: kept aside and put back)."""
+        kept = [b.grads.copy() for b in self.buckets] if self.as_view else None
         for bucket in self.buckets:
             bucket.reset()
             bucket.data[...] = 0
@@ -334,6 +336,9 @@ class Reducer:
             if bucket.work is not None:
                 bucket.work.wait()
         status = self._global_status(joined=True)
+        if kept is not None:
+            for bucket, grads in zip(self.buckets, kept):
+                bucket.grads[...] = grads
         if not self.find_unused and status[0]:
             self._raise_missing([])
 

@@ -70,7 +70,7 @@ def reference(world, divide_by_initial_world_size=True, lr=0.1):
     return params_np(model)
 
 
-def train_uneven(model, rank, world, lr=0.1, **join_kwargs):
+def train_uneven(model, rank, world, lr=0.1, last_grads=None, **join_kwargs):
     opt = ddp.optim.SGD(model.parameters(), lr=lr)
     with model.join(**join_kwargs):
         for step in range(counts(world)[rank]):
@@ -78,18 +78,23 @@ def train_uneven(model, rank, world, lr=0.1, **join_kwargs):
             opt.zero_grad()
             nn.CrossEntropyLoss()(model(x), y).backward()
             opt.step()
+        if last_grads is not None:   # this rank's last gradients, before it shadows the others
+            last_grads += [p.grad.numpy().copy() for p in model.module.parameters()]
 
 
 @pytest.mark.parametrize("divide_by_initial_world_size", [True, False])
-@pytest.mark.parametrize("bucket_cap_mb", [25.0, 0.0002])
+@pytest.mark.parametrize("bucket_cap_mb,as_view", [(25.0, False), (0.0002, False), (0.0002, True)])
 def test_uneven_inputs_train_like_the_reference_and_end_identical(divide_by_initial_world_size,
-                                                                    bucket_cap_mb):
+                                                                    bucket_cap_mb, as_view):
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = DDP(make_model(), bucket_cap_mb=bucket_cap_mb)
+    model = DDP(make_model(), bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=as_view)
     if bucket_cap_mb < 1:
         assert len(model.reducer.buckets) > 1
-    train_uneven(model, rank, world,
+    last = []
+    train_uneven(model, rank, world, last_grads=last,
                  divide_by_initial_world_size=divide_by_initial_world_size)
+    for p, g in zip(model.module.parameters(), last):   # shadowing left this rank's .grad alone
+        np.testing.assert_array_equal(p.grad.numpy(), g)
     assert_same_on_every_rank(params_np(model.module))
     for got, want in zip(params_np(model.module),
                          reference(world, divide_by_initial_world_size)):
