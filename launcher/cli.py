@@ -294,7 +294,7 @@ def run_worker(args) -> int:
     ranks.setup_output(args.output, info)
     failure.install(info.rank, info.size, info.comm)
     peers = None
-    if info.comm is not None and info.size > 1:
+    if info.comm is not None and info.size > 1 and os.environ.get("DDP_WATCH_PEERS") != "0":
         from . import peers as peers_module
         job_dir = os.environ.get("DDP_JOB_DIR")
         peers = peers_module.start(

@@ -26,7 +26,8 @@ every rank (the *agent*) looks at its own main thread a few times a second:
 
 Looking at the main thread is ``sys._current_frames()``: nothing on the training path changes.
 The agent never fails a job by itself: if the connection cannot be set up, the job runs
-without it (one warning). Single-process runs have no agents.
+without it (one warning). Single-process runs have no agents; ``DDP_WATCH_PEERS=0`` turns
+them off.
 
 What the worker does (``launcher.cli.run_worker``)::
 
