@@ -233,15 +233,18 @@ def bind_tensor(tensor_cls, tensor_namespace):
 
 def apply(op, args, kwargs):
     """Run ``op`` on ``args`` and, when grad mode is on and an input requires grad, record it."""
-    arrays = [a._data if isinstance(a, Tensor) else a for a in args]
+    Tensor_ = Tensor
+    arrays = []
     record = False
-    if _mode.grad_enabled:
-        for a in args:
-            if isinstance(a, Tensor) and a._requires_grad:
+    for a in args:   # one pass: the arrays, and whether anything is to be recorded
+        if isinstance(a, Tensor_):
+            arrays.append(a._data)
+            if a._requires_grad:
                 record = True
-                break
-    make = Tensor._make
-    if not record:
+        else:
+            arrays.append(a)
+    make = Tensor_._make
+    if not record or not _mode.grad_enabled:
         token = backend.enter_op(arrays)
         try:
             out = op.forward(_NO_RECORD, *arrays, **kwargs)
@@ -253,11 +256,11 @@ def apply(op, args, kwargs):
 
     node = Node(op)
     edges, meta, needs = [], [], []
-    for a in args:
-        if isinstance(a, Tensor) and a._requires_grad:
+    for a, arr in zip(args, arrays):
+        if arr is not a and a._requires_grad:
             fn = a.grad_fn
             edges.append((a, -1) if fn is None else (fn, a._output_nr))
-            meta.append((a._data.shape, a._data.dtype))
+            meta.append((arr.shape, arr.dtype))
             needs.append(True)
         else:
             edges.append(None)
