@@ -69,4 +69,6 @@ from .qtensor import (dequantize, per_channel_affine, per_channel_symmetric,  # 
                       quantize_per_channel, quantize_per_tensor, quint8)
 from . import ao, quantization  # noqa: E402  (ddp.ao.quantization.quantize_dynamic)
 from . import profiler  # noqa: E402  (ddp.profiler.profile, record_function)
-from . import accelerator, backends, multiprocessing  # noqa: E402  (namespaces programs import)
+from . import accelerator, backends, multiprocessing, version  # noqa: E402  (namespaces programs import)
+from ._compat import *  # noqa: E402,F401,F403  (set_num_threads, compile, finfo, channels_last, ...)
+from ._format import set_printoptions  # noqa: E402,F401

@@ -16,6 +16,42 @@ _LINEWIDTH = 80
 _THRESHOLD = 1000   # more elements than this are summarised
 _EDGEITEMS = 3      # items shown at each end of a summarised dimension
 _PRECISION = 4
+_SCI_MODE = None    # None: chosen from the values (PyTorch's rule); True/False: forced
+
+_PROFILES = {"default": dict(precision=4, threshold=1000, edgeitems=3, linewidth=80),
+             "short": dict(precision=2, threshold=1000, edgeitems=2, linewidth=80),
+             "full": dict(precision=4, threshold=math.inf, edgeitems=3, linewidth=80)}
+
+
+def set_printoptions(precision=None, threshold=None, edgeitems=None, linewidth=None,
+                     profile=None, sci_mode=None):
+    """PyTorch's print options: digits after the point, the element count above which a tensor
+    is summarised, items kept at each end, line width, a ``profile`` ('default', 'short',
+    'full') to start from, and ``sci_mode`` (True/False forces scientific notation on or off;
+    None lets the values decide).
+
+    Example:
+        >>> ddp.set_printoptions(precision=2); ddp.tensor([1.2345])
+        tensor([1.23])
+        >>> ddp.set_printoptions(profile="default")
+    """
+    global _PRECISION, _THRESHOLD, _EDGEITEMS, _LINEWIDTH, _SCI_MODE
+    if profile is not None:
+        if profile not in _PROFILES:
+            raise ValueError(f"set_printoptions: profile must be one of {sorted(_PROFILES)}, "
+                             f"got {profile!r}")
+        p = _PROFILES[profile]
+        _PRECISION, _THRESHOLD, _EDGEITEMS, _LINEWIDTH = (p["precision"], p["threshold"],
+                                                          p["edgeitems"], p["linewidth"])
+    if precision is not None:
+        _PRECISION = int(precision)
+    if threshold is not None:
+        _THRESHOLD = threshold
+    if edgeitems is not None:
+        _EDGEITEMS = int(edgeitems)
+    if linewidth is not None:
+        _LINEWIDTH = int(linewidth)
+    _SCI_MODE = sci_mode
 
 
 class _Formatter:
@@ -37,7 +73,8 @@ class _Formatter:
         absv = np.abs(vals)
         lo, hi = absv.min(), absv.max()
         self.int_mode = bool(np.all(vals == np.ceil(vals)))
-        self.sci_mode = bool(hi / lo > 1000.0 or hi > 1.0e8 or lo < 1.0e-4)
+        self.sci_mode = bool(hi / lo > 1000.0 or hi > 1.0e8 or lo < 1.0e-4) \
+            if _SCI_MODE is None else bool(_SCI_MODE)
         if self.sci_mode:
             widths = (len(f"{v:.{_PRECISION}e}") for v in vals.tolist())
         elif self.int_mode:

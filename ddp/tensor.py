@@ -1342,7 +1342,9 @@ class Tensor:
         idx = np.repeat(np.arange(x.shape[d]), repeats)
         return x.index_select(d, Tensor._make(backend.to_device(idx, x.device)))
 
-    def contiguous(self):
+    def contiguous(self, memory_format=None):
+        """Row-major data (a copy when not already); ``memory_format`` is accepted (ddp keeps
+        every tensor row-major)."""
         if self._data.flags.c_contiguous:
             return self
         return E.Clone.apply(self)

@@ -48,7 +48,8 @@ FLOORS = [
     ("amp", ["ddp.amp", "ddp.amp.*", "ddp.accumulation", "ddp.progress", "ddp.ao", "ddp.ao.*",
              "ddp.quantization", "ddp.training"]),
     ("package", ["ddp", "ddp.cuda", "ddp.onnx", "ddp.onnx.*", "ddp.profiler", "ddp.accelerator",
-                 "ddp.backends", "ddp.backends.*", "ddp.multiprocessing", "ddp.multiprocessing.*"]),
+                 "ddp.backends", "ddp.backends.*", "ddp.multiprocessing", "ddp.multiprocessing.*",
+                 "ddp._compat", "ddp.version"]),
     ("launcher", ["launcher", "launcher.*", "ddp.bench", "ddp.bench.*"]),
 ]
 

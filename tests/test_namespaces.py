@@ -90,3 +90,58 @@ def test_device_flags():
     t = ddp.zeros(2)
     assert (t.is_xpu, t.is_mps, t.is_meta, t.is_cuda, t.is_pinned()) == (False,) * 5
     assert t.pin_memory() is t
+
+
+def test_number_facts_and_switches_match_torch(oracle):
+    def reference(torch):
+        out = {}
+        for name in ("float32", "float64", "float16", "bfloat16"):
+            f = torch.finfo(getattr(torch, name))
+            out[name] = [f.bits, f.eps, f.max, f.min, f.tiny, f.smallest_normal, f.resolution,
+                         repr(f)]
+        for name in ("int8", "int16", "int32", "int64", "uint8"):
+            i = torch.iinfo(getattr(torch, name))
+            out[name] = [i.bits, i.max, i.min, repr(i)]
+        torch.set_printoptions(precision=2)
+        out["short"] = repr(torch.tensor([1.23456, 2.0]))
+        torch.set_printoptions(sci_mode=True)
+        out["sci"] = repr(torch.tensor([1.5, 2.0]))
+        torch.set_printoptions(profile="default")
+        out["default"] = repr(torch.tensor([1.23456, 2.0]))
+        out["typename"] = torch.typename(torch.ones(1, dtype=torch.int64))
+        out["precision"] = torch.get_float32_matmul_precision()
+        return out
+
+    ref = oracle(reference)
+    for name in ("float32", "float64", "float16", "bfloat16"):
+        f = ddp.finfo(getattr(ddp, name))
+        mine = [f.bits, f.eps, f.max, f.min, f.tiny, f.smallest_normal, f.resolution]
+        assert mine == pytest.approx([float(v) for v in ref[name][:7]], rel=1e-12), name
+        assert repr(f) == ref[name][7]
+    for name in ("int8", "int16", "int32", "int64", "uint8"):
+        i = ddp.iinfo(getattr(ddp, name))
+        assert [i.bits, i.max, i.min] == [int(v) for v in ref[name][:3]] and repr(i) == ref[name][3]
+    try:
+        ddp.set_printoptions(precision=2)
+        assert repr(ddp.tensor([1.23456, 2.0])) == ref["short"]
+        ddp.set_printoptions(sci_mode=True)
+        assert repr(ddp.tensor([1.5, 2.0])) == ref["sci"]
+    finally:
+        ddp.set_printoptions(profile="default")
+    assert repr(ddp.tensor([1.23456, 2.0])) == ref["default"]
+    assert ddp.typename(ddp.ones(1, dtype=ddp.int64)) == ref["typename"]
+    assert ddp.get_float32_matmul_precision() == ref["precision"]
+
+
+def test_switches_are_recorded_and_compile_is_identity():
+    model = ddp.nn.Linear(2, 2)
+    assert ddp.compile(model) is model and ddp.compile()(len) is len
+    ddp.use_deterministic_algorithms(True)
+    assert ddp.are_deterministic_algorithms_enabled()
+    ddp.use_deterministic_algorithms(False)
+    ddp.set_num_threads(1)
+    assert ddp.get_num_threads() == 1
+    with pytest.raises(RuntimeError, match="positive"):
+        ddp.set_num_threads(0)
+    assert ddp.version.__version__ == ddp.__version__ and ddp.version.cuda is None
+    assert ddp.ones(2, 3).t().contiguous(memory_format=ddp.contiguous_format).is_contiguous()

@@ -19,6 +19,7 @@ Example:
 """
 from __future__ import annotations
 
+import importlib
 import numbers
 
 import numpy as np
@@ -32,11 +33,16 @@ __all__ = ["SparseTensor", "sparse_coo_tensor", "mm", "addmm", "sum", "strided",
 
 
 def _module(xp):
+    """SciPy's sparse module for NumPy arrays, else the one beside the backend's CUDA module."""
     if xp is np:
         import scipy.sparse
         return scipy.sparse
-    import cupyx.scipy.sparse
-    return cupyx.scipy.sparse
+    extras = backend.cuda_extras()
+    try:
+        return importlib.import_module(extras.__name__ + ".scipy.sparse")
+    except ImportError as exc:
+        raise NotImplementedError(f"sparse tensors on CUDA need {extras.__name__}.scipy.sparse, "
+                                  f"which this CUDA module lacks ({exc})") from exc
 
 
 def _coo(module, values, rows, cols, shape):
