@@ -75,7 +75,7 @@ def _script_exit(code):
             _tell_stall_inspector()
             peers.finish(0, "os._exit(0)", where=where_)
         else:
-            peers.failing()
+            peers.failing(f"called os._exit({code}) at {where_}")
             _write(f"launcher: rank {_state['rank']} called os._exit({code}) at {where_}; "
                    f"stopping all {_state['size']} ranks\n")
     _real_exit(code)
@@ -167,9 +167,18 @@ def fail(exc: BaseException) -> int:
         _write(text)
     if size > 1 and code != 0:
         if _state["peers"] is not None:
-            _state["peers"].failing()
+            _state["peers"].failing(_why(exc))
         abort(code)
     return code
+
+
+def _why(exc: BaseException) -> str:
+    """One line on why this rank stops the job, for the launcher's summary."""
+    if isinstance(exc, SystemExit):
+        return f"exited with {how_it_ended(exc)} at {where(exc)}"
+    text = str(exc).strip().splitlines()
+    message = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+    return f"raised {message} at {where(exc)}"
 
 
 def how_it_ended(exc: BaseException) -> str:

@@ -191,15 +191,16 @@ class Peers:
         elif 0 in self._conns:
             self._conns[0].send(t="signal", signum=signum)
 
-    def failing(self):
-        """This rank is about to stop the job itself (an exception, a non-zero exit): its
-        connection closing is no news."""
+    def failing(self, why=""):
+        """This rank is about to stop the job itself (``why``: "raised ValueError: ... at
+        train.py:12", a non-zero exit): its connection closing is no news, and rank 0's journal
+        keeps the reason for the launcher's last line."""
         if self.rank == 0:
-            self._note(kind="failing", rank=0)
+            self._note(kind="failing", rank=0, why=why)
             with self._lock:
                 self.state[0] = "failing"
         elif 0 in self._conns:
-            self._conns[0].send(t="failing")
+            self._conns[0].send(t="failing", why=why)
 
     # ------------------------------------------------------------------ the thread
     def _sample(self, now):
@@ -303,7 +304,7 @@ class Peers:
             with self._lock:
                 self.signals[source] = (now, msg["signum"])
         elif kind == "failing":
-            self._note(kind="failing", rank=source)
+            self._note(kind="failing", rank=source, why=msg.get("why", ""))
             with self._lock:
                 self.state[source] = "failing"
         elif kind == "stuck":

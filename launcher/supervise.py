@@ -172,6 +172,13 @@ def _read_events(job_dir):
     reports = [e["text"] for e in events if e.get("kind") == "report"]
     roster = next((e["roster"] for e in events if e.get("kind") == "roster"), None)
     crashes = _crash_reports(job_dir, roster)
+    for e in events:
+        if e.get("kind") == "failing" and e.get("why"):
+            rank = e.get("rank", 0)
+            who = f"rank {rank}"
+            if roster is not None and rank < len(roster):
+                who += f" (host {roster[rank][0]}, pid {roster[rank][1]})"
+            reports.append(f"{who} {e['why']}")
     if roster is None or any(e.get("kind") in ("all_done", "failing") for e in events):
         return crashes + reports
     finished = {e["rank"] for e in events if e.get("kind") == "finished"}

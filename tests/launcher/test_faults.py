@@ -316,7 +316,9 @@ def test_max_restarts_reruns_the_job_after_a_failure(tmp_path):
     code, out, err, _ = launcher("-n", 2, "--max-restarts", 2, path, tmp_path, timeout=TIMEOUT)
     assert code == 0, err
     assert "RuntimeError: rank 1 fails once" in err
-    assert "the job failed (exit status 1); restarting it (restart 1 of 2)" in err
+    assert (f"the job failed (exit status 1): rank 1 (host {HOST}, pid ") in err
+    assert ("raised RuntimeError: rank 1 fails once at " in err
+            and "; restarting it (restart 1 of 2)" in err)
     assert "[rank 0] done after 1 restart(s) [2.0]" in out
     assert "[rank 1] done after 1 restart(s) [2.0]" in out
 
@@ -334,6 +336,7 @@ def test_max_restarts_from_a_config_file_and_exhausted(tmp_path):
     assert code == 3
     assert err.count("restarting it (restart 1 of 1)") == 1
     assert "no restarts left (--max-restarts 1)" in err
+    assert "exited with sys.exit(3) at " in err   # the reason, in the launcher's last line
 
 
 def test_max_restarts_of_a_single_process(tmp_path):
