@@ -85,7 +85,22 @@ def test_every_overlap_mode_gives_the_same_training(mode, monkeypatch):
     reference = make_model()
     train(reference, x, y, steps=3)
     model = DDP(make_model(), bucket_cap_mb=0.0005)
+    assert model.reducer.sync_comm == (mode == "sync")
+    if mode != "sync":
+        assert model.reducer.comm_mode == mode
+    calls = {"Allreduce": 0, "Iallreduce": 0, "Iallreduce_nonblocking": 0}
+    for name in calls:   # which of the communicator's allreduces the buckets went through
+        def counting(*args, _name=name, _original=getattr(model.comm, name), **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(model.comm, name, counting)
     train(model, shard(x), shard(y), steps=3)
+    n_buckets = len(model.reducer.buckets)
+    used = {"sync": "Allreduce", "thread": "Iallreduce",
+            "nonblocking": "Iallreduce_nonblocking"}[mode]
+    assert n_buckets > 1 and calls[used] >= 3 * n_buckets - 1, calls
+    assert all(calls[name] == 0 for name in ("Iallreduce", "Iallreduce_nonblocking")
+               if name != used), calls
     for got, want in zip(params_np(model.module), params_np(reference)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
