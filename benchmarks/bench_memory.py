@@ -1,0 +1,105 @@
+"""Peak memory of a training step, ddp against PyTorch: the small CNN (batch 128 of 1x28x28) and
+an LSTM 128->256 over 35 steps (batch 32, a linear head), SGD with momentum.
+
+    python benchmarks/bench_memory.py [--steps 3]
+
+Each (library, model) runs in a fresh process (Linux): after the imports, the model and the
+data are made, the resident set is read (``VmRSS``); then ``--steps`` training steps run and
+the peak resident set (``VmHWM``) is read. The figure is the peak minus that baseline: the
+gradients, the optimizer's state and the largest set of arrays alive during a step (saved
+activations, temporaries), as the operating system counts them. One BLAS thread.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024   # kB -> bytes
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _child(lib_name, model, steps):
+    """Runs in the fresh process: returns (baseline bytes, peak bytes)."""
+    import numpy as np
+    if lib_name == "torch":
+        import torch as lib
+        lib.set_num_threads(1)
+    else:
+        import ddp as lib   # the ddp on PYTHONPATH (PYTHONPATH=. from a checkout)
+    sys.path.insert(0, HERE)
+    from bench_train_step import small_cnn
+    lib.manual_seed(0)
+    rng = np.random.default_rng(0)
+    nn = lib.nn
+    if model == "cnn":
+        net = small_cnn(lib)
+        x = lib.tensor(rng.standard_normal((128, 1, 28, 28)).astype(np.float32))
+        y = lib.tensor(rng.integers(0, 10, 128))
+
+        def loss_of():
+            return nn.functional.cross_entropy(net(x), y)
+    else:
+        rnn, head = nn.LSTM(128, 256), nn.Linear(256, 10)
+        net = nn.ModuleList([rnn, head])
+        x = lib.tensor(rng.standard_normal((35, 32, 128)).astype(np.float32))
+        y = lib.tensor(rng.integers(0, 10, 32))
+
+        def loss_of():
+            out, _ = rnn(x)
+            return nn.functional.cross_entropy(head(out[-1]), y)
+    opt = lib.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    base = _status("VmRSS")
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_of().backward()
+        opt.step()
+    return base, _status("VmHWM")
+
+
+def measure(lib_name, model, steps):
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", lib_name, model,
+                          str(steps)], capture_output=True, text=True, check=True)
+    base, peak = json.loads(out.stdout.strip().splitlines()[-1])
+    return (peak - base) / 2 ** 20
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        lib_name, model, steps = args.child
+        print(json.dumps(_child(lib_name, model, int(steps))))
+        return
+    libs = ["ddp"]
+    try:
+        import importlib.util
+        if importlib.util.find_spec("torch") is not None:
+            libs.append("torch")
+    except ImportError:
+        pass
+    print(f"peak resident memory above the baseline during {args.steps} training steps, MiB")
+    for model, label in (("cnn", "small CNN, batch 128"),
+                         ("lstm", "LSTM 128->256, 35 steps, batch 32")):
+        row = {lib: measure(lib, model, args.steps) for lib in libs}
+        ratio = f"{row['ddp'] / row['torch']:.2f}x" if "torch" in row else "-"
+        cols = "  ".join(f"{k} {v:7.1f}" for k, v in row.items())
+        print(f"  {label:<36} {cols}  {ratio}")
+
+
+if __name__ == "__main__":
+    main()
