@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 from . import backend
+from .ops import matrix as M
 from .ops import reduction as R
 from .ops import shape as S
 from .tensor import Tensor
@@ -151,6 +152,23 @@ def _number_first(name, number, other, *args, alpha=1, rounding_mode=None, **kwa
 
 
 FUNCTIONS = {n: f for n in _METHODS if (f := _functional(n)) is not None}
+
+
+def einsum(equation, *operands):
+    """Sum of products over the subscripts of ``equation`` (``'ij,jk->ik'``; ``...`` for
+    broadcast dimensions; no ``->``: the letters that appear once, alphabetically), with
+    gradients to every operand.
+
+    Example:
+        >>> a, b = ddp.ones(2, 3), ddp.ones(3, 4)
+        >>> ddp.einsum("ij,jk->ik", a, b).shape, ddp.einsum("ij->", a).item()
+        (ddp.Size([2, 4]), 6.0)
+    """
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    operands = _joinable("einsum", operands)
+    subs, out = M.parse_einsum(equation, [tuple(t.shape) for t in operands])
+    return M.Einsum.apply(*operands, subs=subs, out=out)
 
 
 def max(input, dim=None, keepdim=False, out=None):

@@ -1227,9 +1227,13 @@ class Tensor:
         if len(shape) == 1 and isinstance(shape[0], (backend.dtype, np.dtype)):
             raise NotImplementedError("view(dtype) is not supported; use .to(dtype)")
         size = _check_shape(_size_args(shape, "view"), self)
-        probe = self._data.view()
+        arr = self._data
+        # a descriptor with the same shape and strides (no data read): NumPy's in-place reshape
+        # refuses exactly when a copy would be needed, for CuPy's arrays as for its own
+        probe = np.lib.stride_tricks.as_strided(np.empty(1, np.dtype(f"V{arr.itemsize}")),
+                                                arr.shape, arr.strides)
         try:
-            probe.shape = size          # NumPy/CuPy refuse exactly when a copy would be needed
+            probe.shape = size
         except AttributeError:
             raise RuntimeError("view size is not compatible with input tensor's size and stride "
                                "(at least one dimension spans across two contiguous subspaces). "

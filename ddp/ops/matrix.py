@@ -77,3 +77,104 @@ class Triangle(Op):
     def backward(ctx, g):
         k, upper = ctx.args
         return Triangle.run(g, k=k, upper=upper)
+
+
+def parse_einsum(equation, shapes):
+    """``equation`` with its ellipses written out as letters: (input subscripts, output).
+
+    Implicit output (no ``->``): the ellipsis dimensions, then the letters that appear once,
+    in alphabetical order (PyTorch's and NumPy's rule).
+    """
+    import string
+    from collections import Counter
+    eq = equation.replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    ins = lhs.split(",")
+    if len(ins) != len(shapes):
+        raise RuntimeError(f"einsum(): {'more' if len(shapes) > len(ins) else 'fewer'} operands "
+                           f"were provided than specified in the equation '{equation}' "
+                           f"({len(shapes)} operands, {len(ins)} subscripts)")
+    for s in ins + [out]:
+        bad = [c for c in s.replace("...", "") if not c.isalpha()]
+        if bad:
+            raise RuntimeError(f"einsum(): invalid subscript '{bad[0]}' in the equation "
+                               f"'{equation}': subscripts must be letters [a-zA-Z]")
+    used = {c for c in eq if c.isalpha()}
+    free = [c for c in string.ascii_uppercase + string.ascii_lowercase if c not in used]
+    widths = [len(shape) - (len(s) - 3) for s, shape in zip(ins, shapes) if "..." in s]
+    n_ell = max(widths, default=0)
+    ell = "".join(free[:n_ell])
+    full = []
+    for i, (s, shape) in enumerate(zip(ins, shapes)):
+        if "..." in s:
+            k = len(shape) - (len(s) - 3)
+            if k < 0:
+                raise RuntimeError(f"einsum(): the number of subscripts in the equation "
+                                   f"({len(s) - 3}) is more than the number of dimensions "
+                                   f"({len(shape)}) for operand {i}")
+            s = s.replace("...", ell[n_ell - k:])
+        if len(s) != len(shape):
+            raise RuntimeError(f"einsum(): the number of subscripts in the equation ({len(s)}) "
+                               f"does not match the number of dimensions ({len(shape)}) for "
+                               f"operand {i} and no ellipsis was given")
+        full.append(s)
+    if not arrow:
+        counts = Counter(c for s in full for c in s if c not in ell)
+        out = ell + "".join(sorted(c for c, n in counts.items() if n == 1))
+    else:
+        out = out.replace("...", ell)
+        for c in out:
+            if not any(c in s for s in full):
+                raise RuntimeError(f"einsum(): output subscript {c} does not appear in the "
+                                   f"equation for any input operand")
+    sizes = {}
+    for i, (s, shape) in enumerate(zip(full, shapes)):
+        for c, n in zip(s, shape):
+            if sizes.setdefault(c, n) != n and 1 not in (n, sizes[c]):
+                raise RuntimeError(f"einsum(): operands do not broadcast with remapped shapes "
+                                   f"(original->remapped): subscript {c} has size {sizes[c]} and "
+                                   f"{n} (operand {i}, shapes {[list(x) for x in shapes]})")
+            if sizes[c] == 1:
+                sizes[c] = n
+    return tuple(full), out
+
+
+class Einsum(Op):
+    """``einsum`` over subscripts with the ellipses written out (:func:`parse_einsum`).
+
+    The gradient of operand ``i`` is the einsum of the incoming gradient with the other
+    operands onto ``i``'s subscripts; a letter only operand ``i`` has (summed inside it) comes
+    back as a size-1 dimension that the engine broadcasts. A letter repeated within one operand
+    (a diagonal, ``'ii->i'``) has no gradient rule here."""
+    fresh_grads = False
+
+    @staticmethod
+    def forward(ctx, *arrays, subs=None, out=None):
+        ctx.save_for_backward(*arrays)
+        ctx.subs, ctx.out = subs, out
+        ctx.shapes = [a.shape for a in arrays]
+        xp = backend.get_array_module(*arrays)
+        res = xp.einsum(",".join(subs) + "->" + out, *arrays, optimize=len(arrays) > 2)
+        return res if res.dtype == arrays[0].dtype else res.astype(arrays[0].dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        arrays = ctx.saved_tensors
+        grads = []
+        for i, s in enumerate(ctx.subs):
+            if not ctx.needs_input_grad[i]:
+                grads.append(None)
+                continue
+            if len(set(s)) != len(s):
+                raise NotImplementedError(f"einsum: no gradient through the repeated subscript "
+                                          f"of operand {i} ('{s}'); write the diagonal with "
+                                          f"ddp.diagonal first")
+            others = [j for j in range(len(ctx.subs)) if j != i]
+            seen = set(ctx.out).union(*(ctx.subs[j] for j in others))
+            target = "".join(c for c in s if c in seen)
+            gi = Einsum.run(g, *(arrays[j] for j in others),
+                            subs=(ctx.out, *(ctx.subs[j] for j in others)), out=target)
+            if target != s:
+                gi = gi.reshape(tuple(n if c in seen else 1 for c, n in zip(s, ctx.shapes[i])))
+            grads.append(gi)
+        return tuple(grads)
