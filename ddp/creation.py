@@ -313,6 +313,8 @@ def randint(low=0, high=None, size=None, generator=None, dtype=None, device=None
             low, high, size = 0, low, high
         else:
             raise TypeError("randint() missing required argument 'size'")
+    if high is None:                 # randint(high, size=...)
+        low, high = 0, low
     if low >= high:
         raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={low} >= "
                            f"to={high} (randint)")

@@ -162,3 +162,10 @@ def test_cuda_device_context_is_a_no_op_for_none_and_negative():
         pass
     with pytest.raises(ValueError, match="Expected a cuda device"):
         ddp.cuda.device("cpu")
+
+
+def test_randint_forms():
+    assert ddp.randint(9, size=(2,)).shape == (2,) and ddp.randint(3, (4,)).shape == (4,)
+    assert ddp.randint(1, 4, (3,)).shape == (3,)
+    v = ddp.randint(low=2, high=5, size=(50,))
+    assert int(v.min()) >= 2 and int(v.max()) < 5 and v.dtype == ddp.int64

@@ -214,3 +214,15 @@ def test_ddp_tutorial_single_gpu(tmp_path):
     out = run(tmp_path, "ddp_tutorial_series/single_gpu.py", 2, 1, "--batch_size", 64)
     assert "[GPU0] Epoch 1 | Batch size: 64 | Steps: 32" in out
     assert set(ddp.load(tmp_path / "work" / "checkpoint.pt")) == {"weight", "bias"}
+
+
+def test_mnist_forward_forward(tmp_path):
+    """Hinton's forward-forward training, layer by layer (Linear subclass with device/dtype,
+    indexing by ``range`` and a tensor, ``sum`` of tensors, torchvision's Lambda)."""
+    out = run(tmp_path, "mnist_forward_forward/main.py", "--epochs", 60, "--train_size", 512,
+              "--test_size", 256, "--log-interval", 20)
+    losses = [float(v) for v in re.findall(r"^Loss:\s+([\d.e+-]+)$", out, flags=re.M)]
+    assert len(losses) == 6 and losses[2] < losses[0] and losses[5] < losses[3]   # both layers
+    train_error = float(re.search(r"train error: ([\d.e+-]+)", out).group(1))
+    test_error = float(re.search(r"test error: ([\d.e+-]+)", out).group(1))
+    assert train_error < 0.5 and test_error < 0.5       # chance: 0.9

@@ -61,3 +61,11 @@ class CenterCrop:
         h, w = arr.shape[:2]
         top, left = (h - self.size[0]) // 2, (w - self.size[1]) // 2
         return arr[top:top + self.size[0], left:left + self.size[1]]
+
+
+class Lambda:
+    def __init__(self, lambd):
+        self.lambd = lambd
+
+    def __call__(self, img):
+        return self.lambd(img)
