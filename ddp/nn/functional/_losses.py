@@ -341,9 +341,10 @@ class ClassCrossEntropy(Op):
     (``'sum'``), divided by ``sum w[y]`` (``'mean'``) or per sample (``'none'``).
 
     Inputs: ``x`` and the arrays from :func:`_class_targets` (no gradient). Saved: the
-    indices, the per-sample weights and, for cross entropy, the softmax ``p`` (the size of
-    the log-probabilities; an extra output, so that under ``create_graph`` it is on the graph
-    and backward differentiates again) — no dense N x C target, no copy of ``x``. Backward:
+    indices, the per-sample weights and, for cross entropy, ``e = exp(x - max)`` with the
+    row totals (``softmax = e / total``; ``e`` the size of the log-probabilities, an extra
+    output, so that under ``create_graph`` it is on the graph and backward differentiates
+    again) — no dense N x C target, no copy of ``x``. Backward:
     ``gx = p * g W - g (1 - eps) w[y] onehot(y) - g eps / C w`` with
     ``W = (1 - eps) w[y] + eps / C sum w`` (the target distribution's total)."""
 
@@ -353,15 +354,16 @@ class ClassCrossEntropy(Op):
         n_classes = x.shape[dim]
         idx, _ = _class_index(y, dim)
         w_y = valid.astype(x.dtype) if w is None else w[y] * valid
-        if log_softmax:   # softmax p and the picked log-probabilities, in five passes over x
+        inv_total = None
+        if log_softmax:   # e = exp(x - max) and the picked log-probabilities: four passes
             shift = x.max(axis=dim, keepdims=True)
             p = x - shift
             xp.exp(p, out=p)
             total = p.sum(axis=dim, keepdims=True)
+            inv_total = 1 / total          # softmax = e / total, divided in backward's pass
             shift += xp.log(total)         # log sum exp
             loss = (x[idx] - shift[idx[:-1] + (0,)] if dim == x.ndim - 1 and x.ndim > 1 else
                     (x - shift)[idx]).reshape(y.shape) * (-(1 - smoothing) * w_y)
-            p /= total
         else:
             p = None
             loss = x[idx].reshape(y.shape) * (-(1 - smoothing) * w_y)
@@ -385,11 +387,12 @@ class ClassCrossEntropy(Op):
         ctx.dim, ctx.smoothing, ctx.reduction, ctx.log_softmax = dim, smoothing, reduction, \
             log_softmax
         ctx.x_meta = (x.shape, x.dtype)
-        return (loss, p) if log_softmax else loss
+        ctx.inv_total = inv_total
+        return (loss, p) if log_softmax else loss   # p: e, unnormalised
 
     @staticmethod
-    def backward(ctx, g, g_p=None):
-        p, = ctx.saved_tensors
+    def backward(ctx, g, g_e=None):
+        e, = ctx.saved_tensors
         xp = ctx.xp
         dim, eps = ctx.dim, ctx.smoothing
         shape, dtype = ctx.x_meta
@@ -407,7 +410,10 @@ class ClassCrossEntropy(Op):
                     total = total + (eps / n_classes) * (n_classes if w is None else w.sum()) \
                         * ctx.valid
                 gt = g * total if arrays else g * graph.Tensor._make(total)
-                gx = p * xp.expand_dims(gt, dim)
+                if arrays:   # softmax * g W in one pass over e
+                    gx = e * (xp.expand_dims(gt, dim) * ctx.inv_total)
+                else:        # softmax recorded from e, which is on the graph (output 1)
+                    gx = e / e.sum(axis=dim, keepdims=True) * xp.expand_dims(gt, dim)
             elif arrays:
                 gx = backend.get_array_module(ctx.y).zeros(shape, dtype)
             idx, at = _class_index(ctx.y, dim)
@@ -424,8 +430,8 @@ class ClassCrossEntropy(Op):
                     ws = graph.Tensor._make(ws)
                 valid = ctx.valid if arrays else graph.Tensor._make(ctx.valid.astype(dtype))
                 gx = gx - xp.expand_dims(g * valid, dim) * ((eps / n_classes) * ws)
-        if g_p is not None:   # through the saved softmax (double backward)
-            part = p * (g_p - (p * g_p).sum(axis=dim, keepdims=True))
+        if g_e is not None:   # through e = exp(x - max) (double backward); the max's own
+            part = g_e * e    # term cancels: e enters the gradient only as e / sum(e)
             gx = part if gx is None else gx + part
         return gx, None, None, None
 
