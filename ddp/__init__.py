@@ -27,7 +27,8 @@ from . import autograd
 from .autograd import enable_grad, inference_mode, no_grad, set_grad_enabled, is_grad_enabled
 from .autograd.grad_mode import is_inference_mode_enabled
 from ._functions import (FUNCTIONS as _FUNCTIONS, broadcast_shapes, broadcast_tensors, cat, concat,
-                         concatenate, einsum, hstack, is_tensor, max, min, stack, vstack)
+                         cdist, concatenate, einsum, hstack, is_tensor, max, meshgrid, min,
+                         stack, vstack)
 from . import cuda
 
 globals().update({k: v for k, v in _FUNCTIONS.items() if k not in globals()})

@@ -112,7 +112,8 @@ scatter scatter_add index_select index_add masked_fill masked_select nonzero arg
 unique add sub subtract mul multiply div divide true_divide floor_divide remainder fmod pow
 maximum minimum lerp addcmul addcdiv dot eq ne lt le gt ge greater less greater_equal less_equal
 not_equal equal logical_not logical_and logical_or isnan isinf isfinite allclose clone detach
-numel is_floating_point diag diag_embed diagonal triu tril trace outer ger""".split()
+numel is_floating_point diag diag_embed diagonal triu tril trace outer ger kthvalue
+nan_to_num tensor_split bincount""".split()
 
 
 def _functional(name):
@@ -169,6 +170,56 @@ def einsum(equation, *operands):
     operands = _joinable("einsum", operands)
     subs, out = M.parse_einsum(equation, [tuple(t.shape) for t in operands])
     return M.Einsum.apply(*operands, subs=subs, out=out)
+
+
+def meshgrid(*tensors, indexing=None):
+    """Coordinate grids from 1-D tensors: ``indexing='ij'`` (the default, as PyTorch's)
+    gives shapes ``(len(t0), len(t1), ...)``, ``'xy'`` swaps the first two. Each grid is an
+    expanded view, so gradients reach the inputs.
+
+    Example:
+        >>> x, y = ddp.meshgrid(ddp.arange(2), ddp.arange(3), indexing="ij")
+        >>> x.shape, y[1].tolist()
+        (ddp.Size([2, 3]), [0, 1, 2])
+    """
+    if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
+        tensors = tuple(tensors[0])
+    indexing = "ij" if indexing is None else indexing
+    if indexing not in ("ij", "xy"):
+        raise ValueError(f"torch.meshgrid: indexing must be one of \"xy\" or \"ij\", but received: "
+                         f"{indexing}")
+    for i, t in enumerate(tensors):
+        if t.ndim > 1:
+            raise RuntimeError(f"torch.meshgrid: Expected 0D or 1D tensor in the tensor list but "
+                               f"got: {t.ndim}D (tensor {i})")
+    flat = [t.reshape(-1) for t in tensors]
+    swap = indexing == "xy" and len(flat) >= 2
+    if swap:
+        flat[0], flat[1] = flat[1], flat[0]
+    shape = tuple(t.shape[0] for t in flat)
+    grids = []
+    for i, t in enumerate(flat):
+        view = [1] * len(flat)
+        view[i] = -1
+        grids.append(t.reshape(view).expand(*shape))
+    if swap:
+        grids[0], grids[1] = grids[1], grids[0]
+    return tuple(grids)
+
+
+def cdist(x1, x2, p=2.0, compute_mode=None):
+    """p-norm distances between the rows of ``x1`` (..., P, M) and ``x2`` (..., R, M)."""
+    if x1.ndim < 2 or x2.ndim < 2 or x1.shape[-1] != x2.shape[-1]:
+        raise RuntimeError(f"cdist only supports at least 2D tensors with the same last "
+                           f"dimension, got X1 {list(x1.shape)} and X2 {list(x2.shape)}")
+    diff = (x1.unsqueeze(-2) - x2.unsqueeze(-3)).abs()
+    if p == 2:
+        return diff.pow(2).sum(-1).sqrt()
+    if p == float("inf"):
+        return diff.amax(-1)
+    if p == 0:
+        return (diff != 0).to(x1.dtype).sum(-1)
+    return diff.pow(p).sum(-1).pow(1.0 / p)
 
 
 def max(input, dim=None, keepdim=False, out=None):

@@ -1625,6 +1625,63 @@ class Tensor:
         idx = self.argsort(dim, descending)
         return MinMax(self.gather(self._axes(dim)[0], idx), idx)
 
+    def kthvalue(self, k, dim=-1, keepdim=False):
+        """The ``k``-th smallest element along ``dim`` (1-based) and its index.
+
+        Example:
+            >>> ddp.tensor([3., 1., 2.]).kthvalue(2)
+            MinMax(values=tensor(2.), indices=tensor(2))
+        """
+        d = self._axes(dim)[0]
+        n = self._data.shape[d] if self.ndim else 1
+        if not 1 <= k <= n:
+            raise RuntimeError(f"kthvalue(): selected number k out of range for dimension {d} "
+                               f"(k={k}, size {n}, input shape {list(self.shape)})")
+        values, idx = self.sort(d)
+        values, idx = values.narrow(d, k - 1, 1), idx.narrow(d, k - 1, 1)
+        return MinMax(values, idx) if keepdim else MinMax(values.squeeze(d), idx.squeeze(d))
+
+    def nan_to_num(self, nan=0.0, posinf=None, neginf=None):
+        """NaN, +inf and -inf replaced by ``nan``, ``posinf`` and ``neginf`` (default: the
+        dtype's largest and lowest finite values); the gradient passes where values are kept."""
+        if not self.is_floating_point():
+            return self.clone()
+        info = np.finfo(self._data.dtype)
+        hi = float(info.max) if posinf is None else posinf
+        lo = float(info.min) if neginf is None else neginf
+        x = where(self.isnan(), self.new_full((), nan), self)
+        x = where(x == float("inf"), x.new_full((), hi), x)
+        return where(x == float("-inf"), x.new_full((), lo), x)
+
+    def tensor_split(self, indices_or_sections, dim=0):
+        """Pieces along ``dim``: ``n`` sections as equal as possible (the first ``size % n`` one
+        longer), or cut before each index of a list."""
+        d = self._axes(dim)[0]
+        n = self._data.shape[d]
+        if isinstance(indices_or_sections, int):
+            k = indices_or_sections
+            if k <= 0:
+                raise RuntimeError(f"tensor_split(): number of sections must be larger than 0, "
+                                   f"got {k}")
+            q, r = divmod(n, k)
+            bounds = [i * q + min(i, r) for i in range(k + 1)]
+        else:
+            cuts = [int(i) for i in (indices_or_sections.tolist() if isinstance(
+                indices_or_sections, Tensor) else indices_or_sections)]
+            bounds = [0] + [min(max(c, 0), n) for c in cuts] + [n]
+        return tuple(self.narrow(d, a, max(b - a, 0)) for a, b in zip(bounds, bounds[1:]))
+
+    def bincount(self, weights=None, minlength=0):
+        """How often each value 0..max occurs in a 1-D non-negative integer tensor (summed
+        ``weights`` instead of counts when given)."""
+        if self.ndim != 1 or self._data.dtype.kind not in "iu" or (
+                self.numel() and int(self._data.min()) < 0):
+            raise RuntimeError("bincount only supports 1-d non-negative integral inputs.")
+        xp = backend.get_array_module(self._data)
+        w = None if weights is None else weights.detach()._data
+        out = xp.bincount(self._data, weights=w, minlength=minlength)
+        return Tensor._make(out if w is not None else out.astype(np.int64))
+
     def topk(self, k, dim=-1, largest=True, sorted=True):
         d = self._axes(dim)[0]
         n = self._data.shape[d] if self.ndim else 1

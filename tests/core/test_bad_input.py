@@ -60,6 +60,13 @@ def _cases(m):
         "einsum_dims": (lambda: m.einsum("ijk->i", x), "number of subscripts in the equation"),
         "einsum_sizes": (lambda: m.einsum("ij,ij->i", x, m.ones(3, 5)), "subscript j"),
         "einsum_output": (lambda: m.einsum("ij->k", x), "output subscript k"),
+        "kthvalue_k": (lambda: x.kthvalue(5), "kthvalue(): selected number k out of range"),
+        "bincount_negative": (lambda: m.tensor([-1, 2]).bincount(),
+                              "bincount only supports 1-d non-negative integral inputs"),
+        "tensor_split_zero": (lambda: x.tensor_split(0), "number of sections must be larger "
+                                                          "than 0"),
+        "meshgrid_2d": (lambda: m.meshgrid(x, x, indexing="ij"), "Expected 0D or 1D tensor"),
+        "cdist_dims": (lambda: m.cdist(x, m.ones(2, 5)), "cdist only supports"),
         "cross_entropy_target": (lambda: m.nn.functional.cross_entropy(m.ones(2, 3),
                                                                        m.tensor([0, 3])),
                                  "out of bounds"),
