@@ -227,6 +227,7 @@ def test_single_process_identities(tmp_path, capsys):
 def test_rank_from_launcher_env_before_init(monkeypatch, capsys):
     if dist.is_initialized():
         pytest.skip("a process group is initialised in this process")
+    monkeypatch.setenv("PMI_SIZE", "4")   # a rank is one of a job of several (environment.py)
     monkeypatch.setenv("PMI_RANK", "3")
     assert not dist.is_main_process()
     dist.print0("hidden")
