@@ -33,6 +33,8 @@ import threading
 import time
 import traceback
 
+from .peers import at, ddp_folders
+
 GRACE_SECONDS = 3.0  # a signalled rank blocked outside Python exits after this long
 # A failing rank waits this long before MPI_Abort, so that the MPI launcher forwards its
 # traceback before killing the job (hydra drops output still in flight at the abort) and other
@@ -121,11 +123,21 @@ def _user_traceback(tb):
 
 
 def where(exc) -> str:
-    """``file:line (code)`` of the innermost user frame of ``exc``'s traceback."""
+    """``file:line (code)`` of the innermost user frame of ``exc``'s traceback: frames of the
+    launcher and of ddp are skipped (a SIGTERM that interrupts an ``all_reduce`` is reported at
+    the user's call, ``in all_reduce at train.py:40 (...)``)."""
+    ddp_dir, dist_dir = ddp_folders()
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _ours(f.filename)]
-    if not frames:
-        return "?"
-    f = frames[-1]
+    user = [i for i, f in enumerate(frames) if not os.path.abspath(f.filename).startswith(ddp_dir)]
+    if not user:
+        return "?" if not frames else _site(frames[-1])
+    inner = frames[user[-1] + 1:user[-1] + 2]
+    inside = (f"in {inner[0].name} at "
+              if inner and os.path.abspath(inner[0].filename).startswith(dist_dir) else "")
+    return inside + _site(frames[user[-1]])
+
+
+def _site(f):
     return f"{f.filename}:{f.lineno}" + (f" ({f.line})" if f.line else "")
 
 
@@ -155,7 +167,7 @@ def fail(exc: BaseException) -> int:
     elif isinstance(exc, (SignalExit, KeyboardInterrupt)):
         name = signal.Signals(code - 128).name
         who = f"rank {rank}" if size > 1 else "the script"
-        _write(f"launcher: {who} stopped by {name} at {where(exc)}"
+        _write(f"launcher: {who} stopped by {name} {at(where(exc))}"
                + (f"; stopping all {size} ranks\n" if size > 1 else "\n"))
         if _state["peers"] is not None:
             return code  # finished() waits for the other ranks' finally blocks
@@ -175,10 +187,10 @@ def fail(exc: BaseException) -> int:
 def _why(exc: BaseException) -> str:
     """One line on why this rank stops the job, for the launcher's summary."""
     if isinstance(exc, SystemExit):
-        return f"exited with {how_it_ended(exc)} at {where(exc)}"
+        return f"exited with {how_it_ended(exc)} {at(where(exc))}"
     text = str(exc).strip().splitlines()
     message = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
-    return f"raised {message} at {where(exc)}"
+    return f"raised {message} {at(where(exc))}"
 
 
 def how_it_ended(exc: BaseException) -> str:
@@ -253,6 +265,16 @@ def finished(code: int, how: str, where=None) -> None:
         _write(f"launcher: rank {_state['rank']}: the other ranks did not finish within "
                f"{_signal_grace():g} s of the signal; stopping the job\n")
         abort(code)
+    elif _left_a_collective():
+        # MPI_Finalize would wait for (or warn about) the collective this rank left on the
+        # signal, which no peer will join now; every rank has finished its script
+        _write("")
+        _real_exit(code)
+
+
+def _left_a_collective() -> bool:
+    waiting = sys.modules.get("ddp.distributed.waiting")   # not imported: nothing was left
+    return waiting is not None and waiting.abandoned()
 
 
 def abort(code: int) -> None:

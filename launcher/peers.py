@@ -56,7 +56,8 @@ _DDP = None         # the ddp package folder, found without importing ddp
 _DISTRIBUTED = None
 
 
-def _folders():
+def ddp_folders():
+    """(the ddp package folder, its distributed folder), each ending in a separator."""
     global _DDP, _DISTRIBUTED
     if _DDP is None:
         import importlib.util
@@ -88,7 +89,7 @@ def describe(frame):
 
 def _describe(frame):
     """:func:`describe` and the outermost ``ddp.distributed`` frame itself (None outside)."""
-    ddp_dir, dist_dir = _folders()
+    ddp_dir, dist_dir = ddp_folders()
     f = frame
     while f is not None and _is_plumbing(os.path.abspath(f.f_code.co_filename)):
         f = f.f_back
@@ -102,6 +103,16 @@ def _describe(frame):
         f = f.f_back
     site = "?" if f is None else f"{f.f_code.co_filename}:{f.f_lineno}"
     return collective, site, entry
+
+
+def at(place):
+    """``place`` (from ``failure.where``) after "at", unless it already says "in <collective> at".
+
+    Example:
+        >>> at("train.py:3"), at("in all_reduce at train.py:3")
+        ('at train.py:3', 'in all_reduce at train.py:3')
+    """
+    return place if place.startswith("in ") else "at " + place
 
 
 def _ranks(ranks):
@@ -321,8 +332,8 @@ class Peers:
         self._note(kind="finished", rank=source, code=code, how=how)
         with self._lock:
             self.state[source] = state
-            self.how[source] = f"{how}, at {where}" if code == 0 else f"{how} (exit status " \
-                f"{code}), at {where}"
+            self.how[source] = f"{how}, {at(where)}" if code == 0 else f"{how} (exit status " \
+                f"{code}), {at(where)}"
             self.gone_at[source] = time.monotonic()
             self.stuck[source] = None
 

@@ -4,6 +4,8 @@
   order, so asynchronous buckets never reorder collectives and the main thread keeps running
   backward while an allreduce is on the wire (mpi4py releases the GIL inside MPI calls).
   Blocking collectives wait for the work already submitted, then run in the caller's thread.
+  In the main thread they start MPI's non-blocking form and poll it, so signal handlers
+  still run (SIGTERM reaches a rank waiting for a peer; see waiting.py).
 - CuPy arrays are staged through host memory (the PyPI MPI wheels are not CUDA-aware); the
   current stream is synchronised first.
 - float16 and bfloat16 travel as 16-bit words reduced by a user-defined MPI op (MPI has no
@@ -11,6 +13,7 @@
 """
 from __future__ import annotations
 
+import pickle
 import queue
 import threading
 
@@ -20,6 +23,7 @@ from .. import backend
 from . import consistency
 from .communicator import Communicator, Work, _check_op
 from .stall import async_name, maybe_inspector
+from .waiting import wait
 
 _MPI = None
 
@@ -71,6 +75,15 @@ def _words(host):
     if host is not None and backend.bfloat16 is not None and host.dtype == backend.bfloat16.np:
         return host.view(np.uint16)
     return host
+
+
+def _pickled(obj):
+    return np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
+
+
+def _unpickled(data, sizes):
+    ends = np.cumsum(sizes)
+    return [pickle.loads(data[end - size:end]) for size, end in zip(sizes, ends)]
 
 
 def _mpi_op(op):
@@ -136,7 +149,8 @@ class MPICommunicator(Communicator):
     def Bcast(self, array, root=0):
         self._enter("Bcast", array, root=root)
         host, back = self._host(array)
-        self.comm.Bcast(_words(host), root=root)
+        buf = _words(host)
+        wait(self.comm.Ibcast(buf, root=root), buf)
         if back is not None:
             back()
         return array
@@ -145,7 +159,8 @@ class MPICommunicator(Communicator):
         self._enter("Allgather", send)
         s, _ = self._host(send)
         r, back = self._host(recv)
-        self.comm.Allgather(_words(s), _words(r))
+        sbuf, rbuf = _words(s), _words(r)
+        wait(self.comm.Iallgather(sbuf, rbuf), sbuf, rbuf)
         if back is not None:
             back()
 
@@ -155,7 +170,7 @@ class MPICommunicator(Communicator):
         s, _ = self._host(send)
         r, back = self._host(recv)
         (sbuf, mpi_op), (rbuf, _) = _reduce_args(s, op), _reduce_args(r, op)
-        self.comm.Reduce_scatter_block(sbuf, rbuf, op=mpi_op)
+        wait(self.comm.Ireduce_scatter_block(sbuf, rbuf, op=mpi_op), sbuf, rbuf)
         if back is not None:
             back()
 
@@ -164,17 +179,20 @@ class MPICommunicator(Communicator):
         s, _ = self._host(send)
         if self.rank == root:
             r, back = self._host(recv)
-            self.comm.Gather(_words(s), _words(r), root=root)
+            sbuf, rbuf = _words(s), _words(r)
+            wait(self.comm.Igather(sbuf, rbuf, root=root), sbuf, rbuf)
             if back is not None:
                 back()
         else:
-            self.comm.Gather(_words(s), None, root=root)
+            sbuf = _words(s)
+            wait(self.comm.Igather(sbuf, None, root=root), sbuf)
 
     def Scatter(self, send, recv, root=0):
         self._enter("Scatter", recv, root=root)
         r, back = self._host(recv)
         s = self._host(send)[0] if self.rank == root else None
-        self.comm.Scatter(_words(s), _words(r), root=root)
+        sbuf, rbuf = _words(s), _words(r)
+        wait(self.comm.Iscatter(sbuf, rbuf, root=root), sbuf, rbuf)
         if back is not None:
             back()
 
@@ -184,27 +202,56 @@ class MPICommunicator(Communicator):
         host, back = self._host(array)
         MPI = mpi()
         buf, mpi_op = _reduce_args(host, op)
-        self.comm.Reduce(MPI.IN_PLACE if self.rank == root else buf,
-                         buf if self.rank == root else None, op=mpi_op, root=root)
+        wait(self.comm.Ireduce(MPI.IN_PLACE if self.rank == root else buf,
+                               buf if self.rank == root else None, op=mpi_op, root=root), buf)
         if back is not None and self.rank == root:
             back()
         return array
 
     def Barrier(self):
         self._enter("Barrier")
-        self.comm.Barrier()
+        wait(self.comm.Ibarrier())
 
+    # Python objects travel pickled, as mpi4py's lowercase collectives send them, but through
+    # the non-blocking byte collectives: a rank waiting for its peers' objects still hears
+    # signals (see waiting.py). Like mpi4py, every rank, the root included, gets copies.
     def bcast_obj(self, obj, root=0):
         self._enter("bcast_obj", root=root)
-        return self.comm.bcast(obj, root=root)
+        data = _pickled(obj) if self.rank == root else None
+        size = np.array([0 if data is None else data.size], np.int64)
+        wait(self.comm.Ibcast(size, root=root), size)
+        if data is None:
+            data = np.empty(int(size[0]), np.uint8)
+        wait(self.comm.Ibcast(data, root=root), data)
+        return pickle.loads(data)
 
     def allgather_obj(self, obj):
         self._enter("allgather_obj")
-        return self.comm.allgather(obj)
+        data = _pickled(obj)
+        sizes = self._sizes(data, everywhere=True)
+        recv = np.empty(int(sizes.sum()), np.uint8)
+        wait(self.comm.Iallgatherv(data, [recv, sizes]), data, recv)
+        return _unpickled(recv, sizes)
 
     def gather_obj(self, obj, root=0):
         self._enter("gather_obj", root=root)
-        return self.comm.gather(obj, root=root)
+        data = _pickled(obj)
+        sizes = self._sizes(data, everywhere=False, root=root)
+        if self.rank != root:
+            wait(self.comm.Igatherv(data, None, root=root), data)
+            return None
+        recv = np.empty(int(sizes.sum()), np.uint8)
+        wait(self.comm.Igatherv(data, [recv, sizes], root=root), data, recv)
+        return _unpickled(recv, sizes)
+
+    def _sizes(self, data, everywhere, root=0):
+        """Every rank's pickle size (at ``root`` only unless ``everywhere``)."""
+        mine = np.array([data.size], np.int64)
+        sizes = np.empty(self.size, np.int64)
+        start = self.comm.Iallgather if everywhere else (
+            lambda s, r: self.comm.Igather(s, r, root=root))
+        wait(start(mine, sizes), mine, sizes)
+        return sizes
 
     # ---------------------------------------------------------------- asynchronous
     def submit(self, fn, *args):
@@ -292,7 +339,7 @@ class MPICommunicator(Communicator):
     def _allreduce_now(self, array, op):
         host, back = self._host(array)
         buf, mpi_op = _reduce_args(host, op)
-        self.comm.Allreduce(mpi().IN_PLACE, buf, op=mpi_op)
+        wait(self.comm.Iallreduce(mpi().IN_PLACE, buf, op=mpi_op), buf)
         if back is not None:
             back()
         return array
@@ -355,7 +402,7 @@ class _RequestWork(Work):
         if not self._event.is_set():
             if self._on_wait is not None:
                 self._on_wait()
-            self._request.Wait()
+            wait(self._request, self._buffers)
             self._complete()
         return True
 

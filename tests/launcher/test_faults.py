@@ -246,6 +246,58 @@ def test_sigterm_lets_every_rank_finish_its_finally_block(tmp_path):
     assert_no_leftovers(path)
 
 
+BLOCKED = """
+    import os, sys, time
+    import ddp, ddp.distributed as dist
+    dist.init_process_group()
+    rank = dist.get_rank()
+    try:
+        if rank == 0:
+            CALL
+        while True:
+            time.sleep(0.05)
+    finally:
+        open(os.path.join(sys.argv[1], f"finally{rank}"), "w").close()
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("call,name", [("dist.all_reduce(ddp.ones(3))", "all_reduce"),
+                                       ("dist.barrier()", "barrier"),
+                                       ("dist.broadcast_object_list([None], src=1)",
+                                        "broadcast_object_list")])
+def test_sigterm_reaches_a_rank_blocked_in_a_collective(tmp_path, call, name):
+    """Rank 0 waits in a collective rank 1 never calls. The signal is sent once the stall
+    inspector has seen rank 0 inside it: its finally block (the checkpoint) still runs, and the
+    job says where it was."""
+    path = script(tmp_path, BLOCKED.replace("CALL", call))
+    env = clean_env()
+    env["DDP_STALL_CHECK_SECONDS"] = "1"
+    err_path = tmp_path / "stderr"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "launcher", "-n", "2", path,
+                                 str(tmp_path)], stdout=subprocess.DEVNULL, stderr=err_file,
+                                env=env, start_new_session=True)
+        deadline = time.monotonic() + TIMEOUT
+        while "rank 0 waits in #" not in err_path.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail(f"rank 0 was never seen waiting\n{err_path.read_text()}")
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"the job did not end\n{err_path.read_text()}")
+    err = err_path.read_text()
+    assert code == 128 + signal.SIGTERM, err
+    assert (tmp_path / "finally0").exists() and (tmp_path / "finally1").exists(), err
+    assert f"rank 0 stopped by SIGTERM in {name} at {path}:7" in err
+    assert "pending" not in err   # no MPICH complaint about the collective left behind
+    assert_no_leftovers(path)
+
+
 @needs_mpi
 def test_second_ctrl_c_stops_at_once_and_exits_non_zero(tmp_path):
     path = script(tmp_path, """
