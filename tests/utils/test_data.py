@@ -6,6 +6,7 @@ Datasets used by worker processes are defined at module level so that the 'spawn
 import collections
 import os
 import random
+import threading
 import time
 
 import numpy as np
@@ -73,6 +74,14 @@ class Faulty(Dataset):
         if i == 5:
             raise ValueError(f"item {i} is broken")
         return i
+
+
+class Unpicklable(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return threading.Lock() if i == 5 else i
 
 
 class Slow(Dataset):
@@ -409,6 +418,23 @@ def test_worker_exception_surfaces_with_message_and_workers_stop():
     workers = it._workers
     del it, excinfo
     assert not any(w.is_alive() for w in workers)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_batch_that_cannot_be_pickled_is_an_error_not_a_hang(context):
+    # The worker's queue pickles in a background thread, after put() returned: without the
+    # result queue's handler the worker printed the error and the main process waited forever.
+    loader = DataLoader(Unpicklable(), batch_size=2, num_workers=1, collate_fn=list,
+                        multiprocessing_context=context)
+    it = iter(loader)
+    assert next(it) == [0, 1] and next(it) == [2, 3]
+    with pytest.raises(TypeError) as excinfo:
+        next(it)
+    msg = str(excinfo.value)
+    assert "in DataLoader worker process 0" in msg and "lock" in msg
+    assert "everything a DataLoader worker returns must be picklable" in msg
+    assert next(it) == [6, 7]  # the worker carries on with the next batch
 
 
 def test_workers_exit_at_end_of_epoch_and_on_break():

@@ -51,6 +51,7 @@ import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.context
+import multiprocessing.queues
 import os
 import pickle
 import queue
@@ -175,6 +176,30 @@ class ExceptionWrapper:
             # No frame -> exception -> traceback -> frame cycle: the iterator (and its worker
             # processes) can then be freed as soon as the caller drops the exception.
             del exception
+
+
+class _ResultQueue(multiprocessing.queues.Queue):
+    """The workers' result queue. A batch is pickled by the queue's feeder thread, after
+    ``put`` returned: a batch that cannot be pickled would only be printed in the worker while
+    the main process waited for it forever. Here the worker sends that error in its place."""
+
+    def __init__(self, ctx):
+        super().__init__(ctx=ctx.get_context())
+
+    def _on_queue_feeder_error(self, e, obj):
+        if not (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], int)):
+            return super()._on_queue_feeder_error(e, obj)
+        reason = (f"{e} (the batch could not be sent to the main process: everything a "
+                  "DataLoader worker returns must be picklable)")
+        try:
+            error = type(e)(reason)
+        except Exception:  # the type wants other constructor arguments
+            error = RuntimeError(reason)
+        try:
+            raise error from e
+        except Exception:
+            wrapped = ExceptionWrapper(where=f"in DataLoader worker process {_worker_info.id}")
+        self.put((obj[0], wrapped))
 
 
 class _DatasetKind:
@@ -625,7 +650,7 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
         super().__init__(loader)
         self._shutdown = True  # until the workers exist
         ctx = loader.multiprocessing_context or _default_context()
-        self._worker_result_queue = ctx.Queue()
+        self._worker_result_queue = _ResultQueue(ctx)
         self._workers_done_event = ctx.Event()
         self._index_queues = []
         self._workers = []
