@@ -192,6 +192,26 @@ def test_conv2d_gradcheck_same_padding_asymmetric():
     assert gradcheck(lambda a, b: F.conv2d(a, b, padding="same"), (x, w))
 
 
+@pytest.mark.parametrize("block", [4, 48])
+def test_conv2d_in_blocks_of_pixels(monkeypatch, block):
+    """On the CPU the patch matrix is built and multiplied a block of output pixels at a time
+    (image rows of one sample when a sample has more pixels than a block, else whole samples,
+    the last block shorter): every block size gives the same outputs and gradients, for the
+    convolution and the transposed one (its stride-1 form is a convolution too)."""
+    from ddp.nn.functional import _conv
+    monkeypatch.setattr(_conv, "_BLOCK", block)
+    x, w, b = rand(3, 8, 5, 4, seed=1), rand(9, 8, 3, 3, seed=2), rand(9, seed=3)
+    for kw in (dict(padding=1), dict(stride=2, padding=(1, 0)), dict(dilation=2, padding=2)):
+        ref = np_conv2d(arr(x), arr(w), arr(b), **_np_conv_kwargs(kw))
+        np.testing.assert_allclose(arr(F.conv2d(x, w, b, **kw)), ref, atol=1e-10)
+        assert gradcheck(lambda *t: F.conv2d(*t, **kw), (x, w, b))
+    wt = rand(8, 9, 3, 3, seed=4)
+    np.testing.assert_allclose(arr(F.conv_transpose2d(x, wt, b, padding=1)),
+                               np_conv_transpose2d(arr(x), arr(wt), arr(b), padding=(1, 1)),
+                               atol=1e-10)
+    assert gradcheck(lambda *t: F.conv_transpose2d(*t, padding=1), (x, wt, b))
+
+
 def test_conv2d_unbatched_input():
     x, w = rand(3, 5, 5), rand(4, 3, 3, 3)
     y = F.conv2d(x, w, padding=1)

@@ -7,11 +7,20 @@ convolution ops differentiate into one another, so higher-order gradients work.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ... import backend
 from ...ops.autocast import autocast_op
 from ...autograd.graph import Op
 from ._helpers import _batched, _col2im, _crop_hw, _ntuple, _out_size, _pad_hw, _same_dtype, _shape
 
+# Output pixels per matrix product on the CPU. The patch matrix is built and multiplied a block
+# at a time, so that the block (1024 x K floats) stays in the L2 cache between the copy that
+# makes it and BLAS's packing of it: the whole (N*OH*OW, K) matrix at once goes through memory
+# twice and runs OpenBLAS at ~50 GFLOP/s against ~90 in cache. Forward of a 3x3 conv 16->32 at
+# (32, 16, 28, 28): 4.6 ms in blocks against 7.8 for the per-sample products of the whole
+# matrix. On a GPU the whole matrix is one product (no blocks).
+_BLOCK = 1024
 
 
 def _channels_last(cg, kernel, stride, dilation, out):
@@ -47,9 +56,72 @@ def _patches(x, pads, kernel, groups, stride, dilation, out):
     return xp.swapaxes(cols.reshape(n, groups, k, l), 2, 3), False
 
 
-def _conv_matmul(x, w, geom, out):
-    """Convolution of ``x`` (N, C, H, W) with ``w`` (O, C/groups, kh, kw): (N, O, OH, OW)."""
+def _nhwc_patches(x, pads, kernel, stride, dilation, out):
+    """The patches of ``x`` (N, C, H, W) padded by ``pads``: an (N, OH, OW, kh, kw, C) view of
+    a padded channels-last copy (the one copy of ``x``), each patch's (kw, C) rows contiguous."""
+    xp = backend.get_array_module(x)
+    (t, b), (lft, r) = pads
+    n, c, h, w = x.shape
+    xh = xp.zeros((n, h + t + b, w + lft + r, c), dtype=x.dtype)
+    xh[:, t:t + h, lft:lft + w] = x.transpose(0, 2, 3, 1)
+    bn, bh, bw, bc = xh.strides
+    return xp.lib.stride_tricks.as_strided(
+        xh, (n,) + tuple(out) + tuple(kernel) + (c,),
+        (bn, bh * stride[0], bw * stride[1], bh * dilation[0], bw * dilation[1], bc))
+
+
+def _patch_blocks(cols):
+    """The rows of the patch matrix of ``cols`` (an :func:`_nhwc_patches` view) in blocks of
+    about ``_BLOCK`` output pixels (whole samples, or image rows of one sample): yields
+    ``(samples, rows, matrix)`` — slices of N and OH, and that block's (pixels, K) patch matrix,
+    contiguous, in a buffer that the next block reuses."""
+    xp = backend.get_array_module(cols)
+    n, oh, ow = cols.shape[:3]
+    size = oh * ow if xp is not np else n * oh * ow
+    if size >= _BLOCK:   # image rows of one sample at a time
+        per = max(1, _BLOCK // ow) if xp is np else oh
+        pieces = [(slice(s, s + 1), slice(r, min(oh, r + per)))
+                  for s in range(n) for r in range(0, oh, per)]
+    else:                # whole samples
+        per = _BLOCK // size if xp is np else n
+        pieces = [(slice(s, min(n, s + per)), slice(0, oh)) for s in range(0, n, per)]
+    ns, rs = pieces[0]
+    buf = xp.empty((len(range(n)[ns]), len(range(oh)[rs])) + cols.shape[2:], dtype=cols.dtype)
+    for ns, rs in pieces:
+        block = buf[:ns.stop - ns.start, :rs.stop - rs.start]
+        block[...] = cols[ns, rs]
+        yield ns, rs, block.reshape(block.shape[0] * block.shape[1] * ow, -1)
+
+
+def _blocked(groups, cin, kernel, stride, dilation, out):
+    """Whether the convolution goes through :func:`_patch_blocks` (one group, channels-last
+    patches: see :func:`_channels_last`)."""
+    return groups == 1 and _channels_last(cin, kernel, stride, dilation, out)
+
+
+def _conv_blocks(x, w, geom, out, b=None):
+    """:func:`_conv_matmul` through :func:`_patch_blocks`: each block's product (pixels, K) @
+    (K, O), plus the bias ``b``, written straight into the NCHW output (while it is in cache:
+    a separate pass adding the bias took ~0.4 ms of the 16->32 conv's 4.5)."""
+    stride, pads, dilation, _ = geom
+    xp = backend.get_array_module(x, w)
+    o = w.shape[0]
+    wm = xp.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, o)  # (K, O), K as patches'
+    y = xp.empty((x.shape[0], o) + tuple(out), dtype=xp.result_type(x.dtype, w.dtype))
+    for ns, rs, mat in _patch_blocks(_nhwc_patches(x, pads, w.shape[2:], stride, dilation, out)):
+        yb = xp.matmul(mat, wm)
+        if b is not None:
+            yb += b
+        y[ns, :, rs] = yb.reshape(ns.stop - ns.start, -1, out[1], o).transpose(0, 3, 1, 2)
+    return y
+
+
+def _conv_matmul(x, w, geom, out, b=None):
+    """Convolution of ``x`` (N, C, H, W) with ``w`` (O, C/groups, kh, kw), plus the bias ``b``
+    (O,) when given: (N, O, OH, OW)."""
     stride, pads, dilation, groups = geom
+    if _blocked(groups, x.shape[1], w.shape[2:], stride, dilation, out):
+        return _conv_blocks(x, w, geom, out, b)
     xp = backend.get_array_module(x, w)
     cols, last = _patches(x, pads, w.shape[2:], groups, stride, dilation, out)
     w = xp.ascontiguousarray(w.transpose(0, 2, 3, 1) if last else w)  # K ordered as cols'
@@ -58,7 +130,10 @@ def _conv_matmul(x, w, geom, out):
     y = xp.empty((x.shape[0], groups, o // groups, out[0] * out[1]),
                  dtype=xp.result_type(x.dtype, w.dtype))
     xp.matmul(w.reshape(groups, o // groups, -1), xp.swapaxes(cols, 2, 3), out=y)
-    return y.reshape(x.shape[0], o, out[0], out[1])
+    y = y.reshape(x.shape[0], o, out[0], out[1])
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y
 
 
 def _conv_weight_grad(g, x, w_shape, geom):
@@ -66,6 +141,15 @@ def _conv_weight_grad(g, x, w_shape, geom):
     stride, pads, dilation, groups = geom
     xp = backend.get_array_module(g, x)
     n, o, oh, ow = g.shape
+    if _blocked(groups, x.shape[1], w_shape[2:], stride, dilation, (oh, ow)):
+        # per block: g's (O, pixels) rows (a view when the block is within one sample) @ the
+        # block's (pixels, K) patches, summed over the blocks
+        gw = xp.zeros((o, w_shape[1] * w_shape[2] * w_shape[3]), dtype=g.dtype)
+        for ns, rs, mat in _patch_blocks(_nhwc_patches(x, pads, w_shape[2:], stride, dilation,
+                                                       (oh, ow))):
+            gw += xp.matmul(g[ns, :, rs].transpose(1, 0, 2, 3).reshape(o, -1), mat)
+        o, cg, kh, kw = w_shape
+        return xp.ascontiguousarray(gw.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2))
     cols, last = _patches(x, pads, w_shape[2:], groups, stride, dilation, (oh, ow))
     if not last:  # per-sample products, summed (a copy into one matrix costs more)
         g = xp.ascontiguousarray(g).reshape(n, groups, o // groups, oh * ow)
@@ -76,9 +160,30 @@ def _conv_weight_grad(g, x, w_shape, geom):
     return xp.ascontiguousarray(gw.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2))
 
 
-def _conv_matmul_adjoint(g, w, geom, size):
+def _conv_matmul_adjoint(g, w, geom, size, b=None):
     """Adjoint of :func:`_conv_matmul` in ``x``: ``g`` (N, O, OH, OW) spread back into an input
-    of spatial ``size`` (matrix products giving the columns, then col2im)."""
+    of spatial ``size``, plus the bias ``b`` (C,) when given."""
+    stride, pads, dilation, groups = geom
+    o = g.shape[1]
+    cg, kh, kw = w.shape[1:]
+    # stride 1: the convolution of g with the flipped kernel, its in and out channels swapped,
+    # padded by the kernel's extent less the padding (when that is not negative); not for
+    # fewer than 8 input channels, whose (pixels, K) @ (K, C) products are too narrow for BLAS
+    # (1->16 on 28x28 at batch 128: 4.95 ms against 1.95 below)
+    flipped = tuple((dilation[a] * (w.shape[2 + a] - 1) - pads[a][0],
+                     dilation[a] * (w.shape[2 + a] - 1) - pads[a][1]) for a in range(2))
+    if tuple(stride) == (1, 1) and min(min(flipped)) >= 0 and cg >= 8 and \
+            _blocked(groups, o, (kh, kw), stride, dilation, tuple(size)):
+        return _conv_blocks(g, w[:, :, ::-1, ::-1].swapaxes(0, 1),
+                            ((1, 1), flipped, dilation, 1), tuple(size), b)
+    x = _conv_adjoint_cols(g, w, geom, size)
+    if b is not None:
+        x += b.reshape(1, -1, 1, 1)
+    return x
+
+
+def _conv_adjoint_cols(g, w, geom, size):
+    """:func:`_conv_matmul_adjoint` as matrix products giving the columns, then col2im."""
     stride, pads, dilation, groups = geom
     xp = backend.get_array_module(g, w)
     n, o, oh, ow = g.shape
@@ -111,10 +216,7 @@ class Convolution(Op):
     def forward(ctx, x, w, b, geom=None, out=None):
         ctx.save_for_backward(x, w)
         ctx.geom = geom
-        y = _conv_matmul(x, w, geom, out)
-        if b is not None:
-            y += b.reshape(1, -1, 1, 1)
-        return y
+        return _conv_matmul(x, w, geom, out, b)
 
     @staticmethod
     def backward(ctx, g):
@@ -136,10 +238,7 @@ class ConvolutionTranspose(Op):
     def forward(ctx, y, w, b, geom=None, out=None):
         ctx.save_for_backward(y, w)
         ctx.geom = geom
-        x = _conv_matmul_adjoint(y, w, geom, out)
-        if b is not None:
-            x += b.reshape(1, -1, 1, 1)
-        return x
+        return _conv_matmul_adjoint(y, w, geom, out, b)
 
     @staticmethod
     def backward(ctx, g):
