@@ -197,7 +197,8 @@ def test_conv2d_in_blocks_of_pixels(monkeypatch, block):
     """On the CPU the patch matrix is built and multiplied a block of output pixels at a time
     (image rows of one sample when a sample has more pixels than a block, else whole samples,
     the last block shorter): every block size gives the same outputs and gradients, for the
-    convolution and the transposed one (its stride-1 form is a convolution too)."""
+    convolution and the transposed one (a convolution too: with the flipped kernel at stride 1,
+    with the sub-pixel kernel whose output channels are the phases when strided)."""
     from ddp.nn.functional import _conv
     monkeypatch.setattr(_conv, "_BLOCK", block)
     x, w, b = rand(3, 8, 5, 4, seed=1), rand(9, 8, 3, 3, seed=2), rand(9, seed=3)
@@ -206,10 +207,13 @@ def test_conv2d_in_blocks_of_pixels(monkeypatch, block):
         np.testing.assert_allclose(arr(F.conv2d(x, w, b, **kw)), ref, atol=1e-10)
         assert gradcheck(lambda *t: F.conv2d(*t, **kw), (x, w, b))
     wt = rand(8, 9, 3, 3, seed=4)
-    np.testing.assert_allclose(arr(F.conv_transpose2d(x, wt, b, padding=1)),
-                               np_conv_transpose2d(arr(x), arr(wt), arr(b), padding=(1, 1)),
-                               atol=1e-10)
-    assert gradcheck(lambda *t: F.conv_transpose2d(*t, padding=1), (x, wt, b))
+    for kw in (dict(padding=1), dict(stride=2, padding=1, output_padding=1),
+               dict(stride=(2, 3), padding=(0, 1))):
+        ref = np_conv_transpose2d(arr(x), arr(wt), arr(b), stride=_pair(kw.get("stride", 1)),
+                                  padding=_pair(kw["padding"]),
+                                  output_padding=_pair(kw.get("output_padding", 0)))
+        np.testing.assert_allclose(arr(F.conv_transpose2d(x, wt, b, **kw)), ref, atol=1e-10)
+        assert gradcheck(lambda *t: F.conv_transpose2d(*t, **kw), (x, wt, b))
 
 
 def test_conv2d_unbatched_input():

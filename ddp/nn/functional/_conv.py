@@ -164,7 +164,7 @@ def _conv_matmul_adjoint(g, w, geom, size, b=None):
     """Adjoint of :func:`_conv_matmul` in ``x``: ``g`` (N, O, OH, OW) spread back into an input
     of spatial ``size``, plus the bias ``b`` (C,) when given."""
     stride, pads, dilation, groups = geom
-    o = g.shape[1]
+    o, oh, ow = g.shape[1:]
     cg, kh, kw = w.shape[1:]
     # stride 1: the convolution of g with the flipped kernel, its in and out channels swapped,
     # padded by the kernel's extent less the padding (when that is not negative); not for
@@ -176,9 +176,58 @@ def _conv_matmul_adjoint(g, w, geom, size, b=None):
             _blocked(groups, o, (kh, kw), stride, dilation, tuple(size)):
         return _conv_blocks(g, w[:, :, ::-1, ::-1].swapaxes(0, 1),
                             ((1, 1), flipped, dilation, 1), tuple(size), b)
+    # strided: the sub-pixel form (when its phases' rows do not end before g's)
+    if tuple(dilation) == (1, 1) and groups == 1 and cg * stride[0] * stride[1] >= 8 and \
+            all(pads[a][0] + size[a] > (g.shape[2 + a] - 1) * stride[a] for a in range(2)):
+        sub = _subpixel(w, stride)
+        if _blocked(1, o, sub.shape[2:], (1, 1), (1, 1), (oh, ow)):
+            return _adjoint_subpixel(g, sub, geom, size, b)
     x = _conv_adjoint_cols(g, w, geom, size)
     if b is not None:
         x += b.reshape(1, -1, 1, 1)
+    return x
+
+
+def _subpixel(w, stride):
+    """The kernel of the stride-1 convolution that gives a strided adjoint's output phases:
+    ``w`` (O, C, kh, kw) padded with zeros to whole multiples (m0*s0, m1*s1) of the stride, as
+    (s0*s1*C, O, m0, m1) — output channel (a, b, c) holds the taps ``w[:, c, a + s0*i,
+    b + s1*j]``, flipped."""
+    xp = backend.get_array_module(w)
+    (s0, s1), (o, c, kh, kw) = stride, w.shape
+    m0, m1 = -(-kh // s0), -(-kw // s1)
+    wz = xp.zeros((o, c, m0 * s0, m1 * s1), dtype=w.dtype)
+    wz[:, :, :kh, :kw] = w
+    taps = wz.reshape(o, c, m0, s0, m1, s1)[:, :, ::-1, :, ::-1]   # [o, c, i, a, j, b]
+    return taps.transpose(3, 5, 1, 0, 2, 4).reshape(s0 * s1 * c, o, m0, m1)
+
+
+def _adjoint_subpixel(g, sub, geom, size, b):
+    """The strided adjoint as one stride-1 convolution of ``g`` with :func:`_subpixel`'s kernel
+    ``sub`` (through :func:`_conv_blocks`), its s0*s1 groups of output channels the phases
+    (a, b) of the padded input, ``x[.., q*s0 + a, r*s1 + b]``, interleaved and cropped by s0*s1
+    copies. 4x4 kernel at stride 2, 32->16 on 14x14 at batch 16: 1.1 ms against 1.7 for the
+    per-kernel-position products and col2im, which add 16 strided blocks."""
+    xp = backend.get_array_module(g, sub)
+    (s0, s1), ((t, _), (lft, _)) = geom[0], geom[1]
+    n, (oh, ow), (m0, m1) = g.shape[0], g.shape[2:], sub.shape[2:]
+    c = sub.shape[0] // (s0 * s1)
+    # the phases' rows q = 0 .. ceil((t + H) / s0) - 1; past OH + m0 - 1 they read zeros only
+    q0, q1 = -(-(t + size[0]) // s0), -(-(lft + size[1]) // s1)
+    pads = ((m0 - 1, q0 - oh), (m1 - 1, q1 - ow))
+    bias = None if b is None else xp.tile(b, s0 * s1)
+    y = _conv_blocks(g, sub, ((1, 1), pads, (1, 1), 1), (q0, q1), bias)
+    y = y.reshape(n, s0, s1, c, q0, q1)
+    # one strided copy per phase: output row h is padded row h + t = q*s0 + a (a transpose
+    # of all phases at once gathers single values: 1.2 ms here against 0.2)
+    x = xp.empty((n, c) + tuple(size), dtype=y.dtype)
+    for a in range(s0):
+        h0 = (a - t) % s0
+        for b_ in range(s1):
+            w0 = (b_ - lft) % s1
+            q, r = (h0 + t - a) // s0, (w0 + lft - b_) // s1
+            x[:, :, h0::s0, w0::s1] = y[:, a, b_, :, q:q + len(range(h0, size[0], s0)),
+                                        r:r + len(range(w0, size[1], s1))]
     return x
 
 
