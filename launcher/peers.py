@@ -74,6 +74,13 @@ def _is_plumbing(filename):
     return base in ("threading.py", "queue.py", "selectors.py") or filename.startswith(_HERE)
 
 
+def _waits_begun():
+    """How many collectives the main thread has begun waiting for (0 before ddp.distributed
+    is imported: none then)."""
+    waiting = sys.modules.get("ddp.distributed.waiting")
+    return 0 if waiting is None else waiting.waits_begun()
+
+
 def describe(frame):
     """(collective, user call site) when ``frame`` (a thread's innermost frame) waits inside
     ``ddp.distributed``, else (None, user call site). The collective is the outermost function
@@ -164,7 +171,7 @@ class Peers:
         self._closed = False
         # the local main thread: (since, collective, site) while it waits in ddp.distributed
         self._stuck_since = None
-        self._entry = None          # the outermost ddp.distributed frame of that wait
+        self._call = None           # which wait that is (see _sample)
         self._reported = None
         self._finished = None       # how this rank finished (a message to the hub)
         # the hub's view of every rank (rank 0 only)
@@ -220,15 +227,18 @@ class Peers:
         if frame is None:
             return None
         collective, site, entry = _describe(frame)
-        del frame
         if collective is None:
-            self._stuck_since = self._entry = None
+            self._stuck_since = self._call = None
             return None
-        # A new call (even of the same collective from the same line, in a loop) is a new
-        # frame; holding the previous one keeps its identity from being reused meanwhile.
-        if self._stuck_since is None or entry is not self._entry:
+        # A new call (even of the same collective from the same line, in a loop) is a new frame
+        # or a new wait. Not the frame itself is kept: it would keep the main thread's frames
+        # that have returned meanwhile alive until the next sample, and their locals with them
+        # (DDP's reducer hands a gradient the bucket's memory only when nothing else holds it).
+        call = (id(entry), entry.f_code, _waits_begun())
+        del frame, entry
+        if self._stuck_since is None or call != self._call:
             self._stuck_since = (now, collective, site)
-        self._entry = entry
+        self._call = call
         return self._stuck_since
 
     def _run(self):

@@ -12,8 +12,9 @@ backward.
    order on every rank (a bucket ready early waits for its predecessors), so the sequence of
    collectives is identical everywhere whatever order gradients arrive in.
 3. An end-of-backward callback launches any bucket still waiting (parameters that got no
-   gradient, zero-filled), waits for all of them, and writes the result to ``.grad``
-   (or leaves ``.grad`` as a view of the bucket). The ranks compare notes through a few
+   gradient, zero-filled), waits for all of them, and hands the result to ``.grad``: as a
+   view of the bucket, with no copy, whenever nothing outside can tell (see
+   :meth:`Reducer.finalize`). The ranks compare notes through a few
    status slots at the end of the last bucket, reduced with its gradients (no collective of
    their own): a parameter that got no gradient on some rank is an error naming it on every
    rank, not a hang; with ``find_unused_parameters`` a parameter unused on every rank keeps
@@ -30,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -58,6 +60,32 @@ def _choose_comm_mode(comm):
     if mode not in ("thread", "nonblocking"):
         raise ValueError(f"DDP_COMM_MODE must be 'auto', 'thread' or 'nonblocking', got {mode!r}")
     return mode
+
+
+def _refcount(obj):
+    """References to ``obj``, for comparing with :data:`_ONE_HOLDER`."""
+    return sys.getrefcount(obj)
+
+
+def _one_holder_count():
+    probe = object()
+    holders = [probe]   # the one holder
+    count = _refcount(probe)
+    holders.clear()
+    return count
+
+
+# What _refcount gives, from a local name, for an object that exactly one other place holds
+# (measured rather than assumed: the interpreter's own references differ between versions)
+_ONE_HOLDER = _one_holder_count()
+
+
+def _unseen(grad):
+    """Whether only its parameter holds the tensor ``grad`` and only ``grad`` its array (which
+    owns its memory): replacing it by a view of the bucket then changes nothing anyone can see."""
+    data = grad._data
+    return (_refcount(grad) <= _ONE_HOLDER + 1   # the parameter, and the caller's name for it
+            and getattr(data, "base", 0) is None and _refcount(data) <= _ONE_HOLDER)
 
 
 class GradBucket:
@@ -95,16 +123,43 @@ class Bucket:
     def __init__(self, index, params, xp, tail=0):
         self.index = index
         self.params = params
-        sizes = [p._data.size for p in params]
-        self.data = xp.zeros(sum(sizes) + tail, dtype=params[0]._data.dtype)
-        self.grads = self.data[:sum(sizes)]   # what views and communication hooks see
-        self.tail = self.data[sum(sizes):]
-        self.views, start = [], 0
-        for p, n in zip(params, sizes):
-            self.views.append(self.data[start:start + n].reshape(p._data.shape))
-            start += n
+        self._xp, self._tail_size = xp, tail
+        self.allocate()
         self.pending = len(params)
         self.work = None
+
+    def allocate(self):
+        """Fresh memory for the bucket (what an earlier one held stays with whoever holds it)."""
+        sizes = [p._data.size for p in self.params]
+        data = self._xp.zeros(sum(sizes) + self._tail_size, dtype=self.params[0]._data.dtype)
+        self.data = data
+        self.grads = data[:sum(sizes)]   # what views and communication hooks see
+        self.tail = data[sum(sizes):]
+        self.views, start = [], 0
+        for p, n in zip(self.params, sizes):
+            self.views.append(data[start:start + n].reshape(p._data.shape))
+            start += n
+        # what the communicator is handed: a view of its own, so that what it keeps of a
+        # finished allreduce (a Work's result, its thread's last item) holds ``wire``, never
+        # ``data`` itself
+        self.wire = data[:]
+        # our own references to the flat buffer (attribute, and the base of grads, tail, wire
+        # and each view): one more means an array made from a lent gradient is alive somewhere
+        self.data_refs = _refcount(data)
+
+    def lent_elsewhere(self):
+        """Whether something besides the parameters' own ``.grad`` holds part of this bucket: a
+        gradient tensor of an earlier step kept after ``zero_grad``, an array or view of one."""
+        data = self.data
+        if _refcount(data) > self.data_refs:
+            return True
+        views, params = self.views, self.params
+        for k in range(len(views)):   # (a zip's tuple would hold the view too)
+            view, grad = views[k], params[k].grad
+            own = grad is not None and grad._data is view
+            if _refcount(view) > _ONE_HOLDER + own:   # the one holder: self.views
+                return True
+        return False
 
     def reset(self):
         self.pending = len(self.params)
@@ -124,6 +179,9 @@ class Reducer:
         self.cap_bytes = int(bucket_cap_mb * 1024 * 1024)
         self.find_unused = find_unused_parameters
         self.as_view = gradient_as_bucket_view
+        # without gradient_as_bucket_view, .grad still becomes a view of its bucket (no copy
+        # out) whenever no one can tell the difference; False: copy out always, as before
+        self.lend = not gradient_as_bucket_view
         self.sync_comm = os.environ.get("DDP_SYNC_COMM") == "1"  # launcher --debug
         self.comm_mode = _choose_comm_mode(comm)
         self.comm_hook = None
@@ -226,6 +284,7 @@ class Reducer:
         self._in_backward = True
         for b in self.buckets:
             b.reset()
+        self._keep_lent_gradients()
         self.next_launch = 0
         self._ready = [False] * len(self.params)
         self._none = []
@@ -286,14 +345,19 @@ class Reducer:
             bucket.work = self.comm_hook(self.comm_state,
                                          GradBucket(bucket, bucket.index == len(self.buckets) - 1))
         elif self.sync_comm:
-            self.comm.Allreduce(bucket.data, "sum")
+            self.comm.Allreduce(bucket.wire, "sum")
         elif self.comm_mode == "nonblocking":
-            bucket.work = self.comm.Iallreduce_nonblocking(bucket.data, "sum")
+            bucket.work = self.comm.Iallreduce_nonblocking(bucket.wire, "sum")
         else:
-            bucket.work = self.comm.Iallreduce(bucket.data, "sum")
+            bucket.work = self.comm.Iallreduce(bucket.wire, "sum")
 
     def finalize(self):
-        """End of backward: launch what is left, wait, average, hand gradients back."""
+        """End of backward: launch what is left, wait, and hand the averaged gradients to
+        ``.grad``. Without a copy, as views of the buckets, unless someone may see the
+        difference: a ``.grad`` that existed before (``zero_grad(set_to_none=False)``, or one
+        the user keeps, or an array of it) receives a copy into its own memory, as PyTorch's
+        reducer gives it; the next backward makes sure no lent view is overwritten while
+        anything still holds it (:meth:`_keep_lent_gradients`)."""
         self._in_backward = False
         missing = [i for i, ready in enumerate(self._ready) if not ready]
         for i in missing:
@@ -313,20 +377,35 @@ class Reducer:
             for p, view in zip(bucket.params, bucket.views):
                 if id(p) in unused_everywhere:
                     continue  # PyTorch: no rank produced a gradient, so .grad stays untouched
-                if self.as_view:
-                    if p.grad is None or p.grad._data is not view:
-                        p.grad = Tensor._make(view)
-                elif p.grad is None:
+                grad = p.grad
+                if grad is not None and grad._data is view:
+                    continue
+                if self.as_view or self.lend and (grad is None or _unseen(grad)):
+                    p.grad = Tensor._make(view)
+                elif grad is None:
                     p.grad = Tensor._make(view.copy())
                 else:
-                    p.grad._data[...] = view
+                    grad._data[...] = view
+
+    def _keep_lent_gradients(self):
+        """Before a backward writes into the buckets: a bucket part of which something still
+        holds — a ``.grad`` lent by an earlier step and kept after ``zero_grad``, or an array or
+        view of one — gets fresh memory, so the holder keeps its values as it would with
+        PyTorch's copies. A training loop that keeps nothing pays one reference count per
+        parameter. (With ``gradient_as_bucket_view=True`` sharing is what the user asked for.)"""
+        if not self.lend:
+            return
+        for bucket in self.buckets:
+            if bucket.lent_elsewhere():
+                bucket.allocate()
 
     def shadow_backward(self):
         """A rank that has joined (``DDP.join``): enter the collectives of one backward of the
         ranks still training, in the same order, contributing zero gradients and no missing or
         used parameters; this rank's ``.grad`` are left alone (with gradient_as_bucket_view
         they live in the buckets: kept aside and put back)."""
-        kept = [b.grads.copy() for b in self.buckets] if self.as_view else None
+        self._keep_lent_gradients()
+        kept = [b.grads.copy() for b in self.buckets] if self.as_view or self.lend else None
         for bucket in self.buckets:
             bucket.reset()
             bucket.data[...] = 0

@@ -105,6 +105,98 @@ def test_every_overlap_mode_gives_the_same_training(mode, monkeypatch):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+def full_batch_grads(x, y, seed=0):
+    """The gradients of one process on the whole batch: what every rank's DDP must hold."""
+    reference = make_model(seed)
+    nn.CrossEntropyLoss()(reference(x), y).backward()
+    return [p.grad.numpy().copy() for p in reference.parameters()]
+
+
+def bucket_of(model, p):
+    return next(b for b in model.reducer.buckets if any(q is p for q in b.params))
+
+
+@pytest.mark.parametrize("mode", ["thread", "nonblocking", "sync"])
+def test_gradients_are_handed_over_as_views_of_the_buckets(mode, monkeypatch):
+    # without gradient_as_bucket_view too: nothing holds the engine's gradients, so .grad
+    # becomes the bucket's memory instead of receiving a copy of it (issue 13), step after step
+    monkeypatch.setenv(*(("DDP_SYNC_COMM", "1") if mode == "sync" else ("DDP_COMM_MODE", mode)))
+    model = DDP(make_model(), bucket_cap_mb=0.0005)
+    params = list(model.parameters())
+    layout = None
+    for step in range(4):   # the layout is rebuilt after step 1
+        x, y = global_batch(seed=10 + step)
+        model.zero_grad()
+        nn.CrossEntropyLoss()(model(shard(x)), shard(y)).backward()
+        for p, want in zip(params, full_batch_grads(x, y)):
+            assert np.shares_memory(p.grad._data, bucket_of(model, p).data)
+            np.testing.assert_allclose(p.grad.numpy(), want, rtol=1e-10, atol=1e-12)
+        if step >= 2:   # the same memory every step: no bucket was given away
+            assert [id(b.data) for b in model.reducer.buckets] == layout
+        layout = [id(b.data) for b in model.reducer.buckets]
+        del p   # the loop's last name for a .grad's parameter is no holder of a gradient
+
+
+def test_gradients_kept_from_an_earlier_step_keep_their_values():
+    # As with PyTorch's copies: a .grad kept after zero_grad(), an array of one and a view of
+    # one are not overwritten by the next backward (their bucket moves to fresh memory)
+    model = DDP(make_model(), bucket_cap_mb=0.0005)
+    params = list(model.parameters())
+    x, y = global_batch(seed=3)
+    for _ in range(2):   # the buckets are rebuilt once, after the first step
+        model.zero_grad()
+        nn.CrossEntropyLoss()(model(shard(x)), shard(y)).backward()
+    kept = [p.grad for p in params]
+    array, view = params[0].grad.numpy(), params[-1].grad.view(-1)
+    before = [g.numpy().copy() for g in kept]
+    model.zero_grad()
+    x2, y2 = global_batch(seed=4)
+    nn.CrossEntropyLoss()(model(shard(x2)), shard(y2)).backward()
+    for g, want in zip(kept, before):
+        np.testing.assert_array_equal(g.numpy(), want)
+    np.testing.assert_array_equal(array, before[0])
+    np.testing.assert_array_equal(view.numpy(), before[-1].reshape(-1))
+    for p, g, want in zip(params, kept, full_batch_grads(x2, y2)):
+        assert p.grad is not g
+        np.testing.assert_allclose(p.grad.numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_grad_that_existed_before_backward_stays_the_same_tensor():
+    # zero_grad(set_to_none=False), or a .grad the user made and keeps: the reduced gradient is
+    # written into that very tensor, as PyTorch's reducer does
+    model = DDP(make_model())
+    params = list(model.parameters())
+    mine = ddp.zeros_like(params[0])
+    params[0].grad = mine
+    x, y = global_batch(seed=5)
+    nn.CrossEntropyLoss()(model(shard(x)), shard(y)).backward()
+    want = full_batch_grads(x, y)
+    assert params[0].grad is mine
+    np.testing.assert_allclose(mine.numpy(), want[0], rtol=1e-10, atol=1e-12)
+    held = [p.grad for p in params]
+    model.zero_grad(set_to_none=False)
+    nn.CrossEntropyLoss()(model(shard(x)), shard(y)).backward()
+    for p, g, w in zip(params, held, want):
+        assert p.grad is g
+        np.testing.assert_allclose(g.numpy(), w, rtol=1e-10, atol=1e-12)
+
+
+def test_with_gradient_as_bucket_view_a_kept_grad_shares_the_bucket():
+    # what gradient_as_bucket_view=True means (PyTorch's too): .grad *is* the bucket, so a
+    # gradient kept across zero_grad() sees the next step's values
+    model = DDP(make_model(), gradient_as_bucket_view=True)
+    params = list(model.parameters())
+    x, y = global_batch(seed=6)
+    for _ in range(2):   # the buckets are rebuilt once, after the first step
+        model.zero_grad()
+        nn.CrossEntropyLoss()(model(shard(x)), shard(y)).backward()
+    kept = params[0].grad
+    model.zero_grad()
+    x2, y2 = global_batch(seed=7)
+    nn.CrossEntropyLoss()(model(shard(x2)), shard(y2)).backward()
+    np.testing.assert_allclose(kept.numpy(), full_batch_grads(x2, y2)[0], rtol=1e-10, atol=1e-12)
+
+
 def test_rank0_weights_overwrite_the_others():
     rank, _ = rank_world()
     model = make_model(seed=100 + rank)            # different initial weights on every rank
