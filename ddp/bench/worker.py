@@ -185,24 +185,31 @@ def link_fit(framework, p, sizes, reps, warmup, barrier):
 
 def bucket_bandwidth(setup, comm, reps, warmup, barrier):
     """Gradient sync of a DDP model's buckets against one raw mpi4py Allreduce of the same
-    bytes: raw per bucket, ddp's blocking Allreduce per bucket, Iallreduce on the
-    communication path then wait all, and that plus the reducer's copies (copy-in from
-    ``.grad`` with the 1/world scaling, copy-out)."""
+    bytes: raw per bucket, ddp's blocking Allreduce per bucket, the reducer's own allreduces (on
+    DDP's communicator, in the overlap mode it chose) then wait all, and that plus the copy the
+    reducer makes of each gradient into its bucket (with the 1/world scaling; ``.grad`` gets
+    views of the buckets back, no copy out)."""
     from mpi4py import MPI
-    world, buckets = MPI.COMM_WORLD, setup.model.reducer.buckets
+    world, reducer = MPI.COMM_WORLD, setup.model.reducer
+    buckets, ddp_comm = reducer.buckets, reducer.comm
     nbytes = sum(b.grads.nbytes for b in buckets)   # the wire also carries 2 status slots
     flat = np.ones(nbytes // 4, np.float32)
+    start = (ddp_comm.Iallreduce_nonblocking if reducer.comm_mode == "nonblocking"
+             else ddp_comm.Iallreduce)
+    grads = [[np.ones_like(v) for v in b.views] for b in buckets]   # what backward computed
 
-    def with_copies():  # what the reducer does around the wire, minus the autograd hooks
-        works = []
-        for b in buckets:
-            for p, v in zip(b.params, b.views):
-                np.multiply(p.grad._data, 1.0 / comm.size, out=v)
-            works.append(comm.Iallreduce(b.data, "sum"))
-        for b, w in zip(buckets, works):
+    def reducers_allreduces():
+        for w in [start(b.wire, "sum") for b in buckets]:
             w.wait()
-            for p, v in zip(b.params, b.views):
-                p.grad._data[...] = v
+
+    def with_copy_in():  # what the reducer does around the wire, minus the autograd hooks
+        works = []
+        for b, gs in zip(buckets, grads):
+            for g, v in zip(gs, b.views):
+                np.multiply(g, 1.0 / comm.size, out=v)
+            works.append(start(b.wire, "sum"))
+        for w in works:
+            w.wait()
 
     def reset():
         flat.fill(1.0)
@@ -214,9 +221,8 @@ def bucket_bandwidth(setup, comm, reps, warmup, barrier):
         "raw mpi4py, per bucket": lambda: [world.Allreduce(MPI.IN_PLACE, b.data, op=MPI.SUM)
                                            for b in buckets],
         "ddp comm.Allreduce, per bucket": lambda: [comm.Allreduce(b.data, "sum") for b in buckets],
-        "ddp Iallreduce, then wait all": lambda: [
-            w.wait() for w in [comm.Iallreduce(b.data, "sum") for b in buckets]],
-        "+ copy-in (scaled), copy-out": with_copies,
+        f"DDP's allreduces ({reducer.comm_mode}), then wait all": reducers_allreduces,
+        "+ the copy into the buckets (scaled)": with_copy_in,
     }
     return {"bytes": int(nbytes), "buckets": [int(b.grads.nbytes) for b in buckets],
             "seconds": timed_variants(variants, reps, warmup, barrier, reset)}
