@@ -2,17 +2,24 @@
 
 Prints microseconds per op (median of repeats) for ddp, for PyTorch's eager CPU mode when it is
 installed (measured in the same run), and for the bare NumPy arithmetic of the same chain (the
-floor: no graph at all). One BLAS thread.
+floor: no graph at all), with the forward (recording) and backward parts separately. One BLAS
+thread.
 
     python benchmarks/bench_autograd_overhead.py [--ops 1000] [--repeats 15] [--clock cpu]
+    python benchmarks/bench_autograd_overhead.py --clock cpu --against OLD_TREE [--rounds 40]
 
 ``--clock cpu`` times with the process's CPU time (steadier on a shared machine).
+``--against`` compares this tree's ddp with another checkout's (e.g. ``git worktree add
+/tmp/old main``): two worker processes, one per tree, take turns timing one chain of ddp and
+one of PyTorch each round, so both see the same load; it prints medians over the rounds.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -34,8 +41,12 @@ def chain(lib, n_ops, size=16):
     y = x
     for i in range(n_ops // 3):
         y = (y * w).tanh() + b
-    y.sum().backward()
-    return (clock() - t0) / (3 * (n_ops // 3)) * 1e6
+    s = y.sum()
+    t1 = clock()
+    s.backward()
+    t2 = clock()
+    n = 3 * (n_ops // 3)
+    return (t2 - t0) / n * 1e6, (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6
 
 
 def chain_numpy(n_ops, size=16):
@@ -52,16 +63,59 @@ def chain_numpy(n_ops, size=16):
         t = np.tanh(y * w)
         saved.append(t)
         y = t + b
+    t1 = clock()
     g = np.ones_like(y)
     for i in range(n_ops // 3 - 1, -1, -1):
         t = saved[2 * i + 1]
         g = g * (1 - t * t) * w
-    return (clock() - t0) / (3 * (n_ops // 3)) * 1e6
+    t2 = clock()
+    n = 3 * (n_ops // 3)
+    return (t2 - t0) / n * 1e6, (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6
 
 
 def median_of(fn, repeats):
+    """Medians of (total, forward, backward) over the repeats."""
     fn()  # warm up
-    return statistics.median(fn() for _ in range(repeats))
+    runs = [fn() for _ in range(repeats)]
+    return tuple(statistics.median(r[i] for r in runs) for i in range(3))
+
+
+def worker(ops):
+    """``--worker``: time one chain per line read ("ddp" or "torch"), print its three figures."""
+    import torch
+    torch.set_num_threads(1)
+    libs = {"ddp": ddp, "torch": torch}
+    for lib in libs.values():
+        chain(lib, ops)  # warm up
+    for line in sys.stdin:
+        print(*chain(libs[line.strip()], ops), flush=True)
+
+
+def against(old_tree, ops, rounds, clock_name):
+    """Old tree versus this one, alternating (see the module docstring)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = {"old": os.path.abspath(old_tree), "new": here}
+    procs = {k: subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--worker", "--ops", str(ops),
+         "--clock", clock_name], cwd=tree, env=dict(os.environ, PYTHONPATH=tree),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for k, tree in trees.items()}
+    runs: dict = {}
+    for _ in range(rounds):
+        for k, proc in procs.items():
+            for lib in ("ddp", "torch"):
+                proc.stdin.write(lib + "\n")
+                proc.stdin.flush()
+                runs.setdefault((k, lib), []).append(tuple(map(float, proc.stdout.readline().split())))
+    for proc in procs.values():
+        proc.stdin.close()
+        proc.wait()
+    med = [statistics.median(r[i] for k in trees for r in runs[(k, "torch")]) for i in range(3)]
+    print(f"{ops} ops, {rounds} alternating rounds, medians (us/op: total = forward + backward)")
+    print(f"  torch          {med[0]:6.2f} = {med[1]:5.2f} + {med[2]:5.2f}")
+    for k in trees:
+        m = [statistics.median(r[i] for r in runs[(k, "ddp")]) for i in range(3)]
+        print(f"  ddp {k:<10} {m[0]:6.2f} = {m[1]:5.2f} + {m[2]:5.2f}  ({m[0] / med[0]:.2f}x torch)"
+              f"  {trees[k]}")
 
 
 def main(argv=None):
@@ -69,9 +123,16 @@ def main(argv=None):
     p.add_argument("--ops", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    p.add_argument("--against", metavar="OLD_TREE", help="compare with another checkout")
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     global clock
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.worker:
+        return worker(args.ops)
+    if args.against:
+        return against(args.against, args.ops, args.rounds, args.clock)
     rows = [("ddp", median_of(lambda: chain(ddp, args.ops), args.repeats))]
     try:
         import torch
@@ -83,9 +144,9 @@ def main(argv=None):
     ref = dict(rows).get("torch")
     print(f"chain of {args.ops} elementwise ops on 16x16 float32, forward + backward; "
           f"median of {args.repeats}")
-    for name, us in rows:
-        ratio = f"  ({us / ref:.2f}x torch)" if ref else ""
-        print(f"  {name:<14} {us:6.2f} us/op{ratio}")
+    for name, (us, fwd, bwd) in rows:
+        ratio = f"  ({us / ref[0]:.2f}x torch)" if ref else ""
+        print(f"  {name:<14} {us:6.2f} us/op{ratio}   forward {fwd:5.2f}, backward {bwd:5.2f}")
 
 
 if __name__ == "__main__":

@@ -483,7 +483,8 @@ def enter_op(arrays):
     """What an op's forward or backward runs under: silent floating-point exceptions and, when its
     first GPU array lives on another GPU than this thread's current one, that GPU (PyTorch's device
     guard: an op on ``cuda:1`` tensors runs on GPU 1). Returns a token for :func:`exit_op`."""
-    token = silence_fp()
+    # silence_fp() and restore_fp(), inline: this runs around every op
+    token = _fp_state.set(_FP_SILENT) if _fp_state is not None else silence_fp()
     if _cuda_array_type is not None:
         for a in arrays:
             if isinstance(a, _cuda_array_type):
@@ -509,7 +510,10 @@ def exit_op(token):
     if type(token) is tuple:
         token[1].__exit__(None, None, None)
         token = token[0]
-    restore_fp(token)
+    if _fp_state is not None:
+        _fp_state.reset(token)
+    else:
+        restore_fp(token)
 
 
 # --------------------------------------------------------------------------- dtypes

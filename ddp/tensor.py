@@ -961,7 +961,9 @@ class Tensor:
     # ------------------------------------------------------------------ unary math
     def _float_input(self, name):
         """Integer tensors are promoted to the default float dtype by math functions."""
-        return self if backend.is_float_np(self._data.dtype) else self.to(backend.get_default_dtype())
+        dt = self._data.dtype
+        return self if dt.kind == "f" or backend.is_float_np(dt) else \
+            self.to(backend.get_default_dtype())
 
     @autocast_op("exp")
     def exp(self):

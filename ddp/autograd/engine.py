@@ -109,19 +109,23 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
     owned: dict = {}   # leaf -> its gradient is an array no one else holds (see _accumulate)
     ready: list = []
 
-    # 1. count incoming edges of everything reachable from the roots
-    stack = list(dict.fromkeys(t.grad_fn for t in roots if t.grad_fn is not None))
-    seen = set(stack)  # roots may share a node (outputs of one split): count its edges once
+    # 1. count incoming edges of everything reachable from the roots; a node is first reached
+    # when it has no count yet (roots may share a node, outputs of one split: counted once)
+    root_nodes = list(dict.fromkeys(t.grad_fn for t in roots if t.grad_fn is not None))
+    stack = list(root_nodes)
+    roots_set = set(root_nodes)  # walked from the start, whether or not an edge reaches them
     while stack:
-        node = stack.pop()
-        for edge in node.next_edges:
+        for edge in stack.pop().next_edges:
             if edge is None:
                 continue
             target = edge[0]
-            deps[target] = deps.get(target, 0) + 1
-            if edge[1] >= 0 and target not in seen:
-                seen.add(target)
-                stack.append(target)
+            n = deps.get(target)
+            if n is None:
+                deps[target] = 1
+                if edge[1] >= 0 and target not in roots_set:
+                    stack.append(target)
+            else:
+                deps[target] = n + 1
 
     # inputs of autograd.grad: leaves are caught on arrival, non-leaves at their producer
     captures = None
@@ -149,9 +153,9 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
             buf = buffers[fn] = [None] * fn.n_outputs
         nr = t._output_nr
         buf[nr] = g if buf[nr] is None else buf[nr] + g
-    for fn in dict.fromkeys(t.grad_fn for t in roots if t.grad_fn is not None):
+    for fn in root_nodes:  # ``ready`` holds (node, its output gradients), last in first out
         if deps.get(fn, 0) == 0:
-            ready.append(fn)
+            ready.append((fn, buffers.pop(fn)))
 
     callbacks: list = []
     callback_stack = _local.callback_stack
@@ -170,9 +174,9 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
                          captured if captures is not None else None)
 
         # 3. run nodes as they become ready
+        pop, push = ready.pop, ready.append
         while ready:
-            node = ready.pop()
-            grads = buffers.pop(node)
+            node, grads = pop()
             if node.pre_hooks:
                 for nr, hooks in node.pre_hooks.items():
                     if grads[nr] is not None:
@@ -188,7 +192,7 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
                 if edge is None:
                     continue
                 target, nr = edge
-                if g is not None:
+                if g is not None and (g.shape != meta[0] or g.dtype != meta[1]):
                     try:
                         g = _fit(g, meta[0], meta[1])
                     except (ValueError, RuntimeError):
@@ -206,14 +210,18 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
                         _finish_leaf(target, leaf_grads.pop(target), accumulate, create_graph,
                                      captures, captured if captures is not None else None,
                                      owned.pop(target, False))
-                else:
-                    buf = buffers.get(target)
-                    if buf is None:
-                        buf = buffers[target] = [None] * target.n_outputs
-                    if g is not None:
-                        buf[nr] = g if buf[nr] is None else buf[nr] + g
-                    if left == 0:
-                        ready.append(target)
+                    continue
+                # a node's buffer lives in ``buffers`` only while more gradients are to come:
+                # in a chain (one edge into each node) it goes straight onto ``ready``
+                buf = buffers.get(target) if left else buffers.pop(target, None)
+                if buf is None:
+                    buf = [None] * target.n_outputs
+                    if left:
+                        buffers[target] = buf
+                if g is not None:
+                    buf[nr] = g if buf[nr] is None else buf[nr] + g
+                if left == 0:
+                    push((target, buf))
 
         backend.restore_fp(fp)
         fp = None
@@ -290,23 +298,26 @@ def _call_backward(node, grads, create_graph, retain_graph, anomaly):
         g = present[0]
         if node.materialize_grads and len(present) < len(grads):
             grads = _materialize(node, grads, g)
+    node._create_graph = create_graph
     if create_graph:
         if node.op.once_differentiable:
             raise RuntimeError(f"{node.name()} does not support double backward: its backward is "
                                f"not differentiable (create_graph=True)")
         node.xp = graph.tensor_xp
-        grads = [None if g is None else _wrap(g) for g in grads]
-    else:
-        node.xp = np if g.__class__ is np.ndarray else backend.get_array_module(g)
-    node._create_graph = create_graph
-    if node.xp is np or create_graph:   # the pass made FP exceptions silent; no GPU to guard
+        results = node.op.backward(node, *[None if g is None else _wrap(g) for g in grads])
+    elif g.__class__ is np.ndarray:   # the pass made FP exceptions silent; no GPU to guard
+        node.xp = np
         results = node.op.backward(node, *grads)
     else:
-        token = backend.enter_op(grads)   # the GPU of this node's arrays
-        try:
+        xp = node.xp = backend.get_array_module(g)
+        if xp is np:  # a NumPy scalar
             results = node.op.backward(node, *grads)
-        finally:
-            backend.exit_op(token)
+        else:
+            token = backend.enter_op(grads)   # the GPU of this node's arrays
+            try:
+                results = node.op.backward(node, *grads)
+            finally:
+                backend.exit_op(token)
     if type(results) is not tuple:
         results = (results,)
     if len(results) != len(node.next_edges):
@@ -315,7 +326,8 @@ def _call_backward(node, grads, create_graph, retain_graph, anomaly):
     if anomaly:
         _check_anomaly(node, results)
     if not retain_graph:
-        node._release()
+        node.saved = _FREED   # node._release(), inline: this runs for every node
+        node._saved_src = None
     return results
 
 

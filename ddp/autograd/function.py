@@ -31,7 +31,7 @@ class FunctionCtx(Node):
     def save_for_backward(self, *tensors):
         self.saved = tensors
         self._saved_src = None  # saved items are Tensors already: nothing to rebuild
-        self._saved_versions = tuple((t._vc, t._vc[0], t._data.shape)
+        self._saved_versions = tuple((t._vc, t._vc[0], t)
                                      for t in tensors if hasattr(t, "_vc"))
 
     @property

@@ -20,14 +20,12 @@ Example (a primitive):
 """
 from __future__ import annotations
 
-import itertools
 import threading
 import traceback
 
 from .. import backend
 from .grad_mode import state as _mode
 
-_sequence = itertools.count()
 _FREED = object()  # node.saved after the graph was freed by a backward without retain_graph
 
 
@@ -39,21 +37,23 @@ class Node:
     gradient. The same object is the ``ctx`` of the op's forward and backward, so ops may keep
     any attribute on it.
     """
+    # the fields every node sets are slots; the rarely set ones (hooks, anomaly trace, several
+    # outputs, materialize_grads) are class-level defaults, overridden per node only when used,
+    # so that recording an op sets four attributes instead of nine
     __slots__ = ("op", "next_edges", "in_meta", "saved", "_saved_src", "_saved_versions",
-                 "needs_input_grad", "n_outputs", "pre_hooks", "seq", "xp", "_create_graph",
-                 "_anomaly_trace", "non_differentiable", "materialize_grads", "__dict__",
+                 "needs_input_grad", "xp", "_create_graph", "__dict__",
                  "__weakref__")
+    pre_hooks = None            # {output_nr: {id: hook}} from register_hook on a non-leaf output
+    _anomaly_trace = None       # the forward's stack under anomaly detection
+    non_differentiable = ()     # output positions without a gradient
+    materialize_grads = True    # see set_materialize_grads
+    n_outputs = 1               # set per node when an op has several
 
     def __init__(self, op):
         self.op = op
         self.saved = ()
-        self.pre_hooks = None
-        self.seq = next(_sequence)
         self.xp = None
         self._create_graph = False
-        self._anomaly_trace = None
-        self.non_differentiable = ()
-        self.materialize_grads = True
 
     # ----------------------------------------------------------------- the ctx API
     def save_for_backward(self, *items):
@@ -66,8 +66,9 @@ class Node:
         saved = self.saved
         if saved is _FREED:
             raise RuntimeError(_FREED_MESSAGE.format(self.name()))
-        if self._saved_versions:
-            self._check_versions()
+        for counter, version, _ in self._saved_versions:  # inline: this runs in every backward
+            if counter[0] != version:
+                self._check_versions()  # raises, naming the tensor
         if not self._create_graph:
             return saved
         return self._saved_as_tensors()
@@ -105,8 +106,9 @@ class Node:
 
     # ----------------------------------------------------------------- internals
     def _check_versions(self):
-        for counter, version, shape in self._saved_versions:
+        for counter, version, item in self._saved_versions:
             if counter[0] != version:
+                shape = item.shape
                 raise RuntimeError(
                     f"one of the variables needed for gradient computation has been modified by an "
                     f"inplace operation: a tensor of shape {tuple(shape)} saved by "
@@ -233,50 +235,47 @@ def bind_tensor(tensor_cls, tensor_namespace):
 
 def apply(op, args, kwargs):
     """Run ``op`` on ``args`` and, when grad mode is on and an input requires grad, record it."""
+    if not _mode.grad_enabled:
+        Tensor_ = Tensor
+        return _unrecorded(op, [a._data if isinstance(a, Tensor_) else a for a in args], kwargs)
+    # one pass over the arguments: their arrays, and the edges, metadata and needs_input_grad
+    # of a record (built as we go: recording is the common case under grad mode)
     Tensor_ = Tensor
     arrays = []
+    edges = []
+    meta = []
+    needs = []
     record = False
-    for a in args:   # one pass: the arrays, and whether anything is to be recorded
+    for a in args:
         if isinstance(a, Tensor_):
-            arrays.append(a._data)
+            arr = a._data
+            arrays.append(arr)
             if a._requires_grad:
                 record = True
+                fn = a.grad_fn
+                edges.append((a, -1) if fn is None else (fn, a._output_nr))
+                meta.append((arr.shape, arr.dtype))
+                needs.append(True)
+                continue
         else:
             arrays.append(a)
-    make = Tensor_._make
-    if not record or not _mode.grad_enabled:
-        token = backend.enter_op(arrays)
-        try:
-            out = op.forward(_NO_RECORD, *arrays, **kwargs)
-        finally:
-            backend.exit_op(token)
-        if type(out) is tuple:
-            return tuple(make(o) for o in out)
-        return make(out)
+        edges.append(None)
+        meta.append(None)
+        needs.append(False)
+    if not record:
+        return _unrecorded(op, arrays, kwargs)
 
     node = Node(op)
-    edges, meta, needs = [], [], []
-    for a, arr in zip(args, arrays):
-        if arr is not a and a._requires_grad:
-            fn = a.grad_fn
-            edges.append((a, -1) if fn is None else (fn, a._output_nr))
-            meta.append((arr.shape, arr.dtype))
-            needs.append(True)
-        else:
-            edges.append(None)
-            meta.append(None)
-            needs.append(False)
     node.next_edges = tuple(edges)
     node.in_meta = tuple(meta)
     node.needs_input_grad = tuple(needs)
     token = backend.enter_op(arrays)
     try:
-        out = op.forward(node, *arrays, **kwargs)
+        out = op.forward(node, *arrays, **kwargs) if kwargs else op.forward(node, *arrays)
     finally:
         backend.exit_op(token)
+    make = Tensor_._make
     if type(out) is not tuple:  # the common case: one output
-        node.n_outputs = 1
-        node.non_differentiable = ()
         result = make(out, True, node, 0) if out.dtype.kind in "fV" else make(out)
         if node.saved:
             _bind_saved(node, args, arrays, (out,), (result,))
@@ -302,22 +301,45 @@ def apply(op, args, kwargs):
     return results
 
 
+def _unrecorded(op, arrays, kwargs):
+    """The op's forward with nothing recorded (grad mode off, or no input requires grad)."""
+    token = backend.enter_op(arrays)
+    try:
+        out = op.forward(_NO_RECORD, *arrays, **kwargs) if kwargs else \
+            op.forward(_NO_RECORD, *arrays)
+    finally:
+        backend.exit_op(token)
+    make = Tensor._make
+    if type(out) is tuple:
+        return tuple(make(o) for o in out)
+    return make(out)
+
+
 def _bind_saved(node, args, arrays, outs, results):
-    """Record where each saved array came from (for create_graph) and its version."""
-    srcs, versions = [], []
+    """Record where each saved array came from (for create_graph: the input Tensor, or ``(j,)``
+    for output ``j``) and the version of its counter now, with the item for the error message.
+    Index loops rather than zip/enumerate: this runs for most recorded ops."""
+    srcs = []
+    versions = []
     for item in node.saved:
-        src = None
-        for t, arr in zip(args, arrays):
-            if item is arr and isinstance(t, Tensor):
-                src = t
-                versions.append((t._vc, t._vc[0], arr.shape))
+        k = 0
+        for arr in arrays:
+            if item is arr and args[k] is not arr:  # the array of a Tensor input
+                t = args[k]
+                srcs.append(t)
+                vc = t._vc
+                versions.append((vc, vc[0], item))
                 break
+            k += 1
         else:
-            for j, o in enumerate(outs):
+            j = 0
+            for o in outs:
                 if item is o:
-                    src = (j,)
-                    versions.append((results[j]._vc, 0, o.shape))
+                    srcs.append((j,))
+                    versions.append((results[j]._vc, 0, item))
                     break
-        srcs.append(src)
+                j += 1
+            else:
+                srcs.append(None)
     node._saved_src = tuple(srcs)
     node._saved_versions = tuple(versions)

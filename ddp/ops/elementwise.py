@@ -85,8 +85,25 @@ def _shape_error(name, a, b, exc):
                         f"at non-singleton dimensions (they cannot be broadcast together)")
 
 
+_NO_KWARGS: dict = {}
+
+
 def binary(op, name, a, b):
     """Apply a binary primitive after promotion, with shape errors naming the op and shapes."""
+    Tensor = graph.Tensor
+    if isinstance(a, Tensor):  # the common cases, which promotion leaves as they are, go direct
+        da = a._data
+        if da.__class__ is np.ndarray:
+            if isinstance(b, Tensor):
+                db = b._data
+                fast = db.__class__ is np.ndarray and da.dtype is db.dtype
+            else:  # a Python float or int with a float tensor: NumPy keeps the tensor's dtype
+                fast = (b.__class__ is float or b.__class__ is int) and da.dtype.kind == "f"
+            if fast:
+                try:
+                    return graph.apply(op, (a, b), _NO_KWARGS)
+                except ValueError:
+                    pass  # the general path below raises the error that names the shapes
     a, b = promote(name, a, b)
     try:
         return op.apply(a, b)
