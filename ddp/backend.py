@@ -67,9 +67,10 @@ def use_cuda_module(module, extras=None):
     ddp imports CuPy itself; tests hand in a simulated device (tests/simcuda) so the CUDA code
     path runs on machines without a GPU.
     """
-    global _cuda, _cuda_x, _cuda_error, _cuda_array_type
+    global _cuda, _cuda_x, _cuda_error, _cuda_array_type, inline_fp
     _cuda, _cuda_x, _cuda_error = module, extras, None
     _cuda_array_type = None if module is None else module.ndarray
+    inline_fp = _fp_state if module is None else None
     _cuda_devices.clear()
     _cuda_generators.clear()
     _cached_tables.clear()
@@ -454,7 +455,12 @@ try:
     _FP_SILENT = _fpconfig._make_extobj(all="ignore")
     _fp_state = _fpconfig._extobj_contextvar
 except (ImportError, AttributeError):  # pragma: no cover - a NumPy without these internals
-    _fp_state = None
+    _fp_state = _FP_SILENT = None
+# enter_op/exit_op inline, for their hottest caller (autograd's apply, around every op): the
+# context variable to set to FP_SILENT while no CUDA module is in use (then there is no GPU to
+# guard), else None; use_cuda_module keeps it current
+inline_fp = _fp_state
+FP_SILENT = _FP_SILENT
 
 
 def silence_fp():

@@ -741,23 +741,12 @@ class Tensor:
         return out
 
     # ------------------------------------------------------------------ arithmetic
-    def __add__(self, other):
-        return E.binary(E.Add, "add", self, other)
-
-    def __radd__(self, other):
-        return E.binary(E.Add, "add", other, self)
-
-    def __sub__(self, other):
-        return E.binary(E.Sub, "sub", self, other)
-
-    def __rsub__(self, other):
-        return E.binary(E.Sub, "sub", other, self)
-
-    def __mul__(self, other):
-        return E.binary(E.Mul, "mul", self, other)
-
-    def __rmul__(self, other):
-        return E.binary(E.Mul, "mul", other, self)
+    __add__ = E.operator(E.Add, "add")
+    __radd__ = E.operator(E.Add, "add", reflected=True)
+    __sub__ = E.operator(E.Sub, "sub")
+    __rsub__ = E.operator(E.Sub, "sub", reflected=True)
+    __mul__ = E.operator(E.Mul, "mul")
+    __rmul__ = E.operator(E.Mul, "mul", reflected=True)
 
     def __truediv__(self, other):
         return _true_divide(self, other)

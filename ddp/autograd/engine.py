@@ -188,15 +188,15 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
             if run is not None and node not in run:
                 continue  # no input of autograd.grad lies beyond it (PyTorch runs only these)
             results = _call_backward(node, grads, create_graph, retain_graph, anomaly)
-            for edge, g, meta in zip(node.next_edges, results, node.in_meta):
+            for edge, g in zip(node.next_edges, results):
                 if edge is None:
                     continue
-                target, nr = edge
-                if g is not None and (g.shape != meta[0] or g.dtype != meta[1]):
+                target, nr, shape, dtype = edge
+                if g is not None and (g.shape != shape or g.dtype != dtype):
                     try:
-                        g = _fit(g, meta[0], meta[1])
+                        g = _fit(g, shape, dtype)
                     except (ValueError, RuntimeError):
-                        raise _invalid_grad(node, results, g, meta[0]) from None
+                        raise _invalid_grad(node, results, g, shape) from None
                 left = deps[target] - 1
                 deps[target] = left
                 if nr < 0:  # a leaf

@@ -31,8 +31,8 @@ class FunctionCtx(Node):
     def save_for_backward(self, *tensors):
         self.saved = tensors
         self._saved_src = None  # saved items are Tensors already: nothing to rebuild
-        self._saved_versions = tuple((t._vc, t._vc[0], t)
-                                     for t in tensors if hasattr(t, "_vc"))
+        self._saved_versions = tuple(x for t in tensors if hasattr(t, "_vc")
+                                     for x in (t._vc, t._vc[0], t))  # flat, as _bind_saved
 
     @property
     def saved_tensors(self):
@@ -126,9 +126,8 @@ class Function:
         outs = out if multi else (out,)
         ctx.next_edges = tuple(
             None if not (isinstance(a, Tensor) and a._requires_grad) else
-            ((a, -1) if a.grad_fn is None else (a.grad_fn, a._output_nr)) for a in args)
-        ctx.in_meta = tuple((a._data.shape, a._data.dtype) if e is not None else None
-                            for a, e in zip(args, ctx.next_edges))
+            (a, -1, a._data.shape, a._data.dtype) if a.grad_fn is None else
+            (a.grad_fn, a._output_nr, a._data.shape, a._data.dtype) for a in args)
         ctx.n_outputs = len(outs)
         ctx._output_meta = tuple((o._data.shape, o._data.dtype) if isinstance(o, Tensor) else None
                                  for o in outs)

@@ -20,6 +20,7 @@ Example (a primitive):
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import traceback
 
@@ -32,15 +33,17 @@ _FREED = object()  # node.saved after the graph was freed by a backward without 
 class Node:
     """One recorded operation: edges to the producers of its inputs, saved arrays, hooks.
 
-    ``next_edges[i]`` is ``(producer_node, output_nr)`` for an input made by an op,
-    ``(leaf_tensor, -1)`` for a leaf that requires grad, or ``None`` when input ``i`` needs no
-    gradient. The same object is the ``ctx`` of the op's forward and backward, so ops may keep
+    ``next_edges[i]`` is ``(producer_node, output_nr, shape, dtype)`` for an input made by an
+    op, ``(leaf_tensor, -1, shape, dtype)`` for a leaf that requires grad (the input's shape and
+    NumPy dtype, which its gradient must have), or ``None`` when input ``i`` needs no gradient.
+    One tuple per edge: Python's collector traverses every object a recorded op leaves, so a
+    node keeps few. The same object is the ``ctx`` of the op's forward and backward, so ops may keep
     any attribute on it.
     """
     # the fields every node sets are slots; the rarely set ones (hooks, anomaly trace, several
     # outputs, materialize_grads) are class-level defaults, overridden per node only when used,
     # so that recording an op sets four attributes instead of nine
-    __slots__ = ("op", "next_edges", "in_meta", "saved", "_saved_src", "_saved_versions",
+    __slots__ = ("op", "next_edges", "saved", "_saved_src", "_saved_versions",
                  "needs_input_grad", "xp", "_create_graph", "__dict__",
                  "__weakref__")
     pre_hooks = None            # {output_nr: {id: hook}} from register_hook on a non-leaf output
@@ -66,8 +69,9 @@ class Node:
         saved = self.saved
         if saved is _FREED:
             raise RuntimeError(_FREED_MESSAGE.format(self.name()))
-        for counter, version, _ in self._saved_versions:  # inline: this runs in every backward
-            if counter[0] != version:
+        v = self._saved_versions  # (counter, version at saving, item, ...): see _bind_saved
+        for i in range(0, len(v), 3):  # inline: this runs in every backward
+            if v[i][0] != v[i + 1]:
                 self._check_versions()  # raises, naming the tensor
         if not self._create_graph:
             return saved
@@ -88,6 +92,11 @@ class Node:
         rebuild them from the inputs with recorded ops."""
         return self._create_graph
 
+    @property
+    def in_meta(self):
+        """``(shape, dtype)`` of each input that needs a gradient (None for the others)."""
+        return tuple(None if e is None else e[2:] for e in self.next_edges)
+
     # ----------------------------------------------------------------- graph API
     def name(self) -> str:
         return f"{self.op.__name__}Backward0"
@@ -106,9 +115,11 @@ class Node:
 
     # ----------------------------------------------------------------- internals
     def _check_versions(self):
-        for counter, version, item in self._saved_versions:
+        v = self._saved_versions  # (counter, version at saving, item, ...): see _bind_saved
+        for i in range(0, len(v), 3):
+            counter, version = v[i], v[i + 1]
             if counter[0] != version:
-                shape = item.shape
+                shape = v[i + 2].shape
                 raise RuntimeError(
                     f"one of the variables needed for gradient computation has been modified by an "
                     f"inplace operation: a tensor of shape {tuple(shape)} saved by "
@@ -238,12 +249,11 @@ def apply(op, args, kwargs):
     if not _mode.grad_enabled:
         Tensor_ = Tensor
         return _unrecorded(op, [a._data if isinstance(a, Tensor_) else a for a in args], kwargs)
-    # one pass over the arguments: their arrays, and the edges, metadata and needs_input_grad
-    # of a record (built as we go: recording is the common case under grad mode)
+    # one pass over the arguments: their arrays, and the edges and needs_input_grad of a record
+    # (built as we go: recording is the common case under grad mode)
     Tensor_ = Tensor
     arrays = []
     edges = []
-    meta = []
     needs = []
     record = False
     for a in args:
@@ -253,27 +263,30 @@ def apply(op, args, kwargs):
             if a._requires_grad:
                 record = True
                 fn = a.grad_fn
-                edges.append((a, -1) if fn is None else (fn, a._output_nr))
-                meta.append((arr.shape, arr.dtype))
+                edges.append((a, -1, arr.shape, arr.dtype) if fn is None else
+                             (fn, a._output_nr, arr.shape, arr.dtype))
                 needs.append(True)
                 continue
         else:
             arrays.append(a)
         edges.append(None)
-        meta.append(None)
         needs.append(False)
     if not record:
         return _unrecorded(op, arrays, kwargs)
 
     node = Node(op)
     node.next_edges = tuple(edges)
-    node.in_meta = tuple(meta)
-    node.needs_input_grad = tuple(needs)
-    token = backend.enter_op(arrays)
+    needs = tuple(needs)
+    node.needs_input_grad = _NEEDS.get(needs, needs)  # a shared tuple: one object less per op
+    fp = backend.inline_fp   # enter_op/exit_op, inline on the CPU
+    token = fp.set(backend.FP_SILENT) if fp is not None else backend.enter_op(arrays)
     try:
         out = op.forward(node, *arrays, **kwargs) if kwargs else op.forward(node, *arrays)
     finally:
-        backend.exit_op(token)
+        if fp is not None:
+            fp.reset(token)
+        else:
+            backend.exit_op(token)
     make = Tensor_._make
     if type(out) is not tuple:  # the common case: one output
         result = make(out, True, node, 0) if out.dtype.kind in "fV" else make(out)
@@ -301,14 +314,24 @@ def apply(op, args, kwargs):
     return results
 
 
+# needs_input_grad of up to four inputs, shared by the nodes (see apply)
+_NEEDS = {n: n for k in range(1, 5) for n in itertools.product((False, True), repeat=k)}
+# _saved_src's mark for "output j of this node", shared likewise
+_OUTPUT_SRC = tuple((j,) for j in range(8))
+
+
 def _unrecorded(op, arrays, kwargs):
     """The op's forward with nothing recorded (grad mode off, or no input requires grad)."""
-    token = backend.enter_op(arrays)
+    fp = backend.inline_fp   # as in apply
+    token = fp.set(backend.FP_SILENT) if fp is not None else backend.enter_op(arrays)
     try:
         out = op.forward(_NO_RECORD, *arrays, **kwargs) if kwargs else \
             op.forward(_NO_RECORD, *arrays)
     finally:
-        backend.exit_op(token)
+        if fp is not None:
+            fp.reset(token)
+        else:
+            backend.exit_op(token)
     make = Tensor._make
     if type(out) is tuple:
         return tuple(make(o) for o in out)
@@ -317,8 +340,9 @@ def _unrecorded(op, arrays, kwargs):
 
 def _bind_saved(node, args, arrays, outs, results):
     """Record where each saved array came from (for create_graph: the input Tensor, or ``(j,)``
-    for output ``j``) and the version of its counter now, with the item for the error message.
-    Index loops rather than zip/enumerate: this runs for most recorded ops."""
+    for output ``j``) and the version of its counter now, with the item for the error message,
+    as one flat tuple ``(counter, version, item, counter, ...)`` (fewer objects for the
+    collector). Index loops rather than zip/enumerate: this runs for most recorded ops."""
     srcs = []
     versions = []
     for item in node.saved:
@@ -328,15 +352,15 @@ def _bind_saved(node, args, arrays, outs, results):
                 t = args[k]
                 srcs.append(t)
                 vc = t._vc
-                versions.append((vc, vc[0], item))
+                versions += (vc, vc[0], item)
                 break
             k += 1
         else:
             j = 0
             for o in outs:
                 if item is o:
-                    srcs.append((j,))
-                    versions.append((results[j]._vc, 0, item))
+                    srcs.append(_OUTPUT_SRC[j] if j < 8 else (j,))
+                    versions += (results[j]._vc, 0, item)
                     break
                 j += 1
             else:

@@ -269,7 +269,7 @@ class DistributedDataParallel(Module, Joinable):
             for edge in node.next_edges:
                 if edge is None:
                     continue
-                target, nr = edge
+                target, nr = edge[0], edge[1]
                 if nr < 0:
                     reached.add(id(target))
                 elif id(target) not in seen:
