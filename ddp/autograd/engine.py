@@ -227,7 +227,7 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
         fp = None
         # the last node's gradients, let go: a callback (DDP's reducer) may hand a .grad that
         # nothing else holds the bucket's memory instead
-        results = grads = g = None  # noqa: F841
+        results = grads = g = buf = None  # noqa: F841
         # 5. end-of-backward callbacks (they may queue more)
         i = 0
         while i < len(callbacks):
