@@ -33,10 +33,14 @@ class _Normalize(Op):
                 affine_shape=None, batch_stats=True, eps=1e-5, centered=None):
         y = centered if centered is not None and centered.dtype == x.dtype else \
             x.reshape(group_shape) - mean
-        y *= invstd
-        y = y.reshape(x.shape)
-        if weight is not None:
-            y *= weight.reshape(affine_shape)
+        if weight is not None and invstd.shape == tuple(affine_shape):
+            y *= invstd * weight.reshape(affine_shape)   # batch norm: one factor, one pass
+            y = y.reshape(x.shape)
+        else:
+            y *= invstd
+            y = y.reshape(x.shape)
+            if weight is not None:
+                y *= weight.reshape(affine_shape)
         if bias is not None:
             y += bias.reshape(affine_shape)
         if y.dtype != x.dtype:   # low-precision x with float32 statistics
@@ -112,6 +116,14 @@ def _trailing(a, axes):
     return a.reshape(-1, math.prod(a.shape[a.ndim - len(axes):]))
 
 
+def _channel_sums(xp, a):
+    """The per-channel sums of the contiguous (N, C, HW) array ``a``: a matrix-vector product
+    over its (N C, HW) rows, then a sum over N (a reduction over axes (0, 2) walks the array
+    strided)."""
+    n, c, k = a.shape
+    return xp.matmul(a.reshape(n * c, k), xp.ones(k, a.dtype)).reshape(n, c).sum(axis=0)
+
+
 def _mean(xp, a, axes, b=None):
     """The mean of ``a`` (or of ``a * b``) over ``axes``, kept as size-1 dims. Over trailing
     dimensions as one matrix-vector product (or a row-wise dot): at (128, 1024) float32 that is
@@ -140,7 +152,57 @@ def _sum_product(xp, a, b, axes):
 
 
 class NativeBatchNorm(_Normalize):
-    """:class:`_Normalize` for batch_norm (its own name in ``grad_fn``)."""
+    """:class:`_Normalize` for batch_norm (its own name in ``grad_fn``), with a backward of its
+    own for batch statistics of a contiguous float input (training mode)."""
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        mean, invstd, _, _, _, batch_stats, _ = ctx.params
+        if ctx.create_graph or not batch_stats or x.dtype.kind != "f" or \
+                x.dtype.itemsize < 4 or not x.flags.c_contiguous or \
+                weight is not None and weight.dtype != x.dtype or mean.dtype != x.dtype:
+            return _Normalize.backward(ctx, g)
+        return _channels_backward(ctx.xp, ctx.needs_input_grad, x, g, weight,
+                                  mean.reshape(1, -1, 1), invstd.reshape(1, -1, 1), ctx.in_meta)
+
+
+def _channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta):
+    """Batch norm's gradients for ``x`` (N, C, *) with per-channel ``mean``/``invstd`` (1, C,
+    1): the two per-channel sums, of ``g`` and of ``p = g (x - mean)``, are matrix-vector
+    products over the (N C, HW) rows then a sum over N, instead of reductions over axes
+    (0, 2, 3) (NumPy walks those strided); the input's gradient is
+    ``A g - B (x - mean) - C`` with per-channel ``A = invstd w``, ``B = A invstd mean(p)``,
+    ``C = A mean(g)``: six passes over the array instead of nine and four reductions."""
+    need_x, need_w, need_b = needs
+    n, c = x.shape[0], x.shape[1]
+    x3 = x.reshape(n, c, -1)
+    k = x3.shape[2]
+    g3 = g.reshape(x3.shape)
+    if g3.dtype != x.dtype or not g3.flags.c_contiguous:
+        g3 = xp.ascontiguousarray(g3, x.dtype)
+    sum_g = _channel_sums(xp, g3)
+    gx = gw = gb = None
+    if need_b:
+        gb = sum_g.reshape(in_meta[2][0])
+    if not (need_x or need_w):
+        return gx, gw, gb
+    d = x3 - mean
+    sum_p = _channel_sums(xp, d * g3)
+    s = invstd.reshape(c)
+    if need_w:
+        gw = (sum_p * s).reshape(weight.shape)
+    if need_x:
+        a = s if weight is None else s * weight.reshape(c)
+        per = 1.0 / (n * k)
+        b = (a * s * s * (sum_p * per)).reshape(1, c, 1)
+        cc = (a * (sum_g * per)).reshape(1, c, 1)
+        gx = g3 * a.reshape(1, c, 1)
+        d *= b
+        gx -= d
+        gx -= cc
+        gx = gx.reshape(in_meta[0][0])
+    return gx, gw, gb
 
 
 class NativeLayerNorm(_Normalize):
@@ -212,7 +274,16 @@ def _moments(x, axes, centered=False):
     xp = backend.get_array_module(x)
     xf = x if x.dtype.itemsize >= 4 else x.astype(np.float32)
     rows = _trailing(xf, axes)
-    if rows is None:
+    if rows is None and xf.ndim >= 2 and tuple(axes) == (0,) + tuple(range(2, xf.ndim)) and \
+            xf.dtype.kind == "f" and xf.flags.c_contiguous:   # batch norm's channels
+        x3 = xf.reshape(xf.shape[0], xf.shape[1], -1)
+        keep = (1, xf.shape[1]) + (1,) * (xf.ndim - 2)
+        per = 1.0 / (x3.shape[0] * x3.shape[2])
+        mean = (_channel_sums(xp, x3) * per).reshape(1, -1, 1)
+        d = x3 - mean
+        var = (_channel_sums(xp, d * d) * per).reshape(keep)
+        mean, d = mean.reshape(keep), d.reshape(xf.shape)
+    elif rows is None:
         mean = _mean(xp, xf, axes)
         d = xf - mean
         var = _mean(xp, d, axes, d)
