@@ -99,21 +99,29 @@ def _blocked(groups, cin, kernel, stride, dilation, out):
     return groups == 1 and _channels_last(cin, kernel, stride, dilation, out)
 
 
-def _conv_blocks(x, w, geom, out, b=None):
+def _conv_blocks(x, w, geom, out, b=None, rows=None):
     """:func:`_conv_matmul` through :func:`_patch_blocks`: each block's product (pixels, K) @
     (K, O), plus the bias ``b``, written straight into the NCHW output (while it is in cache:
-    a separate pass adding the bias took ~0.4 ms of the 16->32 conv's 4.5)."""
+    a separate pass adding the bias took ~0.4 ms of the 16->32 conv's 4.5).
+
+    With ``rows``, an (N, OH, OW, R) array whose pixels are the output's, returns also the sum
+    over the blocks of patches.T @ rows, (K, R), the K ordered (kh, kw, C): the patches are then
+    multiplied a second time while in cache (see :func:`_conv_grads`)."""
     stride, pads, dilation, _ = geom
     xp = backend.get_array_module(x, w)
     o = w.shape[0]
     wm = xp.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, o)  # (K, O), K as patches'
-    y = xp.empty((x.shape[0], o) + tuple(out), dtype=xp.result_type(x.dtype, w.dtype))
+    dtype = xp.result_type(x.dtype, w.dtype)
+    y = xp.empty((x.shape[0], o) + tuple(out), dtype=dtype)
+    acc = None if rows is None else xp.zeros((wm.shape[0], rows.shape[3]), dtype=dtype)
     for ns, rs, mat in _patch_blocks(_nhwc_patches(x, pads, w.shape[2:], stride, dilation, out)):
         yb = xp.matmul(mat, wm)
         if b is not None:
             yb += b
         y[ns, :, rs] = yb.reshape(ns.stop - ns.start, -1, out[1], o).transpose(0, 3, 1, 2)
-    return y
+        if rows is not None:   # the block's rows of ``rows``: contiguous (whole samples or rows)
+            acc += xp.matmul(mat.T, rows[ns, rs].reshape(mat.shape[0], -1))
+    return y if rows is None else (y, acc)
 
 
 def _conv_matmul(x, w, geom, out, b=None):
@@ -166,16 +174,9 @@ def _conv_matmul_adjoint(g, w, geom, size, b=None):
     stride, pads, dilation, groups = geom
     o, oh, ow = g.shape[1:]
     cg, kh, kw = w.shape[1:]
-    # stride 1: the convolution of g with the flipped kernel, its in and out channels swapped,
-    # padded by the kernel's extent less the padding (when that is not negative); not for
-    # fewer than 8 input channels, whose (pixels, K) @ (K, C) products are too narrow for BLAS
-    # (1->16 on 28x28 at batch 128: 4.95 ms against 1.95 below)
-    flipped = tuple((dilation[a] * (w.shape[2 + a] - 1) - pads[a][0],
-                     dilation[a] * (w.shape[2 + a] - 1) - pads[a][1]) for a in range(2))
-    if tuple(stride) == (1, 1) and min(min(flipped)) >= 0 and cg >= 8 and \
-            _blocked(groups, o, (kh, kw), stride, dilation, tuple(size)):
-        return _conv_blocks(g, w[:, :, ::-1, ::-1].swapaxes(0, 1),
-                            ((1, 1), flipped, dilation, 1), tuple(size), b)
+    flipped = _flipped(w.shape, geom, size)
+    if flipped is not None:
+        return _conv_blocks(g, w[:, :, ::-1, ::-1].swapaxes(0, 1), flipped, tuple(size), b)
     # strided: the sub-pixel form (when its phases' rows do not end before g's)
     if tuple(dilation) == (1, 1) and groups == 1 and cg * stride[0] * stride[1] >= 8 and \
             all(pads[a][0] + size[a] > (g.shape[2 + a] - 1) * stride[a] for a in range(2)):
@@ -186,6 +187,40 @@ def _conv_matmul_adjoint(g, w, geom, size, b=None):
     if b is not None:
         x += b.reshape(1, -1, 1, 1)
     return x
+
+
+def _flipped(w_shape, geom, size):
+    """The geometry of the stride-1 adjoint as a convolution of g with the flipped kernel, its
+    in and out channels swapped, padded by the kernel's extent less the padding; None where it
+    does not apply: strided, a padding beyond the kernel's extent, not blocked, or fewer than 8
+    input channels, whose (pixels, K) @ (K, C) products are too narrow for BLAS (1->16 on 28x28
+    at batch 128: 4.95 ms against 1.95 for the columns and col2im)."""
+    stride, pads, dilation, groups = geom
+    flipped = tuple((dilation[a] * (w_shape[2 + a] - 1) - pads[a][0],
+                     dilation[a] * (w_shape[2 + a] - 1) - pads[a][1]) for a in range(2))
+    if tuple(stride) == (1, 1) and min(min(flipped)) >= 0 and w_shape[1] >= 8 and \
+            _blocked(groups, w_shape[0], w_shape[2:], stride, dilation, tuple(size)):
+        return ((1, 1), flipped, dilation, 1)
+    return None
+
+
+def _conv_grads(g, x, w, geom):
+    """Both gradients of :func:`_conv_matmul`, in ``x`` and in ``w``, from one pass over g's
+    patches, where the input gradient is the flipped-kernel convolution (else None). The weight
+    gradient is then g's patches.T @ x's NHWC rows, summed over the blocks, each block
+    multiplied a second time while in cache: ``gw[o, c, i, j] = sum_q x[c, q] g[o, q - d*(i, j)
+    + pad]`` is the flipped kernel's tap (kh-1-i, kw-1-j) of g's patch at input pixel q. Before:
+    a second padded copy (of x), its own patch blocks and g's rows gathered per block
+    (16->32 on 14x14 at batch 128: ~1.9 ms more)."""
+    flipped = _flipped(w.shape, geom, x.shape[2:])
+    if flipped is None:
+        return None
+    xp = backend.get_array_module(g, x)
+    rows = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    gx, acc = _conv_blocks(g, w[:, :, ::-1, ::-1].swapaxes(0, 1), flipped, tuple(x.shape[2:]),
+                           rows=rows)
+    o, c, kh, kw = w.shape
+    return gx, xp.ascontiguousarray(acc.reshape(kh, kw, o, c)[::-1, ::-1].transpose(2, 3, 0, 1))
 
 
 def _subpixel(w, stride):
@@ -271,6 +306,10 @@ class Convolution(Op):
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
+        both = _conv_grads(g, x, w, ctx.geom) if need_x and need_w and not ctx.create_graph \
+            else None   # (recorded under create_graph: as the two ops below)
+        if both is not None:
+            return both + (g.sum(axis=(0, 2, 3)) if need_b else None,)
         return (ConvolutionTranspose.run(g, w, None, geom=ctx.geom, out=tuple(x.shape[2:]))
                 if need_x else None,
                 ConvolutionWeight.run(g, x, geom=ctx.geom, kernel=tuple(w.shape[2:]))
