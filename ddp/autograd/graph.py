@@ -318,6 +318,7 @@ def apply(op, args, kwargs):
 _NEEDS = {n: n for k in range(1, 5) for n in itertools.product((False, True), repeat=k)}
 # _saved_src's mark for "output j of this node", shared likewise
 _OUTPUT_SRC = tuple((j,) for j in range(8))
+_SAVED_OUTPUT0 = (_OUTPUT_SRC[0],)  # the _saved_src of a node that saved its output alone
 
 
 def _unrecorded(op, arrays, kwargs):
@@ -343,9 +344,28 @@ def _bind_saved(node, args, arrays, outs, results):
     for output ``j``) and the version of its counter now, with the item for the error message,
     as one flat tuple ``(counter, version, item, counter, ...)`` (fewer objects for the
     collector). Index loops rather than zip/enumerate: this runs for most recorded ops."""
+    saved = node.saved
+    n = len(saved)
+    # the commonest cases first, without the search: the output alone (tanh, exp, sigmoid), or
+    # the arrays of the first one or two inputs, in order, when those are Tensors (mul, div,
+    # matmul, most functions of one input); `x is arr is not t`: x is arr, a Tensor t's array
+    if n == 1 and outs and saved[0] is outs[0]:
+        node._saved_src = _SAVED_OUTPUT0
+        node._saved_versions = (results[0]._vc, 0, saved[0])
+        return
+    if 0 < n <= 2 and n <= len(arrays) and saved[0] is arrays[0] is not args[0] and \
+            (n == 1 or saved[1] is arrays[1] is not args[1]):
+        node._saved_src = args[:n]  # (args itself when n is all of them)
+        vc = args[0]._vc
+        if n == 1:
+            node._saved_versions = (vc, vc[0], saved[0])
+        else:
+            vc1 = args[1]._vc
+            node._saved_versions = (vc, vc[0], saved[0], vc1, vc1[0], saved[1])
+        return
     srcs = []
     versions = []
-    for item in node.saved:
+    for item in saved:  # the general search
         k = 0
         for arr in arrays:
             if item is arr and args[k] is not arr:  # the array of a Tensor input
