@@ -198,7 +198,8 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
                     except (ValueError, RuntimeError):
                         raise _invalid_grad(node, results, g, shape) from None
                 left = deps[target] - 1
-                deps[target] = left
+                if left:  # (a count that reached zero is never read again)
+                    deps[target] = left
                 if nr < 0:  # a leaf
                     if g is not None:
                         if create_graph:
@@ -215,10 +216,14 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
                 # in a chain (one edge into each node) it goes straight onto ``ready``
                 buf = buffers.get(target) if left else buffers.pop(target, None)
                 if buf is None:
-                    buf = [None] * target.n_outputs
+                    if target.n_outputs == 1:
+                        buf = [g]
+                    else:
+                        buf = [None] * target.n_outputs
+                        buf[nr] = g
                     if left:
                         buffers[target] = buf
-                if g is not None:
+                elif g is not None:
                     buf[nr] = g if buf[nr] is None else buf[nr] + g
                 if left == 0:
                     push((target, buf))
@@ -307,7 +312,8 @@ def _call_backward(node, grads, create_graph, retain_graph, anomaly):
         results = node.op.backward(node, *[None if g is None else _wrap(g) for g in grads])
     elif g.__class__ is np.ndarray:   # the pass made FP exceptions silent; no GPU to guard
         node.xp = np
-        results = node.op.backward(node, *grads)
+        results = node.op.backward(node, g) if node.n_outputs == 1 else \
+            node.op.backward(node, *grads)
     else:
         xp = node.xp = backend.get_array_module(g)
         if xp is np:  # a NumPy scalar

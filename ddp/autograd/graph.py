@@ -353,16 +353,18 @@ def _bind_saved(node, args, arrays, outs, results):
         node._saved_src = _SAVED_OUTPUT0
         node._saved_versions = (results[0]._vc, 0, saved[0])
         return
-    if 0 < n <= 2 and n <= len(arrays) and saved[0] is arrays[0] is not args[0] and \
-            (n == 1 or saved[1] is arrays[1] is not args[1]):
-        node._saved_src = args[:n]  # (args itself when n is all of them)
+    if 0 < n <= 2 and n <= len(arrays) and saved[0] is arrays[0] is not args[0]:
         vc = args[0]._vc
         if n == 1:
+            node._saved_src = args[:1]
             node._saved_versions = (vc, vc[0], saved[0])
-        else:
+            return
+        second = saved[1]
+        if second is arrays[1] is not args[1]:
+            node._saved_src = args[:2]  # (args itself when that is all of them)
             vc1 = args[1]._vc
-            node._saved_versions = (vc, vc[0], saved[0], vc1, vc1[0], saved[1])
-        return
+            node._saved_versions = (vc, vc[0], saved[0], vc1, vc1[0], second)
+            return
     srcs = []
     versions = []
     for item in saved:  # the general search

@@ -110,13 +110,12 @@ def operator(op, name, reflected=False):
     def method(self, other):
         da = self._data
         if da.__class__ is np.ndarray:
-            if other.__class__ is float or other.__class__ is int:
-                fast = da.dtype.kind == "f"
-            elif isinstance(other, graph.Tensor):
+            if isinstance(other, graph.Tensor):
                 db = other._data
                 fast = db.__class__ is np.ndarray and da.dtype is db.dtype
             else:
-                fast = False
+                fast = (other.__class__ is float or other.__class__ is int) and \
+                    da.dtype.kind == "f"
             if fast:
                 try:
                     return graph.apply(op, (other, self) if reflected else (self, other),
