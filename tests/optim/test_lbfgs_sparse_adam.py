@@ -94,7 +94,8 @@ def test_lbfgs_small_network_float32_matches_torch(oracle, kw):
         weights = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
         return {"weights": weights, "rows": run_net(torch, net)}
 
-    ref = oracle(reference)
+    # live torch re-run: its own rounding (thread count, CPU) amplified the same way
+    ref = oracle(reference, tolerance=1e-3)
     net = tanh_net(ddp)
     net.load_state_dict({k: ddp.tensor(v) for k, v in ref["weights"].items()})
     rows = run_net(ddp, net)
