@@ -948,19 +948,15 @@ class Tensor:
         return self + value * t1 / t2
 
     # ------------------------------------------------------------------ unary math
-    def _float_input(self, name):
+    def _float_input(self, name=None):
         """Integer tensors are promoted to the default float dtype by math functions."""
         dt = self._data.dtype
         return self if dt.kind == "f" or backend.is_float_np(dt) else \
             self.to(backend.get_default_dtype())
 
-    @autocast_op("exp")
-    def exp(self):
-        return E.Exp.apply(self._float_input("exp"))
+    exp = autocast_op("exp")(E.unary(E.Exp))
 
-    @autocast_op("log")
-    def log(self):
-        return E.Log.apply(self._float_input("log"))
+    log = autocast_op("log")(E.unary(E.Log))
 
     def log2(self):
         return self.log() / float(np.log(2.0))
@@ -968,30 +964,20 @@ class Tensor:
     def log10(self):
         return self.log() / float(np.log(10.0))
 
-    @autocast_op("log1p")
-    def log1p(self):
-        return E.Log1p.apply(self._float_input("log1p"))
+    log1p = autocast_op("log1p")(E.unary(E.Log1p))
 
-    @autocast_op("expm1")
-    def expm1(self):
-        return E.Expm1.apply(self._float_input("expm1"))
+    expm1 = autocast_op("expm1")(E.unary(E.Expm1))
 
-    def sqrt(self):
-        return E.Sqrt.apply(self._float_input("sqrt"))
+    sqrt = E.unary(E.Sqrt)
 
-    @autocast_op("rsqrt")
-    def rsqrt(self):
-        return E.Rsqrt.apply(self._float_input("rsqrt"))
+    rsqrt = autocast_op("rsqrt")(E.unary(E.Rsqrt))
 
-    @autocast_op("reciprocal")
-    def reciprocal(self):
-        return E.Reciprocal.apply(self._float_input("reciprocal"))
+    reciprocal = autocast_op("reciprocal")(E.unary(E.Reciprocal))
 
     def square(self):
         return self * self
 
-    def abs(self):
-        return E.Abs.apply(self)
+    abs = E.unary(E.Abs, float_input=False)
 
     absolute = abs
 
@@ -1000,24 +986,19 @@ class Tensor:
 
     negative = neg
 
-    def sin(self):
-        return E.Sin.apply(self._float_input("sin"))
+    sin = E.unary(E.Sin)
 
-    def cos(self):
-        return E.Cos.apply(self._float_input("cos"))
+    cos = E.unary(E.Cos)
 
     @autocast_op("tan")
     def tan(self):
         return self.sin() / self.cos()
 
-    def tanh(self):
-        return E.Tanh.apply(self._float_input("tanh"))
+    tanh = E.unary(E.Tanh)
 
-    def sigmoid(self):
-        return E.Sigmoid.apply(self._float_input("sigmoid"))
+    sigmoid = E.unary(E.Sigmoid)
 
-    def relu(self):
-        return E.Relu.apply(self)
+    relu = E.unary(E.Relu, float_input=False)
 
     def clamp(self, min=None, max=None):
         """Clamp into ``[min, max]``; either bound may be None or a tensor."""

@@ -25,6 +25,7 @@ import threading
 import traceback
 
 from .. import backend
+from .grad_mode import process as _process
 from .grad_mode import state as _mode
 
 _FREED = object()  # node.saved after the graph was freed by a backward without retain_graph
@@ -249,39 +250,70 @@ def apply(op, args, kwargs):
     if not _mode.grad_enabled:
         Tensor_ = Tensor
         return _unrecorded(op, [a._data if isinstance(a, Tensor_) else a for a in args], kwargs)
-    # one pass over the arguments: their arrays, and the edges and needs_input_grad of a record
-    # (built as we go: recording is the common case under grad mode)
+    # the arrays of the arguments, and the edges and needs_input_grad of a record (built as we
+    # go: recording is the common case under grad mode); one or two arguments (most ops) without
+    # lists or a loop, and their forward called without unpacking
     Tensor_ = Tensor
-    arrays = []
-    edges = []
-    needs = []
-    record = False
-    for a in args:
-        if isinstance(a, Tensor_):
-            arr = a._data
-            arrays.append(arr)
-            if a._requires_grad:
-                record = True
-                fn = a.grad_fn
-                edges.append((a, -1, arr.shape, arr.dtype) if fn is None else
-                             (fn, a._output_nr, arr.shape, arr.dtype))
-                needs.append(True)
-                continue
+    n = len(args)
+    if n == 1 or n == 2:
+        a = args[0]
+        x0 = a._data if isinstance(a, Tensor_) else a
+        e0 = _edge(a, x0) if x0 is not a and a._requires_grad else None  # (a is a Tensor)
+        if n == 1:
+            arrays = (x0,)
+            if e0 is None:
+                return _unrecorded(op, arrays, kwargs)
+            edges, needs = (e0,), _NEEDS1
         else:
-            arrays.append(a)
-        edges.append(None)
-        needs.append(False)
-    if not record:
-        return _unrecorded(op, arrays, kwargs)
+            b = args[1]
+            x1 = b._data if isinstance(b, Tensor_) else b
+            e1 = _edge(b, x1) if x1 is not b and b._requires_grad else None
+            arrays = (x0, x1)
+            if e1 is None:
+                if e0 is None:
+                    return _unrecorded(op, arrays, kwargs)
+                needs = _NEEDS_TF
+            else:
+                needs = _NEEDS_FT if e0 is None else _NEEDS_TT
+            edges = (e0, e1)
+    else:
+        arrays = []
+        edges = []
+        needs = []
+        record = False
+        for a in args:
+            if isinstance(a, Tensor_):
+                arr = a._data
+                arrays.append(arr)
+                if a._requires_grad:
+                    record = True
+                    edges.append(_edge(a, arr))
+                    needs.append(True)
+                    continue
+            else:
+                arrays.append(a)
+            edges.append(None)
+            needs.append(False)
+        if not record:
+            return _unrecorded(op, arrays, kwargs)
+        edges = tuple(edges)
+        needs = tuple(needs)
+        needs = _NEEDS.get(needs, needs)  # a shared tuple: one object less per op
 
     node = Node(op)
-    node.next_edges = tuple(edges)
-    needs = tuple(needs)
-    node.needs_input_grad = _NEEDS.get(needs, needs)  # a shared tuple: one object less per op
+    node.next_edges = edges
+    node.needs_input_grad = needs
     fp = backend.inline_fp   # enter_op/exit_op, inline on the CPU
     token = fp.set(backend.FP_SILENT) if fp is not None else backend.enter_op(arrays)
     try:
-        out = op.forward(node, *arrays, **kwargs) if kwargs else op.forward(node, *arrays)
+        if kwargs:
+            out = op.forward(node, *arrays, **kwargs)
+        elif n == 2:
+            out = op.forward(node, x0, x1)
+        elif n == 1:
+            out = op.forward(node, x0)
+        else:
+            out = op.forward(node, *arrays)
     finally:
         if fp is not None:
             fp.reset(token)
@@ -290,11 +322,31 @@ def apply(op, args, kwargs):
     make = Tensor_._make
     if type(out) is not tuple:  # the common case: one output
         result = make(out, True, node, 0) if out.dtype.kind in "fV" else make(out)
-        if node.saved:
-            _bind_saved(node, args, arrays, (out,), (result,))
-        else:
+        # where the saved arrays came from, and their versions (see _bind_saved): the commonest
+        # cases here, without its search — nothing saved (add), the output alone (tanh, exp,
+        # sigmoid), or the arrays of the first one or two inputs in order, when those are
+        # Tensors (mul, div, matmul, most functions of one input; `s is x is not a`: s is x, the
+        # array of a Tensor a): _saved_src is then the argument tuple (or its start)
+        saved = node.saved
+        k = len(saved)
+        if not k:
             node._saved_src = node._saved_versions = ()
-        if _mode.anomaly:
+        elif saved[0] is out and k == 1:
+            node._saved_src = _SAVED_OUTPUT0
+            node._saved_versions = (result._vc, 0, out)
+        elif k <= 2 and k <= n and saved[0] is arrays[0] is not args[0] and (
+                k == 1 or saved[1] is arrays[1] is not args[1]):
+            vc = args[0]._vc
+            if k == 1:
+                node._saved_src = args[:1]
+                node._saved_versions = (vc, vc[0], saved[0])
+            else:
+                node._saved_src = args[:2]  # (args itself when that is all of them)
+                vc1 = args[1]._vc
+                node._saved_versions = (vc, vc[0], saved[0], vc1, vc1[0], saved[1])
+        else:
+            _bind_saved(node, args, arrays, (out,), (result,))
+        if _process.anomaly_used and _mode.anomaly:
             node._anomaly_trace = "".join(traceback.format_stack()[:-2])
         return result
     outs = out
@@ -309,16 +361,24 @@ def apply(op, args, kwargs):
     results = tuple(make(o) if i in non_diff or o.dtype.kind not in "fV"
                     else make(o, True, node, i) for i, o in enumerate(outs))
     _bind_saved(node, args, arrays, outs, results)
-    if _mode.anomaly:
+    if _process.anomaly_used and _mode.anomaly:
         node._anomaly_trace = "".join(traceback.format_stack()[:-2])
     return results
 
 
 # needs_input_grad of up to four inputs, shared by the nodes (see apply)
 _NEEDS = {n: n for k in range(1, 5) for n in itertools.product((False, True), repeat=k)}
+_NEEDS1 = _NEEDS[True, ]
+_NEEDS_TT, _NEEDS_TF, _NEEDS_FT = _NEEDS[True, True], _NEEDS[True, False], _NEEDS[False, True]
 # _saved_src's mark for "output j of this node", shared likewise
 _OUTPUT_SRC = tuple((j,) for j in range(8))
 _SAVED_OUTPUT0 = (_OUTPUT_SRC[0],)  # the _saved_src of a node that saved its output alone
+
+
+def _edge(t, arr):
+    """The edge to Tensor ``t`` (whose array is ``arr``), an input that requires grad."""
+    fn = t.grad_fn
+    return (t, -1, arr.shape, arr.dtype) if fn is None else (fn, t._output_nr, arr.shape, arr.dtype)
 
 
 def _unrecorded(op, arrays, kwargs):
@@ -343,28 +403,9 @@ def _bind_saved(node, args, arrays, outs, results):
     """Record where each saved array came from (for create_graph: the input Tensor, or ``(j,)``
     for output ``j``) and the version of its counter now, with the item for the error message,
     as one flat tuple ``(counter, version, item, counter, ...)`` (fewer objects for the
-    collector). Index loops rather than zip/enumerate: this runs for most recorded ops."""
+    collector). Index loops rather than zip/enumerate: this runs for many recorded ops (apply
+    takes the commonest cases of one output itself)."""
     saved = node.saved
-    n = len(saved)
-    # the commonest cases first, without the search: the output alone (tanh, exp, sigmoid), or
-    # the arrays of the first one or two inputs, in order, when those are Tensors (mul, div,
-    # matmul, most functions of one input); `x is arr is not t`: x is arr, a Tensor t's array
-    if n == 1 and outs and saved[0] is outs[0]:
-        node._saved_src = _SAVED_OUTPUT0
-        node._saved_versions = (results[0]._vc, 0, saved[0])
-        return
-    if 0 < n <= 2 and n <= len(arrays) and saved[0] is arrays[0] is not args[0]:
-        vc = args[0]._vc
-        if n == 1:
-            node._saved_src = args[:1]
-            node._saved_versions = (vc, vc[0], saved[0])
-            return
-        second = saved[1]
-        if second is arrays[1] is not args[1]:
-            node._saved_src = args[:2]  # (args itself when that is all of them)
-            vc1 = args[1]._vc
-            node._saved_versions = (vc, vc[0], saved[0], vc1, vc1[0], second)
-            return
     srcs = []
     versions = []
     for item in saved:  # the general search

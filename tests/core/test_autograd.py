@@ -1232,6 +1232,24 @@ class TestAnomaly:
             ddp.autograd.set_detect_anomaly(False)
         assert not ddp.autograd.is_anomaly_enabled()
 
+    @pytest.mark.parametrize("turn_on", ["detect_anomaly", "set_detect_anomaly"])
+    def test_forward_trace_from_the_first_use_of_anomaly_mode(self, turn_on, monkeypatch):
+        # apply reads the per-thread anomaly flag only once anomaly mode was ever turned on:
+        # as in a fresh process, where nothing has turned it on yet
+        from ddp.autograd import grad_mode
+        monkeypatch.setattr(grad_mode.process, "anomaly_used", False)
+        x = ddp.tensor([0.0, 1.0], requires_grad=True)
+        y = (x.sqrt() * 0).sum()
+        assert y.grad_fn._anomaly_trace is None
+        mode = ddp.autograd.detect_anomaly() if turn_on == "detect_anomaly" else \
+            ddp.autograd.set_detect_anomaly(True)
+        with mode:
+            y = (x.sqrt() * 0).sum()
+            with pytest.raises(RuntimeError, match="SqrtBackward0") as info:
+                y.backward()
+        assert "test_forward_trace_from_the_first_use_of_anomaly_mode" in str(info.value)
+        assert not ddp.autograd.is_anomaly_enabled()
+
     def test_check_nan_false(self):
         x = ddp.tensor([0.0, 1.0], requires_grad=True)
         with ddp.autograd.detect_anomaly(check_nan=False):
