@@ -140,6 +140,15 @@ def _mean(xp, a, axes, b=None):
     return (a if b is None else a * b).mean(axis=axes, keepdims=True)
 
 
+def _row_dots(xp, a, b):
+    """The dot products of the rows of the (rows, k) arrays ``a`` and ``b``: ``vecdot`` calls
+    BLAS's dot per row, 12 µs at (128, 1024) float32 against 25 µs for ``(a * b) @ ones`` and
+    33 µs for the row-wise ``einsum`` (kept where the array module has no ``vecdot``)."""
+    if hasattr(xp, "vecdot"):
+        return xp.vecdot(a, b)
+    return xp.einsum("ij,ij->i", a, b)
+
+
 def _sum_product(xp, a, b, axes):
     """``(a * b).sum(axes)`` without the product array where the summed axes lead (the weight
     gradient of layer norm: a column-wise dot)."""
@@ -210,6 +219,28 @@ class NativeLayerNorm(_Normalize):
     the weight are over the last dimensions of a contiguous float input (``nn.LayerNorm``)."""
 
     @staticmethod
+    def forward(ctx, x, weight, bias, mean=None, invstd=None, group_shape=None, axes=None,
+                affine_shape=None, batch_stats=True, eps=1e-5, centered=None):
+        if centered is None or centered.dtype != x.dtype or not centered.flags.c_contiguous:
+            return _Normalize.forward(ctx, x, weight, bias, mean, invstd, group_shape, axes,
+                                      affine_shape, batch_stats, eps, centered)
+        # (rows, k) from _moments: each broadcasting operation strictly 2-D, with a buffer of
+        # one row (see backend.row_buffer), in place on the centred input
+        k = math.prod(affine_shape)
+        y = centered.reshape(-1, k)
+        token = backend.row_buffer(backend.get_array_module(y), k)
+        y *= invstd.reshape(-1, 1)
+        if weight is not None:
+            y *= weight.reshape(k)
+        if bias is not None:
+            y += bias.reshape(k)
+        if token is not None:
+            backend.restore_fp(token)
+        ctx.save_for_backward(x, weight)
+        ctx.params = (mean, invstd, group_shape, axes, affine_shape, batch_stats, eps)
+        return y.reshape(x.shape)
+
+    @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         mean, invstd, _, axes, affine_shape, _, _ = ctx.params
@@ -217,8 +248,14 @@ class NativeLayerNorm(_Normalize):
                 tuple(affine_shape) != x.shape[x.ndim - len(axes):] or \
                 weight is not None and weight.dtype != x.dtype:
             return _Normalize.backward(ctx, g)
-        return _rows_backward(ctx.xp, ctx.needs_input_grad, _trailing(x, axes), g, weight,
-                              mean.reshape(-1, 1), invstd.reshape(-1, 1), ctx.in_meta)
+        rows = _trailing(x, axes)
+        token = backend.row_buffer(ctx.xp, rows.shape[1])
+        try:
+            return _rows_backward(ctx.xp, ctx.needs_input_grad, rows, g, weight,
+                                  mean.reshape(-1, 1), invstd.reshape(-1, 1), ctx.in_meta)
+        finally:
+            if token is not None:
+                backend.restore_fp(token)
 
 
 def _rows_backward(xp, needs, x, g, weight, mean, invstd, in_meta):
@@ -287,13 +324,17 @@ def _moments(x, axes, centered=False):
         mean = _mean(xp, xf, axes)
         d = xf - mean
         var = _mean(xp, d, axes, d)
-    else:   # two matrix-vector products (d * d, then a product: 7 us less than an einsum)
-        avg = xp.full((rows.shape[1],), 1.0 / rows.shape[1], xf.dtype)
+    else:   # a matrix-vector product, then row-wise dot products (see _row_dots)
+        k = rows.shape[1]
+        token = backend.row_buffer(xp, k)
         keep = xf.shape[:xf.ndim - len(axes)] + (1,) * len(axes)
-        mean = xp.matmul(rows, avg)
+        mean = xp.matmul(rows, xp.full((k,), 1.0 / k, xf.dtype))
         d = rows - mean[:, None]
-        var = xp.matmul(d * d, avg).reshape(keep)
-        mean, d = mean.reshape(keep), d.reshape(xf.shape)
+        var = _row_dots(xp, d, d)
+        var *= 1.0 / k
+        mean, var, d = mean.reshape(keep), var.reshape(keep), d.reshape(xf.shape)
+        if token is not None:
+            backend.restore_fp(token)
     return (mean, var, d) if centered else (mean, var)
 
 
