@@ -358,6 +358,27 @@ def test_max_pool2d_ties_send_gradient_to_first_maximum():
     np.testing.assert_array_equal(arr(x.grad)[0, 0], [[1, 0, 1, 0], [0, 0, 0, 0]])
 
 
+@pytest.mark.parametrize("case", [dict(kernel_size=2), dict(kernel_size=2, padding=1),
+                                  dict(kernel_size=2, ceil_mode=True), dict(kernel_size=(2, 4)),
+                                  dict(kernel_size=(1, 2), ceil_mode=True)])
+def test_max_pool2d_tiled_backward_matches_kernel_positions(monkeypatch, case):
+    """Windows that tile the input (kernel = stride) take their backward in image rows, the
+    first maximum from the bytes of one integer per window row: with ties everywhere (values
+    0..2), windows short of the edge and padding, the gradient is the one of the kernel
+    positions' path."""
+    from ddp.nn.functional import _pooling
+    x = np.random.default_rng(0).integers(0, 3, (2, 3, 7, 9)).astype(np.float32)
+    g = np.random.default_rng(1).standard_normal(F.max_pool2d(ddp.tensor(x), **case).shape)
+    grads = []
+    for words in (_pooling._WINDOW_WORDS, {}):   # {}: no tiled path
+        monkeypatch.setattr(_pooling, "_WINDOW_WORDS", words)
+        t = ddp.tensor(x, requires_grad=True)
+        F.max_pool2d(t, **case).backward(ddp.tensor(g.astype(np.float32)))
+        grads.append(arr(t.grad))
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert np.count_nonzero(grads[0]) == g.size - np.count_nonzero(g == 0)
+
+
 def test_max_pool2d_output_may_be_modified_in_place():
     x = rand(1, 2, 4, 4)
     y = F.max_pool2d(x, 2)

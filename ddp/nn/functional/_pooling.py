@@ -76,6 +76,51 @@ def _first_max_hits(xpad, y, kernel, stride, dilation, out):
             yield i, j, hit
 
 
+# unsigned integers as wide as a window row's kw hit flags (one byte each)
+_WINDOW_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _repeat_w(a, times):
+    """``a`` (..., OW) with each value repeated ``times`` along the last axis: (..., OW*times),
+    one strided copy per repetition (whole-array loops, not ``times``-long ones)."""
+    xp = backend.get_array_module(a)
+    out = xp.empty(a.shape + (times,), dtype=a.dtype)
+    for j in range(times):
+        out[..., j] = a
+    return out.reshape(a.shape[:-1] + (-1,))
+
+
+def _spread_tiled(g, xpad, y, kernel, pads):
+    """:class:`SpreadToMaxima` where the windows tile the input (kernel = stride, no
+    dilation), in image rows rather than kernel positions: the hits of the whole input from one
+    comparison with ``y`` repeated along the width; a window row's kw flags are the bytes of
+    one integer ``v``, and ``v & -v`` keeps its lowest set byte (the row's first maximum);
+    a row is cleared where an earlier row of its window has a hit; one product with ``g``
+    repeated along the width writes the whole gradient. NumPy's loops then run over image rows
+    (not over the kh*kw positions' strided (OH, OW) views): 2x2 pooling of (128, 16, 28, 28)
+    4.9 ms against 7.1 (min of 25)."""
+    xp = backend.get_array_module(g)
+    (kh, kw), (n, c, oh, ow) = kernel, y.shape
+    full = xpad.shape[2:] == (oh * kh, ow * kw)
+    rows = (n, c, oh, kh, ow * kw)
+    hits = xp.equal(xpad[:, :, :oh * kh, :ow * kw].reshape(rows),
+                    _repeat_w(y, kw)[:, :, :, None])
+    words = hits.view(_WINDOW_WORDS[kw])           # (N, C, OH, kh, OW)
+    words &= -words                                # unsigned: two's complement
+    free = None                                    # windows without a hit in earlier rows
+    for i in range(kh):
+        row = words[:, :, :, i]
+        if free is not None:
+            xp.multiply(row, free, out=row)
+        if i < kh - 1:
+            free = row == 0 if free is None else free & (row == 0)
+    # every element is in a window unless the windows stop short of the padded input's edge
+    gx = (xp.empty if full else xp.zeros)(xpad.shape, dtype=g.dtype)
+    xp.multiply(hits, _repeat_w(g, kw)[:, :, :, None],
+                out=gx[:, :, :oh * kh, :ow * kw].reshape(rows))
+    return xp.ascontiguousarray(_crop_hw(gx, pads))
+
+
 class MaxPool2DWithIndices(Op):
     """Max over windows (padding never wins); the gradient goes to the first maximum of each
     window, as PyTorch's. Backward finds the maxima from the saved (padded) input and a copy of
@@ -121,6 +166,9 @@ class SpreadToMaxima(Op):
         # col2im fused with the hits: windows that cannot overlap are written, not added, and
         # no (N, C, kh, kw, OH, OW) array is made (2x2 pooling of 128x16x28x28: 4.1 -> 2.4 ms)
         xp = backend.get_array_module(g)
+        if tuple(kernel) == tuple(stride) and tuple(dilation) == (1, 1) and \
+                kernel[1] in _WINDOW_WORDS:
+            return _spread_tiled(g, xpad, y, kernel, pads)
         overlap = _windows_overlap(kernel, stride, dilation)
         gx = xp.zeros(xpad.shape, dtype=g.dtype)
         for i, j, hit in _first_max_hits(xpad, y, kernel, stride, dilation, out):
