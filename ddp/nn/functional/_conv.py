@@ -72,18 +72,19 @@ def _nhwc_patches(x, pads, kernel, stride, dilation, out):
 
 def _patch_blocks(cols):
     """The rows of the patch matrix of ``cols`` (an :func:`_nhwc_patches` view) in blocks of
-    about ``_BLOCK`` output pixels (whole samples, or image rows of one sample): yields
-    ``(samples, rows, matrix)`` — slices of N and OH, and that block's (pixels, K) patch matrix,
-    contiguous, in a buffer that the next block reuses."""
+    about ``_BLOCK`` output pixels (whole samples, or image rows of one sample; on a GPU all
+    samples, or one whole sample): yields ``(samples, rows, matrix)`` — slices of N and OH, and
+    that block's (pixels, K) patch matrix, contiguous, in a buffer that the next block reuses.
+    Whole samples of a small image per block: fewer, longer steps of the loop (16->32 on 14x14
+    at batch 128, forward + backward: 5 samples per block ~2 ms faster than 1)."""
     xp = backend.get_array_module(cols)
     n, oh, ow = cols.shape[:3]
-    size = oh * ow if xp is not np else n * oh * ow
-    if size >= _BLOCK:   # image rows of one sample at a time
+    if oh * ow >= _BLOCK:   # image rows of one sample at a time
         per = max(1, _BLOCK // ow) if xp is np else oh
         pieces = [(slice(s, s + 1), slice(r, min(oh, r + per)))
                   for s in range(n) for r in range(0, oh, per)]
-    else:                # whole samples
-        per = _BLOCK // size if xp is np else n
+    else:                   # whole samples
+        per = _BLOCK // (oh * ow) if xp is np else n
         pieces = [(slice(s, min(n, s + per)), slice(0, oh)) for s in range(0, n, per)]
     ns, rs = pieces[0]
     buf = xp.empty((len(range(n)[ns]), len(range(oh)[rs])) + cols.shape[2:], dtype=cols.dtype)
@@ -115,10 +116,11 @@ def _conv_blocks(x, w, geom, out, b=None, rows=None):
     y = xp.empty((x.shape[0], o) + tuple(out), dtype=dtype)
     acc = None if rows is None else xp.zeros((wm.shape[0], rows.shape[3]), dtype=dtype)
     for ns, rs, mat in _patch_blocks(_nhwc_patches(x, pads, w.shape[2:], stride, dilation, out)):
-        yb = xp.matmul(mat, wm)
-        if b is not None:
-            yb += b
-        y[ns, :, rs] = yb.reshape(ns.stop - ns.start, -1, out[1], o).transpose(0, 3, 1, 2)
+        yb = xp.matmul(mat, wm).reshape(ns.stop - ns.start, -1, out[1], o).transpose(0, 3, 1, 2)
+        if b is None:
+            y[ns, :, rs] = yb
+        else:
+            xp.add(yb, b[:, None, None], out=y[ns, :, rs])
         if rows is not None:   # the block's rows of ``rows``: contiguous (whole samples or rows)
             acc += xp.matmul(mat.T, rows[ns, rs].reshape(mat.shape[0], -1))
     return y if rows is None else (y, acc)
