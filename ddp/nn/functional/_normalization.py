@@ -244,11 +244,10 @@ class NativeLayerNorm(_Normalize):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         mean, invstd, _, axes, affine_shape, _, _ = ctx.params
-        if ctx.create_graph or _trailing(x, axes) is None or \
-                tuple(affine_shape) != x.shape[x.ndim - len(axes):] or \
+        rows = None if ctx.create_graph else _trailing(x, axes)
+        if rows is None or tuple(affine_shape) != x.shape[x.ndim - len(axes):] or \
                 weight is not None and weight.dtype != x.dtype:
             return _Normalize.backward(ctx, g)
-        rows = _trailing(x, axes)
         token = backend.row_buffer(ctx.xp, rows.shape[1])
         try:
             return _rows_backward(ctx.xp, ctx.needs_input_grad, rows, g, weight,
@@ -263,40 +262,47 @@ def _rows_backward(xp, needs, x, g, weight, mean, invstd, in_meta):
     (rows, 1), in few passes over the arrays (NumPy makes one per operation; the reductions
     go through BLAS, which reads an array 2-3x faster than a ufunc pass):
 
-    ``p = g (x - mean)``; the weight's gradient is ``invstd @ p``, the bias's ``1 @ g``; with
-    the row sums ``a = invstd (g @ w) / k`` and ``c = invstd^3 (p @ w) / k``, the input's is
-    ``invstd g w - a - c (x - mean) = invstd g w - c x + (c mean - a)``, the row terms of
-    PyTorch's CPU kernel; ``x - mean`` is taken first so that ``c`` and the weight's gradient
-    do not subtract large sums when the mean is large against the spread."""
+    ``d = x - mean``, ``p = g d``; the weight's gradient is ``invstd @ p``, the bias's
+    ``1 @ g``; with the row sums ``a = invstd (g @ w) / k`` and ``c = invstd^3 (p @ w) / k``,
+    the input's is ``invstd g w - c d - a``, the row terms of PyTorch's CPU kernel; ``x -
+    mean`` is taken first so that ``c`` and the weight's gradient do not subtract large sums
+    when the mean is large against the spread. Seven passes, five of them in place (an
+    operation writing into one of its operands reads and writes two arrays, not three: 15–17
+    µs at (128, 1024) float32 against 21–25 µs): ``d`` is kept beside ``p`` to take ``c d`` in
+    place, the input's gradient is written into ``p`` once ``p``'s sums are taken (or into
+    ``g`` when this backward made ``g`` a contiguous copy), so the arrays alive are those of
+    ``x - mean`` then ``p`` (as before) and no more."""
     need_x, need_w, need_b = needs
-    k = x.shape[1]
+    n, k = x.shape
     g = g.reshape(x.shape)
-    if g.dtype != x.dtype or not g.flags.c_contiguous:  # e.g. sum()'s broadcast ones
+    own = g.dtype != x.dtype or not g.flags.c_contiguous  # e.g. sum()'s broadcast ones
+    if own:
         g = xp.ascontiguousarray(g, x.dtype)
     w = None if weight is None else weight.reshape(k)
     gx = gw = gb = None
     if need_b:
-        gb = xp.matmul(xp.ones(x.shape[0], x.dtype), g).reshape(in_meta[2][0])
+        gb = xp.matmul(xp.ones(n, x.dtype), g).reshape(in_meta[2][0])
     if not (need_x or need_w):
         return gx, gw, gb
-    p = x - mean
-    p *= g
+    d = x - mean
+    p = d * g if need_x else xp.multiply(d, g, out=d)
     if need_w:
-        gw = xp.matmul(invstd.reshape(-1), p).reshape(weight.shape)
+        gw = xp.matmul(invstd.reshape(n), p).reshape(weight.shape)
     if need_x:
-        ones = None if w is not None else xp.ones(k, x.dtype)
-        a = xp.matmul(g, ones if w is None else w).reshape(mean.shape)
-        a *= invstd * (1.0 / k)
-        c = xp.matmul(p, ones if w is None else w).reshape(mean.shape)
-        c *= invstd * invstd * invstd * (1.0 / k)
-        gx = g * invstd
+        sums = xp.ones(k, x.dtype) if w is None else w
+        s = invstd * (1.0 / k)
+        a = xp.matmul(g, sums).reshape(n, 1)
+        a *= s
+        c = xp.matmul(p, sums).reshape(n, 1)
+        c *= s
+        c *= invstd
+        c *= invstd
+        gx = xp.multiply(g, invstd, out=g if own else p)
         if w is not None:
             gx *= w
-        xp.multiply(x, c, out=p)
-        gx -= p
-        c *= mean
-        c -= a
-        gx += c
+        d *= c
+        gx -= d
+        gx -= a
         gx = gx.reshape(in_meta[0][0])
     return gx, gw, gb
 
@@ -419,15 +425,17 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 @autocast_op("layer_norm")
 def _layer_norm(name, input, normalized_shape, weight=None, bias=None, eps=1e-5):
-    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) \
-        else tuple(normalized_shape)
+    if type(normalized_shape) is not tuple:   # (nn.LayerNorm keeps a tuple)
+        normalized_shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) \
+            else tuple(normalized_shape)
     k = len(normalized_shape)
-    if tuple(input.shape[input.ndim - k:]) != normalized_shape or input.ndim < k:
+    shape = input._data.shape   # the array's: a plain tuple
+    if shape[len(shape) - k:] != normalized_shape or len(shape) < k:
         raise RuntimeError(f"{name}: expected input with shape (*, "
                            f"{', '.join(map(str, normalized_shape))}) for normalized_shape="
                            f"{normalized_shape}, got input of shape {_shape(input)}")
-    axes = tuple(range(input.ndim - k, input.ndim))
-    return _normalize(NativeLayerNorm, input, weight, bias, eps, tuple(input.shape), axes,
+    axes = tuple(range(len(shape) - k, len(shape)))
+    return _normalize(NativeLayerNorm, input, weight, bias, eps, shape, axes,
                       normalized_shape)[0]
 
 
