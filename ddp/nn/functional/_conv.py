@@ -105,8 +105,8 @@ def _conv_blocks(x, w, geom, out, b=None, rows=None):
     (K, O), plus the bias ``b``, written straight into the NCHW output (while it is in cache:
     a separate pass adding the bias took ~0.4 ms of the 16->32 conv's 4.5).
 
-    With ``rows``, an (N, OH, OW, R) array whose pixels are the output's, returns also the sum
-    over the blocks of patches.T @ rows, (K, R), the K ordered (kh, kw, C): the patches are then
+    With ``rows``, an (N, R, OH, OW) array whose pixels are the output's, returns also the sum
+    over the blocks of rows @ patches, (R, K), the K ordered (kh, kw, C): the patches are then
     multiplied a second time while in cache (see :func:`_conv_grads`)."""
     stride, pads, dilation, _ = geom
     xp = backend.get_array_module(x, w)
@@ -114,15 +114,17 @@ def _conv_blocks(x, w, geom, out, b=None, rows=None):
     wm = xp.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, o)  # (K, O), K as patches'
     dtype = xp.result_type(x.dtype, w.dtype)
     y = xp.empty((x.shape[0], o) + tuple(out), dtype=dtype)
-    acc = None if rows is None else xp.zeros((wm.shape[0], rows.shape[3]), dtype=dtype)
+    acc = None if rows is None else xp.zeros((rows.shape[1], wm.shape[0]), dtype=dtype)
     for ns, rs, mat in _patch_blocks(_nhwc_patches(x, pads, w.shape[2:], stride, dilation, out)):
         yb = xp.matmul(mat, wm).reshape(ns.stop - ns.start, -1, out[1], o).transpose(0, 3, 1, 2)
         if b is None:
             y[ns, :, rs] = yb
         else:
             xp.add(yb, b[:, None, None], out=y[ns, :, rs])
-        if rows is not None:   # the block's rows of ``rows``: contiguous (whole samples or rows)
-            acc += xp.matmul(mat.T, rows[ns, rs].reshape(mat.shape[0], -1))
+        if rows is not None:   # per sample, the block's (R, pixels) of ``rows``: a view
+            rb = rows[ns, :, rs].reshape(ns.stop - ns.start, rows.shape[1], -1)
+            prod = xp.matmul(rb, mat.reshape(rb.shape[0], rb.shape[2], -1))
+            acc += prod[0] if rb.shape[0] == 1 else prod.sum(axis=0)
     return y if rows is None else (y, acc)
 
 
@@ -209,20 +211,19 @@ def _flipped(w_shape, geom, size):
 def _conv_grads(g, x, w, geom):
     """Both gradients of :func:`_conv_matmul`, in ``x`` and in ``w``, from one pass over g's
     patches, where the input gradient is the flipped-kernel convolution (else None). The weight
-    gradient is then g's patches.T @ x's NHWC rows, summed over the blocks, each block
-    multiplied a second time while in cache: ``gw[o, c, i, j] = sum_q x[c, q] g[o, q - d*(i, j)
+    gradient is then x's (C, pixels) rows of each sample (NCHW: a view) @ g's patches, summed
+    over the blocks, each block multiplied a second time while in cache: ``gw[o, c, i, j] = sum_q x[c, q] g[o, q - d*(i, j)
     + pad]`` is the flipped kernel's tap (kh-1-i, kw-1-j) of g's patch at input pixel q. Before:
     a second padded copy (of x), its own patch blocks and g's rows gathered per block
-    (16->32 on 14x14 at batch 128: ~1.9 ms more)."""
+    (16->32 on 14x14 at batch 128: ~1.9 ms more); then an NHWC copy of x (~0.4 ms)."""
     flipped = _flipped(w.shape, geom, x.shape[2:])
     if flipped is None:
         return None
     xp = backend.get_array_module(g, x)
-    rows = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
     gx, acc = _conv_blocks(g, w[:, :, ::-1, ::-1].swapaxes(0, 1), flipped, tuple(x.shape[2:]),
-                           rows=rows)
+                           rows=x)
     o, c, kh, kw = w.shape
-    return gx, xp.ascontiguousarray(acc.reshape(kh, kw, o, c)[::-1, ::-1].transpose(2, 3, 0, 1))
+    return gx, xp.ascontiguousarray(acc.reshape(c, kh, kw, o)[:, ::-1, ::-1].transpose(3, 0, 1, 2))
 
 
 def _subpixel(w, stride):
