@@ -738,6 +738,22 @@ def test_abs_relu_sign_at_zero():
     np.testing.assert_array_equal(grad_of(lambda x: x.relu().sum(), x)[0], [0, 0, 1])
 
 
+@pytest.mark.parametrize("n", [7, 5000])  # below and above Relu's zeros-array path (3,072)
+def test_relu_values_and_gradient_either_path(n):
+    a = np.linspace(-2.0, 2.0, n).astype(np.float32)
+    a[:3] = [np.nan, 0.0, -0.0]
+    x = leaf(a, dtype=ddp.float32)
+    y = x.relu()
+    assert y.dtype == ddp.float32
+    want = np.where(a > 0, a, 0).astype(np.float32)
+    want[0] = np.nan
+    np.testing.assert_array_equal(y.detach().numpy(), want)
+    (g,) = grad_of(lambda x: x.relu().sum(), x)
+    np.testing.assert_array_equal(g, (a > 0).astype(np.float32))
+    np.testing.assert_array_equal(ddp.tensor(np.arange(-3, n - 3)).relu().numpy(),
+                                  np.maximum(np.arange(-3, n - 3), 0))
+
+
 # --------------------------------------------------------------------------- norm at zero
 
 @pytest.mark.parametrize("p", [2, "fro", 1, float("inf"), 3, 1.5])
