@@ -1054,6 +1054,11 @@ class Tensor:
     @autocast_op("sum", dtype_at=3)
     def sum(self, dim=None, keepdim=False, dtype=None, axis=None, keepdims=None):
         """Sum over ``dim`` (int, tuple, or all); integer and bool tensors sum as int64."""
+        if dim is None and axis is None and dtype is None and keepdims is None and not keepdim \
+                and self._data.dtype.kind == "f":
+            # a float tensor's full sum (a loss, a chain's end), the commonest: no arguments to
+            # reconcile, nor a keyword dict to build again (~10 % of it on a small tensor)
+            return _graph.apply(R.Sum, (self,), _FULL_SUM)
         dim, keepdim = _np_aliases(dim, keepdim, axis, keepdims)
         x = self if dtype is None else self.to(dtype)
         out_dtype = np.int64 if x._data.dtype.kind in "biu" else None
@@ -1777,6 +1782,9 @@ def _add_hook(hooks, hook):
     handle = RemovableHandle(hooks)
     hooks[handle.id] = hook
     return handle
+
+
+_FULL_SUM = {"axis": None, "keepdims": False, "dtype": None}  # Tensor.sum's keywords for a full sum
 
 
 def _np_aliases(dim, keepdim, axis, keepdims):

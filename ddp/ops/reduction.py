@@ -34,12 +34,15 @@ def kept_shape(shape, axis):
 class Sum(Op):
     @staticmethod
     def forward(ctx, a, axis=None, keepdims=False, dtype=None):
-        ctx.kshape = kept_shape(a.shape, axis)
+        if axis is not None:  # (a full sum's gradient needs no reshaping: nothing kept)
+            ctx.kshape = kept_shape(a.shape, axis)
         return a.sum(axis=axis, keepdims=keepdims, dtype=dtype)
 
     @staticmethod
     def backward(ctx, g):
-        return g.reshape(ctx.kshape)  # the engine broadcasts it back to the input's shape
+        kshape = getattr(ctx, "kshape", None)
+        # the engine broadcasts it back to the input's shape
+        return g if kshape is None else g.reshape(kshape)
 
 
 class Mean(Op):

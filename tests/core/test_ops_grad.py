@@ -197,6 +197,7 @@ CASES = [
     # ---- reductions
     C("sum", lambda a: a.sum(), (3, 4)),
     C("sum_0dim", lambda a: a.sum(), ()),
+    C("sum_all_keepdim", lambda a: a.sum(None, keepdim=True), (2, 3)),  # g (1, 1) broadcast back
     C("sum_dim0", lambda a: a.sum(0), (3, 4)),
     C("sum_dim_neg", lambda a: a.sum(-1), (2, 3, 4)),
     C("sum_dim_tuple", lambda a: a.sum((0, 2)), (2, 3, 4)),
