@@ -526,6 +526,7 @@ NOT_IN_TABLE = {
 def _every_op():
     """Every Op subclass of the package (all its modules imported)."""
     import importlib
+    import inspect
     import pathlib
     root = pathlib.Path(ddp.__file__).parent
     for path in root.rglob("*.py"):
@@ -537,8 +538,14 @@ def _every_op():
         for sub in cls.__subclasses__():
             yield sub
             yield from subclasses(sub)
+    def in_package(op):
+        # a docstring example's Op (doctest runs it in the module's namespace, so its
+        # __module__ is the package's) has its code in "<doctest ...>", not in a file here
+        methods = [getattr(v, "__func__", v) for v in vars(op).values()]   # static, class
+        files = {f.__code__.co_filename for f in methods if inspect.isfunction(f)}
+        return op.__module__.startswith("ddp.") and all(f.startswith(str(root)) for f in files)
     from ddp.autograd import graph
-    return {op for op in subclasses(graph.Op) if op.__module__.startswith("ddp.")}
+    return {op for op in subclasses(graph.Op) if in_package(op)}
 
 
 def _ops_recorded(tensors):
