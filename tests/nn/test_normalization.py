@@ -380,3 +380,54 @@ def test_layer_norm_gradient_penalty_torch_parity(oracle):
     _load_state(ours, want["state"])
     for a, b in zip(penalty_grads(ddp, ours), want["grads"]):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+# ============================================================== NumPy ufunc buffers of one row
+
+@pytest.mark.parametrize("norm,shape,runs", [
+    ("batch", (2, 3, 24, 24), {576}),          # the channels' H W rows
+    ("batch_eval", (2, 3, 24, 24), {576}),     # the generic backward
+    ("group", (2, 4, 16, 32), {1024, 512}),    # statistics per group (1024); then H W 512
+    ("group", (2, 8, 8, 8), {512}),            # H W 64 too short: the group's run (8 x 64)
+    ("layer", (4, 1000), {1000}),              # not a multiple of 16 (NumPy's buffers are)
+])
+def test_row_buffers_give_the_unbuffered_results(monkeypatch, norm, shape, runs):
+    """The broadcasting passes run with NumPy buffers of one row (backend.row_buffer) where a
+    row is long enough; the values and gradients are those of the default buffers."""
+    from ddp import backend
+    c = shape[1] if norm != "layer" else shape[-1]
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    w, b = (rng.standard_normal(c).astype(np.float32) for _ in range(2))
+    rm, rv = np.full(c, 0.5, np.float32), np.full(c, 2.0, np.float32)
+
+    def run():
+        x, wt, bt = (ddp.tensor(a, requires_grad=True) for a in (data, w, b))
+        if norm == "layer":
+            y = F.layer_norm(x, (c,), wt, bt)
+        elif norm == "group":
+            y = F.group_norm(x, shape[1] // 2 if shape[2] == 16 else 1, wt, bt)
+        else:
+            y = F.batch_norm(x, ddp.tensor(rm), ddp.tensor(rv), wt, bt,
+                             training=norm == "batch")
+        y.backward(ddp.tensor(g))
+        return [arr(t) for t in (y, x.grad, wt.grad, bt.grad)]
+
+    real = backend.row_buffer
+    seen = []
+    default = np.getbufsize()
+
+    def spy(xp, k):
+        token = real(xp, k)
+        if token is not None:
+            seen.append((k, np.getbufsize()))
+        return token
+    monkeypatch.setattr(backend, "row_buffer", spy)
+    buffered = run()
+    assert {k for k, _ in seen} == runs
+    assert all(size == k - k % 16 for k, size in seen)
+    assert np.getbufsize() == default   # restored
+    monkeypatch.setattr(backend, "row_buffer", lambda xp, k: None)
+    for got, want in zip(buffered, run()):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

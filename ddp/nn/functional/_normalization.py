@@ -31,6 +31,7 @@ class _Normalize(Op):
     @staticmethod
     def forward(ctx, x, weight, bias, mean=None, invstd=None, group_shape=None, axes=None,
                 affine_shape=None, batch_stats=True, eps=1e-5, centered=None):
+        token = _buffer(backend.get_array_module(x), x, group_shape, invstd, affine_shape)
         y = centered if centered is not None and centered.dtype == x.dtype else \
             x.reshape(group_shape) - mean
         if weight is not None and invstd.shape == tuple(affine_shape):
@@ -43,6 +44,8 @@ class _Normalize(Op):
                 y *= weight.reshape(affine_shape)
         if bias is not None:
             y += bias.reshape(affine_shape)
+        if token is not None:
+            backend.restore_fp(token)
         if y.dtype != x.dtype:   # low-precision x with float32 statistics
             y = y.astype(x.dtype)
         ctx.save_for_backward(x, weight)
@@ -51,6 +54,18 @@ class _Normalize(Op):
 
     @staticmethod
     def backward(ctx, g):
+        x = ctx.saved_tensors[0]
+        mean, invstd, group_shape, _, affine_shape = ctx.params[:5]
+        token = None if ctx.create_graph else \
+            _buffer(ctx.xp, x, group_shape, invstd, affine_shape)
+        try:
+            return _Normalize._backward(ctx, g)
+        finally:
+            if token is not None:
+                backend.restore_fp(token)
+
+    @staticmethod
+    def _backward(ctx, g):
         x, weight = ctx.saved_tensors
         mean, invstd, group_shape, axes, affine_shape, batch_stats, eps = ctx.params
         need_x, need_w, need_b = ctx.needs_input_grad
@@ -105,6 +120,18 @@ class _Normalize(Op):
             return gxhat.mean(axis=axes, keepdims=True), (gxhat * xh).mean(axis=axes,
                                                                            keepdims=True)
         return _mean(ctx.xp, gxhat, axes), _mean(ctx.xp, gxhat, axes, xh)
+
+
+def _buffer(xp, x, group_shape, invstd, affine_shape):
+    """:func:`backend.row_buffer` for the op's broadcasting passes on ``x``: those of the
+    statistics (``invstd``'s shape over ``group_shape``) and of the weight and bias
+    (``affine_shape`` over ``x``) — one row of the shorter of the two runs of 512 elements or
+    more (a buffer shorter than a run serves it as well; group norm: the channel's H W, not the
+    group's), None (nothing set) where neither is."""
+    runs = [k for k in (backend.broadcast_row(x.shape, tuple(affine_shape)),
+                        backend.broadcast_row(x.reshape(group_shape).shape, invstd.shape))
+            if k >= 512]
+    return backend.row_buffer(xp, min(runs)) if runs else None
 
 
 def _trailing(a, axes):
@@ -172,8 +199,15 @@ class NativeBatchNorm(_Normalize):
                 x.dtype.itemsize < 4 or not x.flags.c_contiguous or \
                 weight is not None and weight.dtype != x.dtype or mean.dtype != x.dtype:
             return _Normalize.backward(ctx, g)
-        return _channels_backward(ctx.xp, ctx.needs_input_grad, x, g, weight,
-                                  mean.reshape(1, -1, 1), invstd.reshape(1, -1, 1), ctx.in_meta)
+        # each broadcasting pass per channel over (N, C, H W): a buffer of one H W row
+        token = backend.row_buffer(ctx.xp, math.prod(x.shape[2:]))
+        try:
+            return _channels_backward(ctx.xp, ctx.needs_input_grad, x, g, weight,
+                                      mean.reshape(1, -1, 1), invstd.reshape(1, -1, 1),
+                                      ctx.in_meta)
+        finally:
+            if token is not None:
+                backend.restore_fp(token)
 
 
 def _channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta):
@@ -323,7 +357,10 @@ def _moments(x, axes, centered=False):
         keep = (1, xf.shape[1]) + (1,) * (xf.ndim - 2)
         per = 1.0 / (x3.shape[0] * x3.shape[2])
         mean = (_channel_sums(xp, x3) * per).reshape(1, -1, 1)
+        token = backend.row_buffer(xp, x3.shape[2])   # (see NativeBatchNorm.backward)
         d = x3 - mean
+        if token is not None:
+            backend.restore_fp(token)
         var = (_channel_sums(xp, d * d) * per).reshape(keep)
         mean, d = mean.reshape(keep), d.reshape(xf.shape)
     elif rows is None:
