@@ -391,7 +391,8 @@ def test_layer_norm_gradient_penalty_torch_parity(oracle):
     ("group", (2, 8, 8, 8), {512}),            # H W 64 too short: the group's run (8 x 64)
     ("layer", (4, 1000), {1000}),              # not a multiple of 16 (NumPy's buffers are)
 ])
-def test_row_buffers_give_the_unbuffered_results(monkeypatch, norm, shape, runs):
+@pytest.mark.parametrize("upstream", ["array", "sum"])   # sum(): a stride-0 gradient
+def test_row_buffers_give_the_unbuffered_results(monkeypatch, norm, shape, runs, upstream):
     """The broadcasting passes run with NumPy buffers of one row (backend.row_buffer) where a
     row is long enough; the values and gradients are those of the default buffers."""
     from ddp import backend
@@ -411,7 +412,10 @@ def test_row_buffers_give_the_unbuffered_results(monkeypatch, norm, shape, runs)
         else:
             y = F.batch_norm(x, ddp.tensor(rm), ddp.tensor(rv), wt, bt,
                              training=norm == "batch")
-        y.backward(ddp.tensor(g))
+        if upstream == "sum":
+            y.sum().backward()
+        else:
+            y.backward(ddp.tensor(g))
         return [arr(t) for t in (y, x.grad, wt.grad, bt.grad)]
 
     real = backend.row_buffer
