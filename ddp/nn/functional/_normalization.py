@@ -87,7 +87,8 @@ class _Normalize(Op):
             gw = ((g * xhat).sum(axis=param_axes) if ctx.create_graph else
                   _sum_product(xp, g, xhat, param_axes)).reshape(weight.shape)
         if need_b:
-            gb = g.sum(axis=param_axes).reshape(ctx.in_meta[2][0])
+            gb = (g.sum(axis=param_axes) if ctx.create_graph else
+                  _sum(xp, g, param_axes)).reshape(ctx.in_meta[2][0])
         if need_x:
             token = _row_buffer(xp, None, affine_row)
             gxhat = g if weight is None else g * weight.reshape(affine_shape)
@@ -190,13 +191,33 @@ def _row_dots(xp, a, b):
 
 def _sum_product(xp, a, b, axes):
     """``(a * b).sum(axes)`` without the product array where the summed axes lead (the weight
-    gradient of layer norm: a column-wise dot)."""
-    lead = tuple(range(len(axes)))
-    if tuple(axes) == lead and a.dtype.kind == "f" and a.shape == b.shape and \
-            a.flags.c_contiguous and b.flags.c_contiguous and a.dtype == b.dtype:
-        k = math.prod(a.shape[:len(axes)])
-        return xp.einsum("ij,ij->j", a.reshape(k, -1), b.reshape(k, -1))
+    gradient of layer norm: a column-wise dot) or are all but the channels' (the weight
+    gradient of group norm and of batch norm's generic backward: row-wise dots over the (N C,
+    H W) rows, then a sum over N — at (32, 32, 28, 28) float32 109 µs against 369)."""
+    if a.dtype.kind == "f" and a.shape == b.shape and a.flags.c_contiguous and \
+            b.flags.c_contiguous and a.dtype == b.dtype:
+        if tuple(axes) == tuple(range(len(axes))):
+            k = math.prod(a.shape[:len(axes)])
+            return xp.einsum("ij,ij->j", a.reshape(k, -1), b.reshape(k, -1))
+        if _per_channel(a, axes):
+            n, c = a.shape[0], a.shape[1]
+            return _row_dots(xp, a.reshape(n * c, -1), b.reshape(n * c, -1)).reshape(n, c) \
+                .sum(axis=0)
     return (a * b).sum(axis=axes)
+
+
+def _sum(xp, a, axes):
+    """``a.sum(axes)``; over all but the channels of a contiguous float32/64 ``a`` through
+    :func:`_channel_sums` (the bias gradient: at (32, 32, 28, 28) 57 µs against 185)."""
+    if _per_channel(a, axes) and a.flags.c_contiguous:
+        return _channel_sums(xp, a.reshape(a.shape[0], a.shape[1], -1))
+    return a.sum(axis=axes)
+
+
+def _per_channel(a, axes):
+    """``axes`` are all of ``a``'s but its channels (axis 1), and BLAS can reduce ``a``."""
+    return a.ndim >= 3 and tuple(axes) == (0,) + tuple(range(2, a.ndim)) and \
+        a.dtype.kind == "f" and a.dtype.itemsize >= 4
 
 
 class NativeBatchNorm(_Normalize):
