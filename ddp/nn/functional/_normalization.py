@@ -243,13 +243,17 @@ class NativeBatchNorm(_Normalize):
                 backend.restore_fp(token)
 
 
-def _channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta):
+def _channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta, groups=0):
     """Batch norm's gradients for ``x`` (N, C, *) with per-channel ``mean``/``invstd`` (1, C,
-    1): the two per-channel sums, of ``g`` and of ``p = g (x - mean)``, are matrix-vector
-    products over the (N C, HW) rows then a sum over N, instead of reductions over axes
-    (0, 2, 3) (NumPy walks those strided); the input's gradient is
-    ``A g - B (x - mean) - C`` with per-channel ``A = invstd w``, ``B = A invstd mean(p)``,
-    ``C = A mean(g)``: six passes over the array instead of nine and four reductions."""
+    1), or group norm's (``groups``) with ``mean``/``invstd`` (N, C, 1), each sample's group
+    statistics repeated over its channels: the sums per sample and channel, of ``g`` and of
+    ``p = g (x - mean)``, are a matrix-vector product and row-wise dots over the (N C, HW)
+    rows (NumPy's reductions over axes (0, 2, 3) walk the array strided); the weight's and
+    bias's gradients sum them over N; the input's gradient is ``A g - B (x - mean) - C`` per
+    row: with ``h = w g``, ``A = invstd w``, ``B = invstd^3 mean(h (x - mean))``, ``C = invstd
+    mean(h)``, the means over the statistics' group (batch norm: the channel over N; group norm:
+    the sample's channels of the group, where ``w`` varies). Five passes over the array and two
+    BLAS reads instead of nine passes and four reductions."""
     need_x, need_w, need_b = needs
     n, c = x.shape[0], x.shape[1]
     x3 = x.reshape(n, c, -1)
@@ -257,23 +261,33 @@ def _channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta):
     g3 = g.reshape(x3.shape)
     if g3.dtype != x.dtype or not g3.flags.c_contiguous:
         g3 = xp.ascontiguousarray(g3, x.dtype)
-    sum_g = _channel_sums(xp, g3)
+    rows = g3.reshape(n * c, k)
+    sum_g = xp.matmul(rows, xp.ones(k, x.dtype)).reshape(n, c)
     gx = gw = gb = None
     if need_b:
-        gb = sum_g.reshape(in_meta[2][0])
+        gb = sum_g.sum(axis=0).reshape(in_meta[2][0])
     if not (need_x or need_w):
         return gx, gw, gb
     d = x3 - mean
-    sum_p = _channel_sums(xp, d * g3)
-    s = invstd.reshape(c)
+    sum_p = _row_dots(xp, d.reshape(n * c, k), rows).reshape(n, c)
+    s = invstd.reshape(-1, c)   # (1, C) or (N, C)
     if need_w:
-        gw = (sum_p * s).reshape(weight.shape)
+        gw = (sum_p * s).sum(axis=0).reshape(weight.shape)
     if need_x:
-        a = s if weight is None else s * weight.reshape(c)
-        per = 1.0 / (n * k)
-        b = (a * s * s * (sum_p * per)).reshape(1, c, 1)
-        cc = (a * (sum_g * per)).reshape(1, c, 1)
-        gx = g3 * a.reshape(1, c, 1)
+        w = None if weight is None else weight.reshape(c)
+        a = s if w is None else s * w
+        if w is not None:
+            sum_g, sum_p = sum_g * w, sum_p * w
+        if groups:   # the group's sums, repeated over its channels
+            per = 1.0 / (c // groups * k)
+            sum_g, sum_p = (xp.repeat(t.reshape(n, groups, -1).sum(axis=2), c // groups, axis=1)
+                            for t in (sum_g, sum_p))
+        else:
+            per = 1.0 / (n * k)
+            sum_g, sum_p = sum_g.sum(axis=0), sum_p.sum(axis=0)
+        b = (s * s * s * (sum_p * per)).reshape(-1, c, 1)
+        cc = (s * (sum_g * per)).reshape(-1, c, 1)
+        gx = g3 * a.reshape(-1, c, 1)
         d *= b
         gx -= d
         gx -= cc
@@ -375,7 +389,27 @@ def _rows_backward(xp, needs, x, g, weight, mean, invstd, in_meta):
 
 
 class NativeGroupNorm(_Normalize):
-    """:class:`_Normalize` for group_norm."""
+    """:class:`_Normalize` for group_norm, with batch norm's backward (``_channels_backward``)
+    over its (N, C, H W) rows for a contiguous float input."""
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        mean, invstd = ctx.params[:2]
+        if ctx.create_graph or x.dtype.kind != "f" or x.dtype.itemsize < 4 or x.ndim < 2 or \
+                not x.flags.c_contiguous or weight is not None and weight.dtype != x.dtype or \
+                mean.dtype != x.dtype:
+            return _Normalize.backward(ctx, g)
+        n, groups, c = x.shape[0], mean.shape[1], x.shape[1]
+        mean, invstd = (ctx.xp.repeat(t.reshape(n, groups), c // groups, axis=1)
+                        .reshape(n, c, 1) for t in (mean, invstd))
+        token = backend.row_buffer(ctx.xp, math.prod(x.shape[2:]))   # (as batch norm's)
+        try:
+            return _channels_backward(ctx.xp, ctx.needs_input_grad, x, g, weight, mean, invstd,
+                                      ctx.in_meta, groups)
+        finally:
+            if token is not None:
+                backend.restore_fp(token)
 
 
 def _moments(x, axes, centered=False):
