@@ -39,6 +39,14 @@ class _Normalize(Op):
         if weight is not None and invstd.shape == tuple(affine_shape):
             y *= invstd * weight.reshape(affine_shape)   # batch norm: one factor, one pass
             y = y.reshape(x.shape)
+        elif weight is not None and _per_group(x, group_shape, invstd, affine_shape):
+            # group norm: one factor per sample and channel, one pass over H W rows
+            n, c = x.shape[0], x.shape[1]
+            f = xp.repeat(invstd.reshape(n, -1), c // invstd.shape[1], axis=1) * weight.reshape(c)
+            token = _row_buffer(xp, token, affine_row)
+            y = y.reshape(n, c, -1)
+            y *= f.reshape(n, c, 1)
+            y = y.reshape(x.shape)
         else:
             y *= invstd
             y = y.reshape(x.shape)
@@ -123,6 +131,15 @@ class _Normalize(Op):
             return gxhat.mean(axis=axes, keepdims=True), (gxhat * xh).mean(axis=axes,
                                                                            keepdims=True)
         return _mean(ctx.xp, gxhat, axes), _mean(ctx.xp, gxhat, axes, xh)
+
+
+def _per_group(x, group_shape, invstd, affine_shape):
+    """Statistics per sample and group of channels, ``invstd`` (N, G, 1) over ``x`` seen as
+    (N, G, C/G H W), and a weight per channel, (1, C, 1, ...): group norm's shapes."""
+    return len(group_shape) == 3 and x.ndim >= 2 and invstd.ndim == 3 and \
+        tuple(group_shape[:2]) == invstd.shape[:2] == (x.shape[0], invstd.shape[1]) and \
+        x.shape[1] % invstd.shape[1] == 0 and \
+        tuple(affine_shape) == (1, x.shape[1]) + (1,) * (x.ndim - 2)
 
 
 def _rows(x, group_shape, invstd, affine_shape):
