@@ -445,7 +445,8 @@ def _moments(x, axes, centered=False):
         d = x3 - mean
         if token is not None:
             backend.restore_fp(token)
-        var = (_channel_sums(xp, d * d) * per).reshape(keep)
+        flat = d.reshape(-1, x3.shape[2])   # (N C, H W): the squares' sums without d * d
+        var = (_row_dots(xp, flat, flat).reshape(x3.shape[:2]).sum(axis=0) * per).reshape(keep)
         mean, d = mean.reshape(keep), d.reshape(xf.shape)
     elif rows is None:
         mean = _mean(xp, xf, axes)
