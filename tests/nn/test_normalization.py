@@ -435,3 +435,26 @@ def test_row_buffers_give_the_unbuffered_results(monkeypatch, norm, shape, runs,
     monkeypatch.setattr(backend, "row_buffer", lambda xp, k: None)
     for got, want in zip(buffered, run()):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [0, 3])   # batch norm, group norm
+def test_channels_backward_in_place_only_on_its_own_copy(groups):
+    """A non-contiguous incoming gradient (sum()'s broadcast, or here a broadcast row) is copied
+    and the input's gradient written into the copy; a contiguous one is left as it was; both
+    give the same gradients."""
+    from ddp.nn.functional._normalization import _channels_backward
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 6, 5, 3))
+    w = rng.standard_normal(6)
+    stats = (4, 6, 1) if groups else (1, 6, 1)
+    mean, invstd = rng.standard_normal(stats), rng.uniform(0.5, 2.0, stats)
+    if groups:   # constant over each group's channels, as group norm passes them
+        mean, invstd = (np.repeat(t[:, ::2], 2, axis=1) for t in (mean, invstd))
+    meta = ((x.shape,), (w.shape,), (w.shape,))
+    g = np.broadcast_to(np.arange(3.0), x.shape)
+    dense = g.copy()
+    got = _channels_backward(np, (True, True, True), x, g, w, mean, invstd, meta, groups)
+    want = _channels_backward(np, (True, True, True), x, dense, w, mean, invstd, meta, groups)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(dense, g)   # not written into

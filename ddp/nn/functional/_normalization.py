@@ -276,7 +276,8 @@ def _channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta, groups=0)
     x3 = x.reshape(n, c, -1)
     k = x3.shape[2]
     g3 = g.reshape(x3.shape)
-    if g3.dtype != x.dtype or not g3.flags.c_contiguous:
+    own = g3.dtype != x.dtype or not g3.flags.c_contiguous   # e.g. sum()'s broadcast ones
+    if own:
         g3 = xp.ascontiguousarray(g3, x.dtype)
     rows = g3.reshape(n * c, k)
     sum_g = xp.matmul(rows, xp.ones(k, x.dtype)).reshape(n, c)
@@ -304,7 +305,7 @@ def _channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta, groups=0)
             sum_g, sum_p = sum_g.sum(axis=0), sum_p.sum(axis=0)
         b = (s * s * s * (sum_p * per)).reshape(-1, c, 1)
         cc = (s * (sum_g * per)).reshape(-1, c, 1)
-        gx = g3 * a.reshape(-1, c, 1)
+        gx = xp.multiply(g3, a.reshape(-1, c, 1), out=g3 if own else None)  # (ours: in place)
         d *= b
         gx -= d
         gx -= cc
