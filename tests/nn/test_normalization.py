@@ -458,3 +458,22 @@ def test_channels_backward_in_place_only_on_its_own_copy(groups):
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(dense, g)   # not written into
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: ddp.nn.GroupNorm(2, 4), (0, 4, 3, 3)),
+    (lambda: ddp.nn.GroupNorm(2, 4), (0, 4)),
+    (lambda: ddp.nn.LayerNorm(8), (0, 8)),
+    (lambda: ddp.nn.BatchNorm2d(4).eval(), (0, 4, 3, 3)),
+], ids=["group_norm_2d", "group_norm_1d", "layer_norm", "batch_norm_eval"])
+def test_an_empty_batch_normalises_to_an_empty_batch(make, shape):
+    # PyTorch's result: an empty output and input gradient, zero parameter gradients (a rank
+    # with an empty shard runs the same layers; reshapes with -1 cannot size an empty array)
+    m = make()
+    x = ddp.zeros(*shape, requires_grad=True)
+    y = m(x)
+    (y * 2).sum().backward()
+    assert tuple(y.shape) == shape and tuple(x.grad.shape) == shape
+    for p in (m.weight, m.bias):
+        assert tuple(p.grad.shape) == tuple(p.shape)
+        np.testing.assert_array_equal(p.grad.numpy(), np.zeros(p.shape, np.float32))

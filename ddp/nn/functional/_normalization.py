@@ -42,9 +42,9 @@ class _Normalize(Op):
         elif weight is not None and _per_group(x, group_shape, invstd, affine_shape):
             # group norm: one factor per sample and channel, one pass over H W rows
             n, c = x.shape[0], x.shape[1]
-            f = xp.repeat(invstd.reshape(n, -1), c // invstd.shape[1], axis=1) * weight.reshape(c)
+            f = xp.repeat(invstd.reshape(n, invstd.shape[1]), c // invstd.shape[1], axis=1) * weight.reshape(c)
             token = _row_buffer(xp, token, affine_row)
-            y = y.reshape(n, c, -1)
+            y = y.reshape(n, c, math.prod(x.shape[2:]))   # (from the groups' shape)
             y *= f.reshape(n, c, 1)
             y = y.reshape(x.shape)
         else:
@@ -197,6 +197,11 @@ def _mean(xp, a, axes, b=None):
     return (a if b is None else a * b).mean(axis=axes, keepdims=True)
 
 
+def _rows3(a):
+    """``a`` as (N, C, the rest): the per-channel rows (sized, not -1: an empty batch has them)."""
+    return a.reshape(a.shape[0], a.shape[1], math.prod(a.shape[2:]))
+
+
 def _row_dots(xp, a, b):
     """The dot products of the rows of the (rows, k) arrays ``a`` and ``b``: ``vecdot`` calls
     BLAS's dot per row, 12 µs at (128, 1024) float32 against 25 µs for ``(a * b) @ ones`` and
@@ -215,10 +220,12 @@ def _sum_product(xp, a, b, axes):
             b.flags.c_contiguous and a.dtype == b.dtype:
         if tuple(axes) == tuple(range(len(axes))):
             k = math.prod(a.shape[:len(axes)])
-            return xp.einsum("ij,ij->j", a.reshape(k, -1), b.reshape(k, -1))
+            m = math.prod(a.shape[len(axes):])
+            return xp.einsum("ij,ij->j", a.reshape(k, m), b.reshape(k, m))
         if _per_channel(a, axes):
             n, c = a.shape[0], a.shape[1]
-            return _row_dots(xp, a.reshape(n * c, -1), b.reshape(n * c, -1)).reshape(n, c) \
+            m = math.prod(a.shape[2:])
+            return _row_dots(xp, a.reshape(n * c, m), b.reshape(n * c, m)).reshape(n, c) \
                 .sum(axis=0)
     return (a * b).sum(axis=axes)
 
@@ -227,7 +234,7 @@ def _sum(xp, a, axes):
     """``a.sum(axes)``; over all but the channels of a contiguous float32/64 ``a`` through
     :func:`_channel_sums` (the bias gradient: at (32, 32, 28, 28) 57 µs against 185)."""
     if _per_channel(a, axes) and a.flags.c_contiguous:
-        return _channel_sums(xp, a.reshape(a.shape[0], a.shape[1], -1))
+        return _channel_sums(xp, _rows3(a))
     return a.sum(axis=axes)
 
 
@@ -273,7 +280,7 @@ def _channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta, groups=0)
     BLAS reads instead of nine passes and four reductions."""
     need_x, need_w, need_b = needs
     n, c = x.shape[0], x.shape[1]
-    x3 = x.reshape(n, c, -1)
+    x3 = _rows3(x)
     k = x3.shape[2]
     g3 = g.reshape(x3.shape)
     own = g3.dtype != x.dtype or not g3.flags.c_contiguous   # e.g. sum()'s broadcast ones
@@ -298,7 +305,7 @@ def _channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta, groups=0)
             sum_g, sum_p = sum_g * w, sum_p * w
         if groups:   # the group's sums, repeated over its channels
             per = 1.0 / (c // groups * k)
-            sum_g, sum_p = (xp.repeat(t.reshape(n, groups, -1).sum(axis=2), c // groups, axis=1)
+            sum_g, sum_p = (xp.repeat(t.reshape(n, groups, c // groups).sum(axis=2), c // groups, axis=1)
                             for t in (sum_g, sum_p))
         else:
             per = 1.0 / (n * k)
@@ -438,7 +445,7 @@ def _moments(x, axes, centered=False):
     rows = _trailing(xf, axes)
     if rows is None and xf.ndim >= 2 and tuple(axes) == (0,) + tuple(range(2, xf.ndim)) and \
             xf.dtype.kind == "f" and xf.flags.c_contiguous:   # batch norm's channels
-        x3 = xf.reshape(xf.shape[0], xf.shape[1], -1)
+        x3 = _rows3(xf)
         keep = (1, xf.shape[1]) + (1,) * (xf.ndim - 2)
         per = 1.0 / (x3.shape[0] * x3.shape[2])
         mean = (_channel_sums(xp, x3) * per).reshape(1, -1, 1)
@@ -587,7 +594,8 @@ def _group_norm(name, input, num_groups, weight=None, bias=None, eps=1e-5):
             raise RuntimeError(f"{name}: expected input with {t.numel()} channels (the size of "
                                f"{what}), got input of shape {_shape(input)}")
     affine = (1, c) + (1,) * (input.ndim - 2)
-    return _normalize(NativeGroupNorm, input, weight, bias, eps, (n, num_groups, -1), (2,),
+    per_group = c // num_groups * math.prod(input.shape[2:])   # (not -1: an empty batch)
+    return _normalize(NativeGroupNorm, input, weight, bias, eps, (n, num_groups, per_group), (2,),
                       affine)[0]
 
 
