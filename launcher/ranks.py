@@ -74,11 +74,8 @@ def discover(use_mpi: bool) -> RankInfo:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which honours cgroups/taskset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # macOS has no sched_getaffinity
-        return os.cpu_count() or 1
+    """Cores this process may run on (``ddp.distributed.environment.usable_cores``)."""
+    return environment().usable_cores()
 
 
 def thread_share(threads, local_size, cores=None, env=None) -> int:

@@ -35,6 +35,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, which honours the cgroup cpuset or
+    ``taskset`` a cluster job runs under (``os.cpu_count()`` counts the whole machine's).
+
+    Example:
+        >>> 1 <= usable_cores() <= (os.cpu_count() or 1)
+        True
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS has no sched_getaffinity
+        return os.cpu_count() or 1
+
+
 # (size variable, rank variable, who sets them), in the order they are trusted.
 MPI_VARIABLES = (
     ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "Open MPI"),

@@ -37,6 +37,7 @@ import numpy as np
 
 from .. import backend
 from ..tensor import Tensor
+from . import environment
 
 FIRST_BUCKET_BYTES = 1024 * 1024
 
@@ -53,7 +54,8 @@ def _choose_comm_mode(comm):
     """
     mode = os.environ.get("DDP_COMM_MODE", "auto")
     if mode == "auto":
-        spare_core = (os.cpu_count() or 1) > comm.local_size
+        # the cores this job may use (a cluster's cpuset), not the machine's
+        spare_core = environment.usable_cores() > comm.local_size
         mode = "thread" if spare_core else "nonblocking"
     if mode == "nonblocking" and not comm.has_nonblocking:
         mode = "thread"  # e.g. the single-rank communicator: nothing to overlap anyway

@@ -104,3 +104,19 @@ print(type(dist.get_communicator()).__name__, dist.get_backend(), dist.get_world
                                                      "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["Loopback", "loopback", "1"]
+
+
+@pytest.mark.parametrize("affinity, mode", [({0, 1, 2, 3}, "thread"), ({0}, "nonblocking")])
+def test_auto_comm_mode_counts_the_cores_the_job_may_use(monkeypatch, affinity, mode):
+    # a cluster job's cpuset (its CPU affinity) decides whether a core is spare for DDP's
+    # communication thread, not os.cpu_count(), which counts the whole machine's
+    from ddp.distributed import environment, reducer
+    monkeypatch.delenv("DDP_COMM_MODE", raising=False)
+    monkeypatch.setattr(environment.os, "sched_getaffinity", lambda pid: affinity, raising=False)
+    monkeypatch.setattr(environment.os, "cpu_count", lambda: 64)
+
+    class TwoRanksOnThisMachine:
+        local_size = 2
+        has_nonblocking = True
+
+    assert reducer._choose_comm_mode(TwoRanksOnThisMachine()) == mode
