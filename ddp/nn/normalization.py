@@ -1,4 +1,5 @@
-"""Normalisation layers: ``BatchNorm1d/2d/3d``, ``LayerNorm``, ``GroupNorm``.
+"""Normalisation layers: ``BatchNorm1d/2d/3d``, ``InstanceNorm1d/2d/3d``, ``LayerNorm``,
+``GroupNorm``.
 
 Example:
     >>> import ddp.nn as nn
@@ -10,14 +11,16 @@ Example:
 from __future__ import annotations
 
 import numbers
+import warnings
 
 from .. import backend, creation
 from . import init
-from .functional._normalization import _batch_norm, _group_norm, _layer_norm
+from .functional._normalization import _batch_norm, _group_norm, _instance_norm, _layer_norm
 from .module import Module
 from .parameter import Parameter
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
+           "InstanceNorm3d", "LayerNorm", "GroupNorm"]
 
 
 def _affine_parameters(module, affine, bias, shape, device, dtype):
@@ -41,17 +44,12 @@ def _reset_affine(module):
         init.zeros_(module.bias)
 
 
-class _BatchNorm(Module):
-    """Batch normalisation over the channel dimension (1) of (N, C, *) input.
-
-    In training it normalises with the batch statistics and, with ``track_running_stats``,
-    updates ``running_mean`` and (unbiased) ``running_var``: ``running = (1 - momentum) *
-    running + momentum * batch``, or a cumulative average when ``momentum`` is None; in eval it
-    uses the running statistics. ``num_batches_tracked`` counts training batches.
-    ``affine`` adds a per-channel ``weight`` and (unless ``bias=False``) ``bias``.
-    """
+class _NormBase(Module):
+    """The per-channel parameters and running statistics of batch and instance norm (PyTorch's
+    ``_NormBase``): ``affine`` adds a per-channel ``weight`` and (unless ``bias=False``)
+    ``bias``; ``track_running_stats`` the buffers ``running_mean``, ``running_var`` and
+    ``num_batches_tracked``."""
     _version = 2
-    _expected_dims = ()  # the accepted input ranks
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, device=None, dtype=None, *, bias=True):
@@ -85,6 +83,35 @@ class _BatchNorm(Module):
         self.reset_running_stats()
         _reset_affine(self)
 
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # checkpoints before version 2 have no num_batches_tracked: start it at 0
+        version = local_metadata.get("version", None)
+        key = prefix + "num_batches_tracked"
+        if (version is None or version < 2) and self.track_running_stats \
+                and key not in state_dict:
+            state_dict[key] = self.num_batches_tracked if self.num_batches_tracked is not None \
+                else creation.tensor(0, dtype=backend.int64)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+class _BatchNorm(_NormBase):
+    """Batch normalisation over the channel dimension (1) of (N, C, *) input.
+
+    In training it normalises with the batch statistics and, with ``track_running_stats``,
+    updates ``running_mean`` and (unbiased) ``running_var``: ``running = (1 - momentum) *
+    running + momentum * batch``, or a cumulative average when ``momentum`` is None; in eval it
+    uses the running statistics. ``num_batches_tracked`` counts training batches.
+    ``affine`` adds a per-channel ``weight`` and (unless ``bias=False``) ``bias``.
+    """
+    _expected_dims = ()  # the accepted input ranks
+
     def _check_input_dim(self, input):
         if input.ndim not in self._expected_dims:
             raise ValueError(f"{type(self).__name__}: expected "
@@ -111,23 +138,6 @@ class _BatchNorm(Module):
         running_mean, running_var, use_batch_stats, factor = self._step_statistics()
         return _batch_norm(type(self).__name__, input, running_mean, running_var, self.weight,
                            self.bias, use_batch_stats, factor, self.eps)
-
-    def extra_repr(self):
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, bias={self.bias is not None}, "
-                f"track_running_stats={self.track_running_stats}")
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        # checkpoints before version 2 have no num_batches_tracked: start it at 0
-        version = local_metadata.get("version", None)
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats \
-                and key not in state_dict:
-            state_dict[key] = self.num_batches_tracked if self.num_batches_tracked is not None \
-                else creation.tensor(0, dtype=backend.int64)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
 
 
 class BatchNorm1d(_BatchNorm):
@@ -161,6 +171,100 @@ class BatchNorm3d(_BatchNorm):
         ddp.Size([2, 2, 3, 3, 3])
     """
     _expected_dims = (5,)
+
+
+class _InstanceNorm(_NormBase):
+    """Instance normalisation: each channel of each sample of (N, C, *) input (or unbatched (C,
+    *)) over its spatial dimensions, with the instance statistics in training and in eval
+    unless ``track_running_stats``, which keeps (in training) their running mean over batches
+    and uses it in eval. ``num_features`` is only checked (a warning without ``affine``)."""
+    _no_batch_dim = 0   # the rank of an unbatched input
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
+                 track_running_stats=False, device=None, dtype=None, *, bias=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias)
+
+    def _check_input_dim(self, input):
+        if input.ndim not in (self._no_batch_dim, self._no_batch_dim + 1):
+            raise ValueError(f"expected {self._no_batch_dim}D or {self._no_batch_dim + 1}D "
+                             f"input (got {input.ndim}D input)")
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        feature_dim = input.ndim - self._no_batch_dim
+        if input.shape[feature_dim] != self.num_features:
+            if self.affine:
+                raise ValueError(f"expected input's size at dim={feature_dim} to match "
+                                 f"num_features ({self.num_features}), but got: "
+                                 f"{input.shape[feature_dim]}.")
+            warnings.warn(f"input's size at dim={feature_dim} does not match num_features. "
+                          "You can silence this warning by not passing in num_features, which "
+                          "is not used because affine=False", stacklevel=2)
+        unbatched = input.ndim == self._no_batch_dim
+        out = _instance_norm(type(self).__name__, input.unsqueeze(0) if unbatched else input,
+                             self.running_mean, self.running_var, self.weight, self.bias,
+                             self.training or not self.track_running_stats,
+                             0.0 if self.momentum is None else self.momentum, self.eps)
+        return out.squeeze(0) if unbatched else out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # checkpoints before 0.4.0 (no version) kept running statistics that are not tracked
+        if local_metadata.get("version", None) is None and not self.track_running_stats:
+            keys = [prefix + k for k in ("running_mean", "running_var")
+                    if prefix + k in state_dict]
+            if keys:
+                klass = type(self).__name__
+                names = " and ".join(f'"{k}"' for k in keys)
+                error_msgs.append(
+                    f"Unexpected running stats buffer(s) {names} for {klass} with "
+                    f"track_running_stats=False. If state_dict is a "
+                    f"checkpoint saved before 0.4.0, this may be expected because {klass} does "
+                    f"not track running stats by default since 0.4.0. Please remove these keys "
+                    f"from state_dict. If the running stats are actually needed, instead set "
+                    f"track_running_stats=True in {klass} to enable them. See the documentation "
+                    f"of {klass} for details.")
+                for k in keys:
+                    state_dict.pop(k)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance normalisation of (N, C, L) or unbatched (C, L) input.
+
+    Example:
+        >>> m = nn.InstanceNorm1d(3)
+        >>> m
+        InstanceNorm1d(3, eps=1e-05, momentum=0.1, affine=False, bias=False, track_running_stats=False)
+        >>> m(ddp.randn(2, 3, 5)).shape
+        ddp.Size([2, 3, 5])
+    """
+    _no_batch_dim = 2
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance normalisation of (N, C, H, W) or unbatched (C, H, W) input.
+
+    Example:
+        >>> m = nn.InstanceNorm2d(3, affine=True, track_running_stats=True)
+        >>> list(m.state_dict())
+        ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
+        >>> m(ddp.randn(3, 4, 4)).shape
+        ddp.Size([3, 4, 4])
+    """
+    _no_batch_dim = 3
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance normalisation of (N, C, D, H, W) or unbatched (C, D, H, W) input.
+
+    Example:
+        >>> nn.InstanceNorm3d(2)(ddp.randn(1, 2, 3, 3, 3)).shape
+        ddp.Size([1, 2, 3, 3, 3])
+    """
+    _no_batch_dim = 4
 
 
 class LayerNorm(Module):
@@ -222,7 +326,8 @@ class GroupNorm(Module):
         _reset_affine(self)
 
     def forward(self, input):
-        return _group_norm("GroupNorm", input, self.num_groups, self.weight, self.bias, self.eps)
+        return _group_norm("GroupNorm", input, self.num_groups, self.weight, self.bias,
+                           self.eps)[0]
 
     def extra_repr(self):
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "

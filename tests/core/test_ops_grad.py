@@ -470,6 +470,8 @@ CASES += [
       (4, 3), (3,), (3,)),
     C("F.layer_norm", lambda a, w, b: F.layer_norm(a, (4,), w, b), (3, 4), (4,), (4,)),
     C("F.group_norm", lambda a: F.group_norm(a, 2), (2, 4, 3)),
+    C("F.instance_norm", lambda a, w, b: F.instance_norm(a, None, None, w, b), (2, 3, 4),
+      (3,), (3,)),
     C("F.scaled_dot_product_attention",
       lambda q, k, v: F.scaled_dot_product_attention(q, k, v), (2, 3, 4), (2, 5, 4), (2, 5, 4)),
     C("lstm_layer", lambda x, h, c, wi, wh, bi, bh: _rnn.rnn_layer("LSTM", x, (h, c),

@@ -97,6 +97,8 @@ LAYERS = [
     ("batchnorm2d", lambda: nn.BatchNorm2d(3), [(4, 3, 5, 5)]),
     ("layernorm", lambda: nn.LayerNorm(6), [(3, 4, 6)]),
     ("groupnorm", lambda: nn.GroupNorm(2, 4), [(3, 4, 5)]),
+    ("instancenorm2d", lambda: nn.InstanceNorm2d(3, affine=True, track_running_stats=True),
+     [(2, 3, 4, 5)]),
     ("embedding_bag_of_rows", None, None),   # below: integer input
     ("lstm", lambda: nn.LSTM(4, 5, num_layers=2, batch_first=True), [(3, 6, 4)]),
     ("gru_bidirectional", lambda: nn.GRU(4, 3, bidirectional=True), [(5, 2, 4)]),

@@ -263,38 +263,63 @@ def _load_state(ours, state):
     ("BatchNorm1d", (5, 3), dict(bias=False)),
 ])
 def test_batchnorm_torch_parity_train_then_eval(oracle, cls, shape, kw):
-    rng = np.random.default_rng(0)
-    steps = []  # (input, upstream gradient) of each step; the last runs in eval mode
-    for step in range(4):
-        x = (rng.standard_normal(shape) * (step + 1) + step).astype(np.float32)
-        steps.append((x, rng.standard_normal(shape).astype(np.float32)))
+    steps = make_steps(shape, 4)
 
     def reference(torch):
-        theirs = getattr(torch.nn, cls)(3, **kw)
-        with torch.no_grad():
-            for p in theirs.parameters():
-                p.uniform_(0.5, 1.5)
-        out = {"repr": repr(theirs), "state": _state_of(theirs), "steps": []}
-        for step, (x, g) in enumerate(steps):
-            if step == 3:
-                theirs.eval()
-            b = torch.tensor(x, requires_grad=True)
-            yt = theirs(b)
-            yt.backward(torch.tensor(g))
-            out["steps"].append({"y": yt.detach().numpy(), "gx": b.grad.numpy(),
-                                 "grads": [q.grad.numpy().copy() for q in theirs.parameters()],
-                                 "buffers": [(n, buf.numpy().copy())
-                                             for n, buf in theirs.named_buffers()]})
-        return out
+        theirs = torch_module(torch, cls, kw)
+        return {"repr": repr(theirs), "state": _state_of(theirs),
+                "steps": torch_steps(torch, theirs, steps)}
     want = oracle(reference)
     ours = getattr(nn, cls)(3, **kw)
     assert repr(ours) == want["repr"]
     _load_state(ours, want["state"])
-    for step, ((x, g), ref) in enumerate(zip(steps, want["steps"])):
-        if step == 3:
+    check_steps(ours, steps, want["steps"])
+
+
+def make_steps(shape, count):
+    """``count`` (input, upstream gradient) pairs of ``shape``, the inputs' scale and shift
+    growing (the running statistics move); the last runs in eval mode."""
+    rng = np.random.default_rng(0)
+    steps = []
+    for step in range(count):
+        x = (rng.standard_normal(shape) * (step + 1) + step).astype(np.float32)
+        steps.append((x, rng.standard_normal(shape).astype(np.float32)))
+    return steps
+
+
+def torch_module(torch, cls, kw):
+    """PyTorch's ``cls(3, **kw)`` with its parameters drawn in [0.5, 1.5)."""
+    theirs = getattr(torch.nn, cls)(3, **kw)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.uniform_(0.5, 1.5)
+    return theirs
+
+
+def torch_steps(torch, theirs, steps):
+    """PyTorch's answers for the module ``theirs`` over ``steps`` ((input, upstream gradient)
+    pairs; the last in eval mode): output, input and parameter gradients, buffers after."""
+    out = []
+    for step, (x, g) in enumerate(steps):
+        if step == len(steps) - 1:
+            theirs.eval()
+        b = torch.tensor(x, requires_grad=True)
+        yt = theirs(b)
+        yt.backward(torch.tensor(g))
+        out.append({"y": yt.detach().numpy(), "gx": b.grad.numpy(),
+                    "grads": [q.grad.numpy().copy() for q in theirs.parameters()],
+                    "buffers": [(n, buf.numpy().copy()) for n, buf in theirs.named_buffers()]})
+    return out
+
+
+def check_steps(ours, steps, want):
+    """Run ``ours`` over ``steps`` as :func:`torch_steps` ran PyTorch's, against its answers."""
+    for step, ((x, g), ref) in enumerate(zip(steps, want)):
+        if step == len(steps) - 1:
             ours.eval()
         a = ddp.tensor(x, requires_grad=True)
         y = ours(a)
+        assert y.shape == a.shape
         np.testing.assert_allclose(arr(y), ref["y"], rtol=1e-4, atol=1e-4)
         y.backward(ddp.tensor(g))
         np.testing.assert_allclose(arr(a.grad), ref["gx"], rtol=1e-4, atol=1e-4)
@@ -302,6 +327,7 @@ def test_batchnorm_torch_parity_train_then_eval(oracle, cls, shape, kw):
         assert len(params) == len(ref["grads"])
         for p, q in zip(params, ref["grads"]):
             np.testing.assert_allclose(arr(p.grad), q, rtol=1e-4, atol=1e-4)
+        assert [n for n, _ in ours.named_buffers()] == [n for n, _ in ref["buffers"]]
         for name, buf in ref["buffers"]:
             np.testing.assert_allclose(arr(getattr(ours, name)), buf, rtol=1e-5, atol=1e-6)
 

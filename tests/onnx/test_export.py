@@ -136,6 +136,13 @@ def test_layer_norm_and_group_norm():
     roundtrip(nn.GroupNorm(3, 6, affine=False), lambda b: randn(b, 6, 5))
 
 
+def test_instance_norm():   # as group norm with a group per channel; tracked stats in eval
+    roundtrip(_trained(nn.InstanceNorm2d(3, affine=True), lambda b: randn(b, 3, 4, 5)),
+              lambda b: randn(b, 3, 4, 5))
+    roundtrip(_trained(nn.InstanceNorm1d(4, track_running_stats=True), lambda b: randn(b, 4, 6)),
+              lambda b: randn(b, 4, 6))
+
+
 def test_layer_norm_at_opset_17_and_reductions_before_opset_18():
     class Model(nn.Module):
         def __init__(self):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from ._linear import linear
 from ._conv import conv1d, conv2d, conv_transpose2d
 from ._pooling import max_pool1d, max_pool2d, avg_pool1d, avg_pool2d, adaptive_avg_pool1d, adaptive_avg_pool2d
-from ._normalization import batch_norm, layer_norm, group_norm, normalize
+from ._normalization import batch_norm, layer_norm, group_norm, instance_norm, normalize
 from ._dropout import dropout, dropout1d, dropout2d
 from ._embedding import embedding, one_hot
 from ._padding import pad

@@ -1,4 +1,4 @@
-"""Batch, layer and group normalisation as one fused op with the closed-form backward
+"""Batch, layer, group and instance normalisation as one fused op with the closed-form backward
 (statistics recomputed with recorded ops under ``create_graph``), and ``normalize``.
 """
 from __future__ import annotations
@@ -596,7 +596,7 @@ def _group_norm(name, input, num_groups, weight=None, bias=None, eps=1e-5):
     affine = (1, c) + (1,) * (input.ndim - 2)
     per_group = c // num_groups * math.prod(input.shape[2:])   # (not -1: an empty batch)
     return _normalize(NativeGroupNorm, input, weight, bias, eps, (n, num_groups, per_group), (2,),
-                      affine)[0]
+                      affine)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
@@ -607,7 +607,52 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
         >>> F.group_norm(ddp.randn(2, 4, 3), 2).shape
         ddp.Size([2, 4, 3])
     """
-    return _group_norm("group_norm", input, num_groups, weight, bias, eps)
+    return _group_norm("group_norm", input, num_groups, weight, bias, eps)[0]
+
+
+@autocast_op("instance_norm")   # (no autocast policy in PyTorch: it keeps the input's dtype)
+def _instance_norm(name, input, running_mean=None, running_var=None, weight=None, bias=None,
+                   use_input_stats=True, momentum=0.1, eps=1e-5):
+    """PyTorch's ``at::instance_norm``: batch norm of the input seen as (1, N C, *), with the
+    running statistics repeated over the batch and then averaged back over it."""
+    if not use_input_stats:   # constant per-channel statistics: batch norm's eval mode
+        if running_mean is None or running_var is None:
+            raise RuntimeError(f"{name}: expected running_mean and running_var to be defined "
+                               f"when use_input_stats is false")
+        return _batch_norm(name, input, running_mean, running_var, weight, bias, False,
+                           momentum, eps)
+    if math.prod(input.shape[2:]) == 1:
+        raise ValueError(f"{name}: expected more than 1 spatial element when training, got "
+                         f"input of shape {_shape(input)}")
+    c = input.shape[1]
+    for what, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.numel() != c:
+            raise RuntimeError(f"{name}: expected input with {t.numel()} channels (the size of "
+                               f"{what}), got input of shape {_shape(input)}")
+    # the statistics per sample and channel: group norm with one group per channel
+    out, mean, var = _group_norm(name, input, c, weight, bias, eps)
+    if input.shape[0]:   # the running statistics move by the batch's mean of each one
+        update_running_stats(running_mean, running_var, mean.mean(axis=0), var.mean(axis=0),
+                             math.prod(input.shape[2:]), momentum)
+    return out
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5):
+    """Normalise each channel of each sample of ``input`` (N, C, *) over its spatial
+    dimensions, then scale and shift per channel. With ``use_input_stats`` (the default) the
+    statistics are the input's, and ``running_mean``/``running_var`` (if given) move by
+    ``momentum`` towards their mean over the batch (the variance unbiased); otherwise the
+    running statistics normalise.
+
+    Example:
+        >>> y = F.instance_norm(ddp.tensor([[[1., 2., 3.], [0., 0., 2.]]]))
+        >>> y
+        tensor([[[-1.2247,  0.0000,  1.2247],
+                 [-0.7071, -0.7071,  1.4142]]])
+    """
+    return _instance_norm("instance_norm", input, running_mean, running_var, weight, bias,
+                          use_input_stats, momentum, eps)
 
 
 def normalize(input, p=2.0, dim=1, eps=1e-12):
