@@ -46,6 +46,8 @@ def cases(lib):
         "avg_pool2d 2x2, (32,32,28,28)": (nn.AvgPool2d(2), lambda: (randn(32, 32, 28, 28),), first),
         "batch_norm2d 32, (32,32,28,28)": (nn.BatchNorm2d(32), lambda: (randn(32, 32, 28, 28),), first),
         "group_norm 8, (32,32,28,28)": (nn.GroupNorm(8, 32), lambda: (randn(32, 32, 28, 28),), first),
+        "instance_norm2d 32 affine, (32,32,28,28)": (nn.InstanceNorm2d(32, affine=True),
+                                                     lambda: (randn(32, 32, 28, 28),), first),
         "layer_norm 1024, (128,1024)": (nn.LayerNorm(1024), lambda: (randn(128, 1024),), first),
         "dropout p=0.5, (128,1024)": (nn.Dropout(0.5), lambda: (randn(128, 1024),), first),
         "embedding 10000x128, (128,32)": (nn.Embedding(10000, 128), lambda: (ints(10000, 128, 32),), first),
