@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import sys
 import numpy as np
 from ... import backend
 from ...autograd.graph import Op
@@ -76,8 +77,10 @@ def _first_max_hits(xpad, y, kernel, stride, dilation, out):
             yield i, j, hit
 
 
-# unsigned integers as wide as a window row's kw hit flags (one byte each)
+# unsigned integers as wide as a window row's kw hit flags (one byte each); the lowest set
+# byte is the row's first flag only where the lowest byte comes first in memory
 _WINDOW_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def _repeat_w(a, times):
@@ -167,7 +170,7 @@ class SpreadToMaxima(Op):
         # no (N, C, kh, kw, OH, OW) array is made (2x2 pooling of 128x16x28x28: 4.1 -> 2.4 ms)
         xp = backend.get_array_module(g)
         if tuple(kernel) == tuple(stride) and tuple(dilation) == (1, 1) and \
-                kernel[1] in _WINDOW_WORDS:
+                kernel[1] in _WINDOW_WORDS and _LITTLE_ENDIAN:
             return _spread_tiled(g, xpad, y, kernel, pads)
         overlap = _windows_overlap(kernel, stride, dilation)
         gx = xp.zeros(xpad.shape, dtype=g.dtype)
