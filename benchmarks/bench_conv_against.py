@@ -15,7 +15,6 @@ import argparse
 import importlib.util
 import os
 import statistics
-import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
