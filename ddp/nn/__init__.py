@@ -8,10 +8,10 @@ Example:
     3
 """
 from .module import Module
-from .parameter import Buffer, Parameter
+from .parameter import Buffer, Parameter, UninitializedBuffer, UninitializedParameter
 from .container import (Container, ModuleDict, ModuleList, ParameterDict, ParameterList,
                         Sequential)
-from . import init, parallel, utils
+from . import init, lazy, parallel, parameter, utils
 from .parallel import DataParallel  # noqa: F401  (PyTorch's nn.DataParallel)
 
 from . import functional

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 
 from .. import creation
+from ..autograd import no_grad
 from . import init
 from .functional._conv import _conv1d, _conv2d, _conv_transpose2d
 from .functional._helpers import _ntuple
 from .functional._padding import pad
+from .lazy import LazyModuleMixin
 from .module import Module
-from .parameter import Parameter
+from .parameter import Parameter, UninitializedParameter
 
-__all__ = ["Conv1d", "Conv2d", "ConvTranspose2d"]
+__all__ = ["Conv1d", "Conv2d", "ConvTranspose2d", "LazyConv1d", "LazyConv2d", "LazyConvTranspose2d"]
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -193,3 +195,82 @@ class ConvTranspose2d(_ConvNd):
         return _conv_transpose2d("ConvTranspose2d", input, self.weight, self.bias, self.stride,
                                  self.padding, self.output_padding, self.groups, self.dilation,
                                  output_size)
+
+
+class _LazyConvXdMixin(LazyModuleMixin):
+    """A convolution whose ``in_channels`` is the first input's channel dimension; it takes
+    its convolution's arguments less ``in_channels``."""
+    _num_spatial_dims = 0
+
+    def __init__(self, out_channels, kernel_size, *args, device=None, dtype=None, **kwargs):
+        super().__init__(0, 0, kernel_size, *args, device=device, dtype=dtype, **kwargs)
+        self.weight = UninitializedParameter(device=device, dtype=dtype)
+        self.out_channels = out_channels
+        if self.bias is not None:
+            self.bias = UninitializedParameter(device=device, dtype=dtype)
+
+    def reset_parameters(self):
+        if not self.has_uninitialized_params() and self.in_channels != 0:
+            super().reset_parameters()
+
+    def initialize_parameters(self, input, *args, **kwargs):
+        """Infer ``in_channels`` from ``input`` and initialise the parameters."""
+        if self.has_uninitialized_params():
+            self.in_channels = self._get_in_channels(input)
+            if self.in_channels % self.groups != 0:
+                raise ValueError("in_channels must be divisible by groups")
+            shape = (self.in_channels, self.out_channels // self.groups) if self.transposed \
+                else (self.out_channels, self.in_channels // self.groups)
+            with no_grad():
+                self.weight.materialize(shape + tuple(self.kernel_size))
+                if self.bias is not None:
+                    self.bias.materialize((self.out_channels,))
+                self.reset_parameters()
+
+    def _get_in_channels(self, input):
+        batched = self._num_spatial_dims + 2
+        if input.ndim not in (batched - 1, batched):
+            raise RuntimeError(f"Expected {batched - 1}D (unbatched) or {batched}D (batched) "
+                               f"input to {type(self).__name__}, but got input of size: "
+                               f"{input.shape}")
+        return input.shape[1] if input.ndim == batched else input.shape[0]
+
+
+class LazyConv1d(_LazyConvXdMixin, Conv1d):
+    """``Conv1d`` with ``in_channels`` inferred from the first input: ``LazyConv1d(out_channels,
+    kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True, padding_mode='zeros')``.
+
+    Example:
+        >>> m = nn.LazyConv1d(8, 3)
+        >>> m(ddp.ones(2, 4, 10)).shape, type(m).__name__
+        (ddp.Size([2, 8, 8]), 'Conv1d')
+    """
+    cls_to_become = Conv1d
+    _num_spatial_dims = 1
+
+
+class LazyConv2d(_LazyConvXdMixin, Conv2d):
+    """``Conv2d`` with ``in_channels`` inferred from the first input: ``LazyConv2d(out_channels,
+    kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True, padding_mode='zeros')``.
+
+    Example:
+        >>> m = nn.LazyConv2d(8, 3, padding=1)
+        >>> m(ddp.ones(1, 4, 5, 5)).shape, m.weight.shape
+        (ddp.Size([1, 8, 5, 5]), ddp.Size([8, 4, 3, 3]))
+    """
+    cls_to_become = Conv2d
+    _num_spatial_dims = 2
+
+
+class LazyConvTranspose2d(_LazyConvXdMixin, ConvTranspose2d):
+    """``ConvTranspose2d`` with ``in_channels`` inferred from the first input:
+    ``LazyConvTranspose2d(out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+    groups=1, bias=True, dilation=1, padding_mode='zeros')``.
+
+    Example:
+        >>> m = nn.LazyConvTranspose2d(4, 4, stride=2, padding=1)
+        >>> m(ddp.ones(1, 8, 5, 5)).shape, m.weight.shape
+        (ddp.Size([1, 4, 10, 10]), ddp.Size([8, 4, 4, 4]))
+    """
+    cls_to_become = ConvTranspose2d
+    _num_spatial_dims = 2

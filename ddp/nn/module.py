@@ -29,7 +29,7 @@ from .._typename import typename as _typename
 from ..autograd import no_grad
 from ..autograd.hooks import RemovableHandle
 from ..tensor import Tensor
-from .parameter import Buffer, Parameter
+from .parameter import Buffer, Parameter, is_lazy
 
 __all__ = ["Module", "RemovableHandle", "register_module_forward_pre_hook",
            "register_module_forward_hook"]
@@ -802,12 +802,14 @@ class Module:
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         """Put this module's own parameters and persistent buffers into ``destination``
         (override to customise; children are handled by :meth:`state_dict`)."""
+        # a lazy module's placeholders are saved as they are (loading one is a no-op)
         for name, param in self._parameters.items():
             if param is not None:
-                destination[prefix + name] = param if keep_vars else param.detach()
+                destination[prefix + name] = param if keep_vars or is_lazy(param) \
+                    else param.detach()
         for name, buf in self._buffers.items():
             if buf is not None and name not in self._non_persistent_buffers_set:
-                destination[prefix + name] = buf if keep_vars else buf.detach()
+                destination[prefix + name] = buf if keep_vars or is_lazy(buf) else buf.detach()
         if type(self).get_extra_state is not Module.get_extra_state:
             destination[prefix + _EXTRA_STATE_KEY_SUFFIX] = self.get_extra_state()
 
@@ -870,6 +872,8 @@ class Module:
                     missing_keys.append(key)
                 continue
             input_param = state_dict[key]
+            if is_lazy(param) and is_lazy(input_param):   # a placeholder into a placeholder
+                continue
             if not hasattr(input_param, "shape"):
                 error_msgs.append(f'While copying the parameter named "{key}", expected '
                                   f'torch.Tensor or Tensor-like object from checkpoint but '

@@ -16,11 +16,14 @@ import warnings
 from .. import backend, creation
 from . import init
 from .functional._normalization import _batch_norm, _group_norm, _instance_norm, _layer_norm
+from ..autograd import no_grad
+from .lazy import LazyModuleMixin
 from .module import Module
-from .parameter import Parameter
+from .parameter import Parameter, UninitializedBuffer, UninitializedParameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
-           "InstanceNorm3d", "LayerNorm", "GroupNorm"]
+           "InstanceNorm3d", "LayerNorm", "GroupNorm", "LazyBatchNorm1d", "LazyBatchNorm2d",
+           "LazyBatchNorm3d", "LazyInstanceNorm1d", "LazyInstanceNorm2d", "LazyInstanceNorm3d"]
 
 
 def _affine_parameters(module, affine, bias, shape, device, dtype):
@@ -267,6 +270,41 @@ class InstanceNorm3d(_InstanceNorm):
     _no_batch_dim = 4
 
 
+class _LazyNormBase(LazyModuleMixin, _NormBase):
+    """Batch or instance norm whose ``num_features`` is the first input's ``shape[1]``
+    (PyTorch's, also for unbatched instance-norm input). ``affine`` and
+    ``track_running_stats`` default to True, for the lazy instance norms too, as in PyTorch."""
+
+    def __init__(self, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 device=None, dtype=None, *, bias=True):
+        # no parameters or buffers yet: the placeholders stand in for them
+        super().__init__(0, eps, momentum, False, False, device, dtype, bias=False)
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        if affine:
+            self.weight = UninitializedParameter(device=device, dtype=dtype)
+            if bias:
+                self.bias = UninitializedParameter(device=device, dtype=dtype)
+        if track_running_stats:
+            self.running_mean = UninitializedBuffer(device=device, dtype=dtype)
+            self.running_var = UninitializedBuffer(device=device, dtype=dtype)
+            self.num_batches_tracked = creation.tensor(0, dtype=backend.int64, device=device)
+
+    def reset_parameters(self):
+        if not self.has_uninitialized_params() and self.num_features != 0:
+            super().reset_parameters()
+
+    def initialize_parameters(self, input):
+        """Infer ``num_features`` from ``input.shape[1]`` and initialise."""
+        if self.has_uninitialized_params():
+            self.num_features = input.shape[1]
+            with no_grad():
+                for t in (self.weight, self.bias, self.running_mean, self.running_var):
+                    if t is not None:
+                        t.materialize((self.num_features,))
+                self.reset_parameters()
+
+
 class LayerNorm(Module):
     """Normalise each sample over its last dimensions (``normalized_shape``), then apply an
     elementwise ``weight`` and ``bias`` (``elementwise_affine``; ``bias=False`` drops the bias).
@@ -332,3 +370,81 @@ class GroupNorm(Module):
     def extra_repr(self):
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
                 f"bias={self.bias is not None}")
+
+
+
+class LazyBatchNorm1d(_LazyNormBase, BatchNorm1d):
+    """``BatchNorm1d`` with ``num_features`` inferred from the first
+    input's ``shape[1]``: ``LazyBatchNorm1d(eps=1e-5, momentum=0.1, affine=True,
+    track_running_stats=True, bias=True)``.
+
+    Example:
+        >>> m = nn.LazyBatchNorm1d()
+        >>> _ = m(ddp.randn(8, 3))
+        >>> m
+        BatchNorm1d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
+    """
+    cls_to_become = BatchNorm1d
+
+
+class LazyBatchNorm2d(_LazyNormBase, BatchNorm2d):
+    """``BatchNorm2d`` with ``num_features`` inferred from the first
+    input's ``shape[1]``.
+
+    Example:
+        >>> m = nn.LazyBatchNorm2d(affine=False)
+        >>> _ = m(ddp.randn(2, 5, 3, 3))
+        >>> type(m).__name__, m.running_mean.shape
+        ('BatchNorm2d', ddp.Size([5]))
+    """
+    cls_to_become = BatchNorm2d
+
+
+class LazyBatchNorm3d(_LazyNormBase, BatchNorm3d):
+    """``BatchNorm3d`` with ``num_features`` inferred from the first
+    input's ``shape[1]``.
+
+    Example:
+        >>> m = nn.LazyBatchNorm3d()
+        >>> m(ddp.randn(2, 4, 2, 2, 2)).shape, m.num_features
+        (ddp.Size([2, 4, 2, 2, 2]), 4)
+    """
+    cls_to_become = BatchNorm3d
+
+
+class LazyInstanceNorm1d(_LazyNormBase, InstanceNorm1d):
+    """``InstanceNorm1d`` with ``num_features`` inferred from
+    the first input's ``shape[1]``; ``affine`` and ``track_running_stats`` default to True.
+
+    Example:
+        >>> m = nn.LazyInstanceNorm1d()
+        >>> _ = m(ddp.randn(2, 3, 5))
+        >>> m.weight.shape, m.running_var.shape
+        (ddp.Size([3]), ddp.Size([3]))
+    """
+    cls_to_become = InstanceNorm1d
+
+
+class LazyInstanceNorm2d(_LazyNormBase, InstanceNorm2d):
+    """``InstanceNorm2d`` with ``num_features`` inferred from
+    the first input's ``shape[1]``.
+
+    Example:
+        >>> m = nn.LazyInstanceNorm2d(affine=False, track_running_stats=False)
+        >>> m(ddp.randn(2, 3, 4, 4)).shape, type(m).__name__
+        (ddp.Size([2, 3, 4, 4]), 'InstanceNorm2d')
+    """
+    cls_to_become = InstanceNorm2d
+
+
+class LazyInstanceNorm3d(_LazyNormBase, InstanceNorm3d):
+    """``InstanceNorm3d`` with ``num_features`` inferred from
+    the first input's ``shape[1]``.
+
+    Example:
+        >>> m = nn.LazyInstanceNorm3d()
+        >>> _ = m(ddp.randn(1, 2, 3, 3, 3))
+        >>> list(m.state_dict())
+        ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
+    """
+    cls_to_become = InstanceNorm3d

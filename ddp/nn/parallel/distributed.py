@@ -14,6 +14,7 @@ from ...distributed.process_group import ProcessGroup, ReduceOp, _group, is_init
 from ...distributed.reducer import Reducer
 from ...tensor import Tensor
 from ..module import Module
+from ..parameter import is_lazy
 
 
 class DistributedDataParallel(Module, Joinable):
@@ -62,6 +63,11 @@ class DistributedDataParallel(Module, Joinable):
         if not is_initialized():
             raise RuntimeError("DistributedDataParallel: the default process group has not been "
                                "initialized; call ddp.distributed.init_process_group() first")
+        for name, p in module.named_parameters():
+            if is_lazy(p):   # PyTorch's message, plus which parameter it is
+                raise RuntimeError("Modules with uninitialized parameters can't be used with "
+                                   "`DistributedDataParallel`. Run a dummy forward pass to "
+                                   f"correctly initialize the modules (parameter {name!r})")
         self.module = module
         self.process_group = process_group
         group = _group(process_group)
