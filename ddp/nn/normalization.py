@@ -430,7 +430,7 @@ class LazyInstanceNorm2d(_LazyNormBase, InstanceNorm2d):
     the first input's ``shape[1]``.
 
     Example:
-        >>> m = nn.LazyInstanceNorm2d(affine=False, track_running_stats=False)
+        >>> m = nn.LazyInstanceNorm2d()   # (affine=False: nothing to infer, a warning)
         >>> m(ddp.randn(2, 3, 4, 4)).shape, type(m).__name__
         (ddp.Size([2, 3, 4, 4]), 'InstanceNorm2d')
     """
