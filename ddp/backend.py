@@ -382,13 +382,15 @@ def sum_to_shape(g, shape):
     return g
 
 
-def index_add_at(out, index, values):
-    """``out[index] += values`` where repeated positions add up (NumPy's ``add.at``)."""
+def index_add_at(out, index, values, into_zeros=False):
+    """``out[index] += values`` where repeated positions add up (NumPy's ``add.at``);
+    ``into_zeros``: ``out`` is all zeros (as in Getitem's adjoint), so the first addition to
+    each row can be a plain store."""
     if isinstance(out, np.ndarray):
         if type(index) is tuple and len(index) == 1 and isinstance(index[0], np.ndarray):
             index = index[0]   # (rows,) as Getitem's adjoint passes it: the same positions
         if _is_row_index(out, index, values):
-            _add_rows(out, index, values)
+            _add_rows(out, index, values, into_zeros)
         else:
             np.add.at(out, index, values)
     else:
@@ -423,25 +425,64 @@ def _is_row_index(out, index, values):
             and values.ndim == index.ndim + out.ndim - 1)
 
 
-def _add_rows(out, index, values):
+def _add_rows(out, index, values, into_zeros=False):
     """Scatter-add rows in rounds of distinct rows: sort the indices, number each entry within
-    its run of equal ones, then add all first entries with one fancy-index ``+=`` (correct:
-    they are distinct), all second entries with another, ... — as many rounds as the most
-    repeated row. For an embedding gradient (4,096 rows of 128 into 10,000) 1.2 ms, against
-    5.4 ms for ``add.reduceat`` over the sorted rows and 3.8 ms for ``np.add.at``."""
-    idx = index.reshape(-1) % out.shape[0]  # -1 and n-1 are the same row
-    rows = values.reshape((idx.size,) + out.shape[1:])
-    order = np.argsort(idx, kind="stable")
-    idx = idx[order]
-    first = np.concatenate(([True], idx[1:] != idx[:-1]))
-    starts = np.flatnonzero(first)
-    rank = np.arange(idx.size) - np.repeat(starts, np.diff(np.append(starts, idx.size)))
+    its run of equal ones, then add all first entries at once (correct: they are distinct), all
+    second entries, ... — as many rounds as the most repeated row. The sort is of one int64
+    key ``row * entries + entry`` (NumPy's SIMD sort, 38 µs for 4,096 against 195 µs for the
+    stable ``argsort``); each round gathers with ``take`` and stores with ``put`` on rows seen
+    as single void elements (66 and 68 µs for 3,376 rows of 128 float32 against 115 and 119 µs
+    for fancy indexing, which walks each row element by element); into zeros the first round
+    only stores. For an embedding gradient (4,096 rows of 128 into 10,000) ~0.4 ms, against
+    1.0-1.4 ms for the fancy-index ``+=`` rounds, 5.4 ms for ``add.reduceat`` over the sorted
+    rows and 3.8-7 ms for ``np.add.at``."""
+    n = out.shape[0]
+    idx = index.reshape(-1)
+    if idx.min() < 0:
+        idx = idx % n  # -1 and n-1 are the same row
+    m = idx.size
+    # (take copies a non-contiguous source whole at every call: once here, e.g. sum()'s
+    # stride-0 gradient)
+    rows = np.ascontiguousarray(values.reshape((m,) + out.shape[1:]))
+    bits = (m - 1).bit_length()
+    if n < 2 ** (62 - bits):   # the key (row << bits) | entry, split again with shifts
+        key = idx.astype(np.int64) << bits
+        key |= np.arange(m)
+        key.sort()
+        order = key & ((1 << bits) - 1)
+        idx = key >> bits
+    else:
+        order = np.argsort(idx, kind="stable")
+        idx = idx[order]
+    first = np.empty(m, np.bool_)
+    first[0] = True
+    np.not_equal(idx[1:], idx[:-1], out=first[1:])
     if first.all():
-        out[idx] += rows[order]
-        return
-    for r in range(rank.max().item() + 1):   # (``int`` is a dtype in this module)
+        rank = None
+    else:   # each entry's position within its run: its index less its run's first one's
+        pos = np.arange(m)
+        rank = pos - np.maximum.accumulate(np.where(first, pos, 0))
+    for r in range(1 if rank is None else rank.max().item() + 1):  # (``int`` is a dtype here)
         sel = first if r == 0 else rank == r
-        out[idx[sel]] += rows[order[sel]]
+        where, add = (idx, order) if rank is None else (idx[sel], order[sel])
+        vals = np.take(rows, add, axis=0)
+        if r or not into_zeros:
+            vals = np.take(out, where, axis=0) + vals
+        _put_rows(out, where, vals)
+
+
+def _put_rows(out, where, vals):
+    """``out[where] = vals`` for distinct row indices ``where``: with ``put`` on the rows seen
+    as void elements of one row's bytes where ``out`` is contiguous (a row at a time, not an
+    element at a time as fancy indexing copies)."""
+    size = out.itemsize * (out.size // out.shape[0])
+    if not out.flags.c_contiguous or not size:
+        out[where] = vals
+        return
+    row = np.dtype((np.void, size))
+    vals = np.ascontiguousarray(vals, out.dtype)
+    np.put(out.reshape(out.shape[0], -1).view(row).reshape(-1), where,
+           vals.reshape(vals.shape[0], -1).view(row).reshape(-1))
 
 
 # --------------------------------------------------------------------------- FP exceptions

@@ -143,7 +143,7 @@ def _scatter_array(g, shape, index):
     if _is_basic(index):
         out[index] = g  # basic indexing never repeats a position
     else:
-        backend.index_add_at(out, index, g)
+        backend.index_add_at(out, index, g, into_zeros=True)
     return out
 
 

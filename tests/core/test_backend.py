@@ -259,6 +259,29 @@ def test_index_add_at_rows_matches_numpy_add_at(index_shape):
     np.testing.assert_allclose(out, expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.bool_])
+@pytest.mark.parametrize("into_zeros", [False, True])
+def test_index_add_at_rows_onto_values_and_into_zeros(dtype, into_zeros):
+    # rounds of distinct rows, stored with put on rows seen as void: onto an array that is
+    # not zero (added) or into zeros (the first round stored), values broadcast (stride 0)
+    # or dense, a non-contiguous out (fancy indexing instead)
+    rng = np.random.default_rng(1)
+    index = rng.integers(0, 30, (6, 8))
+    start = np.zeros((30, 4), dtype) if into_zeros else (rng.standard_normal((30, 4)) * 3).astype(dtype)
+    for values in (rng.standard_normal((6, 8, 4)).astype(dtype) * 3,
+                   np.broadcast_to(np.ones((), dtype), (6, 8, 4))):
+        expected = start.copy()
+        np.add.at(expected, index, values)
+        out = start.copy()
+        backend.index_add_at(out, (index,), values, into_zeros=into_zeros)
+        np.testing.assert_array_equal(out, expected)
+    strided = np.zeros((30, 8), dtype)[:, ::2]
+    expected = strided.copy()
+    np.add.at(expected, index, values)
+    backend.index_add_at(strided, index, values, into_zeros=True)
+    np.testing.assert_array_equal(strided, expected)
+
+
 def test_default_device_is_cpu_and_cuda_needs_a_gpu():
     assert ddp.get_default_device() == ddp.device("cpu")
     assert ddp.zeros(1).device == ddp.device("cpu")
