@@ -123,6 +123,27 @@ def test_layer_matches_cpu(name, make, shapes):
     _compare(_double(make()), shapes, train=True)
 
 
+@pytest.mark.parametrize("loss", ["sum", "mean"])
+def test_layer_norm_under_a_sum_loss_matches_cpu(loss):
+    """y.sum() / y.mean() hand layer norm one value broadcast over its output (its own backward
+    for that case): the same gradients on the device, and no device->host transfer."""
+    ddp.manual_seed(0)
+    m = _double(nn.LayerNorm(6))
+    x = _inputs([(3, 4, 6)], 0)[0]
+    got = {}
+    for device in ("cpu", "cuda"):
+        mod = copy.deepcopy(m).to(device)
+        xt = ddp.tensor(x, device=device, requires_grad=True)
+        before = _host_syncs() if device != "cpu" else None
+        y = mod(xt)
+        (y.sum() if loss == "sum" else y.mean()).backward()
+        syncs = None if before is None else _host_syncs() - before
+        got[device] = [t.grad.cpu().numpy() for t in (xt, mod.weight, mod.bias)]
+    for g, c in zip(got["cuda"], got["cpu"]):
+        np.testing.assert_allclose(g, c, rtol=1e-10, atol=1e-12)
+    assert not syncs, f"{syncs} device->host syncs in forward + backward"
+
+
 def test_batchnorm_running_stats_and_eval_on_device():
     ddp.manual_seed(0)
     bn = _double(nn.BatchNorm2d(3))

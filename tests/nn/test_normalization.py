@@ -198,6 +198,34 @@ def test_layer_norm_gradcheck(normalized, affine):
     assert gradcheck(fn, inputs)
 
 
+@pytest.mark.parametrize("affine", ["both", "weight", "none"])
+@pytest.mark.parametrize("loss", ["sum", "mean"])
+def test_layer_norm_constant_upstream_gradient(affine, loss):
+    """y.sum() and y.mean() send one value broadcast over the output (all strides 0), which
+    the layer norm backward takes without its array; the gradients are those of the same
+    upstream gradient given as a contiguous array (the gradchecked path)."""
+    c = 6
+    w = rand(c, seed=1) if affine != "none" else None
+    b = rand(c, seed=2) if affine == "both" else None
+
+    def grads(upstream):
+        x = rand(4, 3, c, scale=3.0, shift=5.0)
+        y = F.layer_norm(x, (c,), w, b)
+        if upstream == "array":
+            y.backward(ddp.full(y.shape, 1.0 if loss == "sum" else 1.0 / y.numel(),
+                                dtype=y.dtype))
+        else:
+            (y.sum() if loss == "sum" else y.mean()).backward()
+        out = [arr(t.grad) for t in (x, w, b) if t is not None]
+        for t in (w, b):
+            if t is not None:
+                t.grad = None
+        return out
+
+    for got, want in zip(grads("broadcast"), grads("array")):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_layernorm_module():
     m = nn.LayerNorm(4)
     assert repr(m) == "LayerNorm((4,), eps=1e-05, elementwise_affine=True, bias=True)"
