@@ -32,10 +32,12 @@ SWAPPED = ("_conv_blocks", "_conv_grads", "_conv_matmul", "_conv_weight_grad",
            "_conv_matmul_adjoint")
 
 
-def load_old(path):
+def load_old(path, name="_conv"):
+    """The module ``ddp.nn.functional.<name>`` of the tree at ``path`` (or the file ``path``), as
+    ``ddp.nn.functional.<name>_old`` (its relative imports are this tree's)."""
     if os.path.isdir(path):
-        path = os.path.join(path, "ddp", "nn", "functional", "_conv.py")
-    spec = importlib.util.spec_from_file_location("ddp.nn.functional._conv_old", path)
+        path = os.path.join(path, "ddp", "nn", "functional", name + ".py")
+    spec = importlib.util.spec_from_file_location(f"ddp.nn.functional.{name}_old", path)
     old = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(old)
     return old

@@ -13,7 +13,6 @@ BLAS thread, the process's CPU time; the median block (and the fastest), ms per 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import time
@@ -25,17 +24,9 @@ import numpy as np  # noqa: E402
 
 import ddp  # noqa: E402
 import ddp.nn.normalization as nnorm  # noqa: E402  (nn.LayerNorm calls its _layer_norm)
+from bench_conv_against import load_old  # noqa: E402
 
 clock = time.process_time
-
-
-def load_old(path):
-    if os.path.isdir(path):
-        path = os.path.join(path, "ddp", "nn", "functional", "_normalization.py")
-    spec = importlib.util.spec_from_file_location("ddp.nn.functional._normalization_old", path)
-    old = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(old)
-    return old
 
 
 def stepper(lib, shape, per, upstream):
@@ -64,7 +55,7 @@ def main(argv=None):
     p.add_argument("--upstream", choices=["sum", "array"], default="sum")
     args = p.parse_args(argv)
     shape = tuple(int(s) for s in args.shape.split(","))
-    old = load_old(args.old)
+    old = load_old(args.old, "_normalization")
     new_fn = nnorm._layer_norm
     ours = stepper(ddp, shape, args.per, args.upstream)
 
