@@ -127,9 +127,15 @@ def test_layer_matches_cpu(name, make, shapes):
 def test_layer_norm_under_a_sum_loss_matches_cpu(loss):
     """y.sum() / y.mean() hand layer norm one value broadcast over its output (its own backward
     for that case): the same gradients on the device, and no device->host transfer."""
+    _sum_loss_matches_cpu(nn.LayerNorm(6), (3, 4, 6), loss)
+
+
+def _sum_loss_matches_cpu(module, shape, loss):
+    """``module``'s gradients under ``y.sum()``/``y.mean()`` on the device are the CPU's, and
+    forward + backward make no device->host transfer."""
     ddp.manual_seed(0)
-    m = _double(nn.LayerNorm(6))
-    x = _inputs([(3, 4, 6)], 0)[0]
+    m = _double(module)
+    x = _inputs([shape], 0)[0]
     got = {}
     for device in ("cpu", "cuda"):
         mod = copy.deepcopy(m).to(device)
@@ -142,6 +148,17 @@ def test_layer_norm_under_a_sum_loss_matches_cpu(loss):
     for g, c in zip(got["cuda"], got["cpu"]):
         np.testing.assert_allclose(g, c, rtol=1e-10, atol=1e-12)
     assert not syncs, f"{syncs} device->host syncs in forward + backward"
+
+
+@pytest.mark.parametrize("make", [lambda: nn.GroupNorm(2, 4), lambda: nn.BatchNorm2d(4),
+                                  lambda: nn.InstanceNorm2d(4, affine=True)],
+                         ids=["group_norm", "batch_norm", "instance_norm"])
+@pytest.mark.parametrize("loss", ["sum", "mean"])
+def test_channel_norms_under_a_sum_loss_match_cpu(make, loss):
+    """y.sum() / y.mean() hand group and batch norm one value broadcast over the output (their
+    backward's constant-gradient case): the same gradients on the device, and no device->host
+    transfer."""
+    _sum_loss_matches_cpu(make(), (3, 4, 5, 6), loss)
 
 
 def test_batchnorm_running_stats_and_eval_on_device():

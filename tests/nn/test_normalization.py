@@ -204,13 +204,20 @@ def test_layer_norm_constant_upstream_gradient(affine, loss):
     """y.sum() and y.mean() send one value broadcast over the output (all strides 0), which
     the layer norm backward takes without its array; the gradients are those of the same
     upstream gradient given as a contiguous array (the gradchecked path)."""
-    c = 6
+    _constant_against_array_upstream(lambda x, w, b: F.layer_norm(x, (6,), w, b), (4, 3, 6),
+                                     6, affine, loss, 1e-12)
+
+
+def _constant_against_array_upstream(norm, shape, c, affine, loss, tol):
+    """The gradients of ``norm(x, w, b)`` (``w``/``b`` of ``c`` elements, or None) under
+    ``y.sum()``/``y.mean()`` — one value broadcast — against the same upstream gradient given
+    as a contiguous array."""
     w = rand(c, seed=1) if affine != "none" else None
     b = rand(c, seed=2) if affine == "both" else None
 
     def grads(upstream):
-        x = rand(4, 3, c, scale=3.0, shift=5.0)
-        y = F.layer_norm(x, (c,), w, b)
+        x = rand(*shape, scale=3.0, shift=5.0)
+        y = norm(x, w, b)
         if upstream == "array":
             y.backward(ddp.full(y.shape, 1.0 if loss == "sum" else 1.0 / y.numel(),
                                 dtype=y.dtype))
@@ -223,7 +230,22 @@ def test_layer_norm_constant_upstream_gradient(affine, loss):
         return out
 
     for got, want in zip(grads("broadcast"), grads("array")):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("norm,shape,groups", [
+    ("group", (3, 6, 4, 5), 3), ("group", (3, 6, 4, 5), 1), ("group", (3, 6, 4, 5), 6),
+    ("group", (2, 6), 2), ("batch", (3, 6, 4, 5), 0), ("batch", (5, 6), 0)])
+@pytest.mark.parametrize("affine", ["both", "weight", "none"])
+@pytest.mark.parametrize("loss", ["sum", "mean"])
+def test_channel_norms_constant_upstream_gradient(norm, shape, groups, affine, loss):
+    """Group and batch norm (training) take y.sum()'s and y.mean()'s one value broadcast over
+    the output without its array; the gradients are those of the same upstream gradient given
+    as a contiguous array (the gradchecked path)."""
+    _constant_against_array_upstream(
+        (lambda x, w, b: F.group_norm(x, groups, w, b)) if norm == "group" else
+        (lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True)),
+        shape, shape[1], affine, loss, 1e-10)
 
 
 def test_layernorm_module():
