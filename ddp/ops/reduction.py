@@ -5,6 +5,8 @@ from these and the elementwise primitives, so they need no rule of their own.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .. import backend
 from ..autograd.graph import Op
 
@@ -36,6 +38,10 @@ class Sum(Op):
     def forward(ctx, a, axis=None, keepdims=False, dtype=None):
         if axis is not None:  # (a full sum's gradient needs no reshaping: nothing kept)
             ctx.kshape = kept_shape(a.shape, axis)
+        elif a.size >= _BLAS_SUM_MIN and not keepdims and dtype is None and \
+                type(a) is np.ndarray and a.dtype.kind == "f" and a.dtype.itemsize >= 4 and \
+                a.flags.c_contiguous:
+            return _blas_sum(a)
         return a.sum(axis=axis, keepdims=keepdims, dtype=dtype)
 
     @staticmethod
@@ -43,6 +49,31 @@ class Sum(Op):
         kshape = getattr(ctx, "kshape", None)
         # the engine broadcasts it back to the input's shape
         return g if kshape is None else g.reshape(kshape)
+
+
+_BLAS_SUM_MIN = 32768   # below, NumPy's own sum is as fast (16384 float32: 5.0 against 8.2 µs)
+_SUM_ROW = 512
+_SUM_ONES = {}   # dtype -> read-only ones of _SUM_ROW (np.ones: 2 µs a call)
+
+
+def _blas_sum(a):
+    """The whole sum of the contiguous float32/float64 NumPy array ``a`` as sums of rows of
+    512 elements through BLAS (a matrix-vector product with ones), then NumPy's pairwise sum
+    of those: at (128, 1024) float32 12.5 µs against 29.5 µs for ``a.sum()`` (a loss's
+    ``sum()``; PyTorch's is 14–19). Rows of 512 keep the error that of ``a.sum()`` and
+    PyTorch's: (129, 1001) float32, 30 draws, median / largest error against the float64 sum
+    relative to ``sum(|a|)``: 3.8e-10 / 1.6e-9 (``a.sum()`` 2.9e-10 / 9.7e-10, PyTorch 3.4e-10
+    / 1.1e-9; rows of 1024: 7.3e-10 / 1.6e-9), at mean 1: 2.3e-8 / 8.2e-8 (6.0e-8, 7.3e-8)."""
+    ones = _SUM_ONES.get(a.dtype)
+    if ones is None:
+        ones = _SUM_ONES[a.dtype] = np.ones(_SUM_ROW, a.dtype)
+        ones.flags.writeable = False
+    m = a.size // _SUM_ROW
+    if m * _SUM_ROW == a.size:
+        return np.matmul(a.reshape(m, _SUM_ROW), ones).sum()
+    flat = a.reshape(-1)
+    return np.matmul(flat[:m * _SUM_ROW].reshape(m, _SUM_ROW), ones).sum() + \
+        flat[m * _SUM_ROW:].sum()
 
 
 class Mean(Op):

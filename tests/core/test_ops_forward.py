@@ -478,6 +478,26 @@ def test_sigmoid_and_logsumexp_extremes():
     assert np.isfinite(ddp.tensor([[1e4, 0.0]]).log_softmax(1).numpy()).all()
 
 
+@pytest.mark.parametrize("shape", [(128, 1024), (129, 1001), (70001,), (3, 100, 200)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_full_sum_of_a_large_array(shape, dtype):
+    """A large contiguous float array's whole sum goes through BLAS in rows (ops.reduction's
+    _blas_sum, the remainder summed apart): the float64 sum within the error of a pairwise
+    sum; non-contiguous arrays, NaN and inf as NumPy's sum."""
+    a = (np.random.default_rng(0).standard_normal(shape) + 1).astype(dtype)
+    exact = a.astype(np.float64).sum()
+    scale = np.abs(a).astype(np.float64).sum()
+    got = ddp.tensor(a).sum()
+    assert got.dtype == ddp.tensor(a).dtype and got.shape == ()
+    assert abs(float(got) - exact) <= (1e-6 if dtype == np.float32 else 1e-14) * scale
+    t = ddp.tensor(a.T.copy()).t() if a.ndim == 2 else ddp.tensor(a[::-1].copy()).flip(0)
+    assert abs(float(t.sum()) - exact) <= (1e-6 if dtype == np.float32 else 1e-14) * scale
+    for bad, want in ((np.nan, "nan"), (np.inf, "inf")):
+        b = a.copy()
+        b.flat[a.size // 2] = bad
+        assert str(float(ddp.tensor(b).sum())) == want
+
+
 def test_setitem_forward_variants():
     x = ddp.zeros(3, 4)
     x[1] = 1.0
