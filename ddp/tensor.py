@@ -93,6 +93,8 @@ class Tensor:
     __slots__ = ("_data", "_requires_grad", "grad", "grad_fn", "_output_nr", "_vc", "_hooks",
                  "_post_acc_hooks", "__dict__", "__weakref__")
     __array_priority__ = 1000  # numpy array (op) Tensor defers to the Tensor's reflected operator
+    # a leaf's gradient sink (set per tensor by DDP's reducer, see autograd.engine._offer_sinks)
+    _grad_sink = None
 
     def __init__(self, *args, device=None, dtype=None):
         dt = backend.to_numpy_dtype(dtype) if dtype is not None else backend.get_default_dtype().np

@@ -187,7 +187,15 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, accumul
                         captured[k] = g if create_graph or g is None else _wrap(g)
             if run is not None and node not in run:
                 continue  # no input of autograd.grad lies beyond it (PyTorch runs only these)
+            sinks = None
+            if node.op.writes_grad_sinks and accumulate and not create_graph:
+                sinks = _offer_sinks(node, deps, leaf_grads, captures)
             results = _call_backward(node, grads, create_graph, retain_graph, anomaly)
+            if sinks is not None:
+                node._sinks = None
+                for i, (out, _) in sinks.items():
+                    if results[i] is out:   # written there: .grad adopts it as it is
+                        owned[node.next_edges[i][0]] = True
             for edge, g in zip(node.next_edges, results):
                 if edge is None:
                     continue
@@ -377,6 +385,29 @@ def _check_anomaly(node, results):
                 raise RuntimeError(f"Function '{node.name()}' returned {what} values in its {i}th "
                                    f"output.\nTraceback of the forward call that produced it:\n"
                                    f"{trace}")
+
+
+def _offer_sinks(node, deps, leaf_grads, captures):
+    """The gradient sinks (see ``Node.gradient_sink``) of ``node``'s leaf inputs: for a leaf
+    with a sink (DDP's bucket view) whose gradient this edge alone makes (one incoming edge,
+    nothing gathered yet) and becomes its ``.grad`` unchanged (none yet, no tensor hook, not
+    captured by ``autograd.grad``). Returns ``{input index: (array, scale)}`` or None."""
+    sinks = None
+    for i, edge in enumerate(node.next_edges):
+        if edge is None or edge[1] >= 0:
+            continue
+        leaf = edge[0]
+        provider = leaf._grad_sink
+        if (provider is None or deps[leaf] != 1 or leaf.grad is not None or leaf._hooks
+                or leaf in leaf_grads or captures is not None and (leaf, -1) in captures):
+            continue
+        sink = provider()
+        if sink is not None and sink[0].shape == edge[2] and sink[0].dtype == edge[3]:
+            if sinks is None:
+                sinks = {}
+            sinks[i] = sink
+    node._sinks = sinks
+    return sinks
 
 
 def _accumulate(leaf_grads, owned, leaf, g, node, results):

@@ -52,6 +52,7 @@ class Node:
     non_differentiable = ()     # output positions without a gradient
     materialize_grads = True    # see set_materialize_grads
     n_outputs = 1               # set per node when an op has several
+    _sinks = None               # {input index: (array, scale)} offered for one backward call
 
     def __init__(self, op):
         self.op = op
@@ -92,6 +93,15 @@ class Node:
         intermediates are then constants, and a formula that differentiates through them must
         rebuild them from the inputs with recorded ops."""
         return self._create_graph
+
+    def gradient_sink(self, i):
+        """Where input ``i``'s gradient may be written, as ``(out, scale)``: an array of the
+        input's shape and dtype that is to receive ``scale`` times the gradient, returned from
+        backward as that gradient (None: return a gradient of your own). Offered only to ops
+        with ``writes_grad_sinks``, for a leaf whose ``.grad`` this gradient alone will become:
+        DDP's buckets, so a weight's gradient lands there without a copy."""
+        sinks = self._sinks
+        return None if sinks is None else sinks.get(i)
 
     @property
     def in_meta(self):
@@ -202,6 +212,8 @@ class Op:
     # gradient, a saved array or a view of one): the engine may then hand them to a leaf's
     # ``.grad`` without a copy. tests/core/test_ops_grad.py checks every op that says so.
     fresh_grads = False
+    # True when backward asks ``ctx.gradient_sink(i)`` and writes there what it offers
+    writes_grad_sinks = False
 
     @staticmethod
     def forward(ctx, *args, **kwargs):

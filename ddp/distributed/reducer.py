@@ -4,7 +4,10 @@ backward.
 1. Parameters that require grad are packed, in reverse registration order (the order backward
    tends to produce their gradients), into flat per-dtype buckets: a small first bucket
    (1 MiB), then ``bucket_cap_mb`` each.
-2. Each parameter's post-accumulate-grad hook copies its final ``.grad`` into its bucket. When a
+2. Each parameter's post-accumulate-grad hook copies its final ``.grad`` into its bucket —
+   unless the op that made it wrote it there already: each parameter offers the autograd
+   engine its bucket view as a gradient sink (``Node.gradient_sink``; linear's weight and bias
+   use it, the bulk of an MLP's bytes), scaled on the way. When a
    bucket's last gradient arrives, the bucket is launched: an asynchronous allreduce (on the
    communicator's ordered thread, or MPI's non-blocking allreduce advanced from the hooks —
    see ``_choose_comm_mode``), while backward goes on. The copy also divides by the world size,
@@ -203,6 +206,8 @@ class Reducer:
         self._build(list(range(len(self.params)))[::-1])
         self._handles = [p.register_post_accumulate_grad_hook(self._make_hook(i))
                          for i, p in enumerate(self.params)]
+        for i, p in enumerate(self.params):
+            p._grad_sink = self._make_sink(i)
 
     # ---------------------------------------------------------------- buckets
     def _build(self, order):
@@ -228,6 +233,7 @@ class Reducer:
             self._close(group, tail=self.status_size if last and self.world > 1 else 0)
         self.next_launch = 0
         self._ready = [False] * len(self.params)
+        self._sunk = [False] * len(self.params)
         self._check_layout()
 
     def _check_layout(self):
@@ -274,6 +280,31 @@ class Reducer:
             self.mark_ready(i)
         return hook
 
+    def _make_sink(self, i):
+        def sink():
+            return self.sink_for(i)
+        return sink
+
+    def sink_for(self, i):
+        """Parameter ``i``'s gradient sink for the autograd engine (``Node.gradient_sink``):
+        its bucket view and the averaging scale, so that an op that writes there (linear's
+        weight and bias) leaves nothing to copy into the bucket. None when this backward does
+        not synchronise (``no_sync``) or the gradient came already."""
+        if not self.require_sync:
+            return None
+        if not self._in_backward:
+            self.begin_backward()   # before anything is written into a bucket
+        if self._ready[i]:
+            return None
+        self._sunk[i] = True
+        bucket, slot = self.where[i]
+        return bucket.views[slot], self._scale()
+
+    def _scale(self):
+        """What a gradient is multiplied by on its way into its bucket: averaging folded into
+        the copy (or the sink); communication hooks average themselves."""
+        return 1.0 if self.comm_hook is not None or self.divisor == 1 else 1.0 / self.divisor
+
     def prepare_for_backward(self, unused=()):
         """Called by DDP's forward: which parameters will get no gradient (find_unused)."""
         self._unused = tuple(unused)
@@ -289,6 +320,7 @@ class Reducer:
         self._keep_lent_gradients()
         self.next_launch = 0
         self._ready = [False] * len(self.params)
+        self._sunk = [False] * len(self.params)   # offered a sink this backward
         self._none = []
         queue_callback(self.finalize)
         for i in self._unused:  # their gradient stays zero in the bucket
@@ -314,14 +346,12 @@ class Reducer:
         self._ready[i] = True
         bucket, slot = self.where[i]
         view = bucket.views[slot]
-        # averaging is folded into the copy (same cost as a plain copy, one pass fewer);
-        # communication hooks average themselves
-        scale = 1.0 if self.comm_hook is not None or self.divisor == 1 else 1.0 / self.divisor
+        scale = self._scale()
         if grad is None:
             view[...] = 0
             self._none.append(i)
-        elif grad._data is view:          # accumulated straight into the bucket
-            if scale != 1.0:
+        elif grad._data is view:   # written into its sink (scaled), or accumulated into a lent view
+            if scale != 1.0 and not self._sunk[i]:
                 view *= scale
         elif scale != 1.0:
             backend.get_array_module(view).multiply(grad._data, scale, out=view)
@@ -482,3 +512,5 @@ class Reducer:
         for h in self._handles:
             h.remove()
         self._handles = []
+        for p in self.params:
+            p.__dict__.pop("_grad_sink", None)

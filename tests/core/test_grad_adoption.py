@@ -161,3 +161,110 @@ def test_conv_weight_gradient_is_right_after_adoption():
     conv.zero_grad()
     F.relu(conv(x)).sum().backward()
     np.testing.assert_allclose(ref._data, 2 * conv.weight.grad._data, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- gradient sinks
+# A leaf may offer a sink (DDP's reducer offers each parameter's bucket view): an array that is
+# to receive ``scale`` times its gradient. Ops with ``writes_grad_sinks`` write there, and
+# ``.grad`` adopts that very array; the engine offers it only where the gradient becomes
+# ``.grad`` unchanged.
+
+# every op that declares writes_grad_sinks: (input shape, weight shape) cases; the second has
+# more rows than the weight has elements (the scale then goes on the product, in place)
+SINK_CASES = {_linear.LinearOp: [((5, 4), (3, 4)), ((2, 30, 4), (3, 4))]}
+
+
+def test_every_sink_writing_op_is_checked():
+    declared = {op for op in _all_ops() if op.__dict__.get("writes_grad_sinks")}
+    assert declared == set(SINK_CASES), "ops declaring writes_grad_sinks need a SINK_CASES entry"
+
+
+def _offer(leaf, scale, calls=None):
+    """Give ``leaf`` a zero-filled sink; returns the sink's array."""
+    out = np.zeros(leaf.shape, leaf._data.dtype)
+
+    def provider():
+        if calls is not None:
+            calls.append(leaf)
+        return out, scale
+    leaf._grad_sink = provider
+    return out
+
+
+def _linear_leaves(x_shape, w_shape, seed=0):
+    rng = np.random.default_rng(seed)
+    x = ddp.tensor(rng.standard_normal(x_shape), requires_grad=True)
+    w = ddp.tensor(rng.standard_normal(w_shape), requires_grad=True)
+    b = ddp.tensor(rng.standard_normal(w_shape[0]), requires_grad=True)
+    return x, w, b
+
+
+def _loss(y):
+    return (y * y).sum()   # a gradient that differs per element
+
+
+@pytest.mark.parametrize("x_shape,w_shape", SINK_CASES[_linear.LinearOp])
+def test_linear_writes_the_scaled_gradient_into_the_sinks(x_shape, w_shape):
+    x, w, b = _linear_leaves(x_shape, w_shape)
+    _loss(F.linear(x, w, b)).backward()
+    want = [t.grad.numpy().copy() for t in (x, w, b)]
+    x, w, b = _linear_leaves(x_shape, w_shape)
+    sinks = [_offer(w, 0.25), _offer(b, 0.25)]
+    _loss(F.linear(x, w, b)).backward()
+    for leaf, sink, ref in zip((w, b), sinks, want[1:]):
+        assert leaf.grad._data is sink
+        np.testing.assert_allclose(sink, 0.25 * ref, rtol=1e-12)
+    np.testing.assert_allclose(x.grad.numpy(), want[0], rtol=1e-12)   # no sink: as before
+    w.grad = b.grad = None
+    _loss(F.linear(x, w, b)).backward()   # again, into the same sinks
+    np.testing.assert_allclose(w.grad._data, 0.25 * want[1], rtol=1e-12)
+    assert w.grad._data is sinks[0]
+
+
+def test_no_sink_where_the_gradient_does_not_become_grad_unchanged():
+    rng = np.random.default_rng(1)
+    xv = rng.standard_normal((4, 3))
+
+    def fresh():
+        return ddp.tensor(rng.standard_normal((3, 3)), requires_grad=True)
+
+    def check(w, run, scale_free_want):
+        calls = []
+        sink = _offer(w, 0.5, calls)
+        run(w)
+        assert not calls, "the sink was asked for"
+        assert not np.any(sink)
+        np.testing.assert_allclose(w.grad.numpy(), scale_free_want(w), rtol=1e-12)
+
+    x = ddp.tensor(xv)
+    plain = lambda w: F.linear(x, w).sum()   # noqa: E731
+    ones_grad = lambda w: np.ones((4, 3)).T @ xv  # noqa: E731
+
+    # used twice: two contributions (deps 2)
+    check(fresh(), lambda w: (F.linear(x, w).sum() + F.linear(x, w).sum()).backward(),
+          lambda w: 2 * ones_grad(w))
+    # a .grad already there: accumulated into it
+    w = fresh()
+    w.grad = ddp.ones(3, 3, dtype=ddp.float64)
+    check(w, lambda w: plain(w).backward(), lambda w: 1 + ones_grad(w))
+    # a tensor hook sees (and may replace) the gradient
+    w = fresh()
+    w.register_hook(lambda g: None)
+    check(w, lambda w: plain(w).backward(), ones_grad)
+    # create_graph: .grad is a recorded tensor
+    check(fresh(), lambda w: plain(w).backward(create_graph=True), ones_grad)
+    # autograd.grad hands the gradient back (and fills no .grad)
+    w = fresh()
+    calls = []
+    _offer(w, 0.5, calls)
+    (g,) = ddp.autograd.grad(plain(w), w)
+    assert not calls and w.grad is None
+    np.testing.assert_allclose(g.numpy(), ones_grad(w), rtol=1e-12)
+
+
+def test_a_sink_of_another_dtype_is_not_used():
+    x, w, b = _linear_leaves((5, 4), (3, 4))
+    sink = np.zeros(w.shape, np.float32)   # w is float64
+    w._grad_sink = lambda: (sink, 1.0)
+    _loss(F.linear(x, w, b)).backward()
+    assert w.grad._data is not sink and not np.any(sink)

@@ -4,6 +4,8 @@ Each test builds the same global batch on every rank; a rank trains on its shard
 and also replays the whole batch in a plain (unwrapped) copy of the model: the results must
 agree, and every rank must hold identical parameters.
 """
+import copy
+
 import numpy as np
 import pytest
 
@@ -135,6 +137,33 @@ def test_gradients_are_handed_over_as_views_of_the_buckets(mode, monkeypatch):
             assert [id(b.data) for b in model.reducer.buckets] == layout
         layout = [id(b.data) for b in model.reducer.buckets]
         del p   # the loop's last name for a .grad's parameter is no holder of a gradient
+
+
+def test_linear_layers_write_their_gradients_into_the_buckets():
+    # each parameter offers the engine its bucket view as a gradient sink, so linear's weight
+    # and bias gradients are made there, averaged on the way, and never copied in (issue 13):
+    # a post-accumulate-grad hook already finds .grad in the bucket. A weight used twice gets
+    # two contributions: no sink, the gradient is copied in as before; both end up right.
+    ddp.manual_seed(0)
+    tied = nn.Linear(8, 8).double()
+    model = DDP(nn.Sequential(nn.Linear(5, 8).double(), nn.Tanh(), tied, nn.Tanh(), tied,
+                              nn.Linear(8, 3).double()), bucket_cap_mb=0.0005)
+    reference = copy.deepcopy(model.module)
+    in_bucket = {}
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(
+            lambda p: in_bucket.__setitem__(id(p), np.shares_memory(p.grad._data,
+                                                                    bucket_of(model, p).data)))
+    for step in range(3):   # the layout is rebuilt after step 1
+        x, y = global_batch(seed=20 + step)
+        model.zero_grad()
+        reference.zero_grad()
+        nn.CrossEntropyLoss()(model(shard(x)), shard(y)).backward()
+        nn.CrossEntropyLoss()(reference(x), y).backward()
+        for p, q in zip(model.parameters(), reference.parameters()):
+            np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-10, atol=1e-12)
+            assert np.shares_memory(p.grad._data, bucket_of(model, p).data)
+            assert in_bucket[id(p)] == (p is not tied.weight and p is not tied.bias)
 
 
 def test_gradients_kept_from_an_earlier_step_keep_their_values():

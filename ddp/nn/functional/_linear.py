@@ -30,6 +30,7 @@ class LinearOp(Op):
     the weight's (out, in) layout: through ``matmul(x, w.t())`` it would arrive transposed and
     cost a strided copy of the whole weight every step (6 ms of a 20 ms MLP step)."""
     fresh_grads = True
+    writes_grad_sinks = True   # the weight's and bias's gradients straight into DDP's buckets
 
     @staticmethod
     def forward(ctx, x, w, b=None):
@@ -52,6 +53,35 @@ class LinearOp(Op):
         need_x, need_w, need_b = ctx.needs_input_grad
         rows = g.reshape((-1, g.shape[-1]))
         gx = xp.matmul(rows, w).reshape(x.shape) if need_x else None
-        gw = xp.matmul(xp.swapaxes(rows, 0, 1), x.reshape((-1, x.shape[-1]))) if need_w else None
-        gb = rows.sum(axis=0) if need_b else None
+        gw = gb = None
+        if need_w:
+            sink = _sink(ctx, 1, rows)
+            if sink is None:
+                gw = xp.matmul(xp.swapaxes(rows, 0, 1), x.reshape((-1, x.shape[-1])))
+            else:   # the scale on the smaller operand: a batch of rows against the weight
+                gw, scale = sink
+                scaled = scale != 1 and rows.size <= gw.size
+                xp.matmul(xp.swapaxes(rows * scale if scaled else rows, 0, 1),
+                          x.reshape((-1, x.shape[-1])), out=gw)
+                if scale != 1 and not scaled:
+                    gw *= scale
+        if need_b:
+            sink = _sink(ctx, 2, rows)
+            if sink is None:
+                gb = rows.sum(axis=0)
+            else:
+                gb, scale = sink
+                rows.sum(axis=0, out=gb)
+                if scale != 1:
+                    gb *= scale
         return gx, gw, gb
+
+
+def _sink(ctx, i, rows):
+    """Input ``i``'s gradient sink ``(out, scale)`` (DDP's bucket: see ``Node.gradient_sink``),
+    where the product can be written: the gradient's own dtype (bfloat16 products come back as
+    float32)."""
+    sink = ctx.gradient_sink(i)
+    if sink is None or sink[0].dtype != rows.dtype or rows.dtype.char not in "efd":
+        return None
+    return sink
