@@ -47,7 +47,7 @@ PIECES = {"hooks: copy-in and launches (_fill)": ("Reducer", "_fill"),
           "global status": ("Reducer", "_global_status")}
 # sync: DDP_SYNC_COMM=1, one blocking allreduce per bucket; no_sync: a DDP model's step inside
 # model.no_sync() (DDP's forward and hooks, no copy-in or communication)
-MODES = ("nonblocking", "thread", "sync", "no_sync")
+MODES = ("shared", "nonblocking", "thread", "sync", "no_sync")
 
 
 class Meter:
@@ -162,7 +162,8 @@ def main():
         ddp.manual_seed(0)
         model = models.build(ddp, args.model)
         if mode != "plain":
-            os.environ["DDP_COMM_MODE"] = mode if mode in ("nonblocking", "thread") else "auto"
+            os.environ["DDP_COMM_MODE"] = mode if mode in ("shared", "nonblocking", "thread") \
+                else "auto"
             os.environ["DDP_SYNC_COMM"] = "1" if mode == "sync" else "0"
             model = DDP(model)
             timed_finalize(model.reducer)

@@ -115,7 +115,8 @@ class Communicator(abc.ABC):
     that a backend may override: ``submit`` (runs at once), ``Iallreduce`` (through
     ``submit``), ``Iallreduce_nonblocking``/``progress`` (the backend's own non-blocking
     allreduce, advanced by ``progress()``; ``has_nonblocking`` says whether it is a real one),
-    ``dup``, ``abort`` and ``free``.
+    ``shared_buffers``/``Allreduce_shared`` (sums in memory all the ranks of one machine map,
+    where ``has_shared_sum``), ``dup``, ``abort`` and ``free``.
 
     Example:
         >>> class Loopback(SingleCommunicator):
@@ -125,6 +126,7 @@ class Communicator(abc.ABC):
     """
     name = "abstract"
     has_nonblocking = False   # True: Iallreduce_nonblocking overlaps without a thread
+    has_shared_sum = False    # True: shared_buffers and Allreduce_shared work
     rank: int                 # set by __init__
     size: int
     local_rank: int
@@ -216,6 +218,17 @@ class Communicator(abc.ABC):
 
     def progress(self):
         """Let outstanding non-blocking operations move forward (called from gradient hooks)."""
+
+    def shared_buffers(self, shapes):
+        """Collective: one buffer per ``(size, dtype)`` in ``shapes`` in memory that every rank
+        maps, for :meth:`Allreduce_shared` (the reducer's "shared" mode); None where the
+        backend cannot (``has_shared_sum`` False)."""
+        return None
+
+    def Allreduce_shared(self, buffer):
+        """Sum a buffer from :meth:`shared_buffers` over the ranks, in place; a completed
+        :class:`Work`."""
+        raise NotImplementedError(f"the {self.name} backend has no shared-memory sum")
 
     def abort(self, code=1):
         """End the whole job with ``code``."""

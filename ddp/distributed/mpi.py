@@ -20,7 +20,7 @@ import threading
 import numpy as np
 
 from .. import backend
-from . import consistency
+from . import consistency, shared_sum
 from .communicator import Communicator, Work, _check_op
 from .stall import async_name, maybe_inspector
 from .waiting import wait
@@ -335,6 +335,30 @@ class MPICommunicator(Communicator):
         """Let MPI move outstanding non-blocking operations forward: testing a request runs
         MPI's progress engine."""
         self._outstanding = [w for w in self._outstanding if not w.is_completed()]
+
+    # ---------------------------------------------------------------- one machine, shared memory
+    @property
+    def has_shared_sum(self):
+        """Whether :meth:`shared_buffers` can work: several ranks, all on this machine."""
+        return 1 < self.size == self.local_size and shared_sum.available()
+
+    def shared_buffers(self, shapes):
+        """Collective: a ``shared_sum.SharedBuffer`` per ``(size, dtype)`` in ``shapes``, memory
+        every rank maps (None where that cannot be: see :meth:`has_shared_sum`)."""
+        if not self.has_shared_sum:
+            return None
+        self._enter("shared_buffers")
+        return shared_sum.allocate(self, shapes)
+
+    def Allreduce_shared(self, buffer):
+        """Sum ``buffer`` (from :meth:`shared_buffers`) over the ranks, in place, without MPI
+        moving its bytes: two barriers around ``buffer.sum()``. A completed :class:`Work`."""
+        self._enter("Allreduce", buffer.mine, op="sum")
+        wait(self.comm.Ibarrier())   # every rank's buffer is complete
+        buffer.sum()
+        wait(self.comm.Ibarrier())   # every sum is written: each rank may change its own again
+        buffer.settle()
+        return Work.completed([buffer.mine])
 
     def _allreduce_now(self, array, op):
         host, back = self._host(array)

@@ -53,17 +53,25 @@ def _choose_comm_mode(comm):
     - "nonblocking": MPI_Iallreduce, advanced by tests from each gradient hook — no extra
       thread, for when every core already runs a rank. Measured on 2 cores with 2 ranks (MLP
       784-1024-1024-10): exposed communication 2.0 ms against 2.6 ms with the thread, whose
-      busy-polling competes with backward for the cores.
+      busy-polling competes with backward for the cores;
+    - "shared": all ranks on one machine, every core running a rank: the float buckets live in
+      memory all the ranks map and are summed there when complete (``shared_sum``), no MPI
+      copies — on the same MLP 2.6 ms less CPU per step than "nonblocking" (see
+      docs/performance.md); other buckets as "nonblocking".
     """
     mode = os.environ.get("DDP_COMM_MODE", "auto")
+    shared = comm.has_shared_sum
     if mode == "auto":
         # the cores this job may use (a cluster's cpuset), not the machine's
         spare_core = environment.usable_cores() > comm.local_size
-        mode = "thread" if spare_core else "nonblocking"
+        mode = "thread" if spare_core else "shared" if shared else "nonblocking"
+    if mode == "shared" and not shared:
+        mode = "nonblocking"   # ranks on several machines, or a single rank
     if mode == "nonblocking" and not comm.has_nonblocking:
         mode = "thread"  # e.g. the single-rank communicator: nothing to overlap anyway
-    if mode not in ("thread", "nonblocking"):
-        raise ValueError(f"DDP_COMM_MODE must be 'auto', 'thread' or 'nonblocking', got {mode!r}")
+    if mode not in ("thread", "nonblocking", "shared"):
+        raise ValueError(f"DDP_COMM_MODE must be 'auto', 'thread', 'nonblocking' or 'shared', "
+                         f"got {mode!r}")
     return mode
 
 
@@ -129,14 +137,21 @@ class Bucket:
         self.index = index
         self.params = params
         self._xp, self._tail_size = xp, tail
+        self.shared = None   # its shared_sum.SharedBuffer, in mode "shared"
         self.allocate()
         self.pending = len(params)
         self.work = None
 
-    def allocate(self):
-        """Fresh memory for the bucket (what an earlier one held stays with whoever holds it)."""
+    @property
+    def size(self):
+        return sum(p._data.size for p in self.params) + self._tail_size
+
+    def allocate(self, memory=None):
+        """Fresh memory for the bucket (what an earlier one held stays with whoever holds it):
+        zeros, or ``memory`` (zero-filled, :attr:`size` elements)."""
         sizes = [p._data.size for p in self.params]
-        data = self._xp.zeros(sum(sizes) + self._tail_size, dtype=self.params[0]._data.dtype)
+        data = self._xp.zeros(self.size, dtype=self.params[0]._data.dtype) if memory is None \
+            else memory
         self.data = data
         self.grads = data[:sum(sizes)]   # what views and communication hooks see
         self.tail = data[sum(sizes):]
@@ -235,6 +250,21 @@ class Reducer:
         self._ready = [False] * len(self.params)
         self._sunk = [False] * len(self.params)
         self._check_layout()
+        if self.comm_mode == "shared" and not self.sync_comm:   # (after the check: every
+            # rank maps the same sizes)
+            self._share_buckets()
+
+    def _share_buckets(self):
+        """Mode "shared": the float buckets move into memory every rank maps (collective; the
+        same buckets on every rank, as their layout is). A bucket a rank later re-allocates
+        (:meth:`_keep_lent_gradients`) moves to fresh shared memory on its own."""
+        from .shared_sum import DTYPES
+        floats = [b for b in self.buckets if b.data.dtype in DTYPES]
+        buffers = self.comm.shared_buffers([(b.size, b.data.dtype) for b in floats]) \
+            if floats else None
+        for bucket, buffer in zip(floats, buffers or ()):
+            bucket.shared = buffer
+            bucket.allocate(buffer.mine)
 
     def _check_layout(self):
         """Once per bucket layout (not per step): every rank must hold the same buckets, or
@@ -334,7 +364,7 @@ class Reducer:
         if self._record_arrivals:
             self._arrivals.append(i)
         self._fill(i, self.params[i].grad)
-        if self.comm_mode == "nonblocking":
+        if self.comm_mode != "thread":
             self.comm.progress()
 
     def _fill(self, i, grad):
@@ -378,7 +408,9 @@ class Reducer:
                                          GradBucket(bucket, bucket.index == len(self.buckets) - 1))
         elif self.sync_comm:
             self.comm.Allreduce(bucket.wire, "sum")
-        elif self.comm_mode == "nonblocking":
+        elif bucket.shared is not None:
+            bucket.work = self.comm.Allreduce_shared(bucket.shared)
+        elif self.comm_mode in ("nonblocking", "shared"):
             bucket.work = self.comm.Iallreduce_nonblocking(bucket.wire, "sum")
         else:
             bucket.work = self.comm.Iallreduce(bucket.wire, "sum")
@@ -429,7 +461,7 @@ class Reducer:
             return
         for bucket in self.buckets:
             if bucket.lent_elsewhere():
-                bucket.allocate()
+                bucket.allocate(bucket.shared.fresh() if bucket.shared is not None else None)
 
     def shadow_backward(self):
         """A rank that has joined (``DDP.join``): enter the collectives of one backward of the

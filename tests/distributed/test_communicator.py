@@ -106,10 +106,13 @@ print(type(dist.get_communicator()).__name__, dist.get_backend(), dist.get_world
     assert out.stdout.split() == ["Loopback", "loopback", "1"]
 
 
-@pytest.mark.parametrize("affinity, mode", [({0, 1, 2, 3}, "thread"), ({0}, "nonblocking")])
-def test_auto_comm_mode_counts_the_cores_the_job_may_use(monkeypatch, affinity, mode):
+@pytest.mark.parametrize("affinity, one_machine, mode", [
+    ({0, 1, 2, 3}, True, "thread"), ({0}, True, "shared"), ({0}, False, "nonblocking")])
+def test_auto_comm_mode_counts_the_cores_the_job_may_use(monkeypatch, affinity, one_machine,
+                                                         mode):
     # a cluster job's cpuset (its CPU affinity) decides whether a core is spare for DDP's
-    # communication thread, not os.cpu_count(), which counts the whole machine's
+    # communication thread, not os.cpu_count(), which counts the whole machine's; without one,
+    # ranks that share a machine sum in shared memory
     from ddp.distributed import environment, reducer
     monkeypatch.delenv("DDP_COMM_MODE", raising=False)
     monkeypatch.setattr(environment.os, "sched_getaffinity", lambda pid: affinity, raising=False)
@@ -118,5 +121,6 @@ def test_auto_comm_mode_counts_the_cores_the_job_may_use(monkeypatch, affinity, 
     class TwoRanksOnThisMachine:
         local_size = 2
         has_nonblocking = True
+        has_shared_sum = one_machine
 
     assert reducer._choose_comm_mode(TwoRanksOnThisMachine()) == mode

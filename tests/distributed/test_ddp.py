@@ -75,10 +75,10 @@ def test_training_matches_full_batch_single_process(bucket_cap_mb, as_view):
     assert_same_on_every_rank(params_np(model.module))
 
 
-@pytest.mark.parametrize("mode", ["thread", "nonblocking", "sync"])
+@pytest.mark.parametrize("mode", ["thread", "nonblocking", "shared", "sync"])
 def test_every_overlap_mode_gives_the_same_training(mode, monkeypatch):
     # thread: allreduce on the communication thread; nonblocking: MPI_Iallreduce progressed
-    # from the hooks; sync: no overlap (launcher --debug)
+    # from the hooks; shared: sums in memory the ranks share; sync: no overlap (launcher --debug)
     if mode == "sync":
         monkeypatch.setenv("DDP_SYNC_COMM", "1")
     else:
@@ -90,7 +90,7 @@ def test_every_overlap_mode_gives_the_same_training(mode, monkeypatch):
     assert model.reducer.sync_comm == (mode == "sync")
     if mode != "sync":
         assert model.reducer.comm_mode == mode
-    calls = {"Allreduce": 0, "Iallreduce": 0, "Iallreduce_nonblocking": 0}
+    calls = {"Allreduce": 0, "Iallreduce": 0, "Iallreduce_nonblocking": 0, "Allreduce_shared": 0}
     for name in calls:   # which of the communicator's allreduces the buckets went through
         def counting(*args, _name=name, _original=getattr(model.comm, name), **kwargs):
             calls[_name] += 1
@@ -98,11 +98,11 @@ def test_every_overlap_mode_gives_the_same_training(mode, monkeypatch):
         monkeypatch.setattr(model.comm, name, counting)
     train(model, shard(x), shard(y), steps=3)
     n_buckets = len(model.reducer.buckets)
-    used = {"sync": "Allreduce", "thread": "Iallreduce",
-            "nonblocking": "Iallreduce_nonblocking"}[mode]
+    used = {"sync": "Allreduce", "thread": "Iallreduce", "nonblocking": "Iallreduce_nonblocking",
+            "shared": "Allreduce_shared"}[mode]
     assert n_buckets > 1 and calls[used] >= 3 * n_buckets - 1, calls
-    assert all(calls[name] == 0 for name in ("Iallreduce", "Iallreduce_nonblocking")
-               if name != used), calls
+    assert all(calls[name] == 0 for name in ("Iallreduce", "Iallreduce_nonblocking",
+                                             "Allreduce_shared") if name != used), calls
     for got, want in zip(params_np(model.module), params_np(reference)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
@@ -118,7 +118,7 @@ def bucket_of(model, p):
     return next(b for b in model.reducer.buckets if any(q is p for q in b.params))
 
 
-@pytest.mark.parametrize("mode", ["thread", "nonblocking", "sync"])
+@pytest.mark.parametrize("mode", ["thread", "nonblocking", "shared", "sync"])
 def test_gradients_are_handed_over_as_views_of_the_buckets(mode, monkeypatch):
     # without gradient_as_bucket_view too: nothing holds the engine's gradients, so .grad
     # becomes the bucket's memory instead of receiving a copy of it (issue 13), step after step
@@ -166,28 +166,36 @@ def test_linear_layers_write_their_gradients_into_the_buckets():
             assert in_bucket[id(p)] == (p is not tied.weight and p is not tied.bias)
 
 
-def test_gradients_kept_from_an_earlier_step_keep_their_values():
+@pytest.mark.parametrize("keepers", ["every rank", "rank 0"])
+@pytest.mark.parametrize("mode", ["nonblocking", "shared"])
+def test_gradients_kept_from_an_earlier_step_keep_their_values(mode, keepers, monkeypatch):
     # As with PyTorch's copies: a .grad kept after zero_grad(), an array of one and a view of
-    # one are not overwritten by the next backward (their bucket moves to fresh memory)
+    # one are not overwritten by the next backward (their bucket moves to fresh memory; in
+    # mode "shared" a rank moves its own to fresh shared memory, the others need not)
+    monkeypatch.setenv("DDP_COMM_MODE", mode)
     model = DDP(make_model(), bucket_cap_mb=0.0005)
     params = list(model.parameters())
+    keeps = keepers == "every rank" or dist.get_rank() == 0
     x, y = global_batch(seed=3)
     for _ in range(2):   # the buckets are rebuilt once, after the first step
         model.zero_grad()
         nn.CrossEntropyLoss()(model(shard(x)), shard(y)).backward()
-    kept = [p.grad for p in params]
-    array, view = params[0].grad.numpy(), params[-1].grad.view(-1)
-    before = [g.numpy().copy() for g in kept]
-    model.zero_grad()
-    x2, y2 = global_batch(seed=4)
-    nn.CrossEntropyLoss()(model(shard(x2)), shard(y2)).backward()
-    for g, want in zip(kept, before):
-        np.testing.assert_array_equal(g.numpy(), want)
-    np.testing.assert_array_equal(array, before[0])
-    np.testing.assert_array_equal(view.numpy(), before[-1].reshape(-1))
-    for p, g, want in zip(params, kept, full_batch_grads(x2, y2)):
-        assert p.grad is not g
-        np.testing.assert_allclose(p.grad.numpy(), want, rtol=1e-10, atol=1e-12)
+    for step in range(2):   # twice: a bucket moved once moves again
+        kept = [p.grad for p in params] if keeps else []
+        array, view = (params[0].grad.numpy(), params[-1].grad.view(-1)) if keeps else (0, 0)
+        before = [g.numpy().copy() for g in kept]
+        model.zero_grad()
+        x2, y2 = global_batch(seed=4 + step)
+        nn.CrossEntropyLoss()(model(shard(x2)), shard(y2)).backward()
+        for g, want in zip(kept, before):
+            np.testing.assert_array_equal(g.numpy(), want)
+        if keeps:
+            np.testing.assert_array_equal(array, before[0])
+            np.testing.assert_array_equal(view.numpy(), before[-1].reshape(-1))
+        for p, g, want in zip(params, kept or params, full_batch_grads(x2, y2)):
+            assert p.grad is not g or not keeps
+            np.testing.assert_allclose(p.grad.numpy(), want, rtol=1e-10, atol=1e-12)
+        del g
 
 
 def test_a_grad_that_existed_before_backward_stays_the_same_tensor():
@@ -356,7 +364,9 @@ def test_buffers_follow_rank0():
     assert_same_on_every_rank([model[1].num_batches_tracked.numpy()])
 
 
-@pytest.mark.parametrize("hook_name,rtol", [("allreduce_hook", 1e-12), ("fp16_compress_hook", 2e-3),
+# allreduce_hook: float32 rounding, as the plain model's buckets may be summed in another order
+# (mode "shared" adds each rank's part in its own order; MPI in its own)
+@pytest.mark.parametrize("hook_name,rtol", [("allreduce_hook", 1e-6), ("fp16_compress_hook", 2e-3),
                                             ("bf16_compress_hook", 2e-2)])
 def test_comm_hooks_match_plain_allreduce(hook_name, rtol):
     from ddp.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -487,7 +497,8 @@ class Counting:
 
     def __init__(self, comm, monkeypatch):
         self.calls = []
-        for name in ("Allreduce", "Bcast", "allgather_obj", "bcast_obj"):
+        for name in ("Allreduce", "Bcast", "allgather_obj", "bcast_obj", "Allreduce_shared",
+                     "shared_buffers"):
             method = getattr(comm, name)
 
             def wrapped(*args, _name=name, _method=method, **kwargs):
@@ -517,13 +528,18 @@ class WithBuffers(nn.Module):
         return self.lin(x) * self.scale
 
 
-def test_the_status_rides_in_the_last_bucket_and_buffers_move_only_when_changed(monkeypatch):
-    monkeypatch.setenv("DDP_SYNC_COMM", "1")  # buckets allreduced synchronously: countable
+@pytest.mark.parametrize("mode", ["sync", "shared"])
+def test_the_status_rides_in_the_last_bucket_and_buffers_move_only_when_changed(mode,
+                                                                               monkeypatch):
+    # sync: buckets allreduced synchronously, countable; shared: summed in shared memory
+    monkeypatch.setenv(*(("DDP_SYNC_COMM", "1") if mode == "sync" else ("DDP_COMM_MODE", mode)))
     rank, world = rank_world()
     x, y = global_batch()
     ddp.manual_seed(2)
     model = DDP(WithBuffers().double(), bucket_cap_mb=0.0001)
+    assert all((b.shared is not None) == (mode == "shared") for b in model.reducer.buckets)
     count = Counting(model.comm, monkeypatch)
+    allreduce = "Allreduce" if mode == "sync" else "Allreduce_shared"
     loss_fn = nn.CrossEntropyLoss()
     buckets = len(model.reducer.buckets)
     assert buckets > 1 and model.reducer.buckets[-1].tail.size == 2
@@ -532,10 +548,12 @@ def test_the_status_rides_in_the_last_bucket_and_buffers_move_only_when_changed(
         calls = count.take()
         # one allreduce per bucket and nothing else (the missing-gradient status and the
         # buffer flag ride in the last one); the buffers move only before the first forward
-        assert calls.count("Allreduce") == buckets, calls
+        assert calls.count(allreduce) == buckets, calls
         assert calls.count("Bcast") == (1 if step == 0 else 0), (step, calls)
         rebuild = ["bcast_obj", "allgather_obj"] if step == 1 else []   # once: the new layout
-        assert sorted(calls) == sorted(["Allreduce"] * buckets + ["Bcast"] * (step == 0) +
+        if rebuild and mode == "shared":   # and its shared memory: the files' names, success
+            rebuild += ["shared_buffers", "allgather_obj", "allgather_obj"]
+        assert sorted(calls) == sorted([allreduce] * buckets + ["Bcast"] * (step == 0) +
                                        rebuild), calls
     # a buffer that changes on one rank only: broadcast before the next forward
     model.module.bump = rank == world - 1

@@ -290,3 +290,23 @@ def test_tables_are_built_once_per_shape_and_device():
     simcuda.reset_stats()
     step()
     assert simcuda.stats["to_device"] == 0, simcuda.stats
+
+
+def test_linear_writes_its_gradients_into_device_sinks():
+    # DDP's buckets on a GPU: linear's weight and bias gradients written into the sinks
+    # (device arrays), scaled, and adopted as .grad (see tests/core/test_grad_adoption.py)
+    ddp.manual_seed(0)
+    lin = nn.Linear(5, 3).double()
+    x = _inputs([(7, 5)], 3)[0]
+    F.linear(ddp.tensor(x), lin.weight, lin.bias).pow(2).sum().backward()
+    want = [lin.weight.grad.numpy(), lin.bias.grad.numpy()]
+    lin = lin.to("cuda")
+    lin.zero_grad()
+    sinks = []
+    for p in (lin.weight, lin.bias):
+        sinks.append(ddp.zeros_like(p)._data)
+        p._grad_sink = lambda out=sinks[-1]: (out, 0.5)
+    F.linear(ddp.tensor(x, device="cuda"), lin.weight, lin.bias).pow(2).sum().backward()
+    for p, sink, w in zip((lin.weight, lin.bias), sinks, want):
+        assert p.grad._data is sink
+        np.testing.assert_allclose(p.grad.cpu().numpy(), 0.5 * w, rtol=1e-12)
