@@ -185,29 +185,38 @@ def link_fit(framework, p, sizes, reps, warmup, barrier):
 
 def bucket_bandwidth(setup, comm, reps, warmup, barrier):
     """Gradient sync of a DDP model's buckets against one raw mpi4py Allreduce of the same
-    bytes: raw per bucket, ddp's blocking Allreduce per bucket, the reducer's own allreduces (on
-    DDP's communicator, in the overlap mode it chose) then wait all, and that plus the copy the
-    reducer makes of each gradient into its bucket (with the 1/world scaling; ``.grad`` gets
-    views of the buckets back, no copy out)."""
+    bytes: raw per bucket, ddp's blocking Allreduce per bucket, the reducer's own reductions (on
+    DDP's communicator, in the mode it chose: MPI's non-blocking allreduce, the thread, or sums
+    in shared memory) then wait all, and that plus the copies the reducer makes of gradients
+    into their buckets (with the 1/world scaling) — only of the gradients no op wrote there
+    in the model's last backward (linear's are written in place: ``Node.gradient_sink``), and
+    ``.grad`` gets views of the buckets back, no copy out."""
     from mpi4py import MPI
     world, reducer = MPI.COMM_WORLD, setup.model.reducer
     buckets, ddp_comm = reducer.buckets, reducer.comm
     nbytes = sum(b.grads.nbytes for b in buckets)   # the wire also carries 2 status slots
     flat = np.ones(nbytes // 4, np.float32)
-    start = (ddp_comm.Iallreduce_nonblocking if reducer.comm_mode == "nonblocking"
-             else ddp_comm.Iallreduce)
-    grads = [[np.ones_like(v) for v in b.views] for b in buckets]   # what backward computed
+
+    def start(b):
+        if b.shared is not None:
+            return ddp_comm.Allreduce_shared(b.shared)
+        if reducer.comm_mode in ("nonblocking", "shared"):
+            return ddp_comm.Iallreduce_nonblocking(b.wire, "sum")
+        return ddp_comm.Iallreduce(b.wire, "sum")
+    index = {id(p): i for i, p in enumerate(reducer.params)}
+    copied = [[(np.ones_like(v), v) for v, p in zip(b.views, b.params)
+               if not reducer._sunk[index[id(p)]]] for b in buckets]   # what backward computed
 
     def reducers_allreduces():
-        for w in [start(b.wire, "sum") for b in buckets]:
+        for w in [start(b) for b in buckets]:
             w.wait()
 
     def with_copy_in():  # what the reducer does around the wire, minus the autograd hooks
         works = []
-        for b, gs in zip(buckets, grads):
-            for g, v in zip(gs, b.views):
+        for b, pairs in zip(buckets, copied):
+            for g, v in pairs:
                 np.multiply(g, 1.0 / comm.size, out=v)
-            works.append(start(b.wire, "sum"))
+            works.append(start(b))
         for w in works:
             w.wait()
 
@@ -222,7 +231,8 @@ def bucket_bandwidth(setup, comm, reps, warmup, barrier):
                                            for b in buckets],
         "ddp comm.Allreduce, per bucket": lambda: [comm.Allreduce(b.data, "sum") for b in buckets],
         f"DDP's allreduces ({reducer.comm_mode}), then wait all": reducers_allreduces,
-        "+ the copy into the buckets (scaled)": with_copy_in,
+        f"+ the copies into the buckets (scaled; {sum(map(len, copied))} of "
+        f"{len(reducer.params)} gradients)": with_copy_in,
     }
     return {"bytes": int(nbytes), "buckets": [int(b.grads.nbytes) for b in buckets],
             "seconds": timed_variants(variants, reps, warmup, barrier, reset)}
