@@ -37,13 +37,37 @@ def available() -> bool:
     return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
 
 
-def _new_file(nbytes, prefix="ddp-bucket-"):
-    fd, path = tempfile.mkstemp(prefix=prefix, dir=SHM_DIR)
+def _new_file(nbytes, kind="bucket"):
+    """A file of ``nbytes`` in ``/dev/shm``, its memory reserved now: a memory file system
+    full at the first write would kill the rank with SIGBUS (a container's 64 MiB /dev/shm);
+    here it is an OSError, and DDP sums through MPI instead. The name carries our pid, so
+    that :func:`remove_stale` can tell files of ranks that died before unlinking them."""
+    fd, path = tempfile.mkstemp(prefix=f"ddp-{kind}-{os.getpid()}-", dir=SHM_DIR)
     try:
-        os.ftruncate(fd, max(nbytes, 1))
-    finally:
+        os.posix_fallocate(fd, 0, max(nbytes, 1))
+    except OSError:
         os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
     return path
+
+
+def remove_stale():
+    """Remove the files of processes that no longer run (a rank killed between making its
+    files and unlinking them)."""
+    for name in os.listdir(SHM_DIR):
+        parts = name.split("-")
+        if len(parts) == 4 and parts[0] == "ddp" and parts[2].isdigit():
+            try:
+                os.kill(int(parts[2]), 0)
+            except ProcessLookupError:
+                try:
+                    os.unlink(os.path.join(SHM_DIR, name))
+                except OSError:
+                    pass
+            except OSError:
+                pass   # alive, another user's
 
 
 def _map(path, nbytes):
@@ -116,7 +140,8 @@ def allocate(comm, shapes):
     table_bytes = len(shapes) * comm.size * _ENTRY
     try:
         if comm.rank == 0:
-            made.append(_new_file(table_bytes, "ddp-table-"))
+            remove_stale()
+            made.append(_new_file(table_bytes, "table"))
         made += [_new_file(size * np.dtype(dtype).itemsize) for size, dtype in shapes]
     except OSError as e:
         error = e
