@@ -187,6 +187,25 @@ def test_embedding_and_its_scatter_gradient():
     assert gpu[3] in (None, 0)
 
 
+@pytest.mark.parametrize("loss", ["sum", "mean"])
+def test_embedding_under_a_sum_loss_matches_cpu(loss):
+    """y.sum() / y.mean() hand the embedding one value broadcast over its output (a count per
+    row): the same weight gradient on the device, and no device->host transfer."""
+    ddp.manual_seed(0)
+    emb = _double(nn.Embedding(7, 3, padding_idx=0))
+    idx = np.array([[1, 2, 2, 0], [6, 1, 1, 1]])
+    got = {}
+    for device in ("cpu", "cuda"):
+        m = copy.deepcopy(emb).to(device)
+        before = _host_syncs() if device != "cpu" else None
+        y = m(ddp.tensor(idx, device=device))
+        (y.sum() if loss == "sum" else y.mean()).backward()
+        syncs = None if before is None else _host_syncs() - before
+        got[device] = m.weight.grad.cpu().numpy()
+    np.testing.assert_allclose(got["cuda"], got["cpu"], rtol=1e-12)
+    assert got["cpu"][0].tolist() == [0, 0, 0] and not syncs
+
+
 def test_multihead_attention_with_masks():
     ddp.manual_seed(0)
     mha = _double(nn.MultiheadAttention(8, 2, batch_first=True))

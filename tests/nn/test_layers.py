@@ -218,6 +218,27 @@ def test_embedding_max_norm_and_scale_grad_by_freq():
     np.testing.assert_allclose(arr(w.grad), [[0, 0], [1, 1], [1, 1], [0, 0]])
 
 
+@pytest.mark.parametrize("padding_idx", [None, 2])
+@pytest.mark.parametrize("scale_grad_by_freq", [False, True])
+@pytest.mark.parametrize("loss", ["sum", "mean"])
+def test_embedding_constant_upstream_gradient(padding_idx, scale_grad_by_freq, loss):
+    """y.sum() and y.mean() send one value broadcast over the output (all strides 0), which
+    the embedding's backward takes as a count per row; the gradient is that of the same
+    upstream gradient given as a contiguous array (the scatter of the rows)."""
+    idx = ddp.tensor(np.random.default_rng(0).integers(0, 6, (5, 8)))   # repeats, row 2 too
+    grads = []
+    for upstream in ("broadcast", "array"):
+        w = rand(6, 3)
+        y = F.embedding(idx, w, padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq)
+        if upstream == "array":
+            y.backward(ddp.full(y.shape, 1.0 if loss == "sum" else 1.0 / y.numel(),
+                                dtype=y.dtype))
+        else:
+            (y.sum() if loss == "sum" else y.mean()).backward()
+        grads.append(arr(w.grad))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-15)
+
+
 def test_embedding_from_pretrained_and_errors():
     pre = ddp.tensor([[1.0, 2.0], [3.0, 4.0]])
     m = nn.Embedding.from_pretrained(pre)
