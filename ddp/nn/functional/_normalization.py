@@ -394,6 +394,7 @@ class NativeLayerNorm(_Normalize):
     def forward(ctx, x, weight, bias, mean=None, invstd=None, group_shape=None, axes=None,
                 affine_shape=None, batch_stats=True, eps=1e-5, centered=None):
         if centered is None or centered.dtype != x.dtype or not centered.flags.c_contiguous:
+            ctx.rows = 0
             return _Normalize.forward(ctx, x, weight, bias, mean, invstd, group_shape, axes,
                                       affine_shape, batch_stats, eps, centered)
         # (rows, k) from _moments: each broadcasting operation strictly 2-D, with a buffer of
@@ -410,19 +411,21 @@ class NativeLayerNorm(_Normalize):
             backend.restore_fp(token)
         ctx.save_for_backward(x, weight)
         ctx.params = (mean, invstd, group_shape, axes, affine_shape, batch_stats, eps)
+        # the rows' length for the backward's own formulas: x is a contiguous float32/float64
+        # array here (as _moments' centred copy), normalised and weighted over its last k
+        ctx.rows = k if weight is None or weight.dtype == x.dtype else 0
         return y.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, g):
-        x, weight = ctx.saved_tensors
-        mean, invstd, _, axes, affine_shape, _, _ = ctx.params
-        rows = None if ctx.create_graph else _trailing(x, axes)
-        if rows is None or tuple(affine_shape) != x.shape[x.ndim - len(axes):] or \
-                weight is not None and weight.dtype != x.dtype:
+        k = ctx.rows
+        if not k or ctx.create_graph:
             return _Normalize.backward(ctx, g)
-        token = backend.row_buffer(ctx.xp, rows.shape[1])
+        x, weight = ctx.saved_tensors
+        mean, invstd = ctx.params[:2]
+        token = backend.row_buffer(ctx.xp, k)
         try:
-            return _rows_backward(ctx.xp, ctx.needs_input_grad, rows, g, weight,
+            return _rows_backward(ctx.xp, ctx.needs_input_grad, x.reshape(-1, k), g, weight,
                                   mean.reshape(-1, 1), invstd.reshape(-1, 1), ctx.in_meta)
         finally:
             if token is not None:
@@ -500,15 +503,12 @@ def _constant_rows_backward(xp, needs, x, g, weight, mean, invstd, in_meta):
     if not (need_x or need_w):
         return gx, gw, gb
     d = x - mean
+    sg = invstd * gamma   # (n, 1)
     if need_w:
-        gw = xp.matmul(invstd.reshape(n), d)
-        gw *= gamma
-        gw = gw.reshape(weight.shape)
+        gw = xp.matmul(sg.reshape(n), d).reshape(weight.shape)
     if need_x:
         e = xp.matmul(d, xp.ones(k, x.dtype) if w is None else w).reshape(n, 1)
-        e *= invstd
-        e *= invstd * (1.0 / k)
-        sg = invstd * gamma   # (n, 1)
+        e *= invstd * invstd * (1.0 / k)
         if w is None:   # w − mean(w) is 0: −γ invstd e d
             e *= sg
             xp.negative(e, out=e)
@@ -587,9 +587,7 @@ def _normalize(op, x, weight, bias, eps, group_shape, axes, affine_shape, stats=
     xd = x._data.reshape(group_shape)
     mean, var, centered = _moments(xd, axes, True) if stats is None else stats + (None,)
     xp = backend.get_array_module(xd)
-    invstd = xp.sqrt(var + eps)
-    xp.divide(1.0, invstd, out=invstd)
-    invstd = invstd.astype(xd.dtype, copy=False)
+    invstd = (1.0 / xp.sqrt(var + eps)).astype(xd.dtype, copy=False)
     mean = mean.astype(xd.dtype, copy=False)
     out = op.apply(x, weight, bias, mean=mean, invstd=invstd, group_shape=group_shape,
                    axes=axes, affine_shape=affine_shape, batch_stats=stats is None, eps=eps,
