@@ -198,6 +198,39 @@ def test_layer_norm_gradcheck(normalized, affine):
     assert gradcheck(fn, inputs)
 
 
+@pytest.mark.parametrize("weight", ["random", "a zero", "a tiny channel"])
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_channel_norms_input_gradient_with_and_without_dividing_by_the_weight(monkeypatch, norm,
+                                                                            weight):
+    """The channel norms' backward takes the input's gradient into x - mean dividing by
+    invstd * w where no weight channel is 0 or far below the others (_divides), else by the
+    array of a g; both are gradchecked, and the two give the same gradients."""
+    from ddp.nn.functional import _normalization as N
+    data = np.random.default_rng(1).standard_normal(6) + 2.0
+    if weight == "a zero":
+        data[2] = 0.0
+    elif weight == "a tiny channel":
+        data[4] = 1e-6
+    w = ddp.tensor(data, requires_grad=True)
+    x, b = rand(3, 6, 2, 2, scale=2.0, shift=1.0), rand(6, seed=2)
+
+    def fn(*t):
+        return F.group_norm(t[0], 3, *t[1:]) if norm == "group" else \
+            F.batch_norm(t[0], None, None, *t[1:], training=True)
+    assert N._divides(np, data) == (weight == "random")
+    assert gradcheck(fn, (x, w, b))
+    g = ddp.tensor(np.random.default_rng(3).standard_normal((3, 6, 2, 2)))
+    got = []
+    for divides in (N._divides, lambda xp, w: False):
+        monkeypatch.setattr(N, "_divides", divides)
+        for t in (x, w, b):
+            t.grad = None
+        fn(x, w, b).backward(g)
+        got.append([arr(t.grad) for t in (x, w, b)])
+    for a, c in zip(*got):
+        np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("affine", ["both", "weight", "none"])
 @pytest.mark.parametrize("loss", ["sum", "mean"])
 def test_layer_norm_constant_upstream_gradient(affine, loss):

@@ -317,13 +317,38 @@ def _channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta, groups=0)
             sum_g, sum_p = sum_g.sum(axis=0), sum_p.sum(axis=0)
         b = (s * s * s * (sum_p * per)).reshape(-1, d.shape[1], 1)
         cc = (s * (sum_g * per)).reshape(-1, d.shape[1], 1)
-        gx = xp.multiply(g3, a.reshape(-1, c, 1), out=g3 if own else None)  # (ours: in place)
-        d *= b
-        gxd = gx.reshape(d.shape)
-        gxd -= d
-        gxd -= cc
+        a = a.reshape(-1, c, 1)
+        if _divides(xp, w):   # a (g - (B/a) d - C/a), into d: no second array of the size
+            if groups:
+                b, cc = (xp.repeat(t, m, axis=1) for t in (b, cc))
+            gx = d.reshape(x3.shape)
+            gx *= b / a
+            gx += cc / a
+            xp.subtract(g3, gx, out=gx)
+            gx *= a
+        else:
+            gx = xp.multiply(g3, a, out=g3 if own else None)  # (ours: in place)
+            d *= b
+            gxd = gx.reshape(d.shape)
+            gxd -= d
+            gxd -= cc
         gx = gx.reshape(in_meta[0][0])
     return gx, gw, gb
+
+
+def _divides(xp, w):
+    """Whether :func:`_channels_backward` may divide by ``A = invstd w`` to take the input's
+    gradient into ``x - mean``: no weight (``invstd`` > 0), or one with no zero and no channel
+    below 2^-10 of the largest (so that ``B/A`` and ``C/A`` stay in range) — NumPy only (the
+    check reads the weight on the host). Writing into ``d`` instead of a new array: at (32,
+    32, 28, 28) float32 a new array costs a pass writing 3.2 MB to memory, ~0.3 ms inside the
+    step against ~0.13 ms for a pass in place."""
+    if xp is not np:
+        return False
+    if w is None:
+        return True
+    m = np.abs(w)
+    return bool(m.min() > 0) and bool(m.min() >= m.max() * 2.0 ** -10)
 
 
 def _centred(xp, x, mean, invstd, groups):
