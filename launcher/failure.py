@@ -260,7 +260,10 @@ def finished(code: int, how: str, where=None) -> None:
         return
     _tell_stall_inspector()
     if code == 0:
-        peers.finish(0, how, where=where)
+        if not peers.finish(0, how, where=where):
+            # rank 0 ended before the job finished (it stopped the job): the job failed, and
+            # MPI_Finalize would wait for ranks that are gone
+            _real_exit(1)
     elif not peers.finish(code, how, wait=_signal_grace(), where=where):
         _write(f"launcher: rank {_state['rank']}: the other ranks did not finish within "
                f"{_signal_grace():g} s of the signal; stopping the job\n")

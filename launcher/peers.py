@@ -174,6 +174,7 @@ class Peers:
         self._call = None           # which wait that is (see _sample)
         self._reported = None
         self._finished = None       # how this rank finished (a message to the hub)
+        self._orphaned = False      # rank 0 ended before telling this finished rank "all done"
         # the hub's view of every rank (rank 0 only)
         self.state = ["running"] * size        # running, finished, vanished, failing
         self.how = [""] * size
@@ -198,7 +199,7 @@ class Peers:
             self._hub_event(0, "finished", code=code, how=how, where=where)
         else:
             self._conns[0].send(t="finished", code=code, how=how, where=where)
-        return self._all_done.wait(wait)
+        return self._all_done.wait(wait) and not self._orphaned
 
     def signalled(self, signum):
         """This rank received SIGTERM/SIGINT (called by the signal watchdog at once, before
@@ -284,10 +285,19 @@ class Peers:
     def _hub_gone(self):
         """Rank 0 ended abruptly: this agent watches on alone (its own main thread only)."""
         host, pid = self.roster[0]
-        self._say(f"rank 0 (host {host}, pid {pid}) ended without finishing its script "
-                  f"(killed by a signal, crashed, or os._exit)")
+        try:
+            self._say(f"rank 0 (host {host}, pid {pid}) ended without finishing its script "
+                      f"(killed by a signal, crashed, or os._exit)")
+        except OSError:   # no one reads our stderr any more (mpiexec has gone): watch on
+            pass
         gone = time.monotonic()
         while not self._closed:
+            if self._finished is not None:   # this rank's script is done: nothing to wait
+                # for, and no one left to say "all done" (a job that rank 0 stopped while this
+                # rank waited at the end: it was left running after mpiexec had gone)
+                self._orphaned = True
+                self._all_done.set()
+                return
             stuck = self._sample(time.monotonic())
             if stuck is not None and time.monotonic() - max(stuck[0], gone) >= GRACE_SECONDS:
                 self._say(f"rank {self.rank} waits in {stuck[1]} at {stuck[2]} for rank 0, "

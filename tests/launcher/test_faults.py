@@ -94,6 +94,36 @@ def test_under_mpiexec_itself_a_rank_that_leaves_early_stops_the_job(tmp_path):
     assert_no_leftovers(path)
 
 
+def test_a_finished_rank_stops_waiting_when_rank_0_is_gone():
+    """A rank that finished its script waits for rank 0's "all done"; when rank 0 ends instead
+    (it stopped the job; mpiexec has gone, so stderr is a broken pipe) the wait ends with
+    False — the job failed — instead of lasting for ever (such a rank was once left running
+    after its job). The rank's end of the connection, with the hub's end in the test's hand."""
+    import selectors
+    import threading
+    from launcher import peers as peers_module
+    hub, agent = socket.socketpair()
+
+    def broken_stderr(message):
+        raise BrokenPipeError(32, "Broken pipe")
+    peers = peers_module.Peers(1, 2, [(HOST, 1), (HOST, 2)], abort=lambda code: None,
+                               say=broken_stderr)
+    peers._conns[0] = peers_module._Line(agent)
+    agent.setblocking(False)
+    peers._selector.register(agent, selectors.EVENT_READ, 0)
+    threading.Thread(target=peers._run, daemon=True).start()
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(peers.finish(0, "returned")),
+                              daemon=True)
+    waiter.start()
+    hub.settimeout(60)
+    assert b'"finished"' in hub.recv(4096)   # the rank told rank 0 it finished
+    hub.close()                              # and rank 0 ends without an answer
+    waiter.join(60)
+    peers.close()
+    assert result == [False]
+
+
 @needs_mpi
 @pytest.mark.parametrize("how,status", [("segv", "exit status 11"), ("kill", "exit status 9")])
 def test_rank_that_dies_is_named_by_rank_and_host(tmp_path, how, status):
