@@ -61,13 +61,21 @@ def cases(lib):
 clock = time.perf_counter
 
 
-def time_case(module, make_inputs, reduce, repeats):
+def time_case(lib, module, make_inputs, reduce, repeats):
+    """Forward, then backward from a fixed random upstream gradient (the same values for both
+    libraries): what a layer inside a network receives. ``out.sum().backward()`` would hand
+    every layer one value broadcast (all strides 0), which no layer in a network sees."""
     inputs = make_inputs()
+    out = reduce(module(*inputs))
+    upstream = None
+    if out.ndim:
+        values = np.random.default_rng(1).standard_normal(tuple(out.shape))
+        upstream = lib.tensor(values.astype(np.float32))
 
     def step():
         t0 = clock()
         out = reduce(module(*inputs))
-        out.sum().backward()
+        out.backward(upstream)
         return clock() - t0
     step()
     return statistics.median(step() for _ in range(repeats)) * 1e3
@@ -129,7 +137,7 @@ def main(argv=None):
         for case, (module, make, reduce) in cases(lib).items():
             if wanted and not any(w in case for w in wanted):
                 continue
-            results.setdefault(case, {})[name] = time_case(module, make, reduce, args.repeats)
+            results.setdefault(case, {})[name] = time_case(lib, module, make, reduce, args.repeats)
         if not wanted or any(w in "small cnn step" for w in wanted):
             results.setdefault("small CNN training step, batch 128", {})[name] = cnn_step(lib, args.repeats)
     print(f"forward + backward, ms (median of {args.repeats}, {args.clock} clock); "
