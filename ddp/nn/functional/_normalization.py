@@ -436,9 +436,11 @@ class NativeLayerNorm(_Normalize):
             backend.restore_fp(token)
         ctx.save_for_backward(x, weight)
         ctx.params = (mean, invstd, group_shape, axes, affine_shape, batch_stats, eps)
-        # the rows' length for the backward's own formulas: x is a contiguous float32/float64
-        # array here (as _moments' centred copy), normalised and weighted over its last k
-        ctx.rows = k if weight is None or weight.dtype == x.dtype else 0
+        # the rows' length for the backward's own formulas (x normalised and weighted over its
+        # last k), where x is a contiguous float32/float64 array (the centred copy can be
+        # contiguous when x is not) and the weight of its dtype; 0: the generic backward
+        ctx.rows = k if x.dtype.kind == "f" and x.flags.c_contiguous and (
+            weight is None or weight.dtype == x.dtype) else 0
         return y.reshape(x.shape)
 
     @staticmethod
