@@ -12,6 +12,8 @@ passes signals on, names what failed, and reruns the job after a failure (``--ma
   number of restarts so far; a script that resumes from its checkpoint
   (``ddp.training.Checkpoint``) continues where the failed run stopped. A job stopped by a
   signal is not restarted.
+- After a failed attempt the MPI library's segments in ``/dev/shm`` that its killed ranks
+  left behind (and no process maps) are removed: failed jobs do not fill a small /dev/shm.
 - Each attempt gets a job folder (``DDP_JOB_DIR``) where rank 0 notes ranks that vanished
   (``launcher.peers``); after a failed attempt the launcher repeats those lines with the
   exit status, so the end of the output says what went wrong.
@@ -131,8 +133,11 @@ def run(cmd, max_restarts=0, say=None) -> int:
                 shutil.rmtree(job_dir, ignore_errors=True)
                 return 2
             signals.proc = proc
+            shm_before = _shm_files()
             code = _wait(proc, signals)
             signals.proc = None
+            if code != 0:
+                _remove_orphaned_shm(shm_before)
             events = _read_events(job_dir)
             shutil.rmtree(job_dir, ignore_errors=True)
             if code == 0 and events:
@@ -154,6 +159,61 @@ def run(cmd, max_restarts=0, say=None) -> int:
                 return status
             attempt += 1
             say(f"{summary}; restarting it (restart {attempt} of {max_restarts})")
+
+
+SHM_DIR = "/dev/shm"
+# the segments MPI libraries make in SHM_DIR, which a rank killed before it unlinks them
+# leaves behind (MPICH: 4 MiB per failed 2-rank job here; a container's /dev/shm of 64 MiB
+# is full after some 15 failed jobs, and then every MPI job fails to start)
+SHM_PREFIXES = ("mpich_shm_", "vader_segment", "sm_segment")
+
+
+def _shm_files():
+    """Names of MPI segment files in SHM_DIR owned by us."""
+    try:
+        return {e.name for e in os.scandir(SHM_DIR) if e.name.startswith(SHM_PREFIXES)
+                and e.stat(follow_symlinks=False).st_uid == os.getuid()}
+    except OSError:
+        return set()
+
+
+def _mapped_files():
+    """Paths in SHM_DIR that our processes map (None where /proc cannot tell: not Linux)."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    paths = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+                continue
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    fields = line.split(None, 5)
+                    if len(fields) == 6 and fields[5].startswith(SHM_DIR):
+                        paths.add(fields[5].strip())
+        except OSError:
+            continue   # ended meanwhile, or not readable (init, setuid programs): no MPI rank
+    return paths
+
+
+def _remove_orphaned_shm(before):
+    """After a failed attempt: remove the MPI segment files that appeared while it ran and
+    that none of our processes maps any more (another job's are mapped by its ranks)."""
+    new = _shm_files() - before
+    if not new:
+        return
+    mapped = _mapped_files()
+    if mapped is None:
+        return
+    for name in new:
+        path = os.path.join(SHM_DIR, name)
+        if path not in mapped and path + " (deleted)" not in mapped:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def _read_events(job_dir):

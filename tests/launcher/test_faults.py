@@ -428,3 +428,39 @@ def test_max_restarts_of_a_single_process(tmp_path):
     assert code == 0, err
     assert "restarting it (restart 1 of 1)" in err
     assert "done after 1 restart(s) [1.0]" in out
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm/") or not os.path.isdir("/proc/self"),
+                    reason="Linux /dev/shm and /proc")
+def test_segments_a_failed_job_leaves_in_dev_shm_are_removed_not_those_still_mapped():
+    # ranks killed before they unlink MPICH's segments leave them behind (4 MiB each here)
+    import mmap
+    from launcher import supervise
+    before = supervise._shm_files()
+    paths = [os.path.join(supervise.SHM_DIR, f"mpich_shm_test{os.getpid()}_{k}") for k in (0, 1)]
+    for path in paths:
+        with open(path, "wb") as f:
+            f.write(b"\0" * 4096)
+    with open(paths[1], "r+b") as f:
+        held = mmap.mmap(f.fileno(), 4096)   # a running job's segment: mapped
+    try:
+        supervise._remove_orphaned_shm(before)
+        assert not os.path.exists(paths[0]) and os.path.exists(paths[1])
+    finally:
+        held.close()
+        for path in paths:
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+@needs_mpi
+@pytest.mark.skipif(not os.path.isdir("/dev/shm/"), reason="no /dev/shm")
+def test_a_failed_job_leaves_no_segment_in_dev_shm(tmp_path):
+    from launcher import supervise
+    path = script(tmp_path, VANISH)
+    before = supervise._shm_files()
+    code, _, err, _ = launcher("-n", 2, path, "kill", 1, timeout=TIMEOUT)
+    assert code != 0, err
+    left = supervise._shm_files() - before
+    mapped = supervise._mapped_files()
+    assert not [f for f in left if os.path.join(supervise.SHM_DIR, f) not in mapped], left
