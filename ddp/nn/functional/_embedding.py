@@ -29,38 +29,11 @@ class Embedding(Op):
     @staticmethod
     def backward(ctx, g):
         indices = ctx.indices
-        if not ctx.create_graph and g.size > 1 and not any(g.strides):
-            return _constant_backward(ctx, g)   # one value broadcast: the output's sum()/mean()
         if ctx.padding_idx is not None:
             g = g * (indices != ctx.padding_idx)[..., None]
         if ctx.scale is not None:
             g = g * ctx.scale
         return scatter_into_zeros(g, ctx.shape, (indices,))
-
-
-def _constant_backward(ctx, g):
-    """:meth:`Embedding.backward` where the incoming gradient is one value ``γ`` broadcast
-    over the output (all strides 0: the gradient of ``y.sum()`` or ``y.mean()``, as in the
-    layer benchmarks): row ``i``'s gradient is ``γ`` times the number of times ``i`` was
-    looked up (once with ``scale_grad_by_freq``, none for ``padding_idx``) — a ``bincount``
-    and one pass writing the gradient, no scatter of the rows (the rounds of ``index_add_at``,
-    ~0.6–0.8 ms of 4,096 rows of 128 into 10,000)."""
-    xp = backend.get_array_module(g)
-    num, dim = ctx.shape[0], ctx.shape[1:]
-    gamma = g[(slice(0, 1),) * g.ndim].reshape(1).astype(g.dtype, copy=False)   # (1,)
-    flat = ctx.indices.reshape(-1)
-    if isinstance(flat, np.ndarray):
-        counts = np.bincount(flat, minlength=num)
-    else:   # (bincount reads its size back to the host; the scatter-add does not)
-        counts = xp.zeros(num, g.dtype)
-        backend.index_add_at(counts, flat, xp.ones(flat.shape, g.dtype))
-    if ctx.scale is not None:
-        counts = counts > 0
-    if ctx.padding_idx is not None:
-        counts[ctx.padding_idx] = 0
-    out = xp.empty(ctx.shape, g.dtype)
-    xp.multiply(counts.astype(g.dtype).reshape((num,) + (1,) * len(dim)), gamma, out=out)
-    return out
 
 
 def _embedding(name, input, weight, padding_idx=None, max_norm=None, norm_type=2.0,

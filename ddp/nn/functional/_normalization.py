@@ -280,9 +280,6 @@ def _channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta, groups=0)
     passes and four reductions; group norm's ``x - mean`` and its ``B`` and ``C`` passes run
     over the group's rows (N G, C/G HW), a quarter as many as the channels' at 8 groups of 32
     channels — each row of a broadcasting pass costs an inner-loop call."""
-    if g.size > 1 and not any(g.strides):   # one value broadcast: the output's sum() or mean()
-        return _constant_channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta,
-                                           groups)
     need_x, need_w, need_b = needs
     n, c = x.shape[0], x.shape[1]
     x3 = _rows3(x)
@@ -363,54 +360,6 @@ def _centred(xp, x, mean, invstd, groups):
     return _rows3(x) - mean, invstd.reshape(1, c)
 
 
-def _constant_channels_backward(xp, needs, x, g, weight, mean, invstd, in_meta, groups):
-    """:func:`_channels_backward` where the incoming gradient is one value ``γ`` broadcast
-    over the output (all strides 0: the gradient of ``y.sum()`` or ``y.mean()``, as in the
-    layer benchmarks): with ``r`` the sums of ``d = x - mean`` per sample and channel (one
-    matrix-vector product), the bias's gradient is ``γ N HW``, the weight's ``γ Σ_N invstd r``,
-    and the input's ``γ invstd (w - mean(w)) - B d`` with ``B = γ invstd^3 mean(w r) / HW`` per
-    statistics' group (``mean(w)`` over the group's channels: for batch norm ``w`` itself, so
-    that term is 0) — no copy of ``g``, no ``g``-weighted sums: ``d``, ``B d`` and the
-    per-channel term, two passes in place, and one BLAS read instead of five passes and two."""
-    need_x, need_w, need_b = needs
-    n, c = x.shape[0], x.shape[1]
-    k = math.prod(x.shape[2:])
-    gamma = g[(slice(0, 1),) * g.ndim].reshape(1).astype(x.dtype, copy=False)   # (1,)
-    gx = gw = gb = None
-    if need_b:
-        gb = xp.repeat(gamma * (n * k), c).reshape(in_meta[2][0])
-    if not (need_x or need_w):
-        return gx, gw, gb
-    d, s = _centred(xp, x, mean, invstd, groups)
-    r = xp.matmul(d.reshape(n * c, k), xp.ones(k, x.dtype)).reshape(n, c)
-    if need_w:
-        gw = (r * s).sum(axis=0)
-        gw *= gamma
-        gw = gw.reshape(weight.shape)
-    if need_x:
-        w = None if weight is None else weight.reshape(c)
-        wr = r if w is None else r * w
-        shift = None   # γ invstd (w - mean(w)) per sample and channel
-        if groups:
-            m = c // groups
-            sg = invstd.reshape(n, groups)
-            wr = wr.reshape(n, groups, m).sum(axis=2) * (1.0 / (m * k))
-            if w is not None:
-                shift = s * gamma * (w - xp.repeat(w.reshape(groups, m).mean(axis=1), m))
-        else:
-            sg = s
-            wr = wr.sum(axis=0) * (1.0 / (n * k))
-        b = sg * sg * sg * wr
-        b *= -gamma
-        d *= b.reshape(-1, d.shape[1], 1)
-        gx = d
-        if shift is not None:
-            gx = _rows3(gx.reshape(x.shape))
-            gx += shift.reshape(n, c, 1)
-        gx = gx.reshape(in_meta[0][0])
-    return gx, gw, gb
-
-
 class NativeLayerNorm(_Normalize):
     """:class:`_Normalize` for layer_norm, with a backward of its own where the statistics and
     the weight are over the last dimensions of a contiguous float input (``nn.LayerNorm``)."""
@@ -476,8 +425,6 @@ def _rows_backward(xp, needs, x, g, weight, mean, invstd, in_meta):
     ``x - mean`` then ``p`` (as before) and no more."""
     need_x, need_w, need_b = needs
     n, k = x.shape
-    if g.size > 1 and not any(g.strides):   # one value broadcast: the output's sum() or mean()
-        return _constant_rows_backward(xp, needs, x, g, weight, mean, invstd, in_meta)
     g = g.reshape(x.shape)
     own = g.dtype != x.dtype or not g.flags.c_contiguous  # e.g. sum()'s broadcast ones
     if own:
@@ -508,43 +455,6 @@ def _rows_backward(xp, needs, x, g, weight, mean, invstd, in_meta):
         gx -= d
         gx -= a
         gx = gx.reshape(in_meta[0][0])
-    return gx, gw, gb
-
-
-def _constant_rows_backward(xp, needs, x, g, weight, mean, invstd, in_meta):
-    """:func:`_rows_backward` where the incoming gradient is one value ``γ`` broadcast over
-    the output (all strides 0: the gradient of ``y.sum()`` or ``y.mean()``, as in the layer
-    benchmarks): the bias's gradient is ``n γ``, the weight's ``γ invstd @ d``, and the
-    input's ``γ invstd (w − mean(w)) − c d`` with ``c = γ invstd^3 (d @ w) / k`` (``a`` is ``γ
-    invstd mean(w)``), taken as ``γ invstd (w − mean(w) − e d)``, ``e = invstd^2 (d @ w) / k``
-    — no copy of ``g`` and no ``p = g d``: three passes, all in place on ``d``, and two BLAS
-    reads instead of nine passes and four reads (the outer product written out, then ``c d``
-    subtracted from it, was 5 µs slower and one array more)."""
-    need_x, need_w, need_b = needs
-    n, k = x.shape
-    gamma = g[(slice(0, 1),) * g.ndim].reshape(1).astype(x.dtype, copy=False)   # (1,)
-    w = None if weight is None else weight.reshape(k)
-    gx = gw = gb = None
-    if need_b:
-        gb = xp.repeat(gamma * n, k).reshape(in_meta[2][0])
-    if not (need_x or need_w):
-        return gx, gw, gb
-    d = x - mean
-    sg = invstd * gamma   # (n, 1)
-    if need_w:
-        gw = xp.matmul(sg.reshape(n), d).reshape(weight.shape)
-    if need_x:
-        e = xp.matmul(d, xp.ones(k, x.dtype) if w is None else w).reshape(n, 1)
-        e *= invstd * invstd * (1.0 / k)
-        if w is None:   # w − mean(w) is 0: −γ invstd e d
-            e *= sg
-            xp.negative(e, out=e)
-            d *= e
-        else:   # (w.mean(): 10 µs of Python at 1024 elements, w.sum() / k 3)
-            d *= e
-            xp.subtract(w - w.sum() * (1.0 / k), d, out=d)
-            d *= sg
-        gx = d.reshape(in_meta[0][0])
     return gx, gw, gb
 
 
