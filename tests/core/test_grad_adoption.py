@@ -171,7 +171,10 @@ def test_conv_weight_gradient_is_right_after_adoption():
 
 # every op that declares writes_grad_sinks: (input shape, weight shape) cases; the second has
 # more rows than the weight has elements (the scale then goes on the product, in place)
-SINK_CASES = {_linear.LinearOp: [((5, 4), (3, 4)), ((2, 30, 4), (3, 4))]}
+SINK_CASES = {_linear.LinearOp: [((5, 4), (3, 4)), ((2, 30, 4), (3, 4))],
+              # embedding: (weight shape, index shape, padding_idx); the second looks up more
+              # elements than the weight has (the scale then goes on the weight's gradient)
+              _embedding.Embedding: [((50, 4), (3, 5), None), ((6, 3), (4, 9), 2)]}
 
 
 def test_every_sink_writing_op_is_checked():
@@ -219,6 +222,25 @@ def test_linear_writes_the_scaled_gradient_into_the_sinks(x_shape, w_shape):
     _loss(F.linear(x, w, b)).backward()   # again, into the same sinks
     np.testing.assert_allclose(w.grad._data, 0.25 * want[1], rtol=1e-12)
     assert w.grad._data is sinks[0]
+
+
+@pytest.mark.parametrize("w_shape,i_shape,padding_idx", SINK_CASES[_embedding.Embedding])
+def test_embedding_scatters_the_scaled_gradient_into_its_sink(w_shape, i_shape, padding_idx):
+    rng = np.random.default_rng(3)
+    idx = ddp.tensor(rng.integers(0, w_shape[0], i_shape))
+    upstream = rng.standard_normal(i_shape + w_shape[1:])
+
+    def run(offer):
+        w = ddp.tensor(rng.standard_normal(w_shape), requires_grad=True)
+        sink = _offer(w, 0.5) if offer else None
+        if sink is not None:
+            sink[...] = 7.0   # what the bucket held before: overwritten, not added to
+        F.embedding(idx, w, padding_idx=padding_idx).backward(ddp.tensor(upstream))
+        return w, sink
+    want = run(False)[0].grad.numpy()
+    w, sink = run(True)
+    assert w.grad._data is sink
+    np.testing.assert_allclose(sink, 0.5 * want, rtol=1e-12, atol=1e-15)
 
 
 def test_no_sink_where_the_gradient_does_not_become_grad_unchanged():

@@ -166,6 +166,31 @@ def test_linear_layers_write_their_gradients_into_the_buckets():
             assert in_bucket[id(p)] == (p is not tied.weight and p is not tied.bias)
 
 
+def test_an_embedding_writes_its_gradient_into_the_bucket():
+    # the embedding's dense weight gradient (often a model's largest) is scattered straight
+    # into its bucket, averaged on the way, as linear's are
+    ddp.manual_seed(0)
+    model = DDP(nn.Sequential(nn.Embedding(20, 6), nn.Flatten(), nn.Linear(18, 3)).double(),
+                bucket_cap_mb=0.0005)
+    reference = copy.deepcopy(model.module)
+    emb = model.module[0].weight
+    in_bucket = []
+    emb.register_post_accumulate_grad_hook(
+        lambda p: in_bucket.append(np.shares_memory(p.grad._data, bucket_of(model, p).data)))
+    _, world = rank_world()
+    rng = np.random.default_rng(4)
+    for step in range(3):
+        x = ddp.tensor(rng.integers(0, 20, (4 * world, 3)))
+        y = ddp.tensor(rng.integers(0, 3, 4 * world))
+        model.zero_grad()
+        reference.zero_grad()
+        nn.CrossEntropyLoss()(model(shard(x)), shard(y)).backward()
+        nn.CrossEntropyLoss()(reference(x), y).backward()
+        for p, q in zip(model.parameters(), reference.parameters()):
+            np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-10, atol=1e-12)
+    assert in_bucket == [True] * 3
+
+
 @pytest.mark.parametrize("keepers", ["every rank", "rank 0"])
 @pytest.mark.parametrize("mode", ["nonblocking", "shared"])
 def test_gradients_kept_from_an_earlier_step_keep_their_values(mode, keepers, monkeypatch):

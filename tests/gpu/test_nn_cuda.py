@@ -329,3 +329,19 @@ def test_linear_writes_its_gradients_into_device_sinks():
     for p, sink, w in zip((lin.weight, lin.bias), sinks, want):
         assert p.grad._data is sink
         np.testing.assert_allclose(p.grad.cpu().numpy(), 0.5 * w, rtol=1e-12)
+
+
+def test_embedding_scatters_its_gradient_into_a_device_sink():
+    ddp.manual_seed(0)
+    emb = nn.Embedding(30, 4).double()
+    idx = np.random.default_rng(5).integers(0, 30, (3, 5))
+    upstream = _inputs([(3, 5, 4)], 6)[0]
+    emb(ddp.tensor(idx)).backward(ddp.tensor(upstream))
+    want = emb.weight.grad.numpy()
+    emb = emb.to("cuda")
+    emb.zero_grad()
+    sink = ddp.ones_like(emb.weight)._data   # what the bucket held before: overwritten
+    emb.weight._grad_sink = lambda: (sink, 0.25)
+    emb(ddp.tensor(idx, device="cuda")).backward(ddp.tensor(upstream, device="cuda"))
+    assert emb.weight.grad._data is sink
+    np.testing.assert_allclose(emb.weight.grad.cpu().numpy(), 0.25 * want, rtol=1e-12)

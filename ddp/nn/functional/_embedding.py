@@ -14,6 +14,7 @@ class Embedding(Op):
     """The lookup op of :func:`embedding`: rows of ``weight`` at ``indices``; the gradient of
     row ``padding_idx`` is zero."""
     fresh_grads = True
+    writes_grad_sinks = True   # the weight's gradient scattered straight into DDP's bucket
 
     @staticmethod
     def forward(ctx, weight, indices=None, padding_idx=None, scale_grad_by_freq=False):
@@ -33,7 +34,20 @@ class Embedding(Op):
             g = g * (indices != ctx.padding_idx)[..., None]
         if ctx.scale is not None:
             g = g * ctx.scale
-        return scatter_into_zeros(g, ctx.shape, (indices,))
+        sink = ctx.gradient_sink(0)
+        if sink is None or sink[0].dtype != g.dtype:
+            return scatter_into_zeros(g, ctx.shape, (indices,))
+        # into the sink (DDP's bucket: see Node.gradient_sink), scaled on the smaller side: the
+        # looked-up rows (4,096 x 128) or the weight (10,000 x 128)
+        out, scale = sink
+        scaled = scale != 1 and g.size <= out.size
+        if scaled:
+            g = g * scale
+        out[...] = 0
+        backend.index_add_at(out, (indices,), g, into_zeros=True)
+        if scale != 1 and not scaled:
+            out *= scale
+        return out
 
 
 def _embedding(name, input, weight, padding_idx=None, max_norm=None, norm_type=2.0,
