@@ -326,7 +326,7 @@ class Reducer:
             self.begin_backward()   # before anything is written into a bucket
         if self._ready[i]:
             return None
-        self._sunk[i] = True
+        self._sunk[i] = True   # (False again in _fill if the op did not write there)
         bucket, slot = self.where[i]
         return bucket.views[slot], self._scale()
 
@@ -383,10 +383,12 @@ class Reducer:
         elif grad._data is view:   # written into its sink (scaled), or accumulated into a lent view
             if scale != 1.0 and not self._sunk[i]:
                 view *= scale
-        elif scale != 1.0:
-            backend.get_array_module(view).multiply(grad._data, scale, out=view)
-        else:
-            view[...] = grad._data
+        else:   # copied in (a sink offered was not used: _sunk says what was written there)
+            self._sunk[i] = False
+            if scale != 1.0:
+                backend.get_array_module(view).multiply(grad._data, scale, out=view)
+            else:
+                view[...] = grad._data
         bucket.pending -= 1
         if bucket.pending == 0:
             self._launch_ready()

@@ -174,7 +174,13 @@ def test_conv_weight_gradient_is_right_after_adoption():
 SINK_CASES = {_linear.LinearOp: [((5, 4), (3, 4)), ((2, 30, 4), (3, 4))],
               # embedding: (weight shape, index shape, padding_idx); the second looks up more
               # elements than the weight has (the scale then goes on the weight's gradient)
-              _embedding.Embedding: [((50, 4), (3, 5), None), ((6, 3), (4, 9), 2)]}
+              _embedding.Embedding: [((50, 4), (3, 5), None), ((6, 3), (4, 9), 2)],
+              # convolution: (input shape, weight shape, stride, padding, input needs grad)
+              # — both gradients from one pass, the weight's alone, a strided one, groups
+              _conv.Convolution: [((2, 3, 7, 7), (4, 3, 3, 3), 1, 1, True),
+                                  ((2, 3, 7, 7), (4, 3, 3, 3), 1, 1, False),
+                                  ((2, 3, 8, 8), (4, 3, 3, 3), 2, 0, True),
+                                  ((2, 4, 6, 6), (6, 2, 3, 3), 1, 1, True)]}
 
 
 def test_every_sink_writing_op_is_checked():
@@ -241,6 +247,29 @@ def test_embedding_scatters_the_scaled_gradient_into_its_sink(w_shape, i_shape, 
     w, sink = run(True)
     assert w.grad._data is sink
     np.testing.assert_allclose(sink, 0.5 * want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,x_grad", SINK_CASES[_conv.Convolution])
+def test_convolution_writes_the_scaled_weight_gradient_into_its_sink(x_shape, w_shape, stride,
+                                                                      padding, x_grad):
+    rng = np.random.default_rng(4)
+    xv, wv, bv = (rng.standard_normal(s) for s in (x_shape, w_shape, w_shape[:1]))
+    groups = x_shape[1] // w_shape[1]
+
+    def run(offer):
+        x = ddp.tensor(xv, requires_grad=x_grad)
+        w = ddp.tensor(wv, requires_grad=True)
+        b = ddp.tensor(bv, requires_grad=True)
+        sinks = [_offer(w, 0.5), _offer(b, 0.5)] if offer else None
+        _loss(F.conv2d(x, w, b, stride=stride, padding=padding, groups=groups)).backward()
+        return (w, b), sinks, x.grad
+    (w0, b0), _, gx0 = run(False)
+    (w, b), sinks, gx = run(True)
+    for leaf, sink, want in zip((w, b), sinks, (w0, b0)):
+        assert leaf.grad._data is sink
+        np.testing.assert_allclose(sink, 0.5 * want.grad.numpy(), rtol=1e-12, atol=1e-12)
+    if x_grad:
+        np.testing.assert_allclose(gx.numpy(), gx0.numpy(), rtol=1e-12)
 
 
 def test_no_sink_where_the_gradient_does_not_become_grad_unchanged():

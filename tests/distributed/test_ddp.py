@@ -166,11 +166,14 @@ def test_linear_layers_write_their_gradients_into_the_buckets():
             assert in_bucket[id(p)] == (p is not tied.weight and p is not tied.bias)
 
 
-def test_an_embedding_writes_its_gradient_into_the_bucket():
+@pytest.mark.parametrize("first", ["embedding", "conv2d"])
+def test_embedding_and_convolution_write_their_weight_gradients_into_the_bucket(first):
     # the embedding's dense weight gradient (often a model's largest) is scattered straight
-    # into its bucket, averaged on the way, as linear's are
+    # into its bucket, a convolution's written there in the layout change it needs anyway,
+    # averaged on the way, as linear's are
     ddp.manual_seed(0)
-    model = DDP(nn.Sequential(nn.Embedding(20, 6), nn.Flatten(), nn.Linear(18, 3)).double(),
+    layer = nn.Embedding(20, 6) if first == "embedding" else nn.Conv2d(1, 2, 3, padding=1)
+    model = DDP(nn.Sequential(layer, nn.Flatten(), nn.Linear(18, 3)).double(),
                 bucket_cap_mb=0.0005)
     reference = copy.deepcopy(model.module)
     emb = model.module[0].weight
@@ -180,7 +183,8 @@ def test_an_embedding_writes_its_gradient_into_the_bucket():
     _, world = rank_world()
     rng = np.random.default_rng(4)
     for step in range(3):
-        x = ddp.tensor(rng.integers(0, 20, (4 * world, 3)))
+        x = ddp.tensor(rng.integers(0, 20, (4 * world, 3)) if first == "embedding" else
+                       rng.standard_normal((4 * world, 1, 3, 3)))
         y = ddp.tensor(rng.integers(0, 3, 4 * world))
         model.zero_grad()
         reference.zero_grad()

@@ -345,3 +345,19 @@ def test_embedding_scatters_its_gradient_into_a_device_sink():
     emb(ddp.tensor(idx, device="cuda")).backward(ddp.tensor(upstream, device="cuda"))
     assert emb.weight.grad._data is sink
     np.testing.assert_allclose(emb.weight.grad.cpu().numpy(), 0.25 * want, rtol=1e-12)
+
+
+def test_convolution_writes_its_weight_gradient_into_a_device_sink():
+    ddp.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, padding=1).double()
+    xv, upstream = _inputs([(2, 2, 5, 5), (2, 3, 5, 5)], 7)
+    conv(ddp.tensor(xv, requires_grad=True)).backward(ddp.tensor(upstream))
+    want = conv.weight.grad.numpy()
+    conv = conv.to("cuda")
+    conv.zero_grad()
+    sink = ddp.ones_like(conv.weight)._data
+    conv.weight._grad_sink = lambda: (sink, 0.25)
+    conv(ddp.tensor(xv, device="cuda", requires_grad=True)).backward(
+        ddp.tensor(upstream, device="cuda"))
+    assert conv.weight.grad._data is sink
+    np.testing.assert_allclose(conv.weight.grad.cpu().numpy(), 0.25 * want, rtol=1e-12)

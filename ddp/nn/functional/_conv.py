@@ -159,8 +159,9 @@ def _conv_matmul(x, w, geom, out, b=None):
     return y
 
 
-def _conv_weight_grad(g, x, w_shape, geom):
-    """Gradient of :func:`_conv_matmul` in ``w`` (of shape ``w_shape``)."""
+def _conv_weight_grad(g, x, w_shape, geom, sink=None):
+    """Gradient of :func:`_conv_matmul` in ``w`` (of shape ``w_shape``); with ``sink`` (see
+    :func:`_weight_out`) written there."""
     stride, pads, dilation, groups = geom
     xp = backend.get_array_module(g, x)
     n, o, oh, ow = g.shape
@@ -172,15 +173,29 @@ def _conv_weight_grad(g, x, w_shape, geom):
                                                        (oh, ow))):
             gw += xp.matmul(g[ns, :, rs].transpose(1, 0, 2, 3).reshape(o, -1), mat)
         o, cg, kh, kw = w_shape
-        return xp.ascontiguousarray(gw.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2))
+        return _weight_out(xp, gw.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2), sink)
     cols, last = _patches(x, pads, w_shape[2:], groups, stride, dilation, (oh, ow))
     if not last:  # per-sample products, summed (a copy into one matrix costs more)
         g = xp.ascontiguousarray(g).reshape(n, groups, o // groups, oh * ow)
-        return xp.matmul(g, cols).sum(axis=0).reshape(w_shape)
+        return _weight_out(xp, xp.matmul(g, cols).sum(axis=0).reshape(w_shape), sink)
     g = xp.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(groups, o // groups, -1)
     gw = xp.matmul(g, cols.transpose(1, 0, 2, 3).reshape(groups, n * oh * ow, -1))
     o, cg, kh, kw = w_shape
-    return xp.ascontiguousarray(gw.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2))
+    return _weight_out(xp, gw.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2), sink)
+
+
+def _weight_out(xp, gw, sink):
+    """The weight's gradient ``gw`` (a view in another layout) as a contiguous array — or,
+    with ``sink = (out, scale)`` (DDP's bucket: ``Node.gradient_sink``), ``scale * gw``
+    written there: the copy the layout needs anyway, and none into the bucket."""
+    if sink is None:
+        return xp.ascontiguousarray(gw)
+    out, scale = sink
+    if scale == 1:
+        out[...] = gw
+    else:
+        xp.multiply(gw, scale, out=out)
+    return out
 
 
 def _conv_matmul_adjoint(g, w, geom, size, b=None):
@@ -219,7 +234,7 @@ def _flipped(w_shape, geom, size):
     return None
 
 
-def _conv_grads(g, x, w, geom):
+def _conv_grads(g, x, w, geom, sink=None):
     """Both gradients of :func:`_conv_matmul`, in ``x`` and in ``w``, from one pass over g's
     patches, where the input gradient is the flipped-kernel convolution (else None). The weight
     gradient is then x's (C, pixels) rows of each sample (NCHW: a view) @ g's patches, summed
@@ -234,7 +249,8 @@ def _conv_grads(g, x, w, geom):
     gx, acc = _conv_blocks(g, w[:, :, ::-1, ::-1].swapaxes(0, 1), flipped, tuple(x.shape[2:]),
                            rows=x)
     o, c, kh, kw = w.shape
-    return gx, xp.ascontiguousarray(acc.reshape(c, kh, kw, o)[:, ::-1, ::-1].transpose(3, 0, 1, 2))
+    return gx, _weight_out(xp, acc.reshape(c, kh, kw, o)[:, ::-1, ::-1].transpose(3, 0, 1, 2),
+                           sink)
 
 
 def _subpixel(w, stride):
@@ -309,6 +325,7 @@ def _conv_adjoint_cols(g, w, geom, size):
 class Convolution(Op):
     """2-d convolution (cross-correlation) ``x ⋆ w + b``."""
     fresh_grads = True
+    writes_grad_sinks = True   # the weight's gradient written into DDP's bucket
 
     @staticmethod
     def forward(ctx, x, w, b, geom=None, out=None):
@@ -320,15 +337,34 @@ class Convolution(Op):
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        both = _conv_grads(g, x, w, ctx.geom) if need_x and need_w and not ctx.create_graph \
-            else None   # (recorded under create_graph: as the two ops below)
+        sink = ctx.gradient_sink(1)   # (never under create_graph)
+        if sink is not None and sink[0].dtype != g.dtype:
+            sink = None
+        both = _conv_grads(g, x, w, ctx.geom, sink) if need_x and need_w and \
+            not ctx.create_graph else None   # (recorded under create_graph: the ops below)
+        gb = _bias_grad(ctx, g) if need_b else None
         if both is not None:
-            return both + (g.sum(axis=(0, 2, 3)) if need_b else None,)
+            return both + (gb,)
+        gw = None
+        if need_w:
+            gw = _conv_weight_grad(g, x, w.shape, ctx.geom, sink) if sink is not None else \
+                ConvolutionWeight.run(g, x, geom=ctx.geom, kernel=tuple(w.shape[2:]))
         return (ConvolutionTranspose.run(g, w, None, geom=ctx.geom, out=tuple(x.shape[2:]))
                 if need_x else None,
-                ConvolutionWeight.run(g, x, geom=ctx.geom, kernel=tuple(w.shape[2:]))
-                if need_w else None,
-                g.sum(axis=(0, 2, 3)) if need_b else None)
+                gw, gb)
+
+
+def _bias_grad(ctx, g):
+    """The bias's gradient, the sum of ``g`` over (N, H, W), into its gradient sink (scaled)
+    when one is offered (see ``Node.gradient_sink``)."""
+    sink = None if ctx.create_graph else ctx.gradient_sink(2)
+    if sink is None or sink[0].dtype != g.dtype:
+        return g.sum(axis=(0, 2, 3))
+    out, scale = sink
+    g.sum(axis=(0, 2, 3), out=out)
+    if scale != 1:
+        out *= scale
+    return out
 
 
 class ConvolutionTranspose(Op):
