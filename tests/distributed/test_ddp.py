@@ -156,12 +156,8 @@ def test_linear_layers_write_their_gradients_into_the_buckets():
                                                                     bucket_of(model, p).data)))
     for step in range(3):   # the layout is rebuilt after step 1
         x, y = global_batch(seed=20 + step)
-        model.zero_grad()
-        reference.zero_grad()
-        nn.CrossEntropyLoss()(model(shard(x)), shard(y)).backward()
-        nn.CrossEntropyLoss()(reference(x), y).backward()
-        for p, q in zip(model.parameters(), reference.parameters()):
-            np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-10, atol=1e-12)
+        step_against_full_batch(model, reference, x, y)
+        for p in model.parameters():
             assert np.shares_memory(p.grad._data, bucket_of(model, p).data)
             assert in_bucket[id(p)] == (p is not tied.weight and p is not tied.bias)
 
@@ -186,13 +182,19 @@ def test_embedding_and_convolution_write_their_weight_gradients_into_the_bucket(
         x = ddp.tensor(rng.integers(0, 20, (4 * world, 3)) if first == "embedding" else
                        rng.standard_normal((4 * world, 1, 3, 3)))
         y = ddp.tensor(rng.integers(0, 3, 4 * world))
-        model.zero_grad()
-        reference.zero_grad()
-        nn.CrossEntropyLoss()(model(shard(x)), shard(y)).backward()
-        nn.CrossEntropyLoss()(reference(x), y).backward()
-        for p, q in zip(model.parameters(), reference.parameters()):
-            np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-10, atol=1e-12)
+        step_against_full_batch(model, reference, x, y)
     assert in_bucket == [True] * 3
+
+
+def step_against_full_batch(model, reference, x, y):
+    """One backward of the DDP ``model`` on this rank's shard and of the plain ``reference`` on
+    the whole batch: the gradients must agree."""
+    model.zero_grad()
+    reference.zero_grad()
+    nn.CrossEntropyLoss()(model(shard(x)), shard(y)).backward()
+    nn.CrossEntropyLoss()(reference(x), y).backward()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("keepers", ["every rank", "rank 0"])
