@@ -30,6 +30,13 @@ def pytest_addoption(parser):
 
 
 @pytest.fixture
+def numpy_path(monkeypatch):
+    """The ops' NumPy path on the CPU: ddp.kernels' fused loops off (as DDP_CPU_KERNELS=0)."""
+    from ddp import kernels
+    monkeypatch.setattr(kernels, "_enabled", False)
+
+
+@pytest.fixture
 def oracle(request):
     """PyTorch's recorded answer for this test (tests/oracle.py)."""
     from tests.oracle import Oracle

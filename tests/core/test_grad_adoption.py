@@ -12,7 +12,7 @@ import pytest
 import ddp
 import ddp.nn.functional as F
 from ddp.autograd import graph
-from ddp.nn.functional import _conv, _embedding, _linear
+from ddp.nn.functional import _conv, _embedding, _linear, _normalization
 from ddp.ops import elementwise, shape
 
 
@@ -180,7 +180,12 @@ SINK_CASES = {_linear.LinearOp: [((5, 4), (3, 4)), ((2, 30, 4), (3, 4))],
               _conv.Convolution: [((2, 3, 7, 7), (4, 3, 3, 3), 1, 1, True),
                                   ((2, 3, 7, 7), (4, 3, 3, 3), 1, 1, False),
                                   ((2, 3, 8, 8), (4, 3, 3, 3), 2, 0, True),
-                                  ((2, 4, 6, 6), (6, 2, 3, 3), 1, 1, True)]}
+                                  ((2, 4, 6, 6), (6, 2, 3, 3), 1, 1, True)],
+              # layer norm: (input shape, normalized_shape, input needs grad)
+              _normalization.NativeLayerNorm: [((4, 6), (6,), True), ((2, 3, 4, 5), (4, 5), False)],
+              # group norm: (input shape, groups, input needs grad); instance norm's is one per
+              # channel
+              _normalization.NativeGroupNorm: [((3, 4, 5), 2, True), ((2, 6, 3, 3), 6, False)]}
 
 
 def test_every_sink_writing_op_is_checked():
@@ -270,6 +275,49 @@ def test_convolution_writes_the_scaled_weight_gradient_into_its_sink(x_shape, w_
         np.testing.assert_allclose(sink, 0.5 * want.grad.numpy(), rtol=1e-12, atol=1e-12)
     if x_grad:
         np.testing.assert_allclose(gx.numpy(), gx0.numpy(), rtol=1e-12)
+
+
+def _norm_sink_case(op, case, offer, numpy_path=False):
+    x_shape, arg, x_grad = case
+    rng = np.random.default_rng(5)
+    affine = x_shape[-len(arg):] if op is _normalization.NativeLayerNorm else (x_shape[1],)
+    x = ddp.tensor(rng.standard_normal(x_shape), requires_grad=x_grad)
+    w, b = (ddp.tensor(rng.standard_normal(affine), requires_grad=True) for _ in range(2))
+    sinks = [_offer(w, 0.5), _offer(b, 0.5)] if offer else None
+    for sink in sinks or ():
+        sink[...] = 7.0   # what the bucket held before: overwritten, not added to
+    if op is _normalization.NativeLayerNorm:
+        _loss(F.layer_norm(x, arg, w, b)).backward()
+    else:
+        _loss(F.group_norm(x, arg, w, b)).backward()
+    return (w, b), sinks, x.grad
+
+
+@pytest.mark.parametrize("op,case", [(op, case) for op in (_normalization.NativeLayerNorm,
+                                                           _normalization.NativeGroupNorm)
+                                     for case in SINK_CASES[op]],
+                         ids=lambda v: getattr(v, "__name__", str(v)))
+def test_layer_and_group_norm_write_the_scaled_gradients_into_their_sinks(op, case):
+    """Through ddp.kernels' fused backward; on the NumPy path (the GPU's) the sinks are left
+    alone and the gradients are those of no sink."""
+    (w0, b0), _, gx0 = _norm_sink_case(op, case, False)
+    (w, b), sinks, gx = _norm_sink_case(op, case, True)
+    for leaf, sink, want in zip((w, b), sinks, (w0, b0)):
+        assert leaf.grad._data is sink
+        np.testing.assert_allclose(sink, 0.5 * want.grad.numpy(), rtol=1e-12, atol=1e-12)
+    if gx0 is not None:
+        np.testing.assert_allclose(gx.numpy(), gx0.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("op", [_normalization.NativeLayerNorm, _normalization.NativeGroupNorm],
+                         ids=lambda v: v.__name__)
+def test_layer_and_group_norm_leave_the_sinks_on_the_numpy_path(numpy_path, op):
+    case = SINK_CASES[op][0]
+    (w0, b0), _, _ = _norm_sink_case(op, case, False)
+    (w, b), sinks, _ = _norm_sink_case(op, case, True)
+    for leaf, sink, want in zip((w, b), sinks, (w0, b0)):
+        assert leaf.grad._data is not sink and np.all(sink == 7.0)
+        np.testing.assert_allclose(leaf.grad.numpy(), want.grad.numpy(), rtol=1e-12)
 
 
 def test_no_sink_where_the_gradient_does_not_become_grad_unchanged():

@@ -501,9 +501,11 @@ def test_layer_norm_gradient_penalty_torch_parity(oracle):
     ("layer", (4, 1000), {1000}),              # not a multiple of 16 (NumPy's buffers are)
 ])
 @pytest.mark.parametrize("upstream", ["array", "sum"])   # sum(): a stride-0 gradient
-def test_row_buffers_give_the_unbuffered_results(monkeypatch, norm, shape, runs, upstream):
-    """The broadcasting passes run with NumPy buffers of one row (backend.row_buffer) where a
-    row is long enough; the values and gradients are those of the default buffers."""
+def test_row_buffers_give_the_unbuffered_results(monkeypatch, numpy_path, norm, shape, runs,
+                                                 upstream):
+    """The broadcasting passes of the NumPy path run with NumPy buffers of one row
+    (backend.row_buffer) where a row is long enough; the values and gradients are those of the
+    default buffers."""
     from ddp import backend
     c = shape[1] if norm != "layer" else shape[-1]
     rng = np.random.default_rng(0)
@@ -584,3 +586,77 @@ def test_an_empty_batch_normalises_to_an_empty_batch(make, shape):
     for p in (m.weight, m.bias):
         assert tuple(p.grad.shape) == tuple(p.shape)
         np.testing.assert_array_equal(p.grad.numpy(), np.zeros(p.shape, np.float32))
+
+
+def _normalized(norm, data, affine, needs, upstream):
+    """``norm`` of ``data`` (layer: over the last dimension; group: 2 groups; instance), its
+    gradients for the given upstream kind, and whether the fused kernel ran."""
+    c = data.shape[-1] if norm == "layer" else data.shape[1]
+    rng = np.random.default_rng(1)
+    w, b = (rng.standard_normal(c).astype(data.dtype) for _ in range(2))
+    x = ddp.tensor(data, requires_grad=needs[0])
+    wt = ddp.tensor(w, requires_grad=needs[1]) if "w" in affine else None
+    bt = ddp.tensor(b, requires_grad=needs[2]) if "b" in affine else None
+    if norm == "layer":
+        y = F.layer_norm(x, (c,), wt, bt)
+    elif norm == "group":
+        y = F.group_norm(x, 2, wt, bt)
+    else:
+        y = F.instance_norm(x, weight=wt, bias=bt)
+    fused = y.grad_fn.fused
+    if upstream == "sum":        # one value broadcast: a stride-0 gradient
+        y.sum().backward()
+    elif upstream == "transposed":
+        g = rng.standard_normal(y.shape[::-1]).astype(data.dtype)
+        y.backward(ddp.tensor(g).permute(*range(y.ndim - 1, -1, -1)))
+    else:
+        y.backward(ddp.tensor(rng.standard_normal(y.shape).astype(data.dtype)))
+    grads = [None if t is None or not t.requires_grad else arr(t.grad) for t in (x, wt, bt)]
+    return [arr(y)] + grads, fused
+
+
+@pytest.mark.parametrize("norm,shape", [("layer", (5, 7)), ("layer", (3, 2, 40)),
+                                        ("group", (3, 4, 5, 6)), ("group", (2, 6, 9)),
+                                        ("instance", (2, 3, 4, 5))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("affine,needs,upstream", [
+    ("wb", (True, True, True), "array"), ("wb", (False, True, True), "array"),
+    ("wb", (True, False, False), "sum"), ("w", (True, True, False), "transposed"),
+    ("b", (True, False, True), "array"), ("", (True, False, False), "array")])
+def test_the_kernels_give_the_numpy_paths_values_and_gradients(monkeypatch, norm, shape, dtype,
+                                                              affine, needs, upstream):
+    """ddp.kernels' fused layer/group norm (the CPU's path for a contiguous float input) against
+    the NumPy path the GPU runs: every combination of affine parameters and gradients asked
+    for, a broadcast and a transposed upstream gradient; a NaN and an infinity stay in their
+    own row (group) as in NumPy."""
+    from ddp import kernels
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    data.reshape(shape[0], -1)[0, 1] = np.nan
+    if shape[0] > 2:
+        data.reshape(shape[0], -1)[2, 0] = np.inf
+    got, fused = _normalized(norm, data, affine, needs, upstream)
+    assert fused == kernels.enabled() and kernels.enabled()
+    monkeypatch.setattr(kernels, "_enabled", False)
+    with np.errstate(all="ignore"):   # (the NumPy path's inf - inf warns)
+        want, fused = _normalized(norm, data, affine, needs, upstream)
+    assert not fused
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    for a, b in zip(got, want):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.dtype == b.dtype
+            np.testing.assert_allclose(a, b, **tol)
+
+
+@pytest.mark.parametrize("norm", ["layer", "group"])
+def test_the_kernels_are_left_to_the_numpy_path_where_they_do_not_fit(norm):
+    """A weight of another dtype and float16 take the NumPy path, and so does layer norm's
+    non-contiguous input (group norm's is a contiguous copy seen as its groups)."""
+    x = ddp.randn(4, 6, 8, requires_grad=True)
+    cases = [(x, ddp.ones(8 if norm == "layer" else 6, dtype=ddp.float64)), (x.half(), None)]
+    if norm == "layer":
+        cases.append((x.transpose(0, 2).contiguous().transpose(0, 2), None))
+    for inp, w in cases:
+        y = F.layer_norm(inp, (8,), w) if norm == "layer" else F.group_norm(inp, 2, w)
+        assert not y.grad_fn.fused

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 import numbers
 import numpy as np
-from ... import backend
+from ... import backend, kernels
+from ...kernels import normalization as _kernels
 from ...ops.autocast import autocast_op
 from ...autograd.grad_mode import no_grad
 from ...autograd.graph import Op
@@ -28,9 +29,18 @@ class _Normalize(Op):
     second-order gradients.
     """
 
+    # the fused CPU kernel of ddp.kernels.normalization: its forward, its backward and the
+    # shape it sees the input as, kernel_shape(input's shape, group_shape, affine_shape); or None
+    kernel = None
+
     @staticmethod
     def forward(ctx, x, weight, bias, mean=None, invstd=None, group_shape=None, axes=None,
-                affine_shape=None, batch_stats=True, eps=1e-5, centered=None):
+                affine_shape=None, batch_stats=True, eps=1e-5, centered=None, normalized=None):
+        ctx.fused = normalized is not None
+        if ctx.fused:   # the kernel's output (see _normalize)
+            ctx.save_for_backward(x, weight)
+            ctx.params = (mean, invstd, group_shape, axes, affine_shape, batch_stats, eps)
+            return normalized.reshape(x.shape)
         xp = backend.get_array_module(x)
         stats_row, affine_row = _rows(x, group_shape, invstd, affine_shape)
         token = _row_buffer(xp, None, stats_row)
@@ -124,6 +134,31 @@ class _Normalize(Op):
         return gx, gw, gb
 
     @staticmethod
+    def fused_backward(ctx, g):
+        """The gradients through the op's kernel, the weight's and bias's written into their
+        gradient sinks where offered; None where the kernel's forward did not run."""
+        if not ctx.fused or ctx.create_graph:
+            return None
+        x, weight = ctx.saved_tensors
+        mean, invstd, group_shape, _, affine_shape = ctx.params[:5]
+        backward, kernel_shape = ctx.op.kernel[1:]
+        shape = kernel_shape(x.shape, group_shape, affine_shape)
+        stats = (x.shape[0], -1) if len(shape) == 4 else (-1,)
+        g = np.ascontiguousarray(g, x.dtype)   # (no copy when it is: the common case)
+        w_out, w_flat, w_scale = _flat_sink(ctx, 1)
+        b_out, b_flat, b_scale = _flat_sink(ctx, 2)
+        gx, gw, gb = backward(x.reshape(shape), g.reshape(shape), weight, mean.reshape(stats),
+                              invstd.reshape(stats), ctx.needs_input_grad, w_flat, b_flat,
+                              w_scale, b_scale)
+        if gx is not None:
+            gx = gx.reshape(x.shape)
+        if gw is not None:
+            gw = gw.reshape(weight.shape) if w_out is None else w_out
+        if gb is not None:
+            gb = gb.reshape(ctx.in_meta[2][0]) if b_out is None else b_out
+        return gx, gw, gb
+
+    @staticmethod
     def batch_means(ctx, gxhat, xh, axes):
         """The two means over the statistics' ``axes`` that the input gradient subtracts, of
         ``gxhat`` and of ``gxhat * xh`` (SyncBatchNorm takes them over every rank's batch)."""
@@ -131,6 +166,15 @@ class _Normalize(Op):
             return gxhat.mean(axis=axes, keepdims=True), (gxhat * xh).mean(axis=axes,
                                                                            keepdims=True)
         return _mean(ctx.xp, gxhat, axes), _mean(ctx.xp, gxhat, axes, xh)
+
+
+def _flat_sink(ctx, i):
+    """Input ``i``'s gradient sink (DDP's bucket: see ``Node.gradient_sink``) as ``(the array,
+    a flat view of it, the scale)`` where a kernel can write it, else ``(None, None, 1.0)``."""
+    sink = ctx.gradient_sink(i)
+    if sink is None or not kernels.fits(sink[0]):
+        return None, None, 1.0
+    return sink[0], sink[0].reshape(-1), sink[1]
 
 
 def _per_group(x, group_shape, invstd, affine_shape):
@@ -364,13 +408,19 @@ class NativeLayerNorm(_Normalize):
     """:class:`_Normalize` for layer_norm, with a backward of its own where the statistics and
     the weight are over the last dimensions of a contiguous float input (``nn.LayerNorm``)."""
 
+    writes_grad_sinks = True   # (through the kernel)
+    kernel = (_kernels.layer_norm_forward, _kernels.layer_norm_backward,
+              lambda shape, group_shape, affine_shape: (-1, math.prod(affine_shape)))
+
     @staticmethod
     def forward(ctx, x, weight, bias, mean=None, invstd=None, group_shape=None, axes=None,
-                affine_shape=None, batch_stats=True, eps=1e-5, centered=None):
-        if centered is None or centered.dtype != x.dtype or not centered.flags.c_contiguous:
+                affine_shape=None, batch_stats=True, eps=1e-5, centered=None, normalized=None):
+        if normalized is not None or centered is None or centered.dtype != x.dtype or \
+                not centered.flags.c_contiguous:
             ctx.rows = 0
             return _Normalize.forward(ctx, x, weight, bias, mean, invstd, group_shape, axes,
-                                      affine_shape, batch_stats, eps, centered)
+                                      affine_shape, batch_stats, eps, centered, normalized)
+        ctx.fused = False
         # (rows, k) from _moments: each broadcasting operation strictly 2-D, with a buffer of
         # one row (see backend.row_buffer), in place on the centred input
         k = math.prod(affine_shape)
@@ -394,6 +444,9 @@ class NativeLayerNorm(_Normalize):
 
     @staticmethod
     def backward(ctx, g):
+        grads = _Normalize.fused_backward(ctx, g)
+        if grads is not None:
+            return grads
         k = ctx.rows
         if not k or ctx.create_graph:
             return _Normalize.backward(ctx, g)
@@ -462,8 +515,17 @@ class NativeGroupNorm(_Normalize):
     """:class:`_Normalize` for group_norm, with batch norm's backward (``_channels_backward``)
     over its (N, C, H W) rows for a contiguous float input."""
 
+    writes_grad_sinks = True   # (through the kernel)
+    kernel = (_kernels.group_norm_forward, _kernels.group_norm_backward,
+              lambda shape, group_shape, affine_shape: (
+                  group_shape[0], group_shape[1], shape[1] // group_shape[1],
+                  math.prod(shape[2:])))
+
     @staticmethod
     def backward(ctx, g):
+        grads = _Normalize.fused_backward(ctx, g)
+        if grads is not None:
+            return grads
         x, weight = ctx.saved_tensors
         mean, invstd = ctx.params[:2]
         if ctx.create_graph or x.dtype.kind != "f" or x.dtype.itemsize < 4 or x.ndim < 2 or \
@@ -522,6 +584,17 @@ def _normalize(op, x, weight, bias, eps, group_shape, axes, affine_shape, stats=
     """Run the normalisation ``op`` with batch statistics (``stats`` None) or the given
     (mean, var); returns the output and the statistics used."""
     xd = x._data.reshape(group_shape)
+    w, b = (None if t is None else t._data for t in (weight, bias))
+    if stats is None and op.kernel is not None and kernels.fits(xd, w, b):
+        forward, _, kernel_shape = op.kernel
+        y, mean, var, invstd = forward(xd.reshape(kernel_shape(x.shape, group_shape,
+                                                               affine_shape)), w, b, eps)
+        keep = tuple(1 if i in axes else d for i, d in enumerate(group_shape))
+        mean, var, invstd = (t.reshape(keep) for t in (mean, var, invstd))
+        out = op.apply(x, weight, bias, mean=mean, invstd=invstd, group_shape=group_shape,
+                       axes=axes, affine_shape=affine_shape, batch_stats=True, eps=eps,
+                       normalized=y)
+        return out, mean, var
     mean, var, centered = _moments(xd, axes, True) if stats is None else stats + (None,)
     xp = backend.get_array_module(xd)
     invstd = (1.0 / xp.sqrt(var + eps)).astype(xd.dtype, copy=False)

@@ -1,0 +1,232 @@
+"""Layer and group norm, forward and backward, one row (a sample's features, or a sample's
+group of channels) at a time: its statistics, output and gradients are taken while the row is
+in cache, in two passes where NumPy makes ten (see ddp.nn.functional._normalization).
+
+Shapes: layer norm's ``x`` is (rows, k) with a weight and bias of k; group norm's is (N, G, M,
+S) — N samples, G groups of M channels, S positions — with a weight and bias of G M. The weight
+and bias are arrays (ones and zeros where the op has none). Sums run in the array's dtype, in
+vector lanes, as PyTorch's CPU kernels do.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import jit
+
+# Rows whose statistics (or gradient sums) are taken before their outputs are written: the
+# writing loop then compiles to vector code (in one loop per row it does not: layer norm's
+# forward at (128, 1024) float32 62 -> 39 us, its backward 69 -> 54 us), and 8 rows of the
+# input are still in cache for it.
+_BLOCK = 8
+
+
+@jit
+def _layer_norm_forward(x, w, b, eps, y, mean, var, invstd):
+    n, k = x.shape
+    zero = np.zeros(1, x.dtype)[0]   # (the sums in x's dtype)
+    for first in range(0, n, _BLOCK):
+        rows = range(first, min(first + _BLOCK, n))
+        for i in rows:
+            s = zero
+            for j in range(k):
+                s += x[i, j]
+            m = s / k
+            v = zero
+            for j in range(k):
+                t = x[i, j] - m
+                v += t * t
+            v /= k
+            mean[i] = m
+            var[i] = v
+            invstd[i] = 1 / np.sqrt(v + eps)
+        for i in rows:
+            m = mean[i]
+            r = invstd[i]
+            for j in range(k):
+                y[i, j] = (x[i, j] - m) * (r * w[j]) + b[j]
+
+
+def layer_norm_forward(x, weight, bias, eps):
+    """Layer norm of the rows of ``x`` (rows, k): ``(y, mean, var, invstd)``, the statistics
+    per row (the variance biased). ``weight``/``bias``: arrays of k, or None."""
+    n, k = x.shape
+    y = np.empty_like(x)
+    mean, var, invstd = np.empty((3, n), x.dtype)
+    _layer_norm_forward(x, _ones(weight, k, x.dtype), _zeros(bias, k, x.dtype),
+                        x.dtype.type(eps), y, mean, var, invstd)
+    return y, mean, var, invstd
+
+
+@jit
+def _layer_norm_backward(x, g, w, mean, invstd, gx, gw, gb, need_x, need_w, need_b,
+                         w_scale, b_scale):
+    n, k = x.shape
+    zero = np.zeros(1, x.dtype)[0]
+    if need_w:
+        gw[:] = 0
+    if need_b:
+        gb[:] = 0
+    sums = np.empty((2, n), x.dtype)   # per row: mean(g w), mean(g w x_hat)
+    for first in range(0, n, _BLOCK):
+        rows = range(first, min(first + _BLOCK, n))
+        for i in rows:
+            m = mean[i]
+            r = invstd[i]
+            a = zero
+            c = zero
+            for j in range(k):
+                xh = (x[i, j] - m) * r
+                t = g[i, j]
+                if need_w:
+                    gw[j] += t * xh
+                if need_b:
+                    gb[j] += t
+                t *= w[j]
+                a += t
+                c += t * xh
+            sums[0, i] = a / k
+            sums[1, i] = c / k
+        if need_x:
+            for i in rows:
+                m = mean[i]
+                r = invstd[i]
+                a = sums[0, i]
+                c = sums[1, i]
+                for j in range(k):
+                    gx[i, j] = r * (g[i, j] * w[j] - a - (x[i, j] - m) * r * c)
+    if need_w:
+        gw *= w_scale
+    if need_b:
+        gb *= b_scale
+
+
+def layer_norm_backward(x, g, weight, mean, invstd, needs, gw=None, gb=None,
+                        w_scale=1.0, b_scale=1.0):
+    """The gradients ``(gx, gw, gb)`` of :func:`layer_norm_forward` for the upstream ``g``;
+    ``needs``: which of the three to compute (None for the others). ``gw``/``gb``: arrays to
+    write the weight's and bias's gradients into, times ``w_scale``/``b_scale`` (DDP's
+    buckets), or None for new ones."""
+    n, k = x.shape
+    need_x, need_w, need_b = needs
+    gx = np.empty_like(x) if need_x else _EMPTY[x.dtype].reshape(0, 0)
+    if need_w and gw is None:
+        gw = np.empty(k, x.dtype)
+    if need_b and gb is None:
+        gb = np.empty(k, x.dtype)
+    _layer_norm_backward(x, g, _ones(weight, k, x.dtype), mean, invstd, gx,
+                         gw if need_w else _EMPTY[x.dtype], gb if need_b else _EMPTY[x.dtype],
+                         need_x, need_w, need_b, x.dtype.type(w_scale), x.dtype.type(b_scale))
+    return (gx if need_x else None), (gw if need_w else None), (gb if need_b else None)
+
+
+@jit
+def _group_norm_forward(x, w, b, eps, y, mean, var, invstd):
+    n, groups, m, s = x.shape
+    zero = np.zeros(1, x.dtype)[0]   # (the sums in x's dtype)
+    count = m * s
+    for i in range(n):
+        for gi in range(groups):
+            acc = zero
+            for c in range(m):
+                for j in range(s):
+                    acc += x[i, gi, c, j]
+            mu = acc / count
+            v = zero
+            for c in range(m):
+                for j in range(s):
+                    t = x[i, gi, c, j] - mu
+                    v += t * t
+            v /= count
+            r = 1 / np.sqrt(v + eps)
+            mean[i, gi] = mu
+            var[i, gi] = v
+            invstd[i, gi] = r
+            for c in range(m):
+                f = r * w[gi * m + c]
+                shift = b[gi * m + c] - mu * f
+                for j in range(s):
+                    y[i, gi, c, j] = x[i, gi, c, j] * f + shift
+
+
+def group_norm_forward(x, weight, bias, eps):
+    """Group norm of ``x`` (N, G, M, S): ``(y, mean, var, invstd)``, the statistics (N, G).
+    ``weight``/``bias``: arrays of G M, or None."""
+    n, groups, m, _ = x.shape
+    y = np.empty_like(x)
+    mean, var, invstd = np.empty((3, n, groups), x.dtype)
+    _group_norm_forward(x, _ones(weight, groups * m, x.dtype),
+                        _zeros(bias, groups * m, x.dtype), x.dtype.type(eps), y, mean, var,
+                        invstd)
+    return y, mean, var, invstd
+
+
+@jit
+def _group_norm_backward(x, g, w, mean, invstd, gx, gw, gb, need_x, need_w, need_b,
+                         w_scale, b_scale):
+    n, groups, m, s = x.shape
+    zero = np.zeros(1, x.dtype)[0]   # (the sums in x's dtype)
+    count = m * s
+    if need_w:
+        gw[:] = 0
+    if need_b:
+        gb[:] = 0
+    for i in range(n):
+        for gi in range(groups):
+            mu = mean[i, gi]
+            r = invstd[i, gi]
+            a = zero
+            cc = zero
+            for c in range(m):
+                sg = zero
+                sp = zero
+                for j in range(s):
+                    t = g[i, gi, c, j]
+                    sg += t
+                    sp += t * (x[i, gi, c, j] - mu)
+                ch = gi * m + c
+                if need_w:
+                    gw[ch] += sp * r
+                if need_b:
+                    gb[ch] += sg
+                a += sg * w[ch]
+                cc += sp * w[ch]
+            if need_x:
+                a *= r / count
+                cc *= r * r * r / count
+                for c in range(m):
+                    f = r * w[gi * m + c]
+                    for j in range(s):
+                        gx[i, gi, c, j] = g[i, gi, c, j] * f - (x[i, gi, c, j] - mu) * cc - a
+    if need_w:
+        gw *= w_scale
+    if need_b:
+        gb *= b_scale
+
+
+def group_norm_backward(x, g, weight, mean, invstd, needs, gw=None, gb=None,
+                        w_scale=1.0, b_scale=1.0):
+    """The gradients ``(gx, gw, gb)`` of :func:`group_norm_forward`, as
+    :func:`layer_norm_backward`'s."""
+    n, groups, m, _ = x.shape
+    need_x, need_w, need_b = needs
+    gx = np.empty_like(x) if need_x else _EMPTY[x.dtype].reshape(0, 0, 0, 0)
+    if need_w and gw is None:
+        gw = np.empty(groups * m, x.dtype)
+    if need_b and gb is None:
+        gb = np.empty(groups * m, x.dtype)
+    _group_norm_backward(x, g, _ones(weight, groups * m, x.dtype), mean, invstd, gx,
+                         gw if need_w else _EMPTY[x.dtype], gb if need_b else _EMPTY[x.dtype],
+                         need_x, need_w, need_b, x.dtype.type(w_scale), x.dtype.type(b_scale))
+    return (gx if need_x else None), (gw if need_w else None), (gb if need_b else None)
+
+
+# placeholders for the arrays a call does not need (one type per dtype: one compiled kernel)
+_EMPTY = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}
+
+
+def _ones(a, k, dtype):
+    return np.ones(k, dtype) if a is None else a.reshape(k)
+
+
+def _zeros(a, k, dtype):
+    return np.zeros(k, dtype) if a is None else a.reshape(k)
