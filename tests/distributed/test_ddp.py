@@ -162,13 +162,16 @@ def test_linear_layers_write_their_gradients_into_the_buckets():
             assert in_bucket[id(p)] == (p is not tied.weight and p is not tied.bias)
 
 
-@pytest.mark.parametrize("first", ["embedding", "conv2d"])
+@pytest.mark.parametrize("first", ["embedding", "conv2d", "layer_norm", "group_norm"])
 def test_embedding_and_convolution_write_their_weight_gradients_into_the_bucket(first):
     # the embedding's dense weight gradient (often a model's largest) is scattered straight
     # into its bucket, a convolution's written there in the layout change it needs anyway,
-    # averaged on the way, as linear's are
+    # layer and group norm's from their fused CPU kernel, averaged on the way, as linear's are
     ddp.manual_seed(0)
-    layer = nn.Embedding(20, 6) if first == "embedding" else nn.Conv2d(1, 2, 3, padding=1)
+    layer = {"embedding": lambda: nn.Embedding(20, 6),
+             "conv2d": lambda: nn.Conv2d(1, 2, 3, padding=1),
+             "layer_norm": lambda: nn.LayerNorm(9),
+             "group_norm": lambda: nn.GroupNorm(1, 2)}[first]()
     model = DDP(nn.Sequential(layer, nn.Flatten(), nn.Linear(18, 3)).double(),
                 bucket_cap_mb=0.0005)
     reference = copy.deepcopy(model.module)
@@ -179,8 +182,9 @@ def test_embedding_and_convolution_write_their_weight_gradients_into_the_bucket(
     _, world = rank_world()
     rng = np.random.default_rng(4)
     for step in range(3):
+        shape = {"conv2d": (1, 3, 3), "layer_norm": (2, 9), "group_norm": (2, 3, 3)}
         x = ddp.tensor(rng.integers(0, 20, (4 * world, 3)) if first == "embedding" else
-                       rng.standard_normal((4 * world, 1, 3, 3)))
+                       rng.standard_normal((4 * world,) + shape[first]))
         y = ddp.tensor(rng.integers(0, 3, 4 * world))
         step_against_full_batch(model, reference, x, y)
     assert in_bucket == [True] * 3
