@@ -12,7 +12,7 @@ import pytest
 import ddp
 import ddp.nn.functional as F
 from ddp.autograd import graph
-from ddp.nn.functional import _conv, _embedding, _linear, _normalization
+from ddp.nn.functional import _conv, _embedding, _linear, _normalization, _rnn
 from ddp.ops import elementwise, shape
 
 
@@ -185,7 +185,21 @@ SINK_CASES = {_linear.LinearOp: [((5, 4), (3, 4)), ((2, 30, 4), (3, 4))],
               _normalization.NativeLayerNorm: [((4, 6), (6,), True), ((2, 3, 4, 5), (4, 5), False)],
               # group norm: (input shape, groups, input needs grad); instance norm's is one per
               # channel
-              _normalization.NativeGroupNorm: [((3, 4, 5), 2, True), ((2, 6, 3, 3), 6, False)]}
+              _normalization.NativeGroupNorm: [((3, 4, 5), 2, True), ((2, 6, 3, 3), 6, False)],
+              # transposed convolution: the same and groups; the weight is (C_in, C_out/groups,
+              # ..) — both gradients, the weights' alone, a strided one, groups
+              _conv.ConvolutionTranspose: [((2, 4, 5, 5), (4, 3, 3, 3), 1, 1, True, 1),
+                                           ((2, 4, 5, 5), (4, 3, 3, 3), 1, 1, False, 1),
+                                           ((2, 4, 4, 4), (4, 2, 4, 4), 2, 1, True, 1),
+                                           ((2, 4, 5, 5), (4, 3, 3, 3), 1, 1, True, 2)],
+              # recurrence, 4 hidden units: (mode, input size, sequence length, batch,
+              # reverse); the scale goes on the smallest of the weights' products' right
+              # operands (the short ones), their left operands (the wide input of the RNN's
+              # 4 gates) or the products, in place (the long ones: more rows than the weights
+              # have)
+              _rnn.Recurrence: [("LSTM", 3, 3, 2, False), ("LSTM", 3, 30, 4, True),
+                                ("GRU", 3, 3, 2, True), ("GRU", 3, 30, 4, False),
+                                ("RNN_TANH", 9, 1, 2, False), ("RNN_RELU", 3, 30, 4, True)]}
 
 
 def test_every_sink_writing_op_is_checked():
@@ -254,19 +268,20 @@ def test_embedding_scatters_the_scaled_gradient_into_its_sink(w_shape, i_shape, 
     np.testing.assert_allclose(sink, 0.5 * want, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("x_shape,w_shape,stride,padding,x_grad", SINK_CASES[_conv.Convolution])
-def test_convolution_writes_the_scaled_weight_gradient_into_its_sink(x_shape, w_shape, stride,
-                                                                      padding, x_grad):
+def _check_convolution_sinks(conv, shapes, x_grad, **kwargs):
+    """``conv(x, w, b, **kwargs)`` (arrays of ``shapes``) with sinks offered for the weight and
+    the bias, holding 7.0 before (overwritten, not added to), against none."""
     rng = np.random.default_rng(4)
-    xv, wv, bv = (rng.standard_normal(s) for s in (x_shape, w_shape, w_shape[:1]))
-    groups = x_shape[1] // w_shape[1]
+    xv, wv, bv = (rng.standard_normal(s) for s in shapes)
 
     def run(offer):
         x = ddp.tensor(xv, requires_grad=x_grad)
         w = ddp.tensor(wv, requires_grad=True)
         b = ddp.tensor(bv, requires_grad=True)
-        sinks = [_offer(w, 0.5), _offer(b, 0.5)] if offer else None
-        _loss(F.conv2d(x, w, b, stride=stride, padding=padding, groups=groups)).backward()
+        sinks = [_offer(w, 0.5), _offer(b, 0.5)] if offer else []
+        for sink in sinks:
+            sink[...] = 7.0
+        _loss(conv(x, w, b, **kwargs)).backward()
         return (w, b), sinks, x.grad
     (w0, b0), _, gx0 = run(False)
     (w, b), sinks, gx = run(True)
@@ -275,6 +290,74 @@ def test_convolution_writes_the_scaled_weight_gradient_into_its_sink(x_shape, w_
         np.testing.assert_allclose(sink, 0.5 * want.grad.numpy(), rtol=1e-12, atol=1e-12)
     if x_grad:
         np.testing.assert_allclose(gx.numpy(), gx0.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,x_grad", SINK_CASES[_conv.Convolution])
+def test_convolution_writes_the_scaled_weight_gradient_into_its_sink(x_shape, w_shape, stride,
+                                                                      padding, x_grad):
+    _check_convolution_sinks(F.conv2d, (x_shape, w_shape, w_shape[:1]), x_grad, stride=stride,
+                             padding=padding, groups=x_shape[1] // w_shape[1])
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,x_grad,groups",
+                         SINK_CASES[_conv.ConvolutionTranspose])
+def test_transposed_convolution_writes_the_scaled_gradients_into_the_sinks(
+        x_shape, w_shape, stride, padding, x_grad, groups):
+    _check_convolution_sinks(F.conv_transpose2d, (x_shape, w_shape, (w_shape[1] * groups,)),
+                             x_grad, stride=stride, padding=padding, groups=groups)
+
+
+def _recurrence_leaves(mode, size, length, batch, seed=6):
+    """Input, initial states and weights ``(w_ih, w_hh, b_ih, b_hh)`` of a ``size`` -> 4
+    layer."""
+    rng = np.random.default_rng(seed)
+    gates = 4 * {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    x = ddp.tensor(rng.standard_normal((length, batch, size)), requires_grad=True)
+    states = [ddp.tensor(rng.standard_normal((batch, 4))) for _ in range(2 if mode == "LSTM"
+                                                                          else 1)]
+    weights = [ddp.tensor(rng.standard_normal(s) * 0.5, requires_grad=True)
+               for s in ((gates, size), (gates, 4), (gates,), (gates,))]
+    return x, states, weights
+
+
+def _recurrence_grads(mode, size, length, batch, reverse, offered=(), scale=0.5):
+    """The gradients of x and the weights, those in ``offered`` (indices into the weights)
+    written into sinks that held 7.0 before; returns ``(x.grad, weights, sinks)``."""
+    x, states, weights = _recurrence_leaves(mode, size, length, batch)
+    sinks = {}
+    for k in offered:
+        sinks[k] = _offer(weights[k], scale)
+        sinks[k][...] = 7.0   # what the bucket held before: overwritten, not added to
+    out = _rnn.rnn_layer(mode, x, states, weights, reverse)
+    assert out[0].grad_fn.op is _rnn.Recurrence
+    _loss(out[0]).backward()
+    return x.grad.numpy(), weights, sinks
+
+
+@pytest.mark.parametrize("case", SINK_CASES[_rnn.Recurrence])
+def test_recurrence_writes_the_scaled_gradients_into_the_sinks(case):
+    gx0, want, _ = _recurrence_grads(*case)
+    gx, weights, sinks = _recurrence_grads(*case, offered=range(4))
+    for k, w in enumerate(weights):
+        assert w.grad._data is sinks[k]
+        np.testing.assert_allclose(sinks[k], 0.5 * want[k].grad.numpy(), rtol=1e-12,
+                                   atol=1e-14)
+    np.testing.assert_allclose(gx, gx0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("offered", [(1, 3), (0, 2)])
+def test_recurrence_with_some_sinks_offered_scales_only_those(mode, offered):
+    # the two biases of an LSTM have one gradient, summed once: each gets an array of its own,
+    # the one in a sink scaled and the other not
+    _, want, _ = _recurrence_grads(mode, 3, 4, 3, False)
+    _, weights, sinks = _recurrence_grads(mode, 3, 4, 3, False, offered=offered, scale=0.25)
+    for k, w in enumerate(weights):
+        if k in offered:
+            assert w.grad._data is sinks[k]
+        np.testing.assert_allclose(w.grad.numpy(), (0.25 if k in offered else 1) *
+                                   want[k].grad.numpy(), rtol=1e-12, atol=1e-14)
+    assert not np.shares_memory(weights[2].grad._data, weights[3].grad._data)
 
 
 def _norm_sink_case(op, case, offer, numpy_path=False):

@@ -190,6 +190,45 @@ def test_embedding_and_convolution_write_their_weight_gradients_into_the_bucket(
     assert in_bucket == [True] * 3
 
 
+class LastStep(nn.Module):
+    """A recurrent layer (batch first) and its output at the last step."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0][:, -1]
+
+
+@pytest.mark.parametrize("first", ["conv_transpose2d", "LSTM", "GRU"])
+def test_transposed_convolution_and_recurrent_layers_write_their_gradients_into_the_buckets(
+        first):
+    # a transposed convolution's weight and bias, a recurrent layer's weights and biases (both
+    # directions): each .grad is already its bucket view when its hook runs, and the averaged
+    # gradients are those of one process on the whole batch
+    ddp.manual_seed(0)
+    if first == "conv_transpose2d":
+        layer, head, x_shape = nn.ConvTranspose2d(1, 2, 2, stride=2), nn.Linear(72, 3), (1, 3, 3)
+    else:
+        layer = LastStep(getattr(nn, first)(3, 4, batch_first=True, bidirectional=True))
+        head, x_shape = nn.Linear(8, 3), (5, 3)
+    model = DDP(nn.Sequential(layer, nn.Flatten(), head).double(), bucket_cap_mb=0.0005)
+    reference = copy.deepcopy(model.module)
+    own = list(model.module[0].parameters())
+    in_bucket = []
+    for p in own:
+        p.register_post_accumulate_grad_hook(
+            lambda p: in_bucket.append(np.shares_memory(p.grad._data, bucket_of(model, p).data)))
+    _, world = rank_world()
+    rng = np.random.default_rng(5)
+    for step in range(3):   # the layout is rebuilt after step 1
+        x = ddp.tensor(rng.standard_normal((4 * world,) + x_shape))
+        y = ddp.tensor(rng.integers(0, 3, 4 * world))
+        step_against_full_batch(model, reference, x, y)
+    assert len(own) in (2, 8) and in_bucket == [True] * (3 * len(own))
+
+
 def step_against_full_batch(model, reference, x, y):
     """One backward of the DDP ``model`` on this rank's shard and of the plain ``reference`` on
     the whole batch: the gradients must agree."""

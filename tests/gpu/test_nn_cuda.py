@@ -361,3 +361,42 @@ def test_convolution_writes_its_weight_gradient_into_a_device_sink():
         ddp.tensor(upstream, device="cuda"))
     assert conv.weight.grad._data is sink
     np.testing.assert_allclose(conv.weight.grad.cpu().numpy(), 0.25 * want, rtol=1e-12)
+
+
+def _into_device_sinks(module, run, scale):
+    """``run(module, device)`` (forward and backward) on the CPU, then on the GPU with every
+    parameter offered a device sink holding ones (what the bucket held before): each .grad must
+    be its sink, holding ``scale`` times the CPU's gradient."""
+    run(module, "cpu")
+    want = [p.grad.numpy() for p in module.parameters()]
+    module = module.to("cuda")
+    module.zero_grad()
+    sinks = []
+    for p in module.parameters():
+        sinks.append(ddp.ones_like(p)._data)
+        p._grad_sink = lambda out=sinks[-1]: (out, scale)
+    run(module, "cuda")
+    for p, sink, w in zip(module.parameters(), sinks, want):
+        assert p.grad._data is sink
+        np.testing.assert_allclose(p.grad.cpu().numpy(), scale * w, rtol=1e-12, atol=1e-14)
+
+
+def test_transposed_convolution_writes_its_gradients_into_device_sinks():
+    ddp.manual_seed(0)
+    xv, upstream = _inputs([(2, 3, 4, 4), (2, 2, 8, 8)], 8)
+
+    def run(m, device):
+        m(ddp.tensor(xv, device=device, requires_grad=True)).backward(
+            ddp.tensor(upstream, device=device))
+    _into_device_sinks(nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1).double(), run, 0.25)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_recurrent_layers_write_their_gradients_into_device_sinks(kind):
+    ddp.manual_seed(0)
+    (xv,) = _inputs([(6, 2, 3)], 9)
+
+    def run(m, device):
+        out, _ = m(ddp.tensor(xv, device=device))
+        out.pow(2).sum().backward()
+    _into_device_sinks(getattr(nn, kind)(3, 4, bidirectional=True).double(), run, 0.5)

@@ -337,9 +337,7 @@ class Convolution(Op):
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        sink = ctx.gradient_sink(1)   # (never under create_graph)
-        if sink is not None and sink[0].dtype != g.dtype:
-            sink = None
+        sink = _weight_sink(ctx, g)
         both = _conv_grads(g, x, w, ctx.geom, sink) if need_x and need_w and \
             not ctx.create_graph else None   # (recorded under create_graph: the ops below)
         gb = _bias_grad(ctx, g) if need_b else None
@@ -352,6 +350,13 @@ class Convolution(Op):
         return (ConvolutionTranspose.run(g, w, None, geom=ctx.geom, out=tuple(x.shape[2:]))
                 if need_x else None,
                 gw, gb)
+
+
+def _weight_sink(ctx, g):
+    """The weight's (input 1's) gradient sink (see ``Node.gradient_sink``; never offered under
+    create_graph) when it has the gradient's dtype, else None."""
+    sink = ctx.gradient_sink(1)
+    return None if sink is None or sink[0].dtype != g.dtype else sink
 
 
 def _bias_grad(ctx, g):
@@ -371,6 +376,7 @@ class ConvolutionTranspose(Op):
     """Transposed convolution (the adjoint of :class:`Convolution` in its input) plus ``b``;
     ``w`` is (C_in, C_out/groups, kh, kw) and ``out`` the output's spatial size."""
     fresh_grads = True
+    writes_grad_sinks = True   # the weight's and bias's gradients written into DDP's buckets
 
     @staticmethod
     def forward(ctx, y, w, b, geom=None, out=None):
@@ -382,11 +388,14 @@ class ConvolutionTranspose(Op):
     def backward(ctx, g):
         y, w = ctx.saved_tensors
         need_y, need_w, need_b = ctx.needs_input_grad
+        gw = None
+        if need_w:   # w is also the weight of the convolution of g that gives y
+            sink = _weight_sink(ctx, g)
+            gw = _conv_weight_grad(y, g, w.shape, ctx.geom, sink) if sink is not None else \
+                ConvolutionWeight.run(y, g, geom=ctx.geom, kernel=tuple(w.shape[2:]))
         return (Convolution.run(g, w, None, geom=ctx.geom, out=tuple(y.shape[2:]))
                 if need_y else None,
-                ConvolutionWeight.run(y, g, geom=ctx.geom, kernel=tuple(w.shape[2:]))
-                if need_w else None,
-                g.sum(axis=(0, 2, 3)) if need_b else None)
+                gw, _bias_grad(ctx, g) if need_b else None)
 
 
 class ConvolutionWeight(Op):

@@ -152,6 +152,7 @@ class Recurrence(Op):
     (GRU), the output, and the inputs. Sigmoids are computed as ``tanh(x / 2) / 2 + 1/2``: the rows of the weights
     that feed a sigmoid gate are halved once per call, so each step takes one ``tanh`` over all
     its gates."""
+    writes_grad_sinks = True   # the weights' and biases' gradients written into DDP's buckets
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mode, reverse):
@@ -337,22 +338,68 @@ class Recurrence(Op):
                 dh += xp.matmul(e, w_hh)
             dc = None
 
+        # the weights' and biases' gradients go into their sinks where offered (DDP's buckets:
+        # see Node.gradient_sink; of the weights' dtype, which is x's and dg's here)
+        sink = ctx.gradient_sink   # sink(i): input i's, or None
         rows = dg.reshape(L * N, G)
         gx = xp.matmul(rows, w_ih).reshape(L, N, I) if need[0] else None
-        gw_ih = xp.matmul(rows.T, x.reshape(L * N, I)) if need[3] else None
+        gw_ih = _products(xp, [(rows.T, x.reshape(L * N, I))], sink(3)) if need[3] else None
         gw_hh = None
         if need[4]:  # sum over steps of dgh[t]^T h_prev[t]: the steps after the first in one product
             rest = slice(0, L - 1) if reverse else slice(1, L)
             before = slice(1, L) if reverse else slice(0, L - 1)
-            gw_hh = xp.matmul(dgh[first].T, h0)
+            pairs = [(dgh[first].T, h0)]
             if L > 1:
-                gw_hh += xp.matmul(dgh[rest].reshape(-1, G).T, out[before].reshape(-1, H))
-        gb_ih = rows.sum(axis=0) if need[5] else None
-        gb_hh = None
-        if need[6]:
-            gb_hh = dgh.reshape(L * N, G).sum(axis=0) if mode == "GRU" else \
-                (gb_ih.copy() if gb_ih is not None else rows.sum(axis=0))
+                pairs.insert(0, (dgh[rest].reshape(-1, G).T, out[before].reshape(-1, H)))
+            gw_hh = _products(xp, pairs, sink(4))
+        gb_ih = gb_hh = None
+        if need[5] or need[6] and mode != "GRU":   # RNN's and LSTM's biases: one gradient
+            total = rows.sum(axis=0)
+            if need[5]:
+                gb_ih = _scaled_into(xp, total, sink(5))
+            if need[6] and mode != "GRU":   # an array of its own (a hook may change one)
+                gb_hh = _scaled_into(xp, total, sink(6), copy=gb_ih is total)
+        if need[6] and mode == "GRU":
+            gb_hh = _scaled_into(xp, dgh.reshape(L * N, G).sum(axis=0), sink(6))
         return gx, dh if need[1] else None, dc if need[2] else None, gw_ih, gw_hh, gb_ih, gb_hh
+
+
+def _products(xp, pairs, sink):
+    """The sum of the products ``a @ b`` over ``pairs``: a new array, or with ``sink = (out,
+    scale)`` (see ``Node.gradient_sink``) ``scale`` times it, written into ``out`` (the first
+    product, the largest, straight there), the scale applied once, to whichever is smallest:
+    the left operands, the right ones, or ``out`` (in place)."""
+    if sink is None:
+        total = xp.matmul(*pairs[0])
+        for a, b in pairs[1:]:
+            total += xp.matmul(a, b)
+        return total
+    out, scale = sink
+    side = None   # 0: the left operands scaled, 1: the right ones, None: out afterwards
+    if scale != 1:
+        sizes = [sum(pair[k].size for pair in pairs) for k in (0, 1)]
+        if min(sizes) < out.size:
+            side = sizes.index(min(sizes))
+    for k, pair in enumerate(pairs):
+        if side is not None:
+            pair = tuple(a * scale if j == side else a for j, a in enumerate(pair))
+        if k == 0:
+            xp.matmul(*pair, out=out)
+        else:
+            out += xp.matmul(*pair)
+    if scale != 1 and side is None:
+        out *= scale
+    return out
+
+
+def _scaled_into(xp, grad, sink, copy=False):
+    """``grad`` (a copy with ``copy``), or with ``sink = (out, scale)`` (see
+    ``Node.gradient_sink``) ``scale * grad`` written into ``out``."""
+    if sink is None:
+        return grad.copy() if copy else grad
+    out, scale = sink
+    xp.multiply(grad, scale, out=out)
+    return out
 
 
 def _double_backward(ctx, g_out, g_h, g_c):
