@@ -1,6 +1,6 @@
 """Fused loops for the CPU, compiled by Numba: the ops whose NumPy form makes one pass over the
-array per operation (layer and group norm: ten of them) run here as one or two passes that keep
-a row in cache, like PyTorch's own kernels.
+array per operation (layer, group and batch norm: ten of them) run here as one or two passes
+that keep a row in cache, like PyTorch's own kernels.
 
 A kernel is a plain Python function decorated with :func:`jit`; it is compiled on its first call
 (cached on disk, so later processes load it), so ``import ddp`` does not import Numba. Ops ask

@@ -1,9 +1,10 @@
-"""Layer and group norm, forward and backward, one row (a sample's features, or a sample's
-group of channels) at a time: its statistics, output and gradients are taken while the row is
+"""Layer, group and batch norm, forward and backward, one row (a sample's features, a sample's
+group of channels, a channel over the batch) at a time: its statistics, output and gradients are taken while the row is
 in cache, in two passes where NumPy makes ten (see ddp.nn.functional._normalization).
 
 Shapes: layer norm's ``x`` is (rows, k) with a weight and bias of k; group norm's is (N, G, M,
-S) — N samples, G groups of M channels, S positions — with a weight and bias of G M. The weight
+S) — N samples, G groups of M channels, S positions — with a weight and bias of G M; batch
+norm's (N, C, S), with statistics per channel. The weight
 and bias are arrays (ones and zeros where the op has none). Sums run in the array's dtype, in
 vector lanes, as PyTorch's CPU kernels do.
 """
@@ -215,6 +216,96 @@ def group_norm_backward(x, g, weight, mean, invstd, needs, gw=None, gb=None,
     if need_b and gb is None:
         gb = np.empty(groups * m, x.dtype)
     _group_norm_backward(x, g, _ones(weight, groups * m, x.dtype), mean, invstd, gx,
+                         gw if need_w else _EMPTY[x.dtype], gb if need_b else _EMPTY[x.dtype],
+                         need_x, need_w, need_b, x.dtype.type(w_scale), x.dtype.type(b_scale))
+    return (gx if need_x else None), (gw if need_w else None), (gb if need_b else None)
+
+
+@jit
+def _batch_norm_forward(x, w, b, eps, y, mean, var, invstd):
+    n, channels, s = x.shape
+    count = n * s
+    zero = np.zeros(1, x.dtype)[0]   # (the sums in x's dtype)
+    for c in range(channels):
+        acc = zero
+        for i in range(n):
+            for j in range(s):
+                acc += x[i, c, j]
+        mu = acc / count
+        v = zero
+        for i in range(n):
+            for j in range(s):
+                t = x[i, c, j] - mu
+                v += t * t
+        v /= count
+        mean[c] = mu
+        var[c] = v
+        invstd[c] = 1 / np.sqrt(v + eps)
+    for c in range(channels):
+        f = invstd[c] * w[c]
+        shift = b[c] - mean[c] * f
+        for i in range(n):
+            for j in range(s):
+                y[i, c, j] = x[i, c, j] * f + shift
+
+
+def batch_norm_forward(x, weight, bias, eps):
+    """Batch norm of ``x`` (N, C, S) with the batch's statistics per channel: ``(y, mean, var,
+    invstd)``, each of C (the variance biased). ``weight``/``bias``: arrays of C, or None."""
+    channels = x.shape[1]
+    y = np.empty_like(x)
+    mean, var, invstd = np.empty((3, channels), x.dtype)
+    _batch_norm_forward(x, _ones(weight, channels, x.dtype), _zeros(bias, channels, x.dtype),
+                        x.dtype.type(eps), y, mean, var, invstd)
+    return y, mean, var, invstd
+
+
+@jit
+def _batch_norm_backward(x, g, w, mean, invstd, gx, gw, gb, need_x, need_w, need_b,
+                         w_scale, b_scale):
+    n, channels, s = x.shape
+    count = n * s
+    zero = np.zeros(1, x.dtype)[0]
+    sums = np.empty((2, channels), x.dtype)   # per channel: sum(g), sum(g (x - mean))
+    for c in range(channels):
+        mu = mean[c]
+        sg = zero
+        sp = zero
+        for i in range(n):
+            for j in range(s):
+                t = g[i, c, j]
+                sg += t
+                sp += t * (x[i, c, j] - mu)
+        sums[0, c] = sg
+        sums[1, c] = sp
+        if need_w:
+            gw[c] = sp * invstd[c] * w_scale
+        if need_b:
+            gb[c] = sg * b_scale
+    if need_x:
+        for c in range(channels):
+            mu = mean[c]
+            r = invstd[c]
+            f = r * w[c]
+            a = f * sums[0, c] / count
+            cc = f * r * r * sums[1, c] / count
+            for i in range(n):
+                for j in range(s):
+                    gx[i, c, j] = g[i, c, j] * f - (x[i, c, j] - mu) * cc - a
+
+
+def batch_norm_backward(x, g, weight, mean, invstd, needs, gw=None, gb=None,
+                        w_scale=1.0, b_scale=1.0):
+    """The gradients ``(gx, gw, gb)`` of :func:`batch_norm_forward`, as
+    :func:`layer_norm_backward`'s."""
+    channels = x.shape[1]
+    need_x, need_w, need_b = needs
+    gx = np.empty_like(x) if need_x else _EMPTY[x.dtype].reshape(0, 0, 0)
+    if need_w and gw is None:
+        gw = np.empty(channels, x.dtype)
+    if need_b and gb is None:
+        gb = np.empty(channels, x.dtype)
+    _batch_norm_backward(x, g, _ones(weight, channels, x.dtype), mean, invstd, gx,
                          gw if need_w else _EMPTY[x.dtype], gb if need_b else _EMPTY[x.dtype],
                          need_x, need_w, need_b, x.dtype.type(w_scale), x.dtype.type(b_scale))
     return (gx if need_x else None), (gw if need_w else None), (gb if need_b else None)

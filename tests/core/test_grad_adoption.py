@@ -199,7 +199,9 @@ SINK_CASES = {_linear.LinearOp: [((5, 4), (3, 4)), ((2, 30, 4), (3, 4))],
               # have)
               _rnn.Recurrence: [("LSTM", 3, 3, 2, False), ("LSTM", 3, 30, 4, True),
                                 ("GRU", 3, 3, 2, True), ("GRU", 3, 30, 4, False),
-                                ("RNN_TANH", 9, 1, 2, False), ("RNN_RELU", 3, 30, 4, True)]}
+                                ("RNN_TANH", 9, 1, 2, False), ("RNN_RELU", 3, 30, 4, True)],
+              # batch norm with batch statistics: (input shape, None, input needs grad)
+              _normalization.NativeBatchNorm: [((4, 3, 5), None, True), ((5, 2), None, False)]}
 
 
 def test_every_sink_writing_op_is_checked():
@@ -364,23 +366,26 @@ def _norm_sink_case(op, case, offer, numpy_path=False):
     x_shape, arg, x_grad = case
     rng = np.random.default_rng(5)
     affine = x_shape[-len(arg):] if op is _normalization.NativeLayerNorm else (x_shape[1],)
+    norm = {_normalization.NativeLayerNorm: lambda x, w, b: F.layer_norm(x, arg, w, b),
+            _normalization.NativeGroupNorm: lambda x, w, b: F.group_norm(x, arg, w, b),
+            _normalization.NativeBatchNorm: lambda x, w, b: F.batch_norm(x, None, None, w, b,
+                                                                         training=True)}[op]
     x = ddp.tensor(rng.standard_normal(x_shape), requires_grad=x_grad)
     w, b = (ddp.tensor(rng.standard_normal(affine), requires_grad=True) for _ in range(2))
     sinks = [_offer(w, 0.5), _offer(b, 0.5)] if offer else None
     for sink in sinks or ():
         sink[...] = 7.0   # what the bucket held before: overwritten, not added to
-    if op is _normalization.NativeLayerNorm:
-        _loss(F.layer_norm(x, arg, w, b)).backward()
-    else:
-        _loss(F.group_norm(x, arg, w, b)).backward()
+    _loss(norm(x, w, b)).backward()
     return (w, b), sinks, x.grad
 
 
-@pytest.mark.parametrize("op,case", [(op, case) for op in (_normalization.NativeLayerNorm,
-                                                           _normalization.NativeGroupNorm)
-                                     for case in SINK_CASES[op]],
+NORMS = (_normalization.NativeLayerNorm, _normalization.NativeGroupNorm,
+         _normalization.NativeBatchNorm)
+
+
+@pytest.mark.parametrize("op,case", [(op, case) for op in NORMS for case in SINK_CASES[op]],
                          ids=lambda v: getattr(v, "__name__", str(v)))
-def test_layer_and_group_norm_write_the_scaled_gradients_into_their_sinks(op, case):
+def test_the_norms_write_the_scaled_gradients_into_their_sinks(op, case):
     """Through ddp.kernels' fused backward; on the NumPy path (the GPU's) the sinks are left
     alone and the gradients are those of no sink."""
     (w0, b0), _, gx0 = _norm_sink_case(op, case, False)
@@ -392,9 +397,8 @@ def test_layer_and_group_norm_write_the_scaled_gradients_into_their_sinks(op, ca
         np.testing.assert_allclose(gx.numpy(), gx0.numpy(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("op", [_normalization.NativeLayerNorm, _normalization.NativeGroupNorm],
-                         ids=lambda v: v.__name__)
-def test_layer_and_group_norm_leave_the_sinks_on_the_numpy_path(numpy_path, op):
+@pytest.mark.parametrize("op", NORMS, ids=lambda v: v.__name__)
+def test_the_norms_leave_the_sinks_on_the_numpy_path(numpy_path, op):
     case = SINK_CASES[op][0]
     (w0, b0), _, _ = _norm_sink_case(op, case, False)
     (w, b), sinks, _ = _norm_sink_case(op, case, True)

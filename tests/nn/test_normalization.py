@@ -589,7 +589,8 @@ def test_an_empty_batch_normalises_to_an_empty_batch(make, shape):
 
 
 def _normalized(norm, data, affine, needs, upstream):
-    """``norm`` of ``data`` (layer: over the last dimension; group: 2 groups; instance), its
+    """``norm`` of ``data`` (layer: over the last dimension; group: 2 groups; instance; batch
+    with batch statistics), its
     gradients for the given upstream kind, and whether the fused kernel ran."""
     c = data.shape[-1] if norm == "layer" else data.shape[1]
     rng = np.random.default_rng(1)
@@ -601,6 +602,8 @@ def _normalized(norm, data, affine, needs, upstream):
         y = F.layer_norm(x, (c,), wt, bt)
     elif norm == "group":
         y = F.group_norm(x, 2, wt, bt)
+    elif norm == "batch":
+        y = F.batch_norm(x, None, None, wt, bt, training=True)
     else:
         y = F.instance_norm(x, weight=wt, bias=bt)
     fused = y.grad_fn.fused
@@ -617,7 +620,8 @@ def _normalized(norm, data, affine, needs, upstream):
 
 @pytest.mark.parametrize("norm,shape", [("layer", (5, 7)), ("layer", (3, 2, 40)),
                                         ("group", (3, 4, 5, 6)), ("group", (2, 6, 9)),
-                                        ("instance", (2, 3, 4, 5))])
+                                        ("instance", (2, 3, 4, 5)), ("batch", (4, 3, 5, 2)),
+                                        ("batch", (6, 4))])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("affine,needs,upstream", [
     ("wb", (True, True, True), "array"), ("wb", (False, True, True), "array"),
@@ -625,8 +629,8 @@ def _normalized(norm, data, affine, needs, upstream):
     ("b", (True, False, True), "array"), ("", (True, False, False), "array")])
 def test_the_kernels_give_the_numpy_paths_values_and_gradients(monkeypatch, norm, shape, dtype,
                                                               affine, needs, upstream):
-    """ddp.kernels' fused layer/group norm (the CPU's path for a contiguous float input) against
-    the NumPy path the GPU runs: every combination of affine parameters and gradients asked
+    """ddp.kernels' fused layer/group/batch norm (the CPU's path for a contiguous float input,
+    batch norm's in training) against the NumPy path the GPU runs: every combination of affine parameters and gradients asked
     for, a broadcast and a transposed upstream gradient; a NaN and an infinity stay in their
     own row (group) as in NumPy."""
     from ddp import kernels

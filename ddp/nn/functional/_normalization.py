@@ -291,9 +291,16 @@ def _per_channel(a, axes):
 class NativeBatchNorm(_Normalize):
     """:class:`_Normalize` for batch_norm (its own name in ``grad_fn``), with a backward of its
     own for batch statistics of a contiguous float input (training mode)."""
+    writes_grad_sinks = True   # (through the kernel)
+    kernel = (_kernels.batch_norm_forward, _kernels.batch_norm_backward,
+              lambda shape, group_shape, affine_shape: (shape[0], shape[1],
+                                                        math.prod(shape[2:])))
 
     @staticmethod
     def backward(ctx, g):
+        grads = _Normalize.fused_backward(ctx, g)
+        if grads is not None:
+            return grads
         x, weight = ctx.saved_tensors
         mean, invstd, _, _, _, batch_stats, _ = ctx.params
         if ctx.create_graph or not batch_stats or x.dtype.kind != "f" or \
