@@ -1,11 +1,12 @@
 """Layer, group and batch norm, forward and backward, one row (a sample's features, a sample's
-group of channels, a channel over the batch) at a time: its statistics, output and gradients are taken while the row is
-in cache, in two passes where NumPy makes ten (see ddp.nn.functional._normalization).
+group of channels, a channel over the batch) at a time: its statistics, output and gradients
+are taken while the row is in cache, in two passes where NumPy makes ten (see
+ddp.nn.functional._normalization).
 
 Shapes: layer norm's ``x`` is (rows, k) with a weight and bias of k; group norm's is (N, G, M,
 S) — N samples, G groups of M channels, S positions — with a weight and bias of G M; batch
-norm's (N, C, S), with statistics per channel. The weight
-and bias are arrays (ones and zeros where the op has none). Sums run in the array's dtype, in
+norm's (N, C, S), with statistics per channel. The weight and bias are arrays (ones and zeros
+where the op has none). Sums run in the array's dtype, in
 vector lanes, as PyTorch's CPU kernels do.
 """
 from __future__ import annotations
