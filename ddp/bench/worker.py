@@ -189,7 +189,8 @@ def bucket_bandwidth(setup, comm, reps, warmup, barrier):
     DDP's communicator, in the mode it chose: MPI's non-blocking allreduce, the thread, or sums
     in shared memory) then wait all, and that plus the copies the reducer makes of gradients
     into their buckets (with the 1/world scaling) — only of the gradients no op wrote there
-    in the model's last backward (linear's are written in place: ``Node.gradient_sink``), and
+    in the model's last backward (the ops with ``writes_grad_sinks`` write theirs in place:
+    ``Node.gradient_sink``), and
     ``.grad`` gets views of the buckets back, no copy out."""
     from mpi4py import MPI
     world, reducer = MPI.COMM_WORLD, setup.model.reducer

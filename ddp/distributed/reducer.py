@@ -6,8 +6,9 @@ backward.
    (1 MiB), then ``bucket_cap_mb`` each.
 2. Each parameter's post-accumulate-grad hook copies its final ``.grad`` into its bucket —
    unless the op that made it wrote it there already: each parameter offers the autograd
-   engine its bucket view as a gradient sink (``Node.gradient_sink``; linear's weight and bias
-   use it, the bulk of an MLP's bytes), scaled on the way. When a
+   engine its bucket view as a gradient sink (``Node.gradient_sink``; linear, embedding,
+   convolution, recurrent and normalisation layers use it: ops with ``writes_grad_sinks``),
+   scaled on the way. When a
    bucket's last gradient arrives, the bucket is launched: an asynchronous allreduce (on the
    communicator's ordered thread, or MPI's non-blocking allreduce advanced from the hooks —
    see ``_choose_comm_mode``), while backward goes on. The copy also divides by the world size,
@@ -317,8 +318,9 @@ class Reducer:
 
     def sink_for(self, i):
         """Parameter ``i``'s gradient sink for the autograd engine (``Node.gradient_sink``):
-        its bucket view and the averaging scale, so that an op that writes there (linear's
-        weight and bias) leaves nothing to copy into the bucket. None when this backward does
+        its bucket view and the averaging scale, so that an op that writes there (one with
+        ``writes_grad_sinks``: linear's weight and bias, ...) leaves nothing to copy into the
+        bucket. None when this backward does
         not synchronise (``no_sync``) or the gradient came already."""
         if not self.require_sync:
             return None
