@@ -70,3 +70,44 @@ def test_keeps_log_probabilities_and_indices_only():
     assert _kept(loss.grad_fn) <= n * c + 4 * n + c + 1
     loss = F.nll_loss(x, y)
     assert _kept(loss.grad_fn) <= 3 * n + 1   # nothing n x c
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_the_kernels_give_the_numpy_paths_loss_and_gradient(monkeypatch, opts, reduction,
+                                                            dtype):
+    """(N, C) logits take ddp.kernels' row passes (x - max, the row sums, the gradient with
+    the picked classes in one pass); the NumPy path the GPU runs gives the same loss and
+    gradient, a NaN logit included (its row's loss and gradient NaN, the others' not)."""
+    from ddp import kernels
+    rng = np.random.default_rng(3)
+    data = (rng.standard_normal((6, 4)) * 4).astype(dtype)
+    data[4, 1] = np.nan
+    y = ddp.tensor(rng.integers(0, 4, 6))
+    g = rng.standard_normal(6 if reduction == "none" else ()).astype(dtype)
+
+    def run():
+        x = ddp.tensor(data, requires_grad=True)
+        kwargs = dict(opts)
+        if "weight" in kwargs:
+            kwargs["weight"] = ddp.tensor(kwargs["weight"], dtype=ddp.from_numpy(data).dtype)
+        loss = F.cross_entropy(x, y, reduction=reduction, **kwargs)
+        loss.backward(ddp.tensor(g))
+        return loss.detach().numpy(), x.grad.numpy()
+    from ddp.kernels import losses
+    calls = []
+    original = losses.softmax_grad
+    monkeypatch.setattr(losses, "softmax_grad", lambda *a: calls.append(a) or original(*a))
+    got = run()
+    assert len(calls) == 1
+    monkeypatch.setattr(kernels, "_enabled", False)
+    with np.errstate(invalid="ignore"):   # (the NumPy path's NaN - NaN)
+        want = run()
+    assert len(calls) == 1
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, **tol)
+    if reduction == "none":
+        assert np.isnan(got[0][4]) and not np.isnan(np.delete(got[0], 4)).any()
+    assert np.isnan(got[1][4]).all() and np.isfinite(np.delete(got[1], 4, axis=0)).all()

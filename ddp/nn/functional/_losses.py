@@ -17,7 +17,8 @@ import warnings
 
 import numpy as np
 
-from ... import backend
+from ... import backend, kernels
+from ...kernels import losses as _loss_kernels
 from ...ops.autocast import autocast_op
 from ...autograd import graph
 from ...autograd.graph import Op
@@ -355,11 +356,15 @@ class ClassCrossEntropy(Op):
         idx, _ = _class_index(y, dim)
         w_y = valid.astype(x.dtype) if w is None else w[y] * valid
         inv_total = None
-        if log_softmax:   # e = exp(x - max) and the picked log-probabilities: four passes
+        rows = log_softmax and _rows(x, dim)
+        if rows:   # the same with ddp.kernels' row passes
+            p, shift, total = _loss_kernels.shifted_exp(x)
+        elif log_softmax:   # e = exp(x - max) and the picked log-probabilities: four passes
             shift = x.max(axis=dim, keepdims=True)
             p = x - shift
             xp.exp(p, out=p)
             total = p.sum(axis=dim, keepdims=True)
+        if log_softmax:
             inv_total = 1 / total          # softmax = e / total, divided in backward's pass
             shift += xp.log(total)         # log sum exp
             loss = (x[idx] - shift[idx[:-1] + (0,)] if dim == x.ndim - 1 and x.ndim > 1 else
@@ -399,6 +404,7 @@ class ClassCrossEntropy(Op):
         n_classes = shape[dim]
         arrays = xp is not graph.tensor_xp
         gx = None
+        fused = arrays and ctx.log_softmax and _rows(e, dim)   # (see softmax_grad)
         if g is not None:
             if ctx.reduction == "mean":
                 g = g / ctx.denominator
@@ -410,20 +416,24 @@ class ClassCrossEntropy(Op):
                     total = total + (eps / n_classes) * (n_classes if w is None else w.sum()) \
                         * ctx.valid
                 gt = g * total if arrays else g * graph.Tensor._make(total)
-                if arrays:   # softmax * g W in one pass over e
+                if fused:   # and the picked classes' part, in one pass
+                    gx = _loss_kernels.softmax_grad(e, gt * ctx.inv_total.reshape(-1), ctx.y,
+                                                    (1 - eps) * gs)
+                elif arrays:   # softmax * g W in one pass over e
                     gx = e * (xp.expand_dims(gt, dim) * ctx.inv_total)
                 else:        # softmax recorded from e, which is on the graph (output 1)
                     gx = e / e.sum(axis=dim, keepdims=True) * xp.expand_dims(gt, dim)
             elif arrays:
                 gx = backend.get_array_module(ctx.y).zeros(shape, dtype)
-            idx, at = _class_index(ctx.y, dim)
-            if arrays:
-                gx[idx] -= ((1 - eps) * gs).reshape(at)
-            else:   # under create_graph: the one-hot part as a dense constant times g
-                onehot = backend.get_array_module(ctx.y).zeros(shape, dtype)
-                onehot[idx] = 1 - eps
-                part = xp.expand_dims(gs, dim) * graph.Tensor._make(onehot)
-                gx = -part if gx is None else gx - part
+            if not fused:   # (else the picked classes' part was in softmax_grad's pass)
+                idx, at = _class_index(ctx.y, dim)
+                if arrays:
+                    gx[idx] -= ((1 - eps) * gs).reshape(at)
+                else:   # under create_graph: the one-hot part as a dense constant times g
+                    onehot = backend.get_array_module(ctx.y).zeros(shape, dtype)
+                    onehot[idx] = 1 - eps
+                    part = xp.expand_dims(gs, dim) * graph.Tensor._make(onehot)
+                    gx = -part if gx is None else gx - part
             if eps > 0:
                 ws = 1 if w is None else w.reshape((n_classes,) + (1,) * (len(shape) - dim - 1))
                 if not arrays and w is not None:
@@ -434,6 +444,12 @@ class ClassCrossEntropy(Op):
             part = g_e * e    # term cancels: e enters the gradient only as e / sum(e)
             gx = part if gx is None else gx + part
         return gx, None, None, None
+
+
+def _rows(x, dim):
+    """Whether cross entropy's passes over ``x`` go to ddp.kernels: (N, C) logits, classes
+    along dim 1, that :func:`kernels.fits` takes."""
+    return x is not None and x.ndim == 2 and dim == 1 and kernels.fits(x)
 
 
 def _class_loss(name, input, target, weight, ignore_index, label_smoothing, reduction,
