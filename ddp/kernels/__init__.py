@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 
 import numpy as np
@@ -35,15 +36,9 @@ def enabled() -> bool:
     """Whether kernels run: Numba imports and ``DDP_CPU_KERNELS`` is not ``0``."""
     global _enabled
     if _enabled is None:
-        if os.environ.get("DDP_CPU_KERNELS", "1") == "0":
-            _enabled = False
-        else:
-            try:
-                import numba  # noqa: F401  (a dependency; absent only on a broken install)
-            except ImportError:
-                _enabled = False
-            else:
-                _enabled = True
+        # (Numba is a dependency: absent only from a broken install; found, not imported yet)
+        _enabled = os.environ.get("DDP_CPU_KERNELS", "1") != "0" and \
+            importlib.util.find_spec("numba") is not None
     return _enabled
 
 
