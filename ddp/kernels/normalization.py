@@ -51,17 +51,11 @@ def _layer_norm_forward(x, w, b, eps, y, mean, var, invstd):
 def layer_norm_forward(x, weight, bias, eps):
     """Layer norm of the rows of ``x`` (rows, k): ``(y, mean, var, invstd)``, the statistics
     per row (the variance biased). ``weight``/``bias``: arrays of k, or None."""
-    n, k = x.shape
-    y = np.empty_like(x)
-    mean, var, invstd = np.empty((3, n), x.dtype)
-    _layer_norm_forward(x, _ones(weight, k, x.dtype), _zeros(bias, k, x.dtype),
-                        x.dtype.type(eps), y, mean, var, invstd)
-    return y, mean, var, invstd
+    return _forward(_layer_norm_forward, x.shape[1], x.shape[:1], x, weight, bias, eps)
 
 
 @jit
-def _layer_norm_backward(x, g, w, mean, invstd, gx, gw, gb, need_x, need_w, need_b,
-                         w_scale, b_scale):
+def _layer_norm_backward(x, g, w, mean, invstd, gx, gw, gb, need_x, need_w, need_b):
     n, k = x.shape
     zero = np.zeros(1, x.dtype)[0]
     if need_w:
@@ -96,10 +90,6 @@ def _layer_norm_backward(x, g, w, mean, invstd, gx, gw, gb, need_x, need_w, need
                 c = sums[1, i]
                 for j in range(k):
                     gx[i, j] = r * (g[i, j] * w[j] - a - (x[i, j] - m) * r * c)
-    if need_w:
-        gw *= w_scale
-    if need_b:
-        gb *= b_scale
 
 
 def layer_norm_backward(x, g, weight, mean, invstd, needs, gw=None, gb=None,
@@ -108,17 +98,8 @@ def layer_norm_backward(x, g, weight, mean, invstd, needs, gw=None, gb=None,
     ``needs``: which of the three to compute (None for the others). ``gw``/``gb``: arrays to
     write the weight's and bias's gradients into, times ``w_scale``/``b_scale`` (DDP's
     buckets), or None for new ones."""
-    n, k = x.shape
-    need_x, need_w, need_b = needs
-    gx = np.empty_like(x) if need_x else _EMPTY[x.dtype].reshape(0, 0)
-    if need_w and gw is None:
-        gw = np.empty(k, x.dtype)
-    if need_b and gb is None:
-        gb = np.empty(k, x.dtype)
-    _layer_norm_backward(x, g, _ones(weight, k, x.dtype), mean, invstd, gx,
-                         gw if need_w else _EMPTY[x.dtype], gb if need_b else _EMPTY[x.dtype],
-                         need_x, need_w, need_b, x.dtype.type(w_scale), x.dtype.type(b_scale))
-    return (gx if need_x else None), (gw if need_w else None), (gb if need_b else None)
+    return _backward(_layer_norm_backward, x.shape[1], x, g, weight, mean, invstd, needs, gw,
+                     gb, w_scale, b_scale)
 
 
 @jit
@@ -153,18 +134,12 @@ def _group_norm_forward(x, w, b, eps, y, mean, var, invstd):
 def group_norm_forward(x, weight, bias, eps):
     """Group norm of ``x`` (N, G, M, S): ``(y, mean, var, invstd)``, the statistics (N, G).
     ``weight``/``bias``: arrays of G M, or None."""
-    n, groups, m, _ = x.shape
-    y = np.empty_like(x)
-    mean, var, invstd = np.empty((3, n, groups), x.dtype)
-    _group_norm_forward(x, _ones(weight, groups * m, x.dtype),
-                        _zeros(bias, groups * m, x.dtype), x.dtype.type(eps), y, mean, var,
-                        invstd)
-    return y, mean, var, invstd
+    return _forward(_group_norm_forward, x.shape[1] * x.shape[2], x.shape[:2], x, weight,
+                    bias, eps)
 
 
 @jit
-def _group_norm_backward(x, g, w, mean, invstd, gx, gw, gb, need_x, need_w, need_b,
-                         w_scale, b_scale):
+def _group_norm_backward(x, g, w, mean, invstd, gx, gw, gb, need_x, need_w, need_b):
     n, groups, m, s = x.shape
     zero = np.zeros(1, x.dtype)[0]   # (the sums in x's dtype)
     count = m * s
@@ -199,27 +174,14 @@ def _group_norm_backward(x, g, w, mean, invstd, gx, gw, gb, need_x, need_w, need
                     f = r * w[gi * m + c]
                     for j in range(s):
                         gx[i, gi, c, j] = g[i, gi, c, j] * f - (x[i, gi, c, j] - mu) * cc - a
-    if need_w:
-        gw *= w_scale
-    if need_b:
-        gb *= b_scale
 
 
 def group_norm_backward(x, g, weight, mean, invstd, needs, gw=None, gb=None,
                         w_scale=1.0, b_scale=1.0):
     """The gradients ``(gx, gw, gb)`` of :func:`group_norm_forward`, as
     :func:`layer_norm_backward`'s."""
-    n, groups, m, _ = x.shape
-    need_x, need_w, need_b = needs
-    gx = np.empty_like(x) if need_x else _EMPTY[x.dtype].reshape(0, 0, 0, 0)
-    if need_w and gw is None:
-        gw = np.empty(groups * m, x.dtype)
-    if need_b and gb is None:
-        gb = np.empty(groups * m, x.dtype)
-    _group_norm_backward(x, g, _ones(weight, groups * m, x.dtype), mean, invstd, gx,
-                         gw if need_w else _EMPTY[x.dtype], gb if need_b else _EMPTY[x.dtype],
-                         need_x, need_w, need_b, x.dtype.type(w_scale), x.dtype.type(b_scale))
-    return (gx if need_x else None), (gw if need_w else None), (gb if need_b else None)
+    return _backward(_group_norm_backward, x.shape[1] * x.shape[2], x, g, weight, mean, invstd,
+                     needs, gw, gb, w_scale, b_scale)
 
 
 @jit
@@ -253,17 +215,11 @@ def _batch_norm_forward(x, w, b, eps, y, mean, var, invstd):
 def batch_norm_forward(x, weight, bias, eps):
     """Batch norm of ``x`` (N, C, S) with the batch's statistics per channel: ``(y, mean, var,
     invstd)``, each of C (the variance biased). ``weight``/``bias``: arrays of C, or None."""
-    channels = x.shape[1]
-    y = np.empty_like(x)
-    mean, var, invstd = np.empty((3, channels), x.dtype)
-    _batch_norm_forward(x, _ones(weight, channels, x.dtype), _zeros(bias, channels, x.dtype),
-                        x.dtype.type(eps), y, mean, var, invstd)
-    return y, mean, var, invstd
+    return _forward(_batch_norm_forward, x.shape[1], x.shape[1:2], x, weight, bias, eps)
 
 
 @jit
-def _batch_norm_backward(x, g, w, mean, invstd, gx, gw, gb, need_x, need_w, need_b,
-                         w_scale, b_scale):
+def _batch_norm_backward(x, g, w, mean, invstd, gx, gw, gb, need_x, need_w, need_b):
     n, channels, s = x.shape
     count = n * s
     zero = np.zeros(1, x.dtype)[0]
@@ -280,9 +236,9 @@ def _batch_norm_backward(x, g, w, mean, invstd, gx, gw, gb, need_x, need_w, need
         sums[0, c] = sg
         sums[1, c] = sp
         if need_w:
-            gw[c] = sp * invstd[c] * w_scale
+            gw[c] = sp * invstd[c]
         if need_b:
-            gb[c] = sg * b_scale
+            gb[c] = sg
     if need_x:
         for c in range(channels):
             mu = mean[c]
@@ -299,20 +255,39 @@ def batch_norm_backward(x, g, weight, mean, invstd, needs, gw=None, gb=None,
                         w_scale=1.0, b_scale=1.0):
     """The gradients ``(gx, gw, gb)`` of :func:`batch_norm_forward`, as
     :func:`layer_norm_backward`'s."""
-    channels = x.shape[1]
+    return _backward(_batch_norm_backward, x.shape[1], x, g, weight, mean, invstd, needs, gw,
+                     gb, w_scale, b_scale)
+
+
+def _forward(kernel, features, stats_shape, x, weight, bias, eps):
+    """Run a forward ``kernel`` on ``x`` with ``features`` weights and biases (ones and zeros
+    for None): the output and the statistics (mean, variance, 1/std) of ``stats_shape``."""
+    y = np.empty_like(x)
+    mean, var, invstd = np.empty((3,) + tuple(stats_shape), x.dtype)
+    kernel(x, _ones(weight, features, x.dtype), _zeros(bias, features, x.dtype),
+           x.dtype.type(eps), y, mean, var, invstd)
+    return y, mean, var, invstd
+
+
+def _backward(kernel, features, x, g, weight, mean, invstd, needs, gw, gb, w_scale, b_scale):
+    """Run a backward ``kernel``: the gradients asked for in ``needs`` (None for the others),
+    the weight's and bias's into ``gw``/``gb`` where given."""
     need_x, need_w, need_b = needs
-    gx = np.empty_like(x) if need_x else _EMPTY[x.dtype].reshape(0, 0, 0)
+    empty = _EMPTY[x.dtype]   # (for those not needed: one type per dtype, one compilation)
+    gx = np.empty_like(x) if need_x else empty.reshape((0,) * x.ndim)
     if need_w and gw is None:
-        gw = np.empty(channels, x.dtype)
+        gw = np.empty(features, x.dtype)
     if need_b and gb is None:
-        gb = np.empty(channels, x.dtype)
-    _batch_norm_backward(x, g, _ones(weight, channels, x.dtype), mean, invstd, gx,
-                         gw if need_w else _EMPTY[x.dtype], gb if need_b else _EMPTY[x.dtype],
-                         need_x, need_w, need_b, x.dtype.type(w_scale), x.dtype.type(b_scale))
+        gb = np.empty(features, x.dtype)
+    kernel(x, g, _ones(weight, features, x.dtype), mean, invstd, gx,
+           gw if need_w else empty, gb if need_b else empty, need_x, need_w, need_b)
+    if need_w and w_scale != 1:
+        gw *= w_scale
+    if need_b and b_scale != 1:
+        gb *= b_scale
     return (gx if need_x else None), (gw if need_w else None), (gb if need_b else None)
 
 
-# placeholders for the arrays a call does not need (one type per dtype: one compiled kernel)
 _EMPTY = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}
 
 
