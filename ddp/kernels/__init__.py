@@ -62,9 +62,14 @@ def fits(*arrays) -> bool:
     return True
 
 
-def jit(fn):
+def jit(fn=None, *, nan_free=False):
     """``fn`` compiled by Numba on its first call (nopython, no GIL, cached on disk, the
-    fast-math flags above)."""
+    fast-math flags above). ``nan_free``: also "nnan", for a loop whose result does not matter
+    where the input holds a NaN (the row maxima of a softmax, whose row sum propagates the NaN
+    anyway): LLVM then vectorises a max. (Not "ninf": masked scores are -inf.)"""
+    if fn is None:
+        return functools.partial(jit, nan_free=nan_free)
+    flags = set(_FASTMATH) | ({"nnan"} if nan_free else set())
     compiled = None
 
     @functools.wraps(fn)
@@ -72,6 +77,6 @@ def jit(fn):
         nonlocal compiled
         if compiled is None:
             import numba
-            compiled = numba.njit(cache=True, nogil=True, fastmath=set(_FASTMATH))(fn)
+            compiled = numba.njit(cache=True, nogil=True, fastmath=flags)(fn)
         return compiled(*args)
     return call

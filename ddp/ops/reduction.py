@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, kernels
+from ..kernels import softmax as _softmax_kernels
 from ..autograd.graph import Op
 
 
@@ -203,12 +204,29 @@ def _log_softmax_array(a, axis):
     return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 
 
+def _rows(a, dim):
+    """``a`` as (rows, k) for ddp.kernels' row passes when ``dim`` is its last axis and
+    :func:`kernels.fits` takes it, else None."""
+    if a.ndim and dim in (-1, a.ndim - 1) and kernels.fits(a):
+        return a.reshape(-1, a.shape[-1])
+    return None
+
+
+def _rows_of(g, y):
+    """The upstream gradient ``g`` as ``y``'s (rows, k) (contiguous, of its dtype)."""
+    return np.ascontiguousarray(g, y.dtype).reshape(y.shape)
+
+
 class Softmax(Op):
-    """``exp(x) / sum(exp(x))`` along ``dim`` (shifted by the max: never overflows)."""
+    """``exp(x) / sum(exp(x))`` along ``dim`` (shifted by the max: never overflows); along
+    the last axis of a float32/64 NumPy array in ddp.kernels' row passes (at (128, 1000)
+    forward and backward 2.75x PyTorch's time with NumPy's passes)."""
 
     @staticmethod
     def forward(ctx, a, dim=-1):
-        out = _softmax_array(a, dim)
+        rows = _rows(a, dim)
+        out = _softmax_array(a, dim) if rows is None else \
+            _softmax_kernels.softmax(rows).reshape(a.shape)
         ctx.save_for_backward(out)
         ctx.dim = dim
         return out
@@ -216,15 +234,21 @@ class Softmax(Op):
     @staticmethod
     def backward(ctx, g):
         y, = ctx.saved_tensors
+        rows = None if ctx.create_graph else _rows(y, ctx.dim)
+        if rows is not None:
+            return _softmax_kernels.softmax_backward(rows, _rows_of(g, rows)).reshape(y.shape)
         return y * (g - (g * y).sum(axis=ctx.dim, keepdims=True))
 
 
 class LogSoftmax(Op):
-    """``x - logsumexp(x)`` along ``dim`` (shifted by the max: never overflows)."""
+    """``x - logsumexp(x)`` along ``dim`` (shifted by the max: never overflows); along the
+    last axis as :class:`Softmax`."""
 
     @staticmethod
     def forward(ctx, a, dim=-1):
-        out = _log_softmax_array(a, dim)
+        rows = _rows(a, dim)
+        out = _log_softmax_array(a, dim) if rows is None else \
+            _softmax_kernels.log_softmax(rows).reshape(a.shape)
         ctx.save_for_backward(out)
         ctx.dim = dim
         return out
@@ -232,6 +256,10 @@ class LogSoftmax(Op):
     @staticmethod
     def backward(ctx, g):
         out, = ctx.saved_tensors
+        rows = None if ctx.create_graph else _rows(out, ctx.dim)
+        if rows is not None:
+            return _softmax_kernels.log_softmax_backward(rows, _rows_of(g, rows)) \
+                .reshape(out.shape)
         return g - ctx.xp.exp(out) * g.sum(axis=ctx.dim, keepdims=True)
 
 

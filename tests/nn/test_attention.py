@@ -716,3 +716,44 @@ def test_signatures_match_torch(oracle):
     text = ", ".join(n if d == "<required>" else f"{n}={d}" for n, d, _ in ours)
     assert ref["sdpa"].replace("( ", "(") == f"scaled_dot_product_attention({text})"
     assert [k for n, _, k in ours if n in ("scale", "enable_gqa")] == ["KEYWORD_ONLY"] * 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("safe,causal,dropout", [(True, False, False), (True, True, True),
+                                                 (False, True, False), (True, False, True)])
+def test_the_fused_op_gives_the_numpy_paths_values_with_the_kernels(monkeypatch, dtype, safe,
+                                                                     causal, dropout):
+    """The fused op's softmax and its backward take ddp.kernels' row passes on the CPU; the
+    NumPy path (the GPU's) gives the same output, weights and gradients — a fully masked row
+    included (zeros when ``safe``, NaN when not)."""
+    from ddp import kernels
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((2, 3, 4, 8), (2, 3, 6, 8),
+                                                               (2, 3, 6, 5)))
+    bias = np.where(rng.random((4, 6)) < 0.2, -np.inf, 0).astype(dtype)
+    bias[1] = -np.inf   # a query that sees no key
+    keep = ((rng.random((2, 3, 4, 6)) > 0.3) / 0.7).astype(dtype) if dropout else None
+    g_out, g_w = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3, 4, 6))
+
+    def run():
+        ts = [ddp.tensor(a, requires_grad=True) for a in (q, k, v)]
+        out, w = ScaledDotProductAttention.apply(*ts, ddp.tensor(bias), scale=0.3,
+                                                 causal=causal, keep=keep, safe=safe,
+                                                 weights=True)
+        (out * ddp.tensor(g_out.astype(dtype))).sum().backward(retain_graph=True)
+        (w.nan_to_num() * ddp.tensor(g_w.astype(dtype))).sum().backward()
+        return [out.detach().numpy(), w.detach().numpy()] + [t.grad.numpy() for t in ts]
+    from ddp.kernels import softmax
+    spy = []
+    for name in ("softmax_rows_", "softmax_backward"):
+        monkeypatch.setattr(softmax, name, lambda *a, f=getattr(softmax, name), **kw:
+                            spy.append(f.__name__) or f(*a, **kw))
+    with np.errstate(invalid="ignore"):
+        got = run()
+        assert set(spy) == {"softmax_rows_", "softmax_backward"}
+        monkeypatch.setattr(kernels, "_enabled", False)
+        want = run()
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, **tol)
+    assert np.isnan(got[1][:, :, 1]).all() != safe

@@ -25,7 +25,8 @@ import warnings
 
 import numpy as np
 
-from ... import backend
+from ... import backend, kernels
+from ...kernels import softmax as _softmax_kernels
 from ...autograd.graph import Op
 from ...ops.elementwise import where
 from ...tensor import Tensor
@@ -43,6 +44,8 @@ _HALF = (np.dtype(np.float16), backend._BFLOAT16)
 def _softmax_rows_(s, safe):
     """Softmax over the last axis of the array ``s``, in place. ``safe``: a row whose every score
     is -inf gets zero weights (PyTorch's SDPA) instead of NaN (a plain softmax)."""
+    if kernels.fits(s):   # ddp.kernels' row passes (see ddp.kernels.softmax)
+        return _softmax_kernels.softmax_rows_(s.reshape(-1, s.shape[-1]), safe).reshape(s.shape)
     xp = backend.get_array_module(s)
     m = s.max(axis=-1, keepdims=True)
     if safe:
@@ -119,14 +122,20 @@ class ScaledDotProductAttention(Op):
             if keep is not None:
                 dp = dp * keep
             ds = p * (dp - (dp * p).sum(-1, keepdim=True))
-        else:  # on the (…, L, S) buffer in place: 3 passes, no temporary
-            row = xp.einsum("...j,...j->...", dp, pd)[..., None]
+        else:  # on the (…, L, S) buffer in place, no temporary: 3 passes, or one call of
+            # ddp.kernels' row passes where they fit
+            fused = kernels.fits(dp, p) and (keep is None or keep.dtype == dp.dtype)
+            row = None if fused else xp.einsum("...j,...j->...", dp, pd)[..., None]
             if keep is not None:
                 dp = dp * keep if not fresh else xp.multiply(dp, keep, out=dp)
             elif not fresh:
                 dp = dp.copy()
-            dp -= row
-            dp *= p
+            if fused:   # P ∘ (dP' − rowsum(dP' ∘ P)), rowsum(dP' ∘ P) from dP' = dP ∘ keep
+                rows = dp.reshape(-1, dp.shape[-1])
+                _softmax_kernels.softmax_backward(p.reshape(rows.shape), rows, out=rows)
+            else:
+                dp -= row
+                dp *= p
             ds = dp
         gbias = ds if need_bias else None
         gq = gk = None

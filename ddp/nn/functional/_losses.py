@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from ... import backend, kernels
-from ...kernels import losses as _loss_kernels
+from ...kernels import softmax as _softmax_kernels
 from ...ops.autocast import autocast_op
 from ...autograd import graph
 from ...autograd.graph import Op
@@ -358,7 +358,7 @@ class ClassCrossEntropy(Op):
         inv_total = None
         rows = log_softmax and _rows(x, dim)
         if rows:   # the same with ddp.kernels' row passes
-            p, shift, total = _loss_kernels.shifted_exp(x)
+            p, shift, total = _softmax_kernels.shifted_exp(x)
         elif log_softmax:   # e = exp(x - max) and the picked log-probabilities: four passes
             shift = x.max(axis=dim, keepdims=True)
             p = x - shift
@@ -404,7 +404,7 @@ class ClassCrossEntropy(Op):
         n_classes = shape[dim]
         arrays = xp is not graph.tensor_xp
         gx = None
-        fused = arrays and ctx.log_softmax and _rows(e, dim)   # (see softmax_grad)
+        fused = arrays and ctx.log_softmax and _rows(e, dim)   # (see cross_entropy_grad)
         if g is not None:
             if ctx.reduction == "mean":
                 g = g / ctx.denominator
@@ -417,15 +417,15 @@ class ClassCrossEntropy(Op):
                         * ctx.valid
                 gt = g * total if arrays else g * graph.Tensor._make(total)
                 if fused:   # and the picked classes' part, in one pass
-                    gx = _loss_kernels.softmax_grad(e, gt * ctx.inv_total.reshape(-1), ctx.y,
-                                                    (1 - eps) * gs)
+                    gx = _softmax_kernels.cross_entropy_grad(
+                        e, gt * ctx.inv_total.reshape(-1), ctx.y, (1 - eps) * gs)
                 elif arrays:   # softmax * g W in one pass over e
                     gx = e * (xp.expand_dims(gt, dim) * ctx.inv_total)
                 else:        # softmax recorded from e, which is on the graph (output 1)
                     gx = e / e.sum(axis=dim, keepdims=True) * xp.expand_dims(gt, dim)
             elif arrays:
                 gx = backend.get_array_module(ctx.y).zeros(shape, dtype)
-            if not fused:   # (else the picked classes' part was in softmax_grad's pass)
+            if not fused:   # (else the picked classes' part was in cross_entropy_grad)
                 idx, at = _class_index(ctx.y, dim)
                 if arrays:
                     gx[idx] -= ((1 - eps) * gs).reshape(at)
