@@ -77,6 +77,10 @@ def jit(fn=None, *, nan_free=False):
         nonlocal compiled
         if compiled is None:
             import numba
-            compiled = numba.njit(cache=True, nogil=True, fastmath=flags)(fn)
+            try:
+                compiled = numba.njit(cache=True, nogil=True, fastmath=flags)(fn)
+            except RuntimeError:   # no writable place for the cache (a read-only install
+                # and home): compiled in each process instead
+                compiled = numba.njit(nogil=True, fastmath=flags)(fn)
         return compiled(*args)
     return call

@@ -53,3 +53,4 @@ def test_other_axes_keep_the_numpy_path(monkeypatch):
     monkeypatch.setattr(softmax, "softmax", lambda *a: spy.append(a))
     y = F.softmax(ddp.randn(3, 4, 5), dim=1)
     assert not spy and np.allclose(y.sum(1).numpy(), 1, rtol=1e-6)
+
