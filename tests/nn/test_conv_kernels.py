@@ -1,0 +1,96 @@
+"""ddp.kernels.convolution (the CPU's conv2d for contiguous float32/float64 arrays: patches built
+by Numba loops, multiplied by BLAS) against the NumPy path the GPU runs: values and gradients
+over the options (stride, padding incl. 'same' and asymmetric, dilation, padding modes), the
+blocks of whole samples and of image rows, and the gradients asked for."""
+import numpy as np
+import pytest
+
+import ddp
+import ddp.nn as nn
+from ddp import kernels
+from ddp.kernels import convolution as conv_kernels
+
+OPTIONS = [
+    dict(),
+    dict(padding=1),
+    dict(padding="same"),                       # 4x4: the extra row and column bottom/right
+    dict(padding=(2, 0), stride=(2, 1)),
+    dict(padding=(0, 3), stride=(1, 3)),
+    dict(padding=2, dilation=(2, 1)),
+    dict(padding=(1, 2), dilation=(1, 2), stride=2),
+    dict(padding=4),                            # beyond the kernel: rows of padding only
+    dict(padding=1, padding_mode="reflect"),
+    dict(padding=(1, 2), padding_mode="circular"),
+]
+
+
+def _conv_run(data, kernel, options, needs, upstream):
+    """(output, input's gradient, weight's, bias's) of a Conv2d(3, 5, kernel) on ``data``."""
+    ddp.manual_seed(0)
+    conv = nn.Conv2d(3, 5, kernel, **options).to(ddp.float64 if data.dtype == np.float64
+                                                 else ddp.float32)
+    need_x, need_w, need_b = needs
+    conv.weight.requires_grad_(need_w)
+    conv.bias.requires_grad_(need_b)
+    x = ddp.tensor(data, requires_grad=need_x)
+    y = conv(x)
+    if upstream == "transposed":   # a transposed upstream gradient (copied by the kernel path)
+        g = np.random.default_rng(1).standard_normal(tuple(y.shape)[::-1]).astype(data.dtype)
+        y.backward(ddp.tensor(g.T))
+    else:                          # sum(): one value broadcast
+        y.sum().backward()
+    grads = [t.grad for t, need in ((x, need_x), (conv.weight, need_w), (conv.bias, need_b))]
+    return [y.detach().numpy()] + [None if t is None else t.numpy() for t in grads]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", OPTIONS, ids=repr)
+@pytest.mark.parametrize("kernel", [3, (4, 2)])
+@pytest.mark.parametrize("block_bytes", [None, 64, 2000], ids=["block", "rows", "samples"])
+@pytest.mark.parametrize("needs", [(True, True, True), (False, True, True), (True, True, False)],
+                         ids=["all", "weight", "no-bias"])
+@pytest.mark.parametrize("upstream", ["transposed", "sum"])
+def test_the_kernels_give_the_numpy_paths_values_and_gradients(monkeypatch, dtype, options,
+                                                              kernel, block_bytes, needs,
+                                                              upstream):
+    """Output and gradients from the kernels equal the NumPy path's; an infinity at the end of
+    the image's first row stays out of the next row's left padding (the patch loops copy
+    whole runs of the input, the pixels that fall in the padding set after). ``block_bytes``: the default blocks, one image
+    row per block, or a few whole samples per block."""
+    if block_bytes is not None:
+        monkeypatch.setattr(conv_kernels, "_BLOCK_BYTES", block_bytes)
+    calls = []
+    for name in ("conv2d_forward", "conv2d_backward"):
+        monkeypatch.setattr(conv_kernels, name, lambda *a, _f=getattr(conv_kernels, name),
+                            _name=name: calls.append(_name) or _f(*a))
+    data = np.random.default_rng(0).standard_normal((4, 3, 9, 11)).astype(dtype)
+    data[1, 2, 0, 10] = np.inf
+    stride = options.get("stride", 1)
+    # the weight's gradient alone through the kernels at stride 1 along the width only
+    backward = needs[0] or (stride if isinstance(stride, int) else stride[1]) == 1
+    with np.errstate(invalid="ignore"):
+        got = _conv_run(data, kernel, options, needs, upstream)
+        assert kernels.enabled() and "conv2d_forward" in calls
+        assert ("conv2d_backward" in calls) == backward
+        monkeypatch.setattr(kernels, "_enabled", False)
+        calls.clear()
+        want = _conv_run(data, kernel, options, needs, upstream)
+    assert not calls
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
+    assert [getattr(a, "dtype", None) for a in got] == [getattr(b, "dtype", None) for b in want]
+    for a, b in zip(got, want):
+        if a is not None:
+            np.testing.assert_allclose(a, b, **tol)
+
+
+def test_the_kernels_are_left_to_the_numpy_path_where_they_do_not_fit(monkeypatch):
+    """Groups, a 1x1 kernel at stride 1 (its patches are the input), float16 and a
+    non-contiguous input take the NumPy path."""
+    calls = []
+    monkeypatch.setattr(conv_kernels, "conv2d_forward", lambda *a: calls.append(a))
+    x = ddp.randn(2, 4, 6, 6)
+    for conv, inp in [(nn.Conv2d(4, 6, 3, groups=2), x), (nn.Conv2d(4, 6, 1), x),
+                      (nn.Conv2d(4, 6, 3).half(), x.half()),
+                      (nn.Conv2d(4, 6, 3), x.transpose(2, 3))]:
+        assert conv(inp).shape[:2] == (2, 6)
+    assert not calls
