@@ -131,3 +131,67 @@ def test_gpu_matches_cpu(mode):
     for a, b in zip(out_c + g_c, out_g + g_g):
         np.testing.assert_allclose(b.detach().cpu().numpy(), a.detach().numpy(), rtol=1e-10,
                                    atol=1e-13)
+
+
+def _layer_run(mode, dtype, layers, bidirectional, batch_first, initial, bias, upstream):
+    """An ``nn.LSTM``/``nn.GRU`` (weights from a seed) run forward and backward: its outputs
+    and the gradients of its input, initial states and parameters, as arrays."""
+    rng = np.random.default_rng(0)
+    ddp.manual_seed(0)
+    cls = ddp.nn.LSTM if mode == "LSTM" else ddp.nn.GRU
+    layer = cls(3, 5, num_layers=layers, bias=bias, batch_first=batch_first,
+                bidirectional=bidirectional, dtype=dtype)
+    shape = (2, 6, 3) if batch_first else (6, 2, 3)
+    x = ddp.tensor(rng.standard_normal(shape) * 2, dtype=dtype, requires_grad=True)
+    states = ()
+    if initial:
+        count = layers * (2 if bidirectional else 1)
+        states = tuple(ddp.tensor(rng.standard_normal((count, 2, 5)), dtype=dtype,
+                                  requires_grad=True) for _ in range(2 if mode == "LSTM" else 1))
+    out, last = layer(x, (states if mode == "LSTM" else states[0]) if initial else None)
+    last = last if mode == "LSTM" else (last,)
+    results = [out] + list(last)
+    if upstream == "sum":        # one value broadcast: a stride-0 gradient
+        sum(r.sum() for r in results).backward()
+    else:
+        ddp.autograd.backward(results, [ddp.tensor(rng.standard_normal(tuple(r.shape)),
+                                                   dtype=dtype) for r in results])
+    leaves = [x] + list(states) + list(layer.parameters())
+    return [r.detach().numpy() for r in results] + [leaf.grad.numpy() for leaf in leaves]
+
+
+@pytest.mark.parametrize("upstream", ["random", "sum"])
+@pytest.mark.parametrize("layers, bidirectional, batch_first, initial, bias",
+                         [(1, False, False, False, True), (2, True, False, True, True),
+                          (1, True, True, True, False), (2, False, True, False, True)])
+@pytest.mark.parametrize("dtype", [ddp.float32, ddp.float64])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_the_kernels_give_the_numpy_paths_values_and_gradients(
+        monkeypatch, mode, dtype, layers, bidirectional, batch_first, initial, bias, upstream):
+    """ddp.kernels.recurrent's steps (the CPU's path for LSTM and GRU in float32/float64)
+    against the NumPy path the GPU runs: multi-layer, bidirectional, batch-first, with and
+    without initial states and biases, a random and a broadcast upstream gradient."""
+    from ddp import kernels
+    from ddp.kernels import recurrent
+    calls = []
+    for name in ("lstm_cell", "lstm_cell_backward", "gru_gates", "gru_output",
+                 "gru_cell_backward"):
+        kernel = getattr(recurrent, name)
+        monkeypatch.setattr(recurrent, name,
+                            lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
+    case = (mode, dtype, layers, bidirectional, batch_first, initial, bias, upstream)
+    got = _layer_run(*case)
+    steps = 6 * layers * (2 if bidirectional else 1)
+    ran = ["lstm_cell", "lstm_cell_backward"] if mode == "LSTM" else \
+        ["gru_gates", "gru_output", "gru_cell_backward"]
+    assert kernels.enabled() and sorted(set(calls)) == sorted(ran)
+    assert all(calls.count(name) == steps for name in ran)
+    monkeypatch.setattr(kernels, "_enabled", False)
+    calls.clear()
+    want = _layer_run(*case)
+    assert not calls
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == ddp.float32 else dict(rtol=1e-12, atol=1e-13)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, **tol)

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import backend
+from ... import backend, kernels
 from ..._functions import stack
 from ...autograd.gradients import grad as _autograd_grad
 from ...autograd.graph import Op
+from ...kernels import recurrent as _kernels
 from ...ops.autocast import state as _autocast
 
 # --------------------------------------------------------------------------- composed of ops
@@ -160,6 +161,9 @@ class Recurrence(Op):
         L, N, _ = x.shape
         G, H = w_hh.shape
         order = range(L - 1, -1, -1) if reverse else range(L)
+        # LSTM's and GRU's elementwise work per step in ddp.kernels.recurrent where it fits
+        # (the arrays it reads that the op does not make: the initial states, GRU's b_hn)
+        ctx.fused = mode in ("LSTM", "GRU") and kernels.fits(h0, c0, b_hh)
         scale = None
         if mode != "RNN_TANH" and mode != "RNN_RELU":
             # the sigmoid gates' pre-activations halved once (see _sigmoid_), in the weights
@@ -201,42 +205,50 @@ class Recurrence(Op):
                 xp.matmul(h, w_t, out=a)
                 a += gi[t]
                 xp.tanh(a, out=a)
-                _sigmoid_(a[:, :2 * H])
-                _sigmoid_(a[:, 3 * H:])
-                i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
                 cn = cells[t]
-                xp.multiply(f, c, out=cn)
-                cn += i * g
+                if ctx.fused:
+                    _kernels.lstm_cell(a, c, cn)
+                else:
+                    _sigmoid_(a[:, :2 * H])
+                    _sigmoid_(a[:, 3 * H:])
+                    xp.multiply(a[:, H:2 * H], c, out=cn)
+                    cn += a[:, :H] * a[:, 2 * H:3 * H]
                 c = cn
                 h = out[t]
                 xp.tanh(c, out=tanh_c[t])   # kept: backward needs it twice
-                xp.multiply(tanh_c[t], o, out=h)
+                xp.multiply(tanh_c[t], a[:, 3 * H:], out=h)
             ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, acts, cells, tanh_c)
             ctx.mode, ctx.reverse = mode, reverse
             return out, h.copy(), c.copy()
         # GRU: r, z, n
         b_hn = None if b_hh is None else b_hh[2 * H:]
         ghn = xp.empty((L, N, H), x.dtype)   # W_hn h + b_hn of every step: dr needs it
+        pre_n = xp.empty((N, H), x.dtype) if ctx.fused else None   # n's pre-activation
         for t in order:
             a = acts[t]
             gh = xp.matmul(h, w_t)
             rz = a[:, :2 * H]
             xp.add(gi[t, :, :2 * H], gh[:, :2 * H], out=rz)
             xp.tanh(rz, out=rz)
-            _sigmoid_(rz)
             hn = ghn[t]
-            if b_hn is not None:
-                xp.add(gh[:, 2 * H:], b_hn, out=hn)
-            else:
-                hn[...] = gh[:, 2 * H:]
             n = a[:, 2 * H:]
-            xp.multiply(rz[:, :H], hn, out=n)
-            n += gi[t, :, 2 * H:]
-            xp.tanh(n, out=n)
             hnew = out[t]
-            xp.subtract(h, n, out=hnew)
-            hnew *= rz[:, H:]
-            hnew += n
+            if ctx.fused:
+                _kernels.gru_gates(a, gi[t], gh, b_hn, hn, pre_n)
+                xp.tanh(pre_n, out=n)
+                _kernels.gru_output(a, h, hnew)
+            else:
+                _sigmoid_(rz)
+                if b_hn is not None:
+                    xp.add(gh[:, 2 * H:], b_hn, out=hn)
+                else:
+                    hn[...] = gh[:, 2 * H:]
+                xp.multiply(rz[:, :H], hn, out=n)
+                n += gi[t, :, 2 * H:]
+                xp.tanh(n, out=n)
+                xp.subtract(h, n, out=hnew)
+                hnew *= rz[:, H:]
+                hnew += n
             h = hnew
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, acts, ghn)
         ctx.mode, ctx.reverse = mode, reverse
@@ -257,6 +269,10 @@ class Recurrence(Op):
         first = L - 1 if reverse else 0                          # the step that reads h0
         dg = xp.empty((L, N, G), x.dtype)      # gradient of the gates' pre-activations
         dh = g_h.copy()
+        fused = ctx.fused and g_out.dtype == dh.dtype == x.dtype \
+            and (g_c is None or g_c.dtype == x.dtype)
+        if fused:   # (the upstream gradient may be a broadcast: a contiguous copy for the loop)
+            g_out = xp.ascontiguousarray(g_out)
         if mode in ("RNN_TANH", "RNN_RELU"):
             deriv = 1 - out * out if mode == "RNN_TANH" else (out > 0).astype(out.dtype)
             for t in order:
@@ -275,67 +291,82 @@ class Recurrence(Op):
             # against 24 when each gate had its own
             acts, cells, tanh_c = saved[8:]
             dc = g_c.copy()
-            tmp = xp.empty((N, H), x.dtype)
-            fac = xp.empty((N, G), x.dtype)
-            fac_g = fac[:, 2 * H:3 * H]
-            for t in order:
-                a = acts[t]
-                i, f, gg, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-                cp = c0 if t == first else cells[t + 1 if reverse else t - 1]
-                tc = tanh_c[t]
-                d = dg[t]
-                dh += g_out[t]
-                xp.subtract(1, a, out=fac)
-                fac *= a
-                xp.multiply(gg, gg, out=fac_g)
-                xp.subtract(1, fac_g, out=fac_g)
-                xp.multiply(dh, o, out=tmp)
-                dc += tmp
-                tmp *= tc
-                tmp *= tc
-                dc -= tmp
-                xp.multiply(dc, gg, out=d[:, :H])
-                xp.multiply(dc, cp, out=d[:, H:2 * H])
-                xp.multiply(dc, i, out=d[:, 2 * H:3 * H])
-                xp.multiply(dh, tc, out=d[:, 3 * H:])
-                d *= fac
-                dc *= f
-                dh = xp.matmul(d, w_hh)
+            if fused:   # the same per step in one call (ddp.kernels.recurrent)
+                for t in order:
+                    cp = c0 if t == first else cells[t + 1 if reverse else t - 1]
+                    _kernels.lstm_cell_backward(acts[t], cp, tanh_c[t], g_out[t], dh, dc, dg[t])
+                    xp.matmul(dg[t], w_hh, out=dh)
+            else:
+                tmp = xp.empty((N, H), x.dtype)
+                fac = xp.empty((N, G), x.dtype)
+                fac_g = fac[:, 2 * H:3 * H]
+                for t in order:
+                    a = acts[t]
+                    i, f, gg, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+                    cp = c0 if t == first else cells[t + 1 if reverse else t - 1]
+                    tc = tanh_c[t]
+                    d = dg[t]
+                    dh += g_out[t]
+                    xp.subtract(1, a, out=fac)
+                    fac *= a
+                    xp.multiply(gg, gg, out=fac_g)
+                    xp.subtract(1, fac_g, out=fac_g)
+                    xp.multiply(dh, o, out=tmp)
+                    dc += tmp
+                    tmp *= tc
+                    tmp *= tc
+                    dc -= tmp
+                    xp.multiply(dc, gg, out=d[:, :H])
+                    xp.multiply(dc, cp, out=d[:, H:2 * H])
+                    xp.multiply(dc, i, out=d[:, 2 * H:3 * H])
+                    xp.multiply(dh, tc, out=d[:, 3 * H:])
+                    d *= fac
+                    dc *= f
+                    dh = xp.matmul(d, w_hh)
             dgh = dg
         else:  # GRU, per step on (N, H) scratch arrays as LSTM:
             # d(pre_z) = dh (h_prev - n) z (1-z), d(pre_n) = dh (1-z)(1-n^2),
             # d(pre_r) = d(pre_n) (W_hn h + b_hn) r (1-r), and W_h sees d(pre_n) * r for n
             acts, ghn = saved[8:]
-            dg4 = dg.reshape(L, N, 3, H)
             dgh = xp.empty((L, N, G), x.dtype)
-            tmp = xp.empty((N, H), x.dtype)
-            for t in order:
-                a = acts[t]
-                rr, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-                hp = h0 if t == first else out[t + 1 if reverse else t - 1]
-                d = dg4[t]
-                dh += g_out[t]
-                dn = d[:, 2]
-                xp.multiply(n, n, out=tmp)
-                xp.subtract(1, tmp, out=tmp)
-                xp.multiply(dh, tmp, out=dn)
-                xp.subtract(1, z, out=tmp)
-                dn *= tmp
-                dz = d[:, 1]
-                xp.subtract(hp, n, out=dz)
-                dz *= dh
-                dz *= z
-                dz *= tmp
-                dr = d[:, 0]
-                xp.subtract(1, rr, out=tmp)
-                tmp *= rr
-                tmp *= ghn[t]
-                xp.multiply(dn, tmp, out=dr)
-                e = dgh[t]
-                e[:, :2 * H] = dg[t, :, :2 * H]
-                xp.multiply(dn, rr, out=e[:, 2 * H:])
-                dh *= z
-                dh += xp.matmul(e, w_hh)
+            if fused:   # the same per step in one call (ddp.kernels.recurrent)
+                dh_w = xp.zeros((N, H), x.dtype)   # the W_hh part of the gradient carried
+                for t in order:
+                    hp = h0 if t == first else out[t + 1 if reverse else t - 1]
+                    _kernels.gru_cell_backward(acts[t], hp, ghn[t], g_out[t], dh, dh_w, dg[t],
+                                               dgh[t])
+                    xp.matmul(dgh[t], w_hh, out=dh_w)
+                dh += dh_w
+            else:
+                dg4 = dg.reshape(L, N, 3, H)
+                tmp = xp.empty((N, H), x.dtype)
+                for t in order:
+                    a = acts[t]
+                    rr, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
+                    hp = h0 if t == first else out[t + 1 if reverse else t - 1]
+                    d = dg4[t]
+                    dh += g_out[t]
+                    dn = d[:, 2]
+                    xp.multiply(n, n, out=tmp)
+                    xp.subtract(1, tmp, out=tmp)
+                    xp.multiply(dh, tmp, out=dn)
+                    xp.subtract(1, z, out=tmp)
+                    dn *= tmp
+                    dz = d[:, 1]
+                    xp.subtract(hp, n, out=dz)
+                    dz *= dh
+                    dz *= z
+                    dz *= tmp
+                    dr = d[:, 0]
+                    xp.subtract(1, rr, out=tmp)
+                    tmp *= rr
+                    tmp *= ghn[t]
+                    xp.multiply(dn, tmp, out=dr)
+                    e = dgh[t]
+                    e[:, :2 * H] = dg[t, :, :2 * H]
+                    xp.multiply(dn, rr, out=e[:, 2 * H:])
+                    dh *= z
+                    dh += xp.matmul(e, w_hh)
             dc = None
 
         # the weights' and biases' gradients go into their sinks where offered (DDP's buckets:
