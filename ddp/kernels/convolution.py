@@ -40,16 +40,24 @@ def _patches(x, cols, adjoint, n0, n1, r0, r1, kh, kw, s0, s1, t, lft, d0, d1, o
     rows = r1 - r0
     kk = c_ * kh * kw
     run = s1 == 1 and ow == s0 * w   # consecutive pixels of an output row and of the next
+    # per tap row i, the output rows [rlo, rhi) whose input row is in the image; per tap column
+    # j, the output columns [lo, hi) (taken once: integer divisions)
+    bounds = np.empty((4, max(kh, kw)), np.int64)
+    for i in range(kh):
+        first = r0 * s0 - t + i * d0   # input row of output row r0
+        bounds[0, i] = r0 + min(rows, max(0, (-first + s0 - 1) // s0))
+        bounds[1, i] = max(bounds[0, i], r0 + min(rows, (h - first + s0 - 1) // s0))
+    for j in range(kw):
+        off = j * d1 - lft   # input column of output column 0
+        bounds[2, j] = min(ow, max(0, (-off + s1 - 1) // s1))
+        bounds[3, j] = max(bounds[2, j], min(ow, (w - off + s1 - 1) // s1))
     for n in range(n0, n1):
         for c in range(c_):
             for i in range(kh):
-                first = r0 * s0 - t + i * d0   # input row of output row r0
-                rlo = r0 + min(rows, max(0, (-first + s0 - 1) // s0))
-                rhi = max(rlo, r0 + min(rows, (h - first + s0 - 1) // s0))
+                rlo, rhi = bounds[0, i], bounds[1, i]
                 for j in range(kw):
-                    off = j * d1 - lft   # input column of output column 0
-                    lo = min(ow, max(0, (-off + s1 - 1) // s1))
-                    hi = max(lo, min(ow, (w - off + s1 - 1) // s1))
+                    off = j * d1 - lft
+                    lo, hi = bounds[2, j], bounds[3, j]
                     base = ((n - n0) * kk + (c * kh + i) * kw + j) * rows * ow
                     if not adjoint:   # rows in the padding
                         for q in range(base, base + (rlo - r0) * ow):
@@ -66,12 +74,14 @@ def _patches(x, cols, adjoint, n0, n1, r0, r1, kh, kw, s0, s1, t, lft, d0, d1, o
                         if not adjoint:
                             for q in range(start, end):
                                 cf[q] = xf[np.uint64(q + shift)]
-                        for oh in range(rlo, rhi if lo > 0 or hi < ow else rlo):
-                            p = base + (oh - r0) * ow   # the run's pixels in the padding: 0
-                            for q in range(lo):
-                                cf[p + q] = 0
-                            for q in range(hi, ow):
-                                cf[p + q] = 0
+                        for q in range(lo):   # the run's pixels in the padding: 0
+                            for p in range(base + (rlo - r0) * ow + q,
+                                           base + (rhi - r0) * ow, ow):
+                                cf[p] = 0
+                        for q in range(hi, ow):
+                            for p in range(base + (rlo - r0) * ow + q,
+                                           base + (rhi - r0) * ow, ow):
+                                cf[p] = 0
                         if adjoint:
                             for q in range(start, end):
                                 xf[np.uint64(q + shift)] += cf[q]

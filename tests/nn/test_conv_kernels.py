@@ -94,3 +94,36 @@ def test_the_kernels_are_left_to_the_numpy_path_where_they_do_not_fit(monkeypatc
                       (nn.Conv2d(4, 6, 3), x.transpose(2, 3))]:
         assert conv(inp).shape[:2] == (2, 6)
     assert not calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", [dict(), dict(padding=1), dict(stride=2, padding=1),
+                                     dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2)),
+                                     dict(padding=2, dilation=2)], ids=repr)
+def test_the_kernels_give_the_numpy_paths_transposed_convolution(monkeypatch, dtype, options):
+    """conv_transpose2d's forward (the stride-1 convolution of its input with the flipped or
+    the sub-pixel kernel, through the kernels) and its gradients equal the NumPy path's."""
+    calls = []
+    monkeypatch.setattr(conv_kernels, "conv2d_forward", lambda *a, _f=conv_kernels.conv2d_forward:
+                        calls.append(a) or _f(*a))
+    data = np.random.default_rng(0).standard_normal((3, 8, 6, 7)).astype(dtype)
+
+    def run():
+        ddp.manual_seed(0)
+        conv = nn.ConvTranspose2d(8, 4, 3 if "dilation" in options else 4, **options).to(
+            ddp.float64 if dtype == np.float64 else ddp.float32)
+        x = ddp.tensor(data, requires_grad=True)
+        y = conv(x)
+        g = np.random.default_rng(1).standard_normal(tuple(y.shape)).astype(dtype)
+        y.backward(ddp.tensor(g))
+        return [t.numpy() for t in (y.detach(), x.grad, conv.weight.grad, conv.bias.grad)]
+    got = run()
+    assert calls
+    monkeypatch.setattr(kernels, "_enabled", False)
+    calls.clear()
+    want = run()
+    assert not calls
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, **tol)

@@ -227,7 +227,7 @@ def _conv_matmul_adjoint(g, w, geom, size, b=None):
     cg, kh, kw = w.shape[1:]
     flipped = _flipped(w.shape, geom, size)
     if flipped is not None:
-        return _conv_blocks(g, w[:, :, ::-1, ::-1].swapaxes(0, 1), flipped, tuple(size), b)
+        return _adjoint_conv(g, w[:, :, ::-1, ::-1].swapaxes(0, 1), flipped, tuple(size), b)
     # strided: the sub-pixel form (when its phases' rows do not end before g's)
     if tuple(dilation) == (1, 1) and groups == 1 and cg * stride[0] * stride[1] >= 8 and \
             all(pads[a][0] + size[a] > (g.shape[2 + a] - 1) * stride[a] for a in range(2)):
@@ -238,6 +238,18 @@ def _conv_matmul_adjoint(g, w, geom, size, b=None):
     if b is not None:
         x += b.reshape(1, -1, 1, 1)
     return x
+
+
+def _adjoint_conv(g, w, geom, out, b):
+    """The stride-1 convolution that gives an adjoint (flipped or sub-pixel kernel ``w``):
+    through ddp.kernels.convolution where it fits, else :func:`_conv_blocks`. conv_transpose2d
+    4x4 at stride 2, 32->16 on 14x14 at batch 16, forward 1.70 -> 0.97 ms; the stride-1 3x3
+    adjoint, 32->16 on 28x28 at batch 32, 7.39 -> 4.54."""
+    if type(w) is np.ndarray:
+        w = np.ascontiguousarray(w)   # (a view of the kernel: small)
+    if _kernel_path(geom, w.shape, g, w, b):
+        return _kernels.conv2d_forward(g, w, b, geom[0], geom[1], geom[2], out)
+    return _conv_blocks(g, w, geom, out, b)
 
 
 def _flipped(w_shape, geom, size):
@@ -302,7 +314,7 @@ def _adjoint_subpixel(g, sub, geom, size, b):
     q0, q1 = -(-(t + size[0]) // s0), -(-(lft + size[1]) // s1)
     pads = ((m0 - 1, q0 - oh), (m1 - 1, q1 - ow))
     bias = None if b is None else xp.tile(b, s0 * s1)
-    y = _conv_blocks(g, sub, ((1, 1), pads, (1, 1), 1), (q0, q1), bias)
+    y = _adjoint_conv(g, sub, ((1, 1), pads, (1, 1), 1), (q0, q1), bias)
     y = y.reshape(n, s0, s1, c, q0, q1)
     # one strided copy per phase: output row h is padded row h + t = q*s0 + a (a transpose
     # of all phases at once gathers single values: 1.2 ms here against 0.2)
