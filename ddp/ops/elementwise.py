@@ -11,6 +11,8 @@ import numpy as np
 
 from .. import backend
 from .. import creation
+from .. import kernels
+from ..kernels import elementwise as _kernels
 from ..autograd import graph
 from ..autograd.graph import Op
 
@@ -456,10 +458,16 @@ class Sigmoid(Op):
 
 
 class Relu(Op):
+    """``max(a, 0)``. On the CPU (float32/float64, contiguous) forward and backward are the
+    one-pass loops of ddp.kernels.elementwise ((128, 16, 28, 28) float32: forward 0.77 -> 0.47
+    ms, backward 1.39 -> 0.71), whose backward is PyTorch's where a NaN is involved."""
+
     @staticmethod
     def forward(ctx, a):
         xp = backend.get_array_module(a)
-        if a.dtype.kind == "f" and a.size >= 3072:
+        if kernels.fits(a):
+            out = _kernels.relu_forward(a)
+        elif a.dtype.kind == "f" and a.size >= 3072:
             # against an array of zeros, not the scalar 0: NumPy's maximum with a scalar
             # operand runs ~2x slower ((128, 16, 28, 28) float32: 1.21 -> 0.60 ms); below ~3,000
             # elements the zeros cost more than that saves (16x16: 1.6 -> 2.8 us)
@@ -473,6 +481,8 @@ class Relu(Op):
     @staticmethod
     def backward(ctx, g):
         out, = ctx.saved_tensors
+        if kernels.fits(g, out) and g.shape == out.shape:
+            return _kernels.relu_backward(g, out)
         return g * (out > 0)
 
 

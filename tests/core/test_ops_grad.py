@@ -460,6 +460,8 @@ CASES += [
     C("F.pad_constant", lambda a: F.pad(a, (1, 2), value=0.5), (2, 3)),
     C("F.pad_reflect", lambda a: F.pad(a, (2, 1), mode="reflect"), (1, 2, 4), gg=False),
     C("F.max_pool2d", lambda a: F.max_pool2d(a, 2), (1, 2, 4, 4)),
+    # (a non-contiguous input: the NumPy path, not ddp.kernels')
+    C("F.max_pool2d_strided", lambda a: F.max_pool2d(a.transpose(2, 3), 3, 1, 1), (1, 2, 4, 4)),
     C("F.avg_pool2d", lambda a: F.avg_pool2d(a, 2, padding=1), (1, 2, 3, 3)),
     C("F.cross_entropy", lambda a: F.cross_entropy(a, ddp.tensor(_TARGET)), (3, 4)),
     C("F.cross_entropy_probs", lambda a: F.cross_entropy(a, ddp.tensor(_BITS / 2 + 0.125)),

@@ -207,6 +207,58 @@ def test_erf_gradients():
     assert gradgradcheck(erf, (x,))
 
 
+# --------------------------------------------------------------------------- ReLU's kernels
+
+def _relu_and_gradient(x, upstream):
+    t = ddp.tensor(x, requires_grad=True)
+    y = F.relu(t)
+    if upstream == "sum":      # one value broadcast: the NumPy path's backward
+        y.sum().backward()
+    else:
+        y.backward(ddp.tensor(np.random.default_rng(1).standard_normal(x.shape).astype(x.dtype)))
+    return arr(y), arr(t.grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7,), (3, 4, 5, 6)])
+@pytest.mark.parametrize("upstream", ["array", "sum"])
+def test_relu_kernels_give_the_numpy_paths_values_and_gradients(monkeypatch, dtype, shape,
+                                                                upstream):
+    """ddp.kernels.elementwise's ReLU (a contiguous float input, and its backward where the
+    upstream gradient is one too) against the NumPy path: zeros, infinities, a NaN input."""
+    from ddp import kernels
+    from ddp.kernels import elementwise
+    x = np.random.default_rng(0).integers(-2, 3, shape).astype(dtype)
+    x.reshape(-1)[:3] = [np.inf, -np.inf, np.nan]
+    calls = []
+    for name in ("relu_forward", "relu_backward"):
+        monkeypatch.setattr(elementwise, name, lambda *a, f=getattr(elementwise, name), n=name:
+                            calls.append(n) or f(*a))
+    got = _relu_and_gradient(x, upstream)
+    assert calls == ["relu_forward"] + (["relu_backward"] if upstream == "array" else [])
+    monkeypatch.setattr(kernels, "_enabled", False)
+    want = _relu_and_gradient(x, upstream)
+    assert len(calls) == 1 + (upstream == "array")
+    np.testing.assert_array_equal(got[0].reshape(-1)[:3], [np.inf, 0, np.nan])
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        # (at the NaN input the gradients part: the kernel passes it on, as PyTorch)
+        keep = np.arange(a.size) != 2
+        np.testing.assert_array_equal(a.reshape(-1)[keep], b.reshape(-1)[keep])
+
+
+def test_relu_kernel_backward_as_pytorch_at_nan_and_infinity():
+    """PyTorch 2.13: relu of [nan, -1, 2, 0] is [nan, 0, 2, 0]; from the upstream gradient
+    [1, inf, 3, 4] its gradient is [1, 0, 3, 0] (threshold_backward: 0 where the output is at
+    most 0, else the upstream gradient)."""
+    for dtype in (np.float32, np.float64):
+        x = ddp.tensor(np.array([np.nan, -1, 2, 0], dtype), requires_grad=True)
+        y = F.relu(x)
+        y.backward(ddp.tensor(np.array([1, np.inf, 3, 4], dtype)))
+        np.testing.assert_array_equal(arr(y), [np.nan, 0, 2, 0])
+        np.testing.assert_array_equal(arr(x.grad), [1, 0, 3, 0])
+
+
 # --------------------------------------------------------------------------- in-place
 
 @pytest.mark.parametrize("name,kwargs", [("relu", {}), ("relu6", {}), ("leaky_relu", {}),

@@ -332,10 +332,21 @@ def _np_pool_kwargs(case):
                 ceil_mode=case.get("ceil_mode", False))
 
 
+@pytest.fixture(params=["kernels", "numpy"])
+def cpu_path(request, monkeypatch):
+    """Each CPU path of max pooling in turn: ddp.kernels' fused loops, then the NumPy path the
+    GPU runs (kernels off)."""
+    from ddp import kernels
+    if request.param == "numpy":
+        monkeypatch.setattr(kernels, "_enabled", False)
+    return request.param
+
+
 @pytest.mark.parametrize("case", MAXPOOL_CASES)
-def test_max_pool2d_matches_numpy(case):
+def test_max_pool2d_matches_numpy(case, cpu_path):
     x = rand(2, 3, 7, 6)
     y, idx = F.max_pool2d(x, return_indices=True, **case)
+    assert y.grad_fn.fused == (cpu_path == "kernels")
     ref, ref_idx = np_max_pool2d(arr(x), d=_pair(case.get("dilation", 1)),
                                  **_np_pool_kwargs(case))
     np.testing.assert_array_equal(arr(y), ref)
@@ -345,14 +356,14 @@ def test_max_pool2d_matches_numpy(case):
 
 
 @pytest.mark.parametrize("case", MAXPOOL_CASES[:2] + MAXPOOL_CASES[4:])
-def test_max_pool2d_gradcheck(case):
+def test_max_pool2d_gradcheck(case, cpu_path):
     # distinct values far apart: finite differences never cross a tie
     x = ddp.tensor(np.random.default_rng(0).permutation(2 * 2 * 6 * 5).reshape(2, 2, 6, 5)
                    .astype(np.float64), requires_grad=True)
     assert gradcheck(lambda t: F.max_pool2d(t, **case), (x,))
 
 
-def test_max_pool2d_ties_send_gradient_to_first_maximum():
+def test_max_pool2d_ties_send_gradient_to_first_maximum(cpu_path):
     x = ddp.ones(1, 1, 2, 4, requires_grad=True)
     F.max_pool2d(x, 2).sum().backward()
     np.testing.assert_array_equal(arr(x.grad)[0, 0], [[1, 0, 1, 0], [0, 0, 0, 0]])
@@ -361,7 +372,7 @@ def test_max_pool2d_ties_send_gradient_to_first_maximum():
 @pytest.mark.parametrize("case", [dict(kernel_size=2), dict(kernel_size=2, padding=1),
                                   dict(kernel_size=2, ceil_mode=True), dict(kernel_size=(2, 4)),
                                   dict(kernel_size=(1, 2), ceil_mode=True)])
-def test_max_pool2d_tiled_backward_matches_kernel_positions(monkeypatch, case):
+def test_max_pool2d_tiled_backward_matches_kernel_positions(monkeypatch, numpy_path, case):
     """Windows that tile the input (kernel = stride) take their backward in image rows, the
     first maximum from the bytes of one integer per window row: with ties everywhere (values
     0..2), windows short of the edge and padding, the gradient is the one of the kernel
@@ -379,7 +390,7 @@ def test_max_pool2d_tiled_backward_matches_kernel_positions(monkeypatch, case):
     assert np.count_nonzero(grads[0]) == g.size - np.count_nonzero(g == 0)
 
 
-def test_max_pool2d_output_may_be_modified_in_place():
+def test_max_pool2d_output_may_be_modified_in_place(cpu_path):
     x = rand(1, 2, 4, 4)
     y = F.max_pool2d(x, 2)
     y.relu_()  # backward must not depend on the pooled values
@@ -387,7 +398,7 @@ def test_max_pool2d_output_may_be_modified_in_place():
     assert x.grad is not None
 
 
-def test_max_pool1d():
+def test_max_pool1d(cpu_path):
     x = rand(2, 3, 9)
     y, idx = F.max_pool1d(x, 3, stride=2, padding=1, return_indices=True)
     ref, ref_idx = np_max_pool2d(arr(x)[:, :, None], (1, 3), (1, 2), (0, 1))
@@ -402,6 +413,115 @@ def test_max_pool1d():
 def test_max_pool_integer_input():
     x = ddp.tensor([[[[1, -5], [3, 2]]]])
     assert F.max_pool2d(x, 2, padding=1).tolist() == [[[[1, -5], [3, 2]]]]
+
+
+# every combination of the options (the padding is within half of every kernel here)
+MAXPOOL_OPTIONS = [dict(kernel_size=k, stride=st, padding=p, dilation=d, ceil_mode=c)
+                   for k in (2, 3, (2, 3)) for st in (None, 1, 2, (2, 1)) for p in (0, 1)
+                   for d in (1, 2) for c in (False, True)]
+
+
+def _max_pooled(x, case, upstream="array"):
+    """max_pool2d of the array ``x`` with its indices and input gradient for a random upstream
+    gradient (``array``, a ``transposed`` view, or the ``sum``'s broadcast one), and whether
+    the fused kernel ran."""
+    t = ddp.tensor(x, requires_grad=True)
+    y, idx = F.max_pool2d(t, return_indices=True, **case)
+    g = np.random.default_rng(1).standard_normal(y.shape[::-1]).astype(x.dtype)
+    if upstream == "sum":
+        y.sum().backward()
+    elif upstream == "transposed":
+        y.backward(ddp.tensor(g).permute(3, 2, 1, 0))
+    else:
+        y.backward(ddp.tensor(np.ascontiguousarray(g.transpose(3, 2, 1, 0))))
+    return [arr(y), arr(idx), arr(t.grad)], y.grad_fn.fused
+
+
+@pytest.mark.parametrize("case", MAXPOOL_OPTIONS, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_kernels_give_the_numpy_paths_values_indices_and_gradients(monkeypatch, case,
+                                                                            dtype):
+    """ddp.kernels' max pooling (the CPU's path for a contiguous float input that needs a
+    gradient) against the NumPy path the GPU runs, every option combination, values 0..3 so
+    that every window has ties: the same maxima, the same first maximum's index, the same
+    gradient (added where windows overlap)."""
+    from ddp import kernels
+    x = np.random.default_rng(0).integers(0, 4, (2, 3, 7, 8)).astype(dtype)
+    got, fused = _max_pooled(x, case)
+    assert fused
+    monkeypatch.setattr(kernels, "_enabled", False)
+    want, fused = _max_pooled(x, case)
+    assert not fused
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("upstream", ["transposed", "sum"])
+@pytest.mark.parametrize("case", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)])
+def test_max_pool_kernel_takes_a_transposed_or_broadcast_upstream_gradient(monkeypatch, upstream,
+                                                                           case):
+    from ddp import kernels
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 7))
+    got, fused = _max_pooled(x, case, upstream)
+    assert fused
+    monkeypatch.setattr(kernels, "_enabled", False)
+    want, _ = _max_pooled(x, case, upstream)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+_NAN, _INF = float("nan"), float("inf")
+# PyTorch 2.13's answers (max_pool2d with return_indices, then backward from 1, 2, 3, ...):
+# a NaN is the maximum and the last NaN of a window its place; a window of -inf points at its
+# first element inside the input
+_NAN_INPUT = [[1., _NAN, 3., _NAN, 0.], [_NAN, 2., 0., 5., -_INF],
+              [-_INF, -_INF, 4., 4., -_INF], [-_INF, -_INF, 2., _NAN, -_INF]]
+_NAN_TORCH = [
+    (dict(kernel_size=2), [[_NAN, _NAN], [-_INF, _NAN]], [[5, 3], [10, 18]],
+     [[0, 0, 0, 2, 0], [1, 0, 0, 0, 0], [3, 0, 0, 0, 0], [0, 0, 0, 4, 0]]),
+    (dict(kernel_size=3, stride=2, padding=1), [[_NAN] * 3] * 2, [[5, 3, 3], [5, 18, 18]],
+     [[0, 0, 0, 5, 0], [5, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 11, 0]]),
+    (dict(kernel_size=2, stride=1),
+     [[_NAN, _NAN, _NAN, _NAN], [_NAN, 4, 5, 5], [-_INF, 4, _NAN, _NAN]],
+     [[5, 1, 3, 3], [5, 12, 8, 8], [10, 12, 18, 18]],
+     [[0, 2, 0, 7, 0], [6, 0, 0, 15, 0], [9, 0, 16, 0, 0], [0, 0, 0, 23, 0]]),
+    (dict(kernel_size=2, stride=2, padding=1, ceil_mode=True),
+     [[1, _NAN, _NAN], [_NAN, 4, 5], [-_INF, 2, _NAN]], [[0, 1, 3], [5, 12, 8], [15, 17, 18]],
+     [[1, 2, 0, 3, 0], [4, 0, 0, 6, 0], [0, 0, 5, 0, 0], [7, 0, 8, 9, 0]]),
+    (dict(kernel_size=2, stride=1, padding=1, dilation=2),
+     [[2, _NAN, 5, 0, 5], [_NAN, 4, _NAN, 4, _NAN], [2, _NAN, _NAN, 2, _NAN],
+      [-_INF, 4, 4, 4, 4]],
+     [[6, 5, 8, 7, 8], [1, 12, 3, 12, 3], [6, 5, 18, 17, 18], [11, 12, 13, 12, 13]],
+     [[0, 6, 0, 18, 0], [14, 12, 4, 8, 0], [0, 16, 52, 38, 0], [0, 0, 14, 28, 0]]),
+]
+
+
+@pytest.mark.parametrize("case,y,idx,grad", _NAN_TORCH, ids=lambda v: str(v)[:40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_kernels_take_nan_and_minus_infinity_as_pytorch(case, y, idx, grad, dtype):
+    x = ddp.tensor(np.array(_NAN_INPUT, dtype)[None, None], requires_grad=True)
+    out, where = F.max_pool2d(x, return_indices=True, **case)
+    assert out.grad_fn.fused
+    out.backward(ddp.arange(1, out.numel() + 1, dtype=out.dtype).reshape(out.shape))
+    np.testing.assert_array_equal(arr(out)[0, 0], np.array(y, dtype))
+    np.testing.assert_array_equal(arr(where)[0, 0], idx)
+    np.testing.assert_array_equal(arr(x.grad)[0, 0], np.array(grad, dtype))
+
+
+def test_max_pool_kernels_are_left_to_the_numpy_path_where_they_do_not_fit(monkeypatch):
+    """float16, a non-contiguous input and an input that needs no gradient (the NumPy forward
+    is the faster one there) take the NumPy path."""
+    from ddp.nn.functional import _pooling
+    x = rand(2, 3, 6, 6, dtype=np.float32)
+    for inp in (x.half(), x.transpose(2, 3)):
+        assert not F.max_pool2d(inp, 2).grad_fn.fused
+    monkeypatch.setattr(_pooling._kernels, "max_pool2d_forward", None)   # (not to be called)
+    with ddp.no_grad():
+        np.testing.assert_array_equal(arr(F.max_pool2d(x, 3, 1, 1)),
+                                      np_max_pool2d(arr(x), (3, 3), (1, 1), (1, 1))[0])
 
 
 # ============================================================== average pooling
@@ -704,7 +824,7 @@ def test_conv_double_backward_gradgradcheck():
                                                          output_padding=1), (x, wt))
 
 
-def test_pool_double_backward_gradgradcheck():
+def test_pool_double_backward_gradgradcheck(cpu_path):
     from ddp.autograd import gradgradcheck
     x = ddp.tensor(np.random.default_rng(0).permutation(50).reshape(1, 2, 5, 5)
                    .astype(np.float64), requires_grad=True)

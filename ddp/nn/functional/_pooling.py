@@ -5,7 +5,8 @@ from __future__ import annotations
 import numbers
 import sys
 import numpy as np
-from ... import backend
+from ... import backend, kernels
+from ...kernels import pooling as _kernels
 from ...autograd.graph import Op
 from ...tensor import Tensor
 from ._helpers import _batched, _crop_hw, _ntuple, _pad_hw, _shape, _window
@@ -124,14 +125,35 @@ def _spread_tiled(g, xpad, y, kernel, pads):
     return xp.ascontiguousarray(_crop_hw(gx, pads))
 
 
+# the fused CPU kernels' argmax is an int32 index in a plane
+_KERNEL_PLANE_LIMIT = 2 ** 31
+
+
 class MaxPool2DWithIndices(Op):
     """Max over windows (padding never wins); the gradient goes to the first maximum of each
     window, as PyTorch's. Backward finds the maxima from the saved (padded) input and a copy of
-    the output, so the output may be modified in place (``ReLU(inplace=True)`` after pooling)."""
+    the output, so the output may be modified in place (``ReLU(inplace=True)`` after pooling).
+
+    On the CPU (float32/float64, contiguous), when backward or the indices will need the
+    maxima's places, the fused kernel of ddp.kernels.pooling finds them with the maxima (and
+    PyTorch's NaN rule: the last NaN of a window is its maximum); backward scatters to them
+    (:class:`SpreadToArgmax`): 2x2 pooling of (32, 32, 28, 28) float32, forward + backward,
+    0.69 + 1.57 -> 0.63 + 0.22 ms; 3x3 windows at stride 2, padding 1: 2.08 + 7.11 -> 2.05 +
+    0.23. Without a gradient the NumPy forward stays: the maxima alone, faster where windows
+    overlap at stride 1 (2x2 windows: 1.43 ms against the kernel's 2.81)."""
 
     @staticmethod
     def forward(ctx, x, kernel=None, stride=None, dilation=None, pads=None, out=None,
                 return_indices=False):
+        ctx.fused = (any(ctx.needs_input_grad) or return_indices) and kernels.fits(x) and \
+            x.shape[2] * x.shape[3] < _KERNEL_PLANE_LIMIT
+        if ctx.fused:
+            y, where = _kernels.max_pool2d_forward(x.reshape((-1,) + x.shape[2:]), kernel,
+                                                   stride, pads, dilation, out)
+            y = y.reshape(x.shape[:2] + y.shape[1:])
+            where = where.reshape(y.shape)
+            ctx.argmax = dict(where=where, shape=x.shape, dtype=x.dtype)
+            return (y, where.astype(np.int64)) if return_indices else y
         xpad = _pad_hw(x, pads, _lowest(x.dtype))
         y = _window_max(xpad, kernel, stride, dilation, out)
         # a copy of y for backward: 0.04 ms, recomputing it 0.66 (2x2 pooling of 128x16x28x28)
@@ -152,9 +174,45 @@ class MaxPool2DWithIndices(Op):
 
     @staticmethod
     def backward(ctx, g, *unused):
+        if ctx.fused:
+            return SpreadToArgmax.run(g, **ctx.argmax)
         # the maxima's places are constants (arrays even under create_graph)
         xpad, y = (getattr(a, "_data", a) for a in ctx.saved_tensors)
         return SpreadToMaxima.run(g, xpad=xpad, y=y, geometry=ctx.geometry)
+
+
+class SpreadToArgmax(Op):
+    """Max pooling's backward after the fused kernel: each window's gradient added at its
+    maximum ``where`` (N, C, OH, OW), the flat index in its plane of the input (of ``shape``
+    and ``dtype``). Linear in ``g``; its adjoint is :class:`GatherAtArgmax`, so it has
+    higher-order gradients."""
+
+    @staticmethod
+    def forward(ctx, g, where=None, shape=None, dtype=None):
+        ctx.argmax = dict(where=where, shape=shape, dtype=dtype)
+        planes = shape[0] * shape[1]
+        # (the upstream gradient may be a broadcast or a view; the kernel reads it flat)
+        g = np.ascontiguousarray(g.reshape((planes,) + where.shape[2:]), dtype=dtype)
+        return _kernels.max_pool2d_backward(g, where.reshape(g.shape), shape[2:]).reshape(shape)
+
+    @staticmethod
+    def backward(ctx, gg):
+        return GatherAtArgmax.run(gg, **ctx.argmax)
+
+
+class GatherAtArgmax(Op):
+    """The adjoint of :class:`SpreadToArgmax`: each window reads the value at its maximum."""
+
+    @staticmethod
+    def forward(ctx, gx, where=None, shape=None, dtype=None):
+        ctx.argmax = dict(where=where, shape=shape, dtype=dtype)
+        planes = shape[0] * shape[1]
+        return np.take_along_axis(gx.reshape(planes, -1), where.reshape(planes, -1),
+                                  axis=1).reshape(where.shape)
+
+    @staticmethod
+    def backward(ctx, gg):
+        return SpreadToArgmax.run(gg, **ctx.argmax)
 
 
 class SpreadToMaxima(Op):
