@@ -25,9 +25,9 @@ OPTIONS = [
 
 
 def _conv_run(data, kernel, options, needs, upstream):
-    """(output, input's gradient, weight's, bias's) of a Conv2d(3, 5, kernel) on ``data``."""
+    """(output, input's gradient, weight's, bias's) of a Conv2d(C, 5, kernel) on ``data``."""
     ddp.manual_seed(0)
-    conv = nn.Conv2d(3, 5, kernel, **options).to(ddp.float64 if data.dtype == np.float64
+    conv = nn.Conv2d(data.shape[1], 5, kernel, **options).to(ddp.float64 if data.dtype == np.float64
                                                  else ddp.float32)
     need_x, need_w, need_b = needs
     conv.weight.requires_grad_(need_w)
@@ -47,12 +47,13 @@ def _conv_run(data, kernel, options, needs, upstream):
 @pytest.mark.parametrize("options", OPTIONS, ids=repr)
 @pytest.mark.parametrize("kernel", [3, (4, 2)])
 @pytest.mark.parametrize("block_bytes", [None, 64, 2000], ids=["block", "rows", "samples"])
+@pytest.mark.parametrize("channels", [3, 8])   # 8: K = 72, g's rows copied (6 images a block)
 @pytest.mark.parametrize("needs", [(True, True, True), (False, True, True), (True, True, False)],
                          ids=["all", "weight", "no-bias"])
 @pytest.mark.parametrize("upstream", ["transposed", "sum"])
 def test_the_kernels_give_the_numpy_paths_values_and_gradients(monkeypatch, dtype, options,
-                                                              kernel, block_bytes, needs,
-                                                              upstream):
+                                                              kernel, block_bytes, channels,
+                                                              needs, upstream):
     """Output and gradients from the kernels equal the NumPy path's; an infinity at the end of
     the image's first row stays out of the next row's left padding (the patch loops copy
     whole runs of the input, the pixels that fall in the padding set after). ``block_bytes``: the default blocks, one image
@@ -63,8 +64,9 @@ def test_the_kernels_give_the_numpy_paths_values_and_gradients(monkeypatch, dtyp
     for name in ("conv2d_forward", "conv2d_backward"):
         monkeypatch.setattr(conv_kernels, name, lambda *a, _f=getattr(conv_kernels, name),
                             _name=name: calls.append(_name) or _f(*a))
-    data = np.random.default_rng(0).standard_normal((4, 3, 9, 11)).astype(dtype)
-    data[1, 2, 0, 10] = np.inf
+    data = np.random.default_rng(0).standard_normal((6, channels, 9, 11)).astype(dtype)
+    if channels == 3:   # (from 8 channels the NumPy path's weight gradient, x's rows @ g's
+        data[1, 2, 0, 10] = np.inf   # patches, multiplies an infinite x by g's padding: NaN)
     stride = options.get("stride", 1)
     # the weight's gradient alone through the kernels at stride 1 along the width only
     backward = needs[0] or (stride if isinstance(stride, int) else stride[1]) == 1
