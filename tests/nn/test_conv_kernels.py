@@ -60,6 +60,7 @@ def test_the_kernels_give_the_numpy_paths_values_and_gradients(monkeypatch, dtyp
     row per block, or a few whole samples per block."""
     if block_bytes is not None:
         monkeypatch.setattr(conv_kernels, "_BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(conv_kernels, "_BLOCK_PIXELS", 0)
     calls = []
     for name in ("conv2d_forward", "conv2d_backward"):
         monkeypatch.setattr(conv_kernels, name, lambda *a, _f=getattr(conv_kernels, name),
