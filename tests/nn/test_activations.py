@@ -247,10 +247,15 @@ def test_relu_kernels_give_the_numpy_paths_values_and_gradients(monkeypatch, dty
         np.testing.assert_array_equal(a.reshape(-1)[keep], b.reshape(-1)[keep])
 
 
-def test_relu_kernel_backward_as_pytorch_at_nan_and_infinity():
+@pytest.mark.parametrize("path", ["kernels", "numpy"])
+def test_relu_backward_as_pytorch_at_nan_and_infinity(monkeypatch, path):
     """PyTorch 2.13: relu of [nan, -1, 2, 0] is [nan, 0, 2, 0]; from the upstream gradient
     [1, inf, 3, 4] its gradient is [1, 0, 3, 0] (threshold_backward: 0 where the output is at
-    most 0, else the upstream gradient)."""
+    most 0, else the upstream gradient) — on the kernels' path and on the NumPy path (the
+    GPU's)."""
+    if path == "numpy":
+        from ddp import kernels
+        monkeypatch.setattr(kernels, "_enabled", False)
     for dtype in (np.float32, np.float64):
         x = ddp.tensor(np.array([np.nan, -1, 2, 0], dtype), requires_grad=True)
         y = F.relu(x)
