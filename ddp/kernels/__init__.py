@@ -62,14 +62,16 @@ def fits(*arrays) -> bool:
     return True
 
 
-def jit(fn=None, *, nan_free=False):
+def jit(fn=None, *, nan_free=False, strict=False):
     """``fn`` compiled by Numba on its first call (nopython, no GIL, cached on disk, the
     fast-math flags above). ``nan_free``: also "nnan", for a loop whose result does not matter
     where the input holds a NaN (the row maxima of a softmax, whose row sum propagates the NaN
-    anyway): LLVM then vectorises a max. (Not "ninf": masked scores are -inf.)"""
+    anyway): LLVM then vectorises a max. (Not "ninf": masked scores are -inf.) ``strict``: no
+    fast-math at all, each operation rounded as written (no fused multiply-add): an optimizer's
+    update, whose every bit PyTorch's trajectories pin."""
     if fn is None:
-        return functools.partial(jit, nan_free=nan_free)
-    flags = set(_FASTMATH) | ({"nnan"} if nan_free else set())
+        return functools.partial(jit, nan_free=nan_free, strict=strict)
+    flags = set() if strict else set(_FASTMATH) | ({"nnan"} if nan_free else set())
     compiled = None
 
     @functools.wraps(fn)
