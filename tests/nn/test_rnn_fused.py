@@ -9,7 +9,7 @@ import pytest
 
 import ddp
 from ddp.autograd import gradcheck, gradgradcheck
-from ddp.nn.functional._rnn import Recurrence, composed_layer, rnn_layer
+from ddp.nn.functional._rnn import composed_layer, rnn_layer
 
 MODES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
