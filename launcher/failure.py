@@ -284,8 +284,32 @@ def abort(code: int) -> None:
     """Stop every rank of the job with exit status ``code`` (``MPI_Abort``)."""
     if _state["abort"] is not None:
         time.sleep(ABORT_DELAY_SECONDS)
+        unlink_mapped_segments()
         _state["abort"](code)
     _real_exit(code)  # no MPI: just this process
+
+
+def unlink_mapped_segments(maps="/proc/self/maps") -> list:
+    """Before ``MPI_Abort``: unlink the MPI library's segment files in /dev/shm that this rank
+    maps, and return their paths. The ranks the abort kills never unlink them (MPICH leaves 2
+    MiB per job), and under a bare ``mpiexec`` no launcher above the job removes them
+    afterwards (``supervise`` does for ``launcher -n``); the job is ending, and its ranks keep
+    their mappings until they exit."""
+    from .supervise import SHM_DIR, SHM_PREFIXES
+    removed = []
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as f:
+            paths = {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+    except OSError:
+        return removed   # (not Linux)
+    for path in sorted(paths):
+        if os.path.dirname(path) == SHM_DIR and os.path.basename(path).startswith(SHM_PREFIXES):
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass   # (gone already: another rank's abort)
+    return removed
 
 
 def _excepthook(exc_type, exc, tb):

@@ -84,14 +84,42 @@ def test_rank_that_finishes_early_stops_the_job_naming_it(tmp_path, how, n, leav
 def test_under_mpiexec_itself_a_rank_that_leaves_early_stops_the_job(tmp_path):
     """`mpiexec -n 2 launcher script.py`: no launcher process above mpiexec; rank 0 still
     notices and stops the job."""
+    from launcher import supervise
     from tests.launcher.test_launcher import MPIEXEC, run
     path = script(tmp_path, VANISH)
+    before = supervise._shm_files()
     code, out, err, _ = run([MPIEXEC, "-n", "2", sys.executable, "-m", "launcher", str(path),
                              "exit0", "1"], timeout=TIMEOUT)
     assert code != 0
     assert "finished" not in out
     assert f"rank 1 (host {HOST}, pid " in err and "finished its script (sys.exit(0)" in err
     assert_no_leftovers(path)
+    # no launcher above mpiexec to clean up: the aborting rank unlinked MPICH's segment (it was
+    # left in /dev/shm before, 2 MiB per such job)
+    left = supervise._shm_files() - before
+    mapped = supervise._mapped_files()
+    assert not [f for f in left if os.path.join(supervise.SHM_DIR, f) not in mapped], left
+
+
+def test_an_aborting_rank_unlinks_the_mpi_segments_it_maps(tmp_path):
+    """Only the files in /dev/shm with an MPI library's prefix, of those the maps list."""
+    from launcher import failure, supervise
+    ours = os.path.join(supervise.SHM_DIR, f"mpich_shm_test_{os.getpid()}")
+    other = os.path.join(supervise.SHM_DIR, f"ddp_test_{os.getpid()}")
+    for p in (ours, other):
+        open(p, "w").close()
+    maps = tmp_path / "maps"
+    maps.write_text(f"7f00-7f10 rw-s 00000000 00:1a 12 {ours}\n"
+                    f"7f10-7f20 rw-s 00000000 00:1a 13 {other}\n"
+                    f"7f20-7f30 r-xp 00000000 08:01 14 /usr/lib/libc.so.6\n"
+                    "7f30-7f40 rw-p 00000000 00:00 0\n")
+    try:
+        assert failure.unlink_mapped_segments(str(maps)) == [ours]
+        assert not os.path.exists(ours) and os.path.exists(other)
+    finally:
+        for p in (ours, other):
+            if os.path.exists(p):
+                os.unlink(p)
 
 
 def test_a_finished_rank_stops_waiting_when_rank_0_is_gone():
