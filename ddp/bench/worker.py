@@ -194,32 +194,30 @@ def bucket_bandwidth(setup, comm, reps, warmup, barrier):
     ``.grad`` gets views of the buckets back, no copy out."""
     from mpi4py import MPI
     world, reducer = MPI.COMM_WORLD, setup.model.reducer
-    buckets, ddp_comm = reducer.buckets, reducer.comm
+    buckets = reducer.buckets
     nbytes = sum(b.grads.nbytes for b in buckets)   # the wire also carries 2 status slots
     flat = np.ones(nbytes // 4, np.float32)
 
-    def start(b):
-        if b.shared is not None:
-            return ddp_comm.Allreduce_shared(b.shared)
-        if reducer.comm_mode in ("nonblocking", "shared"):
-            return ddp_comm.Iallreduce_nonblocking(b.wire, "sum")
-        return ddp_comm.Iallreduce(b.wire, "sum")
     index = {id(p): i for i, p in enumerate(reducer.params)}
     copied = [[(np.ones_like(v), v) for v, p in zip(b.views, b.params)
                if not reducer._sunk[index[id(p)]]] for b in buckets]   # what backward computed
 
-    def reducers_allreduces():
-        for w in [start(b) for b in buckets]:
-            w.wait()
+    def wait_all():
+        for b in buckets:
+            if b.work is not None:   # (summed in shared memory: only the last bucket's)
+                b.work.wait()
+
+    def reducers_allreduces():   # the reducer's own launches, in its mode
+        for b in buckets:
+            reducer._launch(b)
+        wait_all()
 
     def with_copy_in():  # what the reducer does around the wire, minus the autograd hooks
-        works = []
         for b, pairs in zip(buckets, copied):
             for g, v in pairs:
                 np.multiply(g, 1.0 / comm.size, out=v)
-            works.append(start(b))
-        for w in works:
-            w.wait()
+            reducer._launch(b)
+        wait_all()
 
     def reset():
         flat.fill(1.0)

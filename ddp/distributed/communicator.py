@@ -225,8 +225,8 @@ class Communicator(abc.ABC):
         backend cannot (``has_shared_sum`` False)."""
         return None
 
-    def Allreduce_shared(self, buffer):
-        """Sum a buffer from :meth:`shared_buffers` over the ranks, in place; a completed
+    def Allreduce_shared(self, *buffers):
+        """Sum buffers from :meth:`shared_buffers` over the ranks, each in place; a completed
         :class:`Work`."""
         raise NotImplementedError(f"the {self.name} backend has no shared-memory sum")
 

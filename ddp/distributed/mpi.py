@@ -350,15 +350,18 @@ class MPICommunicator(Communicator):
         self._enter("shared_buffers")
         return shared_sum.allocate(self, shapes)
 
-    def Allreduce_shared(self, buffer):
-        """Sum ``buffer`` (from :meth:`shared_buffers`) over the ranks, in place, without MPI
-        moving its bytes: two barriers around ``buffer.sum()``. A completed :class:`Work`."""
-        self._enter("Allreduce", buffer.mine, op="sum")
-        wait(self.comm.Ibarrier())   # every rank's buffer is complete
-        buffer.sum()
+    def Allreduce_shared(self, *buffers):
+        """Sum each of ``buffers`` (from :meth:`shared_buffers`) over the ranks, in place,
+        without MPI moving their bytes: two barriers around their ``sum()``, however many
+        (each pair of barriers waits for the slowest rank). A completed :class:`Work`."""
+        self._enter("Allreduce", *[buffer.mine for buffer in buffers], op="sum")
+        wait(self.comm.Ibarrier())   # every rank's buffers are complete
+        for buffer in buffers:
+            buffer.sum()
         wait(self.comm.Ibarrier())   # every sum is written: each rank may change its own again
-        buffer.settle()
-        return Work.completed([buffer.mine])
+        for buffer in buffers:
+            buffer.settle()
+        return Work.completed([buffer.mine for buffer in buffers])
 
     def _allreduce_now(self, array, op):
         host, back = self._host(array)

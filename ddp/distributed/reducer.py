@@ -266,6 +266,7 @@ class Reducer:
         for bucket, buffer in zip(floats, buffers or ()):
             bucket.shared = buffer
             bucket.allocate(buffer.mine)
+        self._shared = floats if buffers else []
 
     def _check_layout(self):
         """Once per bucket layout (not per step): every rank must hold the same buckets, or
@@ -413,7 +414,11 @@ class Reducer:
         elif self.sync_comm:
             self.comm.Allreduce(bucket.wire, "sum")
         elif bucket.shared is not None:
-            bucket.work = self.comm.Allreduce_shared(bucket.shared)
+            # no core is spare to overlap the sums with backward: they wait for the last
+            # shared bucket, then run between one pair of barriers (each pair waits for the
+            # slowest rank: the MLP's 40 KiB bucket synchronised the ranks mid-backward)
+            if bucket is self._shared[-1]:
+                bucket.work = self.comm.Allreduce_shared(*[b.shared for b in self._shared])
         elif self.comm_mode in ("nonblocking", "shared"):
             bucket.work = self.comm.Iallreduce_nonblocking(bucket.wire, "sum")
         else:

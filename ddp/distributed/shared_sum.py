@@ -27,6 +27,9 @@ import tempfile
 
 import numpy as np
 
+from .. import kernels
+from ..kernels import sums as _sums
+
 SHM_DIR = "/dev/shm"
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))   # what the sum is done for
 _ENTRY = 256   # control table entry per (bucket, rank): int64 generation, then the file's path
@@ -109,7 +112,7 @@ class SharedBuffer:
         """Sum this rank's part of all the buffers into each of them. Call it on every rank
         between two barriers: after everyone's buffer is complete, before anyone changes its
         own again; then :meth:`settle`. Each part is summed by one rank only, so every rank
-        gets the same bits."""
+        gets the same bits (added in rank order)."""
         for k, entry in enumerate(self._table):   # buffers moved since the last sum
             generation = int(entry[:8].view(np.int64)[0])
             if k != self.rank and generation != self._seen[k]:
@@ -117,12 +120,14 @@ class SharedBuffer:
                 self.arrays[k] = np.frombuffer(_map(path, self.mine.nbytes), self.mine.dtype,
                                                self.mine.size)
                 self._seen[k] = generation
-        part = self.part
-        out = self.mine[part]
-        others = [a[part] for a in self.arrays if a is not self.mine]
-        for other in others:
+        parts = [a[self.part] for a in self.arrays]
+        if kernels.fits(*parts):
+            _sums.sum_into_each(parts)   # one pass, not a sum then a copy per rank
+            return
+        out = parts[0]
+        for other in parts[1:]:
             np.add(out, other, out=out)
-        for other in others:
+        for other in parts[1:]:
             other[...] = out
 
     def settle(self):

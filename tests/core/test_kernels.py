@@ -4,8 +4,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from ddp import kernels
+from ddp.kernels import sums
 
 
 def test_fits_takes_contiguous_float_numpy_arrays_of_one_dtype():
@@ -46,3 +48,17 @@ def test_a_kernel_compiles_without_a_place_for_its_cache(monkeypatch):
     out = np.empty(3)
     double(np.arange(3.0), out)
     assert out.tolist() == [0.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
+def test_sum_into_each_gives_every_array_the_sum_in_their_order(dtype, count):
+    rng = np.random.default_rng(count)
+    arrays = [rng.standard_normal(1001).astype(dtype) for _ in range(count)]
+    arrays[0][3], arrays[-1][5] = np.inf, np.nan
+    want = arrays[0].copy()
+    for a in arrays[1:]:   # NumPy's rounding, added in the arrays' order
+        want = want + a
+    sums.sum_into_each(arrays)
+    for a in arrays:
+        np.testing.assert_array_equal(a, want)   # the same bits (NaN where NaN)

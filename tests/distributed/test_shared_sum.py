@@ -68,7 +68,11 @@ def test_files_of_processes_that_died_are_removed():
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.usefixtures("process_group")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_rank_gets_the_same_sum(dtype):
+@pytest.mark.parametrize("path", ["kernel", "numpy"])
+@pytest.mark.parametrize("together", [False, True])
+def test_every_rank_gets_the_same_sum(dtype, path, together, request):
+    if path == "numpy":
+        request.getfixturevalue("numpy_path")
     comm = dist.get_communicator()
     if not comm.has_shared_sum:
         pytest.skip("the ranks are not all on one machine")
@@ -82,7 +86,10 @@ def test_every_rank_gets_the_same_sum(dtype):
             bufs[2].fresh()
         for buf, mine in zip(bufs, data[rank]):
             buf.mine[...] = mine
-            comm.Allreduce_shared(buf).wait()
+            if not together:
+                comm.Allreduce_shared(buf).wait()
+        if together:   # (as DDP's reducer sums its buckets)
+            comm.Allreduce_shared(*bufs).wait()
         for k, buf in enumerate(bufs):
             want = np.sum([d[k] for d in data], axis=0, dtype=np.float64)
             np.testing.assert_allclose(buf.mine, want, rtol=1e-5 if dtype == np.float32 else 1e-12,
