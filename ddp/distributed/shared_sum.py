@@ -4,7 +4,8 @@ MPI's allreduce on one machine moves the bytes through its own shared segments: 
 sum, a copy out, with a core per rank all of it on the ranks' own time (the MLP's 7.1 MiB of
 gradients on 2 ranks: 1.9 ms of a 19 ms step). When DDP's buckets themselves lie in memory
 every rank maps, rank ``r`` of ``W`` adds its ``1/W`` part of all the buffers and writes the
-sum into each of them, between two barriers (see :meth:`SharedBuffer.sum`).
+sum into each of them, in one pass (``ddp.kernels.sums``), between two barriers (see
+:meth:`SharedBuffer.sum`; DDP sums all its buckets between one pair).
 
 Each rank's buffer is a file in ``/dev/shm`` that every rank maps. Files are unlinked as soon
 as everyone has mapped them, so the memory lives while some rank still maps it (a ``.grad``
