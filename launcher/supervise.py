@@ -12,8 +12,9 @@ passes signals on, names what failed, and reruns the job after a failure (``--ma
   number of restarts so far; a script that resumes from its checkpoint
   (``ddp.training.Checkpoint``) continues where the failed run stopped. A job stopped by a
   signal is not restarted.
-- After a failed attempt the MPI library's segments in ``/dev/shm`` that its killed ranks
-  left behind (and no process maps) are removed: failed jobs do not fill a small /dev/shm.
+- After each attempt the MPI library's segments in ``/dev/shm`` that its ranks left behind
+  (killed, or gone by ``os._exit``; no process maps them) are removed: such jobs do not fill
+  a small /dev/shm.
 - Each attempt gets a job folder (``DDP_JOB_DIR``) where rank 0 notes ranks that vanished
   (``launcher.peers``); after a failed attempt the launcher repeats those lines with the
   exit status, so the end of the output says what went wrong.
@@ -136,8 +137,9 @@ def run(cmd, max_restarts=0, say=None) -> int:
             shm_before = _shm_files()
             code = _wait(proc, signals)
             signals.proc = None
-            if code != 0:
-                _remove_orphaned_shm(shm_before)
+            # after a success too: ranks that left by os._exit skipped MPI_Finalize, which
+            # unlinks the segment (one 2 MiB file per such job)
+            _remove_orphaned_shm(shm_before)
             events = _read_events(job_dir)
             shutil.rmtree(job_dir, ignore_errors=True)
             if code == 0 and events:
@@ -199,7 +201,7 @@ def _mapped_files():
 
 
 def _remove_orphaned_shm(before):
-    """After a failed attempt: remove the MPI segment files that appeared while it ran and
+    """After an attempt: remove the MPI segment files that appeared while it ran and
     that none of our processes maps any more (another job's are mapped by its ranks)."""
     new = _shm_files() - before
     if not new:

@@ -181,10 +181,16 @@ def test_os_exit_0_on_every_rank_at_the_end_is_a_success(tmp_path):
         print("sum", t.tolist(), flush=True)
         os._exit(0)            # skip the teardown, as some scripts do
     """)
+    from launcher import supervise
+    before = supervise._shm_files()
     code, out, err, _ = launcher("-n", 2, path, timeout=TIMEOUT)
     assert code == 0, err
     assert out.count("sum [2.0]") == 2
     assert "launcher: rank" not in err and "failed" not in err
+    if os.path.isdir("/dev/shm"):   # MPI_Finalize, which unlinks its segment, never ran
+        left = supervise._shm_files() - before
+        mapped = supervise._mapped_files()
+        assert not [f for f in left if os.path.join(supervise.SHM_DIR, f) not in mapped], left
 
 
 @needs_mpi
