@@ -342,6 +342,7 @@ def _call_backward(node, grads, create_graph, retain_graph, anomaly):
     if not retain_graph:
         node.saved = _FREED   # node._release(), inline: this runs for every node
         node._saved_src = None
+        node._saved_versions = ()
     return results
 
 

@@ -150,8 +150,11 @@ class Node:
         return tuple(out)
 
     def _release(self):
+        # every reference to the saved arrays goes (the versions' tuple names them too): they
+        # are freed now, not when the graph is
         self.saved = _FREED
         self._saved_src = None
+        self._saved_versions = ()
 
 
 _FREED_MESSAGE = ("Trying to backward through the graph a second time (or directly access saved "

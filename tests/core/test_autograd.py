@@ -1298,6 +1298,24 @@ class TestEngine:
         gc.collect()
         assert ref() is None
 
+    @pytest.mark.parametrize("op", ["sin", "custom Function"])
+    def test_saved_arrays_are_freed_by_backward_while_the_graph_lives(self, op):
+        """A node's saved arrays go once its backward has run, as PyTorch's, not when the
+        graph does (the root ``loss`` and so every node live on here; the version record kept
+        the arrays until then: the small CNN's step peaked at 32.4 MiB resident, 29.2 without
+        it); with retain_graph they stay for the next backward."""
+        import weakref
+        for retain in (False, True):
+            x = ddp.ones(1000, requires_grad=True)
+            h = x * 2
+            saved = weakref.ref(h._data)   # what sin and Cube save: their input
+            loss = (h.sin() if op == "sin" else Cube.apply(h)).sum()
+            del h
+            loss.backward(retain_graph=retain)
+            assert (saved() is not None) == retain
+        loss.backward()   # the retained graph's second pass: twice d(f(2x))/dx
+        close(x.grad, 2 * (2 * np.cos(2.0) if op == "sin" else 24.0) * np.ones(1000))
+
     def test_next_functions(self):
         x = ddp.ones(2, requires_grad=True)
         y = x * 2
