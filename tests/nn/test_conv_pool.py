@@ -398,6 +398,28 @@ def test_max_pool2d_output_may_be_modified_in_place(cpu_path):
     assert x.grad is not None
 
 
+def test_max_pool2d_backward_leaves_nothing_of_the_maxima(cpu_path):
+    """Once backward has run, what max pooling kept to find its maxima (the kernel's argmax,
+    the NumPy path's padded input and pooled copy) is gone though the graph lives on, and its
+    backward ops left none of it on the shared ctx of unrecorded calls: what stays is x.grad
+    (and a few small objects; the argmax alone is 128 KiB)."""
+    import tracemalloc
+    x = ddp.tensor(np.random.default_rng(0).standard_normal((16, 8, 32, 32)),
+                   requires_grad=True)
+    F.max_pool2d(x, 2).sum().backward()   # (a kernel's first call loads it)
+    x.grad = None
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        loss = F.max_pool2d(x, 2).sum()
+        loss.backward()
+        left = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert x.grad.nbytes <= left < x.grad.nbytes + 32 * 1024
+    assert float(loss) == pytest.approx(float(x.grad.mul(x).sum()))
+
+
 def test_max_pool1d(cpu_path):
     x = rand(2, 3, 9)
     y, idx = F.max_pool1d(x, 3, stride=2, padding=1, return_indices=True)
