@@ -232,8 +232,8 @@ def test_relu_kernels_give_the_numpy_paths_values_and_gradients(monkeypatch, dty
     x.reshape(-1)[:3] = [np.inf, -np.inf, np.nan]
     calls = []
     for name in ("relu_forward", "relu_backward"):
-        monkeypatch.setattr(elementwise, name, lambda *a, f=getattr(elementwise, name), n=name:
-                            calls.append(n) or f(*a))
+        monkeypatch.setattr(elementwise, name, lambda *a, f=getattr(elementwise, name), n=name,
+                            **k: calls.append(n) or f(*a, **k))
     got = _relu_and_gradient(x, upstream)
     assert calls == ["relu_forward"] + (["relu_backward"] if upstream == "array" else [])
     monkeypatch.setattr(kernels, "_enabled", False)
@@ -245,6 +245,29 @@ def test_relu_kernels_give_the_numpy_paths_values_and_gradients(monkeypatch, dty
         # (at the NaN input the gradients part: the kernel passes it on, as PyTorch)
         keep = np.arange(a.size) != 2
         np.testing.assert_array_equal(a.reshape(-1)[keep], b.reshape(-1)[keep])
+
+
+@pytest.mark.parametrize("path", ["kernels", "numpy"])
+def test_relu_keeps_one_byte_an_element_for_backward(monkeypatch, path):
+    """Between forward and backward ReLU holds where its output is at most 0 (a bool an
+    element), not its float32 output: a quarter of the bytes, on both paths."""
+    import tracemalloc
+    from ddp import kernels
+    if path == "numpy":
+        monkeypatch.setattr(kernels, "_enabled", False)
+    x = ddp.tensor(RNG.standard_normal((256, 1024)).astype(np.float32), requires_grad=True)
+    F.relu(x).sum().backward()   # (a kernel's first call loads it)
+    x.grad = None
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        loss = F.relu(x).sum()    # (the output itself is dropped once summed)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert x.numel() <= held < 1.1 * x.numel()
+    loss.backward()
+    np.testing.assert_array_equal(arr(x.grad), (arr(x) > 0).astype(np.float32))
 
 
 @pytest.mark.parametrize("path", ["kernels", "numpy"])
