@@ -1,7 +1,7 @@
 """Peak memory of a training step, ddp against PyTorch: the small CNN (batch 128 of 1x28x28) and
 an LSTM 128->256 over 35 steps (batch 32, a linear head), SGD with momentum.
 
-    python benchmarks/bench_memory.py [--steps 3]
+    python benchmarks/bench_memory.py [--steps 3] [--runs 3]
 
 Each (library, model) runs in a fresh process (Linux): after the imports, the model and the
 data are made and the model has taken one step on 2 samples (what a library loads on its
@@ -10,13 +10,16 @@ set is read (``VmRSS``) and its peak reset (``/proc/self/clear_refs``); then ``-
 training steps on the whole batch run and the peak resident set (``VmHWM``) is read. The
 figure is the peak minus that baseline: the gradients, the optimizer's state and the largest
 set of arrays alive during a step (saved activations, temporaries), as the operating system
-counts them. One BLAS thread.
+counts them. One BLAS thread. The figure moves between processes (PyTorch's by several MiB:
+what its allocator and the C library's keep of the warm-up's memory), so each (library, model)
+runs ``--runs`` times, the libraries taking turns: the median, and the range.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -88,6 +91,7 @@ def measure(lib_name, model, steps):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--runs", type=int, default=3, help="fresh processes per (library, model)")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -101,13 +105,19 @@ def main(argv=None):
             libs.append("torch")
     except ImportError:
         pass
-    print(f"peak resident memory above the baseline during {args.steps} training steps, MiB")
+    print(f"peak resident memory above the baseline during {args.steps} training steps, MiB: "
+          f"median (min-max) of {args.runs} processes")
     for model, label in (("cnn", "small CNN, batch 128"),
                          ("lstm", "LSTM 128->256, 35 steps, batch 32")):
-        row = {lib: measure(lib, model, args.steps) for lib in libs}
+        runs = {lib: [] for lib in libs}
+        for _ in range(args.runs):
+            for lib in libs:
+                runs[lib].append(measure(lib, model, args.steps))
+        row = {lib: statistics.median(v) for lib, v in runs.items()}
         ratio = f"{row['ddp'] / row['torch']:.2f}x" if "torch" in row else "-"
-        cols = "  ".join(f"{k} {v:7.1f}" for k, v in row.items())
-        print(f"  {label:<36} {cols}  {ratio}")
+        cols = "  ".join(f"{k} {row[k]:5.1f} ({min(v):4.1f}-{max(v):4.1f})"
+                         for k, v in runs.items())
+        print(f"  {label:<34} {cols}  {ratio}")
 
 
 if __name__ == "__main__":
