@@ -309,6 +309,19 @@ def is_cuda_array(array) -> bool:
     return _cuda_array_type is not None and isinstance(array, _cuda_array_type)
 
 
+def may_hold_any(mask) -> bool:
+    """Whether some element of the bool array ``mask`` may be True: asked of a host array (a
+    pass over it), assumed of a device one (asking is a wait for the device). For work only
+    some inputs need (a NaN's rule, say): skipped on the host where nothing needs it, always
+    done on a device.
+
+    Example:
+        >>> may_hold_any(np.zeros(3, np.bool_)), may_hold_any(np.array([False, True]))
+        (False, True)
+    """
+    return True if is_cuda_array(mask) else mask.any().item()   # (bool: a dtype here)
+
+
 def is_array(value) -> bool:
     """Whether ``value`` is an array of either module (NumPy or CuPy)."""
     return isinstance(value, np.ndarray) or is_cuda_array(value)

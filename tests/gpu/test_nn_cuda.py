@@ -123,6 +123,28 @@ def test_layer_matches_cpu(name, make, shapes):
     _compare(_double(make()), shapes, train=True)
 
 
+def _nan_cases():
+    from tests.nn.test_conv_pool import _NAN_TORCH
+    return _NAN_TORCH
+
+
+@pytest.mark.parametrize("case,y,idx,grad", _nan_cases(), ids=lambda v: str(v)[:40])
+def test_max_pool_takes_nan_and_minus_infinity_as_pytorch(case, y, idx, grad):
+    """The device's path (the NumPy path's code): a window's last NaN is its maximum, a window
+    of -inf's maximum is its first element inside the input (PyTorch 2.13's answers, recorded
+    in tests/nn/test_conv_pool.py), with no device->host transfer."""
+    from tests.nn.test_conv_pool import _NAN_INPUT
+    x = ddp.tensor(np.array(_NAN_INPUT)[None, None], device="cuda", requires_grad=True)
+    before = _host_syncs()
+    out, where = F.max_pool2d(x, return_indices=True, **case)
+    out.backward(ddp.arange(1, out.numel() + 1, dtype=out.dtype, device="cuda").reshape(out.shape))
+    if before is not None:
+        assert _host_syncs() == before
+    np.testing.assert_array_equal(out.detach().cpu().numpy()[0, 0], np.array(y))
+    np.testing.assert_array_equal(where.cpu().numpy()[0, 0], idx)
+    np.testing.assert_array_equal(x.grad.cpu().numpy()[0, 0], np.array(grad))
+
+
 @pytest.mark.parametrize("loss", ["sum", "mean"])
 def test_layer_norm_under_a_sum_loss_matches_cpu(loss):
     """y.sum() / y.mean() hand layer norm one value broadcast over its output (its own backward

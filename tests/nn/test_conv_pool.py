@@ -523,10 +523,12 @@ _NAN_TORCH = [
 
 @pytest.mark.parametrize("case,y,idx,grad", _NAN_TORCH, ids=lambda v: str(v)[:40])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_max_pool_kernels_take_nan_and_minus_infinity_as_pytorch(case, y, idx, grad, dtype):
+def test_max_pool_takes_nan_and_minus_infinity_as_pytorch(case, y, idx, grad, dtype, cpu_path):
+    # (the NumPy path, the GPU's: the padding took a window of -inf, and a NaN, never equal to
+    # the maximum, got neither the index nor the gradient)
     x = ddp.tensor(np.array(_NAN_INPUT, dtype)[None, None], requires_grad=True)
     out, where = F.max_pool2d(x, return_indices=True, **case)
-    assert out.grad_fn.fused
+    assert out.grad_fn.fused == (cpu_path == "kernels")
     out.backward(ddp.arange(1, out.numel() + 1, dtype=out.dtype).reshape(out.shape))
     np.testing.assert_array_equal(arr(out)[0, 0], np.array(y, dtype))
     np.testing.assert_array_equal(arr(where)[0, 0], idx)

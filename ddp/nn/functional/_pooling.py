@@ -65,17 +65,39 @@ def _windows_overlap(kernel, stride, dilation):
     return any(k > 1 and s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
 
 
-def _first_max_hits(xpad, y, kernel, stride, dilation, out):
-    """``(i, j, hit)`` for each kernel position in order; ``hit`` is a bool (N, C, OH, OW)
-    array, True where a window has its first maximum ``y`` at (i, j)."""
+def _inside(xpad, pads):
+    """(1, 1, H', W') bool: True at the places of the padded ``xpad`` inside the input."""
     xp = backend.get_array_module(xpad)
-    free = xp.ones(y.shape, dtype=bool)  # windows whose first maximum is still to come
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            hit = _window(xpad, i, j, stride, dilation, out) == y
-            hit &= free
-            free ^= hit
-            yield i, j, hit
+    inside = xp.zeros((1, 1) + xpad.shape[2:], dtype=bool)
+    inside[:, :, pads[0][0]:xpad.shape[2] - pads[0][1], pads[1][0]:xpad.shape[3] - pads[1][1]] = 1
+    return inside
+
+
+def _max_hits(xpad, y, kernel, stride, dilation, out, pads):
+    """``(i, j, hit)`` for each kernel position; ``hit`` is a bool (N, C, OH, OW) array, True
+    where (i, j) is a window's maximum by PyTorch's rule: the first element equal to ``y``,
+    never a padded one (a window of -inf, or of an integer type's lowest value, has its
+    maximum at its first element inside the input), and in a window holding a NaN its last
+    NaN. Each window has one hit."""
+    xp = backend.get_array_module(xpad)
+    inside = _inside(xpad, pads) if any(pads[0]) or any(pads[1]) else None
+    positions = [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
+    free = xp.ones(y.shape, dtype=bool)   # windows whose maximum is still to come
+    nan_at = None   # in the windows holding a NaN: the position of their last one
+    if backend.is_float_np(y.dtype) and backend.may_hold_any(xp.isnan(y)):
+        nan_at = xp.full(y.shape, -1, dtype=np.int32)
+        for k, (i, j) in enumerate(positions):
+            xp.copyto(nan_at, k, where=xp.isnan(_window(xpad, i, j, stride, dilation, out)))
+        free = nan_at < 0
+    for k, (i, j) in enumerate(positions):
+        hit = _window(xpad, i, j, stride, dilation, out) == y
+        if inside is not None:
+            hit &= _window(inside, i, j, stride, dilation, out)
+        hit &= free
+        free ^= hit
+        if nan_at is not None:
+            hit |= nan_at == k
+        yield i, j, hit
 
 
 # unsigned integers as wide as a window row's kw hit flags (one byte each); the lowest set
@@ -94,30 +116,47 @@ def _repeat_w(a, times):
     return out.reshape(a.shape[:-1] + (-1,))
 
 
-def _spread_tiled(g, xpad, y, kernel, pads):
-    """:class:`SpreadToMaxima` where the windows tile the input (kernel = stride, no
-    dilation), in image rows rather than kernel positions: the hits of the whole input from one
-    comparison with ``y`` repeated along the width; a window row's kw flags are the bytes of
-    one integer ``v``, and ``v & -v`` keeps its lowest set byte (the row's first maximum);
-    a row is cleared where an earlier row of its window has a hit; one product with ``g``
-    repeated along the width writes the whole gradient. NumPy's loops then run over image rows
-    (not over the kh*kw positions' strided (OH, OW) views): 2x2 pooling of (128, 16, 28, 28)
-    4.9 ms against 7.1 (min of 25)."""
-    xp = backend.get_array_module(g)
-    (kh, kw), (n, c, oh, ow) = kernel, y.shape
-    full = xpad.shape[2:] == (oh * kh, ow * kw)
-    rows = (n, c, oh, kh, ow * kw)
-    hits = xp.equal(xpad[:, :, :oh * kh, :ow * kw].reshape(rows),
-                    _repeat_w(y, kw)[:, :, :, None])
+def _keep_first_per_window(hits, kernel):
+    """In place, of the tiled windows' flags ``hits`` (N, C, OH, kh, OW * kw; bool, contiguous)
+    only each window's first (row-major) stays: a window row's kw flags are the bytes of one
+    integer ``v``, and ``v & -v`` keeps its lowest set byte (the row's first); a row is cleared
+    where an earlier row of its window has one."""
+    xp = backend.get_array_module(hits)
+    kh, kw = kernel
     words = hits.view(_WINDOW_WORDS[kw])           # (N, C, OH, kh, OW)
     words &= -words                                # unsigned: two's complement
-    free = None                                    # windows without a hit in earlier rows
+    free = None                                    # windows without a flag in earlier rows
     for i in range(kh):
         row = words[:, :, :, i]
         if free is not None:
             xp.multiply(row, free, out=row)
         if i < kh - 1:
             free = row == 0 if free is None else free & (row == 0)
+
+
+def _spread_tiled(g, xpad, y, kernel, pads):
+    """:class:`SpreadToMaxima` where the windows tile the input (kernel = stride, no
+    dilation), in image rows rather than kernel positions: the candidates of the whole input
+    from one comparison with ``y`` repeated along the width, each window's first kept
+    (:func:`_keep_first_per_window`), and one product with ``g`` repeated along the width
+    writes the whole gradient. NumPy's loops then run over image rows (not over the kh*kw
+    positions' strided (OH, OW) views): 2x2 pooling of (128, 16, 28, 28) 4.9 ms against 7.1
+    (min of 25). PyTorch's rule as :func:`_max_hits`: a padded element never, a window's last
+    NaN (the first of the windows' flags reversed)."""
+    xp = backend.get_array_module(g)
+    (kh, kw), (n, c, oh, ow) = kernel, y.shape
+    full = xpad.shape[2:] == (oh * kh, ow * kw)
+    rows = (n, c, oh, kh, ow * kw)
+    region = xpad[:, :, :oh * kh, :ow * kw].reshape(rows)
+    hits = xp.equal(region, _repeat_w(y, kw)[:, :, :, None])
+    if any(pads[0]) or any(pads[1]):   # (equal to a window of -inf's maximum)
+        hits &= _inside(xpad, pads)[:, :, :oh * kh, :ow * kw].reshape((1, 1) + rows[2:])
+    _keep_first_per_window(hits, kernel)
+    if backend.is_float_np(y.dtype) and backend.may_hold_any(xp.isnan(y)):
+        # (a window holding a NaN has no hit yet: a NaN equals nothing)
+        last_nan = xp.ascontiguousarray(xp.isnan(region)[:, :, ::-1, ::-1, ::-1])
+        _keep_first_per_window(last_nan, kernel)
+        hits |= last_nan[:, :, ::-1, ::-1, ::-1]
     # every element is in a window unless the windows stop short of the padded input's edge
     gx = (xp.empty if full else xp.zeros)(xpad.shape, dtype=g.dtype)
     xp.multiply(hits, _repeat_w(g, kw)[:, :, :, None],
@@ -170,7 +209,7 @@ class MaxPool2DWithIndices(Op):
         offsets = (xp.arange(kernel[0])[:, None] * dilation[0] * width
                    + xp.arange(kernel[1])[None, :] * dilation[1]).reshape(-1)
         first = xp.zeros(y.shape, dtype=np.int64)  # kernel position (row-major) of the maximum
-        for i, j, hit in _first_max_hits(xpad, y, kernel, stride, dilation, out):
+        for i, j, hit in _max_hits(xpad, y, kernel, stride, dilation, out, pads):
             first[hit] = i * kernel[1] + j
         return y, (rows[:, None] * width + cols[None, :] + offsets[first]).astype(np.int64)
 
@@ -249,7 +288,7 @@ class SpreadToMaxima(Op):
             return _spread_tiled(g, xpad, y, kernel, pads)
         overlap = _windows_overlap(kernel, stride, dilation)
         gx = xp.zeros(xpad.shape, dtype=g.dtype)
-        for i, j, hit in _first_max_hits(xpad, y, kernel, stride, dilation, out):
+        for i, j, hit in _max_hits(xpad, y, kernel, stride, dilation, out, pads):
             window = _window(gx, i, j, stride, dilation, out)
             if overlap:
                 window += g * hit
@@ -273,7 +312,7 @@ class GatherAtMaxima(Op):
         kernel, stride, dilation, pads, out, shape = geometry
         gpad = _pad_hw(gx, pads)
         g = None
-        for i, j, hit in _first_max_hits(xpad, y, kernel, stride, dilation, out):
+        for i, j, hit in _max_hits(xpad, y, kernel, stride, dilation, out, pads):
             term = _window(gpad, i, j, stride, dilation, out) * hit
             g = term if g is None else g + term
         return g
