@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import jit
+from . import jit, winograd
 
 # Bytes of one block's patch matrix: whole samples of a small image, or image rows of one
 # sample, so that it stays in the L2 cache between the loop that writes it and BLAS's reads
@@ -135,10 +135,20 @@ def _geometry(w_shape, stride, pads, dilation, out):
     return (kh, kw, stride[0], stride[1], t, lft, dilation[0], dilation[1], out[1])
 
 
-def conv2d_forward(x, w, b, stride, pads, dilation, out):
+def conv2d_forward(x, w, b, stride, pads, dilation, out, rows=None):
     """The convolution (one group) of ``x`` (N, C, H, W) with ``w`` (O, C, kh, kw) plus the
     bias ``b`` (O,) or None, padded by ``pads`` ((top, bottom), (left, right)): (N, O) +
-    ``out``. The bias is added to each block's output while it is in cache."""
+    ``out``. The bias is added to each block's output while it is in cache.
+
+    With ``rows``, an upstream gradient of the output's shape (N, O) + ``out``, returns also
+    the weight's gradient for it, (O, C, kh, kw) as a view of a (K, O) array: each block's
+    patches multiplied a second time while in cache (the backward of a transposed
+    convolution, whose input's gradient is this convolution of its upstream gradient).
+
+    A 3x3 kernel at stride 1 (without ``rows``) goes to ddp.kernels.winograd (16->32 at
+    (32,16,28,28): 3.16 -> 2.26 ms)."""
+    if rows is None and winograd.applies(x.shape[1], w.shape, stride, dilation):
+        return winograd.conv3x3(x, w, b, pads, out)
     n, o = x.shape[0], w.shape[0]
     k = w.size // o
     wm = w.reshape(o, k)
@@ -147,6 +157,7 @@ def conv2d_forward(x, w, b, stride, pads, dilation, out):
     y3 = y.reshape(n, o, -1)
     blocks, buf = _blocks(x, k, out)
     ow = out[1]
+    grad = None if rows is None else _WeightGrad(blocks, k, o, out, x.dtype)
     for n0, n1, r0, r1 in blocks:
         cols = _view(buf, n0, n1, r0, r1, k, ow)
         _patches(x, cols, False, n0, n1, r0, r1, *geom)
@@ -154,7 +165,41 @@ def conv2d_forward(x, w, b, stride, pads, dilation, out):
         np.matmul(wm, cols, out=yb)
         if b is not None:
             yb += b[:, None]
-    return y
+        if grad is not None:
+            grad.add(cols, rows.reshape(n, o, -1)[n0:n1, :, r0 * ow:r1 * ow])
+    return y if rows is None else (y, grad.result(w.shape))
+
+
+class _WeightGrad:
+    """The weight's gradient summed over the blocks, ``patches @ g.T`` (K, O), BLAS's fast
+    form: the blocks' (samples, K, O) products summed."""
+
+    def __init__(self, blocks, k, o, out, dtype):
+        per = blocks[0][1] - blocks[0][0]
+        self.gwt = np.zeros((k, o), dtype)
+        self.part = np.empty((per, k, o), dtype)
+        # g's rows of 4 or more small images per block copied as (samples, pixels, O) first:
+        # BLAS's batch of products with g.T seen transposed runs slower there (4 x 196 pixels,
+        # K = 144, 32 channels: 72 -> 63 us, copy included; 1 x 784: 75 -> 76, not copied) —
+        # up to K = 256, from where it runs as fast or faster (K = 256: 104 us against 116
+        # copied; 128 x 225 pixels, 64 channels: 127 against 139; K = 512: 173 against 178)
+        self.g_rows = np.empty((per, out[0] * out[1], o), dtype) \
+            if per >= 4 and 64 <= k < 256 else None
+
+    def add(self, cols, gb):
+        """Adds the block of patches ``cols`` (samples, K, pixels) times its rows of the
+        upstream gradient ``gb`` (samples, O, pixels)."""
+        m = gb.shape[0]
+        gt = gb.transpose(0, 2, 1)
+        if self.g_rows is not None:
+            self.g_rows[:m] = gt
+            gt = self.g_rows[:m]
+        np.matmul(cols, gt, out=self.part[:m])
+        self.gwt += self.part[0] if m == 1 else self.part[:m].sum(axis=0)
+
+    def result(self, w_shape):
+        """The sum as (O, C, kh, kw): a view of the (K, O) array."""
+        return self.gwt.T.reshape(w_shape)
 
 
 def conv2d_backward(g, x, w, w_shape, stride, pads, dilation, need_x, need_w):
@@ -162,7 +207,10 @@ def conv2d_backward(g, x, w, w_shape, stride, pads, dilation, need_x, need_w):
     shape ``w_shape`` (None when ``need_x`` is false) for the upstream ``g``, each None where
     not needed; ``gw`` is a view of a (K, O) array as (O, C, kh, kw). One pass over the
     patches: each block's is multiplied by ``g`` for the weight's gradient while in cache, and
-    ``w.T @ g`` is added back into ``gx``."""
+    ``w.T @ g`` is added back into ``gx``. A 3x3 kernel at stride 1 goes to
+    ddp.kernels.winograd (16->32 at (32,16,28,28): 6.07 -> 4.9 ms)."""
+    if winograd.applies(x.shape[1], w_shape, stride, dilation):
+        return winograd.conv3x3_backward(g, x, w, pads, need_x, need_w)
     n, o = x.shape[0], w_shape[0]
     k = x.shape[1] * w_shape[2] * w_shape[3]
     out = g.shape[2:]
@@ -172,28 +220,72 @@ def conv2d_backward(g, x, w, w_shape, stride, pads, dilation, need_x, need_w):
     blocks, buf = _blocks(x, k, out)
     gx = np.zeros_like(x) if need_x else None
     gcols = np.empty_like(buf) if need_x else None
-    gwt = np.zeros((k, o), x.dtype) if need_w else None   # (K, O): cols @ g.T, BLAS's fast form
-    per = blocks[0][1] - blocks[0][0]
-    part = np.empty((per, k, o), x.dtype) if need_w else None
-    # g's rows of 4 or more small images per block copied as (samples, pixels, O) first: BLAS's
-    # batch of products with g.T seen transposed runs slower there (4 x 196 pixels, K = 144,
-    # 32 channels: 76 -> 55 us, copy included; 1 x 784: 75 -> 76, not copied)
-    g_rows = np.empty((per, out[0] * ow, o), x.dtype) if need_w and per >= 4 and k >= 64 \
-        else None
+    grad = _WeightGrad(blocks, k, o, out, x.dtype) if need_w else None
     wt = w.reshape(o, k).T if need_x else None
     for n0, n1, r0, r1 in blocks:
         gb = g3[n0:n1, :, r0 * ow:r1 * ow]
         if need_w:
             cols = _view(buf, n0, n1, r0, r1, k, ow)
             _patches(x, cols, False, n0, n1, r0, r1, *geom)
-            gt = gb.transpose(0, 2, 1)
-            if g_rows is not None:
-                g_rows[:n1 - n0] = gt
-                gt = g_rows[:n1 - n0]
-            np.matmul(cols, gt, out=part[:n1 - n0])
-            gwt += part[0] if n1 - n0 == 1 else part[:n1 - n0].sum(axis=0)
+            grad.add(cols, gb)
         if need_x:
             gc = _view(gcols, n0, n1, r0, r1, k, ow)
             np.matmul(wt, gb, out=gc)
             _patches(gx, gc, True, n0, n1, r0, r1, *geom)
-    return gx, (gwt.T.reshape(w_shape) if need_w else None)
+    return gx, (grad.result(w_shape) if need_w else None)
+
+
+@jit
+def _phase_copy(x, out, s0, s1, t, lft):
+    """``out[n, (a, b, c), q, r] = x[n, c, q*s0 + a - t, r*s1 + b - lft]``, 0 outside x."""
+    n_, c_, h, w = x.shape
+    q_, r_ = out.shape[2], out.shape[3]
+    xf = x.ravel()
+    of = out.ravel()
+    for n in range(n_):
+        for a in range(s0):
+            for b in range(s1):
+                lo = min(r_, max(0, (lft - b + s1 - 1) // s1))   # columns r inside x
+                hi = max(lo, min(r_, (w + lft - b + s1 - 1) // s1))
+                for c in range(c_):
+                    base = ((n * s0 * s1 + a * s1 + b) * c_ + c) * q_ * r_
+                    for q in range(q_):
+                        p = base + q * r_
+                        row = q * s0 + a - t
+                        if row < 0 or row >= h:
+                            for r in range(r_):
+                                of[p + r] = 0
+                            continue
+                        src = ((n * c_ + c) * h + row) * w + b - lft
+                        for r in range(lo):
+                            of[p + r] = 0
+                        for r in range(lo, hi):   # (unsigned: no wraparound test)
+                            of[np.uint64(p + r)] = xf[np.uint64(src + r * s1)]
+                        for r in range(hi, r_):
+                            of[p + r] = 0
+
+
+def conv2d_phases(x, w, stride, pads, out, rows=None):
+    """:func:`conv2d_forward` (no bias, no dilation) at a stride (s0, s1) as the stride-1
+    convolution of x's s0*s1 phases ``x[.., q*s0 + a, r*s1 + b]`` (padded x), stacked as
+    channels (a, b, c), with the kernel's taps ``w[.., i*s0 + a, j*s1 + b]`` (zeros past the
+    kernel): patches of whole input rows where the strided ones gather single values (the
+    backward of conv_transpose2d 4x4 at stride 2, 32->16 on 14x14 at batch 16: see
+    ddp.nn.functional._conv). With ``rows``: also the weight's gradient, (O, C, kh, kw)."""
+    (s0, s1), ((t, _), (lft, _)) = stride, pads
+    o, c, kh, kw = w.shape
+    m0, m1 = -(-kh // s0), -(-kw // s1)
+    ph = np.empty((x.shape[0], s0 * s1 * c, out[0] + m0 - 1, out[1] + m1 - 1), x.dtype)
+    _phase_copy(x, ph, s0, s1, t, lft)
+    wz = np.zeros((o, c, m0 * s0, m1 * s1), w.dtype)
+    wz[:, :, :kh, :kw] = w
+    # wz[o, c, i*s0 + a, j*s1 + b] as [o, (a, b, c), i, j]
+    sub = np.ascontiguousarray(wz.reshape(o, c, m0, s0, m1, s1).transpose(0, 3, 5, 1, 2, 4)
+                               ).reshape(o, s0 * s1 * c, m0, m1)
+    res = conv2d_forward(ph, sub, None, (1, 1), ((0, 0), (0, 0)), (1, 1), out, rows)
+    if rows is None:
+        return res
+    y, gsub = res
+    gw = gsub.reshape(o, s0, s1, c, m0, m1).transpose(0, 3, 4, 1, 5, 2)
+    return y, gw.reshape(o, c, m0 * s0, m1 * s1)[:, :, :kh, :kw]
+
