@@ -313,23 +313,21 @@ def _adjoint_subpixel(g, sub, geom, size, b):
     # the phases' rows q = 0 .. ceil((t + H) / s0) - 1; past OH + m0 - 1 they read zeros only
     q0, q1 = -(-(t + size[0]) // s0), -(-(lft + size[1]) // s1)
     pads = ((m0 - 1, q0 - oh), (m1 - 1, q1 - ow))
-    y = _adjoint_conv(g, sub, ((1, 1), pads, (1, 1), 1), (q0, q1), None)
+    # (the bias added to each block of the convolution: added in the strided copies below,
+    # 0.31 ms against 0.13 + 0.06)
+    bias = None if b is None else xp.tile(b, s0 * s1)
+    y = _adjoint_conv(g, sub, ((1, 1), pads, (1, 1), 1), (q0, q1), bias)
     y = y.reshape(n, s0, s1, c, q0, q1)
-    # one strided copy per phase, plus the bias: output row h is padded row h + t = q*s0 + a
-    # (a transpose of all phases at once gathers single values: 1.2 ms here against 0.2; the
-    # bias added in the convolution, a pass of its own: 0.1 ms more)
+    # one strided copy per phase: output row h is padded row h + t = q*s0 + a (a transpose
+    # of all phases at once gathers single values: 1.2 ms here against 0.2)
     x = xp.empty((n, c) + tuple(size), dtype=y.dtype)
     for a in range(s0):
         h0 = (a - t) % s0
         for b_ in range(s1):
             w0 = (b_ - lft) % s1
             q, r = (h0 + t - a) // s0, (w0 + lft - b_) // s1
-            phase = y[:, a, b_, :, q:q + len(range(h0, size[0], s0)),
-                      r:r + len(range(w0, size[1], s1))]
-            if b is None:
-                x[:, :, h0::s0, w0::s1] = phase
-            else:
-                xp.add(phase, b[:, None, None], out=x[:, :, h0::s0, w0::s1])
+            x[:, :, h0::s0, w0::s1] = y[:, a, b_, :, q:q + len(range(h0, size[0], s0)),
+                                        r:r + len(range(w0, size[1], s1))]
     return x
 
 
