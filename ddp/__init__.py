@@ -12,7 +12,9 @@ Example:
 """
 from __future__ import annotations
 
-from . import backend
+from . import _malloc
+_malloc.tune()   # (first: every array after it comes from the tuned heap)
+from . import backend  # noqa: E402
 from .backend import (Generator, bfloat16, bool, default_generator, device, double, dtype, float,
                       float16, float32, float64, get_default_device, get_default_dtype,
                       get_rng_state, half, initial_seed, int, int8, int16, int32, int64, long,

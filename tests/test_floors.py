@@ -31,7 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # (floor name, module patterns): "a.b" is that module; "a.b.*" are the modules inside package a.b.
 FLOORS = [
-    ("backend", ["ddp.backend", "ddp._format", "ddp._version", "ddp._shared_memory",
+    ("backend", ["ddp.backend", "ddp._malloc", "ddp._format", "ddp._version", "ddp._shared_memory",
                  "ddp.kernels", "ddp.kernels.*"]),
     ("autograd", ["ddp.autograd", "ddp.autograd.*"]),
     ("ops", ["ddp.ops", "ddp.ops.*", "ddp.creation"]),
