@@ -7,7 +7,8 @@ How it measures (so that figures from one job compare with each other):
 - **step time**: ``zero_grad``, forward and loss, backward, optimizer step (SGD, momentum
   0.9), each phase timed, after warm-up steps, every step started barrier-aligned; medians.
   All configurations of a job (plain model and DDP, several batch sizes or bucket caps) are
-  timed round-robin, so they see the same background load;
+  timed in rounds, each in a block of consecutive steps after an untimed one (as a user's
+  single model runs: on warm caches), so all see the same background load;
 - **exposed communication**: median barrier-aligned backward of the DDP model minus the same
   inside ``model.no_sync()`` (backward without gradient sync);
 - **allreduce**: the same buffer reduced again and again, variants interleaved in a rotating
@@ -69,42 +70,79 @@ def make_setup(lib, name, batch, rank, wrap=None):
     return Setup(model, optimizer, lib.nn.CrossEntropyLoss(), x, y, batch, wrap is not None)
 
 
-def measure(setups, steps, warmup, barrier, bar=None):
-    """Round-robin over ``setups`` (label -> Setup): per iteration a full, phase-timed step of
-    each, and for DDP models a synced and a ``no_sync`` backward, all barrier-aligned. Returns
-    label -> medians (ms; ``/cpu``: process CPU time over wall time)."""
-    timer = Timer()
-    for i in range(warmup + steps):
-        keep = i >= warmup
-        for label, s in setups.items():
+BLOCK = 5   # consecutive timed steps of one configuration before the next one's turn
+
+
+def train_step(s):
+    """One full step of a configuration: (forward+loss, backward, optimizer) seconds, process
+    CPU seconds, the loss."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    s.optimizer.zero_grad()
+    loss = s.loss_fn(s.model(s.x), s.y)
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    s.optimizer.step()
+    t3 = time.perf_counter()
+    return (t1 - t0, t2 - t1, t3 - t2), time.process_time() - c0, loss
+
+
+def timed_backward(s, sync, barrier):
+    """Seconds of one barrier-aligned backward of a DDP model, with gradient sync or inside
+    ``no_sync()`` (the forward untimed)."""
+    s.optimizer.zero_grad()
+    with (contextlib.nullcontext() if sync else s.model.no_sync()):
+        loss = s.loss_fn(s.model(s.x), s.y)
+        barrier()
+        t0 = time.perf_counter()
+        loss.backward()
+        return time.perf_counter() - t0
+
+
+def measure(setups, steps, warmup, barrier, bar=None, block=BLOCK):
+    """Time every configuration in ``setups`` (label -> Setup): ``warmup`` untimed steps of
+    each in turn, then rounds in which each configuration, in turn, takes one untimed step
+    and up to ``block`` timed, barrier-aligned, phase-timed steps in a row; a DDP model then
+    as many synced and ``no_sync`` backward pairs (after one untimed pair). ``steps`` timed
+    steps of each in all. Returns label -> medians (ms; ``/cpu``: process CPU time over wall
+    time).
+
+    Why blocks: a user trains one model, whose weights and activations stay hot in cache from
+    step to step. One step of each configuration in turn (what this did before) makes every
+    step start on caches the other models filled, which costs the p-rank job (plain and DDP
+    models) more than the 1-rank job (the plain model only) and so biased the efficiency down;
+    the untimed step first lets each block start warm, while the rounds still spread all
+    configurations over the same background load.
+    """
+    timer, loss = Timer(), None
+    for _ in range(warmup):
+        for s in setups.values():
             barrier()
-            t0, c0 = time.perf_counter(), time.process_time()
-            s.optimizer.zero_grad()
-            loss = s.loss_fn(s.model(s.x), s.y)
-            t1 = time.perf_counter()
-            loss.backward()
-            t2 = time.perf_counter()
-            s.optimizer.step()
-            t3 = time.perf_counter()
-            if keep:
-                timer.add(label, t3 - t0, time.process_time() - c0)
-                for phase, dt in (("forward", t1 - t0), ("backward", t2 - t1),
-                                  ("optimizer", t3 - t2)):
+            loss = train_step(s)[2]
+        if bar is not None:
+            bar.log(loss=float(loss.item()), samples=next(iter(setups.values())).batch)
+    done = 0
+    while done < steps:
+        n = min(block, steps - done)
+        for label, s in setups.items():
+            train_step(s)                             # caches filled by this model
+            for _ in range(n):
+                barrier()
+                phases, cpu, loss = train_step(s)
+                timer.add(label, sum(phases), cpu)
+                for phase, dt in zip(("forward", "backward", "optimizer"), phases):
                     timer.add(f"{label}/{phase}", dt)
             if not s.is_ddp:
                 continue
-            for sync in (True, False):
-                s.optimizer.zero_grad()
-                with (contextlib.nullcontext() if sync else s.model.no_sync()):
-                    loss = s.loss_fn(s.model(s.x), s.y)
-                    barrier()
-                    t0 = time.perf_counter()
-                    loss.backward()
-                    if keep:
-                        timer.add(f"{label}/backward_{'sync' if sync else 'nosync'}",
-                                  time.perf_counter() - t0)
+            for i in range(n + 1):
+                for sync in (True, False):
+                    dt = timed_backward(s, sync, barrier)
+                    if i:
+                        timer.add(f"{label}/backward_{'sync' if sync else 'nosync'}", dt)
+        done += n
         if bar is not None:
-            bar.log(loss=float(loss.item()), samples=next(iter(setups.values())).batch)
+            for _ in range(n):
+                bar.log(loss=float(loss.item()), samples=next(iter(setups.values())).batch)
     return timer.medians()
 
 

@@ -1,6 +1,8 @@
 """ddp-bench end to end: the scaling, bandwidth and sweep commands run real MPI jobs (1 and 2
 ranks of the bundled MPICH, a few steps) and write the documented files with consistent
 numbers; compare and predict read them back. Torch is never needed (--no-torch)."""
+import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -10,7 +12,7 @@ import sys
 import pytest
 
 import ddp
-from ddp.bench import cli, models, report
+from ddp.bench import cli, models, report, worker
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 CONFIG = os.path.join(ROOT, "configs", "bench_scaling.yaml")
@@ -200,3 +202,49 @@ def test_global_batch_must_split_over_the_ranks(capsys):
     with pytest.raises(SystemExit):
         cli.main(["scaling", "--ranks", "1,3", "--global-batch", "8", "--no-torch"])
     assert "does not split evenly over 3 ranks" in capsys.readouterr().err
+
+
+def test_measure_times_each_configuration_in_blocks_after_an_untimed_step():
+    # stand-ins that record which model ran each forward: the order is the method
+    calls = []
+
+    class Model:
+        def __init__(self, label):
+            self.label = label
+
+        def __call__(self, x):
+            calls.append(self.label)
+            return x
+
+        def no_sync(self):
+            return contextlib.nullcontext()
+
+    class Loss:
+        def backward(self):
+            pass
+
+        def item(self):
+            return 0.0
+
+    class Optimizer:
+        def zero_grad(self):
+            pass
+
+        def step(self):
+            pass
+
+    setups = {label: worker.Setup(Model(label), Optimizer(), lambda out, y: Loss(), None, None,
+                                  8, label == "ddp") for label in ("plain", "ddp")}
+    barriers = []
+    medians = worker.measure(setups, steps=7, warmup=1, barrier=lambda: barriers.append(1),
+                             block=3)
+    runs = [(label, len(list(group))) for label, group in itertools.groupby(calls)]
+    # warm-up: one step each; then per round, each in turn: 1 untimed + n timed steps
+    # (n = 3, 3, 1), and for DDP (n + 1) synced/no_sync backward pairs (2 forwards each)
+    assert runs == [("plain", 1), ("ddp", 1), ("plain", 4), ("ddp", 12), ("plain", 4),
+                    ("ddp", 12), ("plain", 2), ("ddp", 6)]
+    # every timed step and every backward pair's backward is barrier-aligned
+    assert len(barriers) == 2 + 2 * 7 + 2 * (7 + 3)
+    assert set(medians) == {f"{label}{suffix}" for label in ("plain", "ddp")
+                            for suffix in ("", "/cpu", "/forward", "/backward", "/optimizer")
+                            } | {"ddp/backward_sync", "ddp/backward_nosync"}
