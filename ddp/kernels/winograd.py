@@ -19,7 +19,9 @@ The transforms add and subtract values of the input's magnitude and halve the ke
 float32 the output and both gradients miss the float64 values by 0.4-0.6x the direct sums'
 error (16->32 on 28x28: at most 2.4e-7 of the largest value; tests/nn/test_conv_kernels.py).
 An infinite input becomes NaN in the outputs of its tiles (inf - inf in the transforms) where
-a direct sum gives an infinity.
+a direct sum gives an infinity: ddp.kernels.convolution sends such an input to the patches, and
+the convolution's backward recomputes a weight gradient that is not finite by direct sums
+(ddp.nn.functional._conv).
 """
 from __future__ import annotations
 
