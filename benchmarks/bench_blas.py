@@ -21,7 +21,7 @@ import glob
 import os
 import statistics
 import sys
-import time
+import timeit
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -68,12 +68,9 @@ def mkl_sgemm(path):
 
 
 def median_ms(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    """Median ms of ``repeats`` calls of ``fn`` after one untimed call."""
+    fn()
+    return statistics.median(timeit.repeat(fn, number=1, repeat=repeats)) * 1e3
 
 
 def main(argv=None):
